@@ -1,0 +1,363 @@
+//go:build linux || darwin || freebsd
+
+package herd
+
+import (
+	"net"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// SendResult tells what Send did with a message (Workerman's true / null /
+// false).
+type SendResult int
+
+const (
+	// Written: the socket took the whole message.
+	Written SendResult = iota
+	// Queued: part or all of the message waits in the send queue and will
+	// be written when the socket has room.
+	Queued
+	// Dropped: the message was not sent, because the connection is closing
+	// or closed, or its send queue is full (then OnError gets
+	// ErrSendBufferFull). Drops are counted in Stats.
+	Dropped
+)
+
+func (r SendResult) String() string {
+	return [...]string{"written", "queued", "dropped"}[r]
+}
+
+// Conn is one accepted connection. It belongs to one loop for its whole
+// life; its callbacks run there. Every method is safe from any goroutine.
+type Conn struct {
+	id   uint64
+	fd   int
+	loop *Loop
+	sa   unix.Sockaddr
+
+	// Owned by the loop goroutine.
+	in         []byte // the start of a packet not yet complete
+	lastActive int64  // loop clock (unix nanoseconds) of the last read
+
+	// state is written under mu and read anywhere.
+	state atomic.Int32
+
+	mu         sync.Mutex // guards what follows, and writes to fd
+	out        []byte     // send queue: out[outHead:] waits to be written
+	outHead    int
+	readOn     bool // the poller watches reads
+	writeOn    bool // the poller watches writes
+	userPaused bool // PauseRecv
+	bpPaused   bool // paused by Backpressure
+	full       bool // OnBufferFull fired; OnBufferDrain pending
+	ctx        any
+}
+
+// Connection states. A Conn only moves forward through them.
+const (
+	connOpen      int32 = iota
+	connClosing         // Close called: flush the queue, then close
+	connLingering       // our side shut down for writing; waiting for the peer's end
+	connClosed          // the descriptor is closed
+)
+
+// ID is unique among the connections of a Worker.
+func (c *Conn) ID() uint64 { return c.id }
+
+// Loop is the event loop the connection belongs to.
+func (c *Conn) Loop() *Loop { return c.loop }
+
+// RemoteAddr is the peer's address.
+func (c *Conn) RemoteAddr() net.Addr { return netAddr(c.sa) }
+
+// LocalAddr is the address the connection was accepted on, or nil once it is
+// closed.
+func (c *Conn) LocalAddr() net.Addr {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state.Load() == connClosed {
+		return nil
+	}
+	sa, err := unix.Getsockname(c.fd)
+	if err != nil {
+		return nil
+	}
+	return netAddr(sa)
+}
+
+// Context returns the value stored by SetContext.
+func (c *Conn) Context() any {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ctx
+}
+
+// SetContext stores one value of the application's with the connection.
+func (c *Conn) SetContext(v any) {
+	c.mu.Lock()
+	c.ctx = v
+	c.mu.Unlock()
+}
+
+// Send encodes msg with the worker's protocol and writes it. If the socket
+// cannot take it all, the rest waits in the send queue. Send does not keep
+// msg after it returns. It is safe from any goroutine; messages sent by one
+// goroutine arrive in order, and each arrives whole.
+func (c *Conn) Send(msg []byte) SendResult {
+	p := c.loop.w.proto
+	if p == nil {
+		return c.send(msg)
+	}
+	bp := encodePool.Get().(*[]byte)
+	*bp = p.Encode((*bp)[:0], msg)
+	r := c.send(*bp)
+	if cap(*bp) <= maxPooledBuffer {
+		encodePool.Put(bp)
+	}
+	return r
+}
+
+// SendRaw writes b as it is, bypassing the protocol's Encode.
+func (c *Conn) SendRaw(b []byte) SendResult { return c.send(b) }
+
+var encodePool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+// maxPooledBuffer keeps rare huge buffers out of the pools.
+const maxPooledBuffer = 64 << 10
+
+// send writes data directly when nothing is queued before it, and queues
+// what the socket does not take. Writing on the caller's goroutine (under
+// the connection's lock) spares a hand-off to the loop and lets Send say
+// whether the bytes were written.
+func (c *Conn) send(data []byte) SendResult {
+	l := c.loop
+	c.mu.Lock()
+	if c.state.Load() != connOpen {
+		c.mu.Unlock()
+		l.dropped.Add(1)
+		return Dropped
+	}
+	queued := len(c.out) - c.outHead
+	if queued == 0 {
+		n, err := writeFd(c.fd, data)
+		if n > 0 {
+			l.bytesOut.Add(uint64(n))
+			data = data[n:]
+		}
+		if err != nil {
+			c.brokenLocked()
+			c.mu.Unlock()
+			l.dropped.Add(1)
+			l.post(task{kind: taskAbort, c: c, err: err})
+			return Dropped
+		}
+		if len(data) == 0 {
+			c.mu.Unlock()
+			return Written
+		}
+	} else if max := l.w.maxSend; max > 0 && queued >= max {
+		c.mu.Unlock()
+		l.dropped.Add(1)
+		l.post(task{kind: taskError, c: c, err: ErrSendBufferFull})
+		return Dropped
+	}
+	if c.out == nil {
+		c.out = getBuffer(len(data))
+	}
+	c.out = append(c.out, data...)
+	l.sendQueued.Add(int64(len(data)))
+	queued += len(data)
+	if max := l.w.maxSend; max > 0 && queued >= max && !c.full {
+		c.full = true
+		l.post(task{kind: taskBufferFull, c: c})
+	}
+	if l.w.Backpressure && queued >= l.w.highWater() {
+		c.bpPaused = true
+	}
+	c.updateInterestLocked()
+	c.mu.Unlock()
+	return Queued
+}
+
+// writeFd writes until the socket would block. A nil error with n < len(b)
+// means the socket is full.
+func writeFd(fd int, b []byte) (int, error) {
+	written := 0
+	for written < len(b) {
+		n, err := unix.Write(fd, b[written:])
+		if n > 0 {
+			written += n
+		}
+		switch err {
+		case nil:
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return written, nil
+		default:
+			return written, err
+		}
+	}
+	return written, nil
+}
+
+// flush writes the send queue on the loop when the socket is writable.
+// It reports whether the queue emptied and a full queue drained.
+func (c *Conn) flush() (emptied, drained bool, err error) {
+	l := c.loop
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state.Load() == connClosed {
+		return false, false, nil
+	}
+	pending := c.out[c.outHead:]
+	n, err := writeFd(c.fd, pending)
+	if n > 0 {
+		l.bytesOut.Add(uint64(n))
+		l.sendQueued.Add(-int64(n))
+		c.outHead += n
+	}
+	if err != nil {
+		c.brokenLocked()
+		return false, false, err
+	}
+	left := len(c.out) - c.outHead
+	if left == 0 {
+		putBuffer(c.out)
+		c.out, c.outHead = nil, 0
+		drained = c.full
+		c.full = false
+	} else if c.outHead >= len(c.out)/2 {
+		// Reclaim the written half so a queue that keeps refilling does
+		// not grow without bound.
+		c.out = c.out[:copy(c.out, c.out[c.outHead:])]
+		c.outHead = 0
+	}
+	if c.bpPaused && left <= l.w.lowWater() {
+		c.bpPaused = false
+	}
+	c.updateInterestLocked()
+	return left == 0, drained, nil
+}
+
+// brokenLocked forgets the queue of a connection whose socket failed.
+func (c *Conn) brokenLocked() {
+	if q := len(c.out) - c.outHead; q > 0 {
+		c.loop.sendQueued.Add(-int64(q))
+	}
+	putBuffer(c.out)
+	c.out, c.outHead = nil, 0
+	if c.state.Load() < connClosing {
+		c.state.Store(connClosing)
+	}
+}
+
+// updateInterestLocked tells the poller what the connection waits for now.
+func (c *Conn) updateInterestLocked() {
+	st := c.state.Load()
+	if st == connClosed {
+		return
+	}
+	read := st == connLingering || (st == connOpen && !c.userPaused && !c.bpPaused)
+	write := len(c.out) > c.outHead
+	if read == c.readOn && write == c.writeOn {
+		return
+	}
+	if err := c.loop.poller.Modify(c.fd, read, write); err != nil {
+		c.loop.w.logger().Warn("herd: poller modify", "conn", c.id, "err", err)
+		return
+	}
+	c.readOn, c.writeOn = read, write
+}
+
+// queuedLocked is the number of bytes waiting in the send queue.
+func (c *Conn) queuedLocked() int { return len(c.out) - c.outHead }
+
+// SendQueueBytes is the number of bytes waiting in the send queue.
+func (c *Conn) SendQueueBytes() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.queuedLocked()
+}
+
+// Close closes the connection after its send queue has been written out.
+// Messages sent after Close are dropped. OnClose runs on the loop once the
+// connection is closed.
+func (c *Conn) Close() {
+	c.mu.Lock()
+	if c.state.Load() != connOpen {
+		c.mu.Unlock()
+		return
+	}
+	c.state.Store(connClosing)
+	c.updateInterestLocked()
+	c.mu.Unlock()
+	c.loop.post(task{kind: taskClose, c: c})
+}
+
+// Abort closes the connection at once, discarding its send queue
+// (Workerman's destroy).
+func (c *Conn) Abort() {
+	c.mu.Lock()
+	if c.state.Load() == connClosed {
+		c.mu.Unlock()
+		return
+	}
+	c.brokenLocked()
+	c.mu.Unlock()
+	c.loop.post(task{kind: taskAbort, c: c})
+}
+
+// PauseRecv stops reading from the connection until ResumeRecv. Data the
+// peer sends meanwhile waits in the kernel, which in time makes the peer
+// wait too.
+func (c *Conn) PauseRecv() {
+	c.mu.Lock()
+	c.userPaused = true
+	c.updateInterestLocked()
+	c.mu.Unlock()
+}
+
+// ResumeRecv undoes PauseRecv.
+func (c *Conn) ResumeRecv() {
+	c.mu.Lock()
+	c.userPaused = false
+	c.updateInterestLocked()
+	c.mu.Unlock()
+}
+
+// readable reports whether the loop should deliver input to the connection.
+func (c *Conn) readable() bool {
+	return c.state.Load() == connOpen
+}
+
+// Buffer pools for input and send queues: an idle connection holds neither.
+// The boxes the slices travel in are pooled too, so steady state allocates
+// nothing.
+var (
+	bufferPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+	boxPool    = sync.Pool{New: func() any { return new([]byte) }}
+)
+
+func getBuffer(size int) []byte {
+	if size > maxPooledBuffer {
+		return make([]byte, 0, size)
+	}
+	bp := bufferPool.Get().(*[]byte)
+	b := (*bp)[:0]
+	*bp = nil
+	boxPool.Put(bp)
+	return b
+}
+
+func putBuffer(b []byte) {
+	if cap(b) == 0 || cap(b) > maxPooledBuffer {
+		return
+	}
+	bp := boxPool.Get().(*[]byte)
+	*bp = b[:0]
+	bufferPool.Put(bp)
+}

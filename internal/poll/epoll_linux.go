@@ -1,0 +1,136 @@
+//go:build linux
+
+package poll
+
+import (
+	"fmt"
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Poller is an epoll instance with an eventfd for wake-ups.
+type Poller struct {
+	epfd    int
+	wakefd  int
+	waking  atomic.Bool // a wake-up is pending: spare the eventfd write
+	events  []unix.EpollEvent
+	wakebuf [8]byte
+}
+
+// New makes a poller whose Wait returns at most maxEvents events a call.
+func New(maxEvents int) (*Poller, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("epoll_create1: %w", err)
+	}
+	wakefd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	p := &Poller{epfd: epfd, wakefd: wakefd, events: make([]unix.EpollEvent, maxEvents)}
+	if err := p.ctl(unix.EPOLL_CTL_ADD, wakefd, unix.EPOLLIN); err != nil {
+		p.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *Poller) ctl(op, fd int, events uint32) error {
+	ev := unix.EpollEvent{Events: events, Fd: int32(fd)}
+	if err := unix.EpollCtl(p.epfd, op, fd, &ev); err != nil {
+		return fmt.Errorf("epoll_ctl(%d, fd %d): %w", op, fd, err)
+	}
+	return nil
+}
+
+// AddListener registers a listening socket. With exclusive set, the kernel
+// wakes only one of the pollers sharing the socket per connection
+// (EPOLLEXCLUSIVE, Linux 4.5+) instead of all of them.
+func (p *Poller) AddListener(fd int, exclusive bool) error {
+	ev := uint32(unix.EPOLLIN)
+	if exclusive {
+		ev |= unix.EPOLLEXCLUSIVE
+	}
+	return p.ctl(unix.EPOLL_CTL_ADD, fd, ev)
+}
+
+// Add registers a connection for reads (when read is true).
+func (p *Poller) Add(fd int, read bool) error {
+	return p.ctl(unix.EPOLL_CTL_ADD, fd, mask(read, false))
+}
+
+// Modify sets which of read and write readiness fd is watched for.
+func (p *Poller) Modify(fd int, read, write bool) error {
+	return p.ctl(unix.EPOLL_CTL_MOD, fd, mask(read, write))
+}
+
+// Delete stops watching fd. Closing fd does the same for a connection; a
+// listener shared by several pollers must be deleted from each.
+func (p *Poller) Delete(fd int) error {
+	return p.ctl(unix.EPOLL_CTL_DEL, fd, 0)
+}
+
+func mask(read, write bool) uint32 {
+	var ev uint32
+	if read {
+		ev |= unix.EPOLLIN | unix.EPOLLRDHUP
+	}
+	if write {
+		ev |= unix.EPOLLOUT
+	}
+	return ev
+}
+
+// Wait blocks for at most msec milliseconds (-1: no limit) and returns the
+// events in out, reusing its storage.
+func (p *Poller) Wait(msec int, out []Event) ([]Event, error) {
+	out = out[:0]
+	n, err := unix.EpollWait(p.epfd, p.events, msec)
+	if err != nil {
+		if err == unix.EINTR {
+			return out, nil
+		}
+		return out, fmt.Errorf("epoll_wait: %w", err)
+	}
+	for i := 0; i < n; i++ {
+		e := &p.events[i]
+		fd := int(e.Fd)
+		if fd == p.wakefd {
+			// Clear the pending flag before draining so a Wake that races
+			// with this one still writes and is seen on the next Wait.
+			p.waking.Store(false)
+			unix.Read(p.wakefd, p.wakebuf[:])
+			out = append(out, Event{Wake: true})
+			continue
+		}
+		const failed = unix.EPOLLERR | unix.EPOLLHUP
+		out = append(out, Event{
+			Fd:       fd,
+			Readable: e.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|failed) != 0,
+			Writable: e.Events&(unix.EPOLLOUT|failed) != 0,
+		})
+	}
+	return out, nil
+}
+
+// Wake makes the current or next Wait return. Safe from any goroutine.
+func (p *Poller) Wake() error {
+	if !p.waking.CompareAndSwap(false, true) {
+		return nil
+	}
+	one := uint64(1)
+	_, err := unix.Write(p.wakefd, (*[8]byte)(unsafe.Pointer(&one))[:])
+	if err != nil && err != unix.EAGAIN {
+		return fmt.Errorf("eventfd write: %w", err)
+	}
+	return nil
+}
+
+// Close releases the poller.
+func (p *Poller) Close() error {
+	unix.Close(p.wakefd)
+	return unix.Close(p.epfd)
+}

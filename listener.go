@@ -1,0 +1,208 @@
+//go:build linux || darwin || freebsd
+
+package herd
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/seed358e4494/herd/protocol"
+)
+
+// AcceptMode chooses how connections reach loops when ReusePort is off (or
+// unavailable: Unix sockets, and platforms whose kernel does not balance
+// SO_REUSEPORT groups).
+type AcceptMode int
+
+const (
+	// AcceptShared registers one listening socket in every loop's poller;
+	// whichever loop the kernel wakes accepts. On Linux the registration
+	// uses EPOLLEXCLUSIVE so one loop wakes per connection instead of all.
+	// Cheapest per connection, but uneven: the kernel favours the loop that
+	// waited last, so a few loops may take most connections.
+	AcceptShared AcceptMode = iota
+	// AcceptRoundRobin accepts on one dispatcher goroutine and hands each
+	// connection to the next loop in turn. Even for any connection pattern,
+	// at the cost of one hand-off per connection.
+	AcceptRoundRobin
+	// AcceptLeastConns is like AcceptRoundRobin but hands each connection to
+	// the loop with the fewest open connections: the right choice for a few
+	// long-lived connections (WebSocket, game sessions).
+	AcceptLeastConns
+)
+
+func (m AcceptMode) String() string {
+	switch m {
+	case AcceptShared:
+		return "shared"
+	case AcceptRoundRobin:
+		return "round-robin"
+	case AcceptLeastConns:
+		return "least-conns"
+	}
+	return "AcceptMode(" + strconv.Itoa(int(m)) + ")"
+}
+
+// endpoint is a parsed Worker.Addr.
+type endpoint struct {
+	network string // "tcp" or "unix"
+	sa      unix.Sockaddr
+	domain  int
+	path    string // unix socket path, removed on shutdown
+	proto   protocol.Protocol
+}
+
+// parseAddr reads "scheme://address". The scheme names the transport and,
+// for text and frame, the protocol: tcp:// and unix:// carry raw streams
+// (or the Worker's Protocol), text:// and frame:// are TCP with that
+// protocol. A bare "host:port" is tcp.
+func parseAddr(addr string) (endpoint, error) {
+	scheme, rest, ok := strings.Cut(addr, "://")
+	if !ok {
+		scheme, rest = "tcp", addr
+	}
+	var ep endpoint
+	switch scheme {
+	case "tcp", "tcp4", "tcp6":
+	case "text":
+		ep.proto = protocol.Text{}
+	case "frame":
+		ep.proto = protocol.Frame{}
+	case "unix":
+		if rest == "" {
+			return ep, fmt.Errorf("herd: address %q: empty unix socket path", addr)
+		}
+		ep.network, ep.domain, ep.path = "unix", unix.AF_UNIX, rest
+		ep.sa = &unix.SockaddrUnix{Name: rest}
+		return ep, nil
+	default:
+		return ep, fmt.Errorf("herd: address %q: unknown scheme %q (want tcp, text, frame or unix)", addr, scheme)
+	}
+	network := "tcp"
+	if scheme == "tcp4" || scheme == "tcp6" {
+		network = scheme
+	}
+	ta, err := net.ResolveTCPAddr(network, rest)
+	if err != nil {
+		return ep, fmt.Errorf("herd: address %q: %w", addr, err)
+	}
+	ep.network = "tcp"
+	if ip4 := ta.IP.To4(); ip4 != nil || (ta.IP == nil && network != "tcp6") {
+		sa := &unix.SockaddrInet4{Port: ta.Port}
+		if ip4 != nil {
+			copy(sa.Addr[:], ip4)
+		}
+		ep.domain, ep.sa = unix.AF_INET, sa
+	} else {
+		sa := &unix.SockaddrInet6{Port: ta.Port}
+		copy(sa.Addr[:], ta.IP.To16())
+		if ta.Zone != "" {
+			ifi, err := net.InterfaceByName(ta.Zone)
+			if err != nil {
+				return ep, fmt.Errorf("herd: address %q: zone: %w", addr, err)
+			}
+			sa.ZoneId = uint32(ifi.Index)
+		}
+		ep.domain, ep.sa = unix.AF_INET6, sa
+	}
+	return ep, nil
+}
+
+// listen opens a non-blocking listening socket. With reusePort it joins the
+// address's SO_REUSEPORT group (SO_REUSEPORT_LB on FreeBSD).
+func listen(ep endpoint, reusePort bool) (int, error) {
+	fd, err := unix.Socket(ep.domain, unix.SOCK_STREAM, 0)
+	if err != nil {
+		return -1, fmt.Errorf("herd: socket: %w", err)
+	}
+	unix.CloseOnExec(fd)
+	fail := func(what string, err error) (int, error) {
+		unix.Close(fd)
+		return -1, fmt.Errorf("herd: %s %s: %w", what, sockaddrString(ep.sa), err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		return fail("set non-blocking", err)
+	}
+	if ep.network == "tcp" {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+			return fail("SO_REUSEADDR", err)
+		}
+		if reusePort {
+			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, soReusePort, 1); err != nil {
+				return fail("SO_REUSEPORT", err)
+			}
+		}
+	}
+	if err := unix.Bind(fd, ep.sa); err != nil {
+		return fail("bind", err)
+	}
+	if err := unix.Listen(fd, listenBacklog()); err != nil {
+		return fail("listen", err)
+	}
+	return fd, nil
+}
+
+// listenBacklog is the kernel's somaxconn where it can be read: the value
+// net.Listen uses too.
+func listenBacklog() int {
+	b, err := os.ReadFile("/proc/sys/net/core/somaxconn")
+	if err == nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && n > 0 {
+			return n
+		}
+	}
+	return unix.SOMAXCONN
+}
+
+// boundSockaddr is the address fd is bound to (port 0 resolved).
+func boundSockaddr(fd int) (unix.Sockaddr, error) {
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return nil, fmt.Errorf("herd: getsockname: %w", err)
+	}
+	return sa, nil
+}
+
+// netAddr converts a socket address for the API.
+func netAddr(sa unix.Sockaddr) net.Addr {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return &net.TCPAddr{IP: net.IP(append([]byte(nil), a.Addr[:]...)), Port: a.Port}
+	case *unix.SockaddrInet6:
+		zone := ""
+		if a.ZoneId != 0 {
+			if ifi, err := net.InterfaceByIndex(int(a.ZoneId)); err == nil {
+				zone = ifi.Name
+			}
+		}
+		return &net.TCPAddr{IP: net.IP(append([]byte(nil), a.Addr[:]...)), Port: a.Port, Zone: zone}
+	case *unix.SockaddrUnix:
+		return &net.UnixAddr{Name: a.Name, Net: "unix"}
+	}
+	return nil
+}
+
+func sockaddrString(sa unix.Sockaddr) string {
+	if a := netAddr(sa); a != nil {
+		return a.String()
+	}
+	return "?"
+}
+
+// acceptTemporary reports accept errors after which the listener is fine and
+// the next connection may be accepted at once.
+func acceptTemporary(err error) bool {
+	return errors.Is(err, unix.ECONNABORTED) || errors.Is(err, unix.EINTR) || errors.Is(err, unix.EPROTO)
+}
+
+// acceptExhausted reports accept errors that say the process or system is out
+// of descriptors or memory: the listener must rest or the loop spins.
+func acceptExhausted(err error) bool {
+	return errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) || errors.Is(err, unix.ENOBUFS) || errors.Is(err, unix.ENOMEM)
+}

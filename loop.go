@@ -1,0 +1,631 @@
+//go:build linux || darwin || freebsd
+
+package herd
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/seed358e4494/herd/internal/poll"
+)
+
+// readBufferSize is the per-loop buffer every read lands in first.
+const readBufferSize = 64 << 10
+
+// Loop is one event loop: a goroutine locked to an OS thread, with its own
+// poller, connections and timers. Its methods are safe from any goroutine.
+type Loop struct {
+	w        *Worker
+	index    int
+	poller   *poll.Poller
+	listenFd int // -1 when connections arrive from the dispatcher
+
+	// Owned by the loop goroutine.
+	conns     []*Conn // by descriptor
+	nconns    int
+	readBuf   []byte
+	events    []poll.Event
+	timers    timerHeap
+	now       time.Time
+	draining  bool
+	forced    bool
+	listenOff bool // the listener rests after running out of descriptors
+
+	sleeping atomic.Bool  // in or about to enter poller.Wait
+	tid      atomic.Int64 // the OS thread the loop is locked to
+	taskMu   sync.Mutex
+	tasks    []task
+	spare    []task
+	closed   bool // no more tasks accepted (under taskMu)
+	exited   chan struct{}
+
+	// Counters, written by the loop (and by Send for the output ones) and
+	// read by Stats.
+	accepted, closedConns, messagesIn, bytesIn, bytesOut, wakeups, emptyAccepts, dropped atomic.Uint64
+	active, sendQueued                                                                   atomic.Int64
+	_                                                                                    [64]byte // keep loops' counters off each other's cache lines
+}
+
+type taskKind uint8
+
+const (
+	taskFunc taskKind = iota
+	taskConn
+	taskClose
+	taskAbort
+	taskError
+	taskBufferFull
+	taskStop
+)
+
+// task is work handed to a loop from elsewhere.
+type task struct {
+	kind  taskKind
+	force bool
+	fd    int
+	c     *Conn
+	sa    unix.Sockaddr
+	err   error
+	f     func()
+}
+
+func newLoop(w *Worker, index int) (*Loop, error) {
+	p, err := poll.New(256)
+	if err != nil {
+		return nil, err
+	}
+	return &Loop{
+		w:        w,
+		index:    index,
+		poller:   p,
+		listenFd: -1,
+		readBuf:  make([]byte, readBufferSize),
+		exited:   make(chan struct{}),
+	}, nil
+}
+
+// Index is the loop's position, 0 to Count-1.
+func (l *Loop) Index() int { return l.index }
+
+// Worker is the worker the loop belongs to.
+func (l *Loop) Worker() *Worker { return l.w }
+
+// Post runs f on the loop. It reports false, and f never runs, once the loop
+// has stopped.
+func (l *Loop) Post(f func()) bool { return l.post(task{kind: taskFunc, f: f}) }
+
+func (l *Loop) post(t task) bool {
+	l.taskMu.Lock()
+	if l.closed {
+		l.taskMu.Unlock()
+		return false
+	}
+	l.tasks = append(l.tasks, t)
+	l.taskMu.Unlock()
+	// A busy loop runs its tasks before it next sleeps: only wake a
+	// sleeping one. The loop sets sleeping before it looks at its tasks, so
+	// one of the two always sees the other.
+	if l.sleeping.Load() {
+		l.poller.Wake()
+	}
+	return true
+}
+
+func (l *Loop) hasTasks() bool {
+	l.taskMu.Lock()
+	n := len(l.tasks)
+	l.taskMu.Unlock()
+	return n > 0
+}
+
+func (l *Loop) run() {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	defer close(l.exited)
+	l.tid.Store(int64(threadID()))
+	l.now = time.Now()
+	l.callLoop(l.w.OnWorkerStart)
+	if l.w.IdleTimeout > 0 {
+		l.startIdleSweep()
+	}
+	for {
+		if l.draining && (l.nconns == 0 || l.forced) {
+			break
+		}
+		timeout := l.timers.timeout(l.now)
+		l.sleeping.Store(true)
+		if l.hasTasks() {
+			timeout = 0
+		}
+		var err error
+		l.events, err = l.poller.Wait(timeout, l.events)
+		l.sleeping.Store(false)
+		if err != nil {
+			l.w.fail(fmt.Errorf("herd: loop %d: %w", l.index, err))
+			l.drain(true)
+			break
+		}
+		l.wakeups.Add(1)
+		l.now = time.Now()
+		for _, ev := range l.events {
+			switch {
+			case ev.Wake:
+			case ev.Fd == l.listenFd && !l.draining:
+				l.acceptAll()
+			default:
+				if ev.Fd < len(l.conns) && l.conns[ev.Fd] != nil {
+					l.serve(l.conns[ev.Fd], ev)
+				}
+			}
+		}
+		l.runTasks()
+		l.timers.run(l)
+	}
+	l.taskMu.Lock()
+	l.closed = true
+	rest := l.tasks
+	l.tasks = nil
+	l.taskMu.Unlock()
+	for _, t := range rest {
+		if t.kind == taskConn {
+			l.active.Add(-1)
+			l.w.conns.Add(-1)
+			unix.Close(t.fd)
+		}
+	}
+	l.callLoop(l.w.OnWorkerStop)
+}
+
+func (l *Loop) runTasks() {
+	l.taskMu.Lock()
+	tasks := l.tasks
+	l.tasks = l.spare[:0]
+	l.taskMu.Unlock()
+	for i := range tasks {
+		t := &tasks[i]
+		switch t.kind {
+		case taskFunc:
+			l.callFunc(t.f)
+		case taskConn:
+			if l.draining {
+				l.active.Add(-1)
+				l.w.conns.Add(-1)
+				unix.Close(t.fd)
+			} else {
+				l.register(t.fd, t.sa)
+			}
+		case taskClose:
+			if t.c.queuedLocked0() {
+				l.closeConn(t.c, nil)
+			}
+		case taskAbort:
+			l.closeConn(t.c, t.err)
+		case taskError:
+			if t.c.state.Load() != connClosed {
+				l.callError(t.c, t.err)
+			}
+		case taskBufferFull:
+			if t.c.state.Load() != connClosed && l.w.OnBufferFull != nil {
+				l.callConn(l.w.OnBufferFull, t.c)
+			}
+		case taskStop:
+			l.drain(t.force)
+		}
+		*t = task{}
+	}
+	l.spare = tasks[:0]
+}
+
+// queuedLocked0 reports whether the send queue is empty, taking the lock.
+func (c *Conn) queuedLocked0() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.queuedLocked() == 0
+}
+
+// acceptAll accepts from the loop's own listener (reuseport or shared).
+// It takes at most a batch per wake-up so the loop's connections are served
+// between bursts.
+func (l *Loop) acceptAll() {
+	for i := 0; i < 64; i++ {
+		fd, sa, err := accept(l.listenFd)
+		if err != nil {
+			if err == unix.EAGAIN {
+				if i == 0 {
+					l.emptyAccepts.Add(1)
+				}
+				return
+			}
+			if acceptTemporary(err) {
+				continue
+			}
+			if acceptExhausted(err) {
+				l.restListener(err)
+			} else {
+				l.w.logger().Warn("herd: accept", "loop", l.index, "err", err)
+			}
+			return
+		}
+		if !l.w.admit(fd) {
+			continue
+		}
+		l.active.Add(1)
+		l.register(fd, sa)
+	}
+}
+
+// restListener stops watching the listener for a moment: out of descriptors,
+// accept fails at once and a level-triggered listener would spin the loop.
+func (l *Loop) restListener(err error) {
+	if l.listenOff {
+		return
+	}
+	l.w.logger().Warn("herd: accept: out of resources; pausing accepts for 50ms", "loop", l.index, "err", err)
+	if l.poller.Delete(l.listenFd) != nil {
+		return
+	}
+	l.listenOff = true
+	l.addTimer(50*time.Millisecond, 0, func() {
+		if l.listenOff && !l.draining {
+			l.listenOff = false
+			l.poller.AddListener(l.listenFd, l.w.mode == modeShared && !l.w.plainShared)
+		}
+	})
+}
+
+// register adopts an accepted connection; its MaxConns slot and active
+// count are already taken.
+func (l *Loop) register(fd int, sa unix.Sockaddr) {
+	if l.w.ep.network == "tcp" {
+		// As Go's net package does: small messages go out at once.
+		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	}
+	if err := l.poller.Add(fd, true); err != nil {
+		l.w.logger().Warn("herd: register connection", "loop", l.index, "err", err)
+		l.active.Add(-1)
+		l.w.conns.Add(-1)
+		unix.Close(fd)
+		return
+	}
+	c := &Conn{id: l.w.nextID.Add(1), fd: fd, loop: l, sa: sa, readOn: true, lastActive: l.now.UnixNano()}
+	for fd >= len(l.conns) {
+		l.conns = append(l.conns, make([]*Conn, len(l.conns)+64)...)
+	}
+	l.conns[fd] = c
+	l.nconns++
+	l.accepted.Add(1)
+	if l.w.OnConnect != nil {
+		l.callConn(l.w.OnConnect, c)
+	}
+}
+
+// serve handles one readiness event of a connection.
+func (l *Loop) serve(c *Conn, ev poll.Event) {
+	if ev.Readable {
+		l.read(c)
+	}
+	if ev.Writable && c.state.Load() != connClosed {
+		emptied, drained, err := c.flush()
+		if err != nil {
+			l.closeConn(c, err)
+			return
+		}
+		if drained && l.w.OnBufferDrain != nil {
+			l.callConn(l.w.OnBufferDrain, c)
+		}
+		if emptied {
+			l.queueEmptied(c)
+		}
+	}
+}
+
+// queueEmptied finishes a Close or a graceful stop waiting on the queue.
+func (l *Loop) queueEmptied(c *Conn) {
+	switch c.state.Load() {
+	case connClosing:
+		if l.draining {
+			l.linger(c)
+		} else {
+			l.closeConn(c, nil)
+		}
+	}
+}
+
+// read takes what the socket holds, at most one buffer per event so that
+// other connections get their turn (the poller reports the rest again).
+func (l *Loop) read(c *Conn) {
+	st := c.state.Load()
+	if st == connClosed {
+		return
+	}
+	n, err := readFd(c.fd, l.readBuf)
+	if n > 0 {
+		l.bytesIn.Add(uint64(n))
+		if st == connLingering {
+			return // the application is done with this connection
+		}
+		c.lastActive = l.now.UnixNano()
+		l.deliver(c, l.readBuf[:n])
+		return
+	}
+	if err == unix.EAGAIN {
+		return
+	}
+	if st == connLingering || err == nil || errors.Is(err, unix.ECONNRESET) {
+		// The peer finished (or reset): answer what it sent before, then
+		// close. A reset socket fails the flush and closes at once.
+		if st == connOpen && c.queuedLocked0() {
+			l.closeConn(c, nil)
+			return
+		}
+		if st == connLingering {
+			l.closeConn(c, nil)
+			return
+		}
+		c.mu.Lock()
+		if c.state.Load() == connOpen {
+			c.state.Store(connClosing)
+			c.updateInterestLocked()
+		}
+		c.mu.Unlock()
+		return
+	}
+	l.closeConn(c, err)
+}
+
+func readFd(fd int, b []byte) (int, error) {
+	for {
+		n, err := unix.Read(fd, b)
+		if err == unix.EINTR {
+			continue
+		}
+		if n < 0 {
+			n = 0
+		}
+		return n, err
+	}
+}
+
+// deliver cuts data into messages and hands them to OnMessage. Data is the
+// loop's read buffer: a packet that is not complete is copied to the
+// connection's own buffer, the rest is used in place.
+func (l *Loop) deliver(c *Conn, data []byte) {
+	p := l.w.proto
+	if p == nil {
+		l.messagesIn.Add(1)
+		l.callMessage(c, data)
+		return
+	}
+	buf := data
+	if len(c.in) > 0 {
+		c.in = append(c.in, data...)
+		buf = c.in
+	}
+	limit := l.w.maxPkg
+	for len(buf) > 0 && c.readable() {
+		n, err := p.Input(buf)
+		if err != nil {
+			l.closeConn(c, fmt.Errorf("herd: malformed input: %w", err))
+			return
+		}
+		if n > limit || (n == 0 && len(buf) >= limit) {
+			l.closeConn(c, fmt.Errorf("%w (%d bytes, limit %d)", ErrPackageTooLarge, max(n, len(buf)), limit))
+			return
+		}
+		if n == 0 || n > len(buf) {
+			break
+		}
+		msg := p.Decode(buf[:n])
+		buf = buf[n:]
+		l.messagesIn.Add(1)
+		l.callMessage(c, msg)
+	}
+	if c.state.Load() == connClosed {
+		return
+	}
+	switch {
+	case len(buf) == 0:
+		putBuffer(c.in)
+		c.in = nil
+	case len(c.in) > 0:
+		// buf is the tail of c.in: move it to the front.
+		c.in = c.in[:copy(c.in, buf)]
+	default:
+		c.in = append(getBuffer(len(buf)), buf...)
+	}
+}
+
+// closeConn closes the descriptor and runs OnError (for err) and OnClose.
+func (l *Loop) closeConn(c *Conn, err error) {
+	c.mu.Lock()
+	if c.state.Load() == connClosed {
+		c.mu.Unlock()
+		return
+	}
+	if q := c.queuedLocked(); q > 0 {
+		l.sendQueued.Add(-int64(q))
+	}
+	putBuffer(c.out)
+	c.out, c.outHead = nil, 0
+	c.state.Store(connClosed)
+	c.mu.Unlock()
+	// Every write happens under c.mu with the state open, so no other
+	// goroutine can be using the descriptor now.
+	unix.Close(c.fd)
+	l.conns[c.fd] = nil
+	l.nconns--
+	l.active.Add(-1)
+	l.closedConns.Add(1)
+	l.w.conns.Add(-1)
+	putBuffer(c.in)
+	c.in = nil
+	if err != nil && !errors.Is(err, unix.ECONNRESET) && !errors.Is(err, unix.EPIPE) {
+		l.callError(c, err)
+	}
+	if l.w.OnClose != nil {
+		l.callConn(l.w.OnClose, c)
+	}
+}
+
+// drain begins the loop's part of a stop. Graceful: stop accepting, read
+// and answer what each connection has already sent, then close each one
+// once its queue is written. Forced: close everything now.
+func (l *Loop) drain(force bool) {
+	if !l.draining {
+		l.draining = true
+		if l.listenFd >= 0 && !l.listenOff {
+			l.poller.Delete(l.listenFd)
+		}
+		for _, c := range l.conns {
+			if c == nil || force {
+				continue
+			}
+			if c.state.Load() == connOpen {
+				// What the peer sent before the stop is answered: it was
+				// received, even if the loop had not read it yet.
+				for i := 0; i < 16 && c.state.Load() == connOpen; i++ {
+					before := l.bytesIn.Load()
+					l.read(c)
+					if l.bytesIn.Load() == before {
+						break
+					}
+				}
+			}
+			c.mu.Lock()
+			if c.state.Load() == connOpen {
+				c.state.Store(connClosing)
+				c.updateInterestLocked()
+			}
+			empty := c.queuedLocked() == 0
+			c.mu.Unlock()
+			if empty {
+				l.queueEmptied(c)
+			}
+		}
+	}
+	if force {
+		l.forced = true
+		for _, c := range l.conns {
+			if c != nil {
+				l.closeConn(c, nil)
+			}
+		}
+	}
+}
+
+// linger half-closes a drained connection and waits for the peer to close
+// its side: closing with unread input would make the kernel reset the
+// connection and the peer could lose the answers just sent.
+func (l *Loop) linger(c *Conn) {
+	c.mu.Lock()
+	c.state.Store(connLingering)
+	err := unix.Shutdown(c.fd, unix.SHUT_WR)
+	c.updateInterestLocked()
+	c.mu.Unlock()
+	if err != nil {
+		l.closeConn(c, nil)
+	}
+}
+
+// Callback wrappers: a panic closes the connection (if any) and is logged.
+
+func (l *Loop) recovered(c *Conn, r any) {
+	err := fmt.Errorf("%w: %v", ErrPanic, r)
+	l.w.logger().Error("herd: callback panicked", "loop", l.index, "err", err, "stack", string(debug.Stack()))
+	if c != nil {
+		l.closeConn(c, err)
+	}
+}
+
+func (l *Loop) callMessage(c *Conn, msg []byte) {
+	defer func() {
+		if r := recover(); r != nil {
+			l.recovered(c, r)
+		}
+	}()
+	if l.w.OnMessage != nil {
+		l.w.OnMessage(c, msg)
+	}
+}
+
+func (l *Loop) callConn(f func(*Conn), c *Conn) {
+	defer func() {
+		if r := recover(); r != nil {
+			l.recovered(c, r)
+		}
+	}()
+	f(c)
+}
+
+func (l *Loop) callError(c *Conn, err error) {
+	if l.w.OnError == nil {
+		l.w.logger().Debug("herd: connection error", "conn", c.id, "err", err)
+		return
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			l.w.logger().Error("herd: OnError panicked", "loop", l.index, "panic", r, "stack", string(debug.Stack()))
+		}
+	}()
+	l.w.OnError(c, err)
+}
+
+func (l *Loop) callLoop(f func(*Loop)) {
+	if f == nil {
+		return
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			l.recovered(nil, r)
+		}
+	}()
+	f(l)
+}
+
+func (l *Loop) callFunc(f func()) {
+	defer func() {
+		if r := recover(); r != nil {
+			l.recovered(nil, r)
+		}
+	}()
+	f()
+}
+
+// startIdleSweep closes, every quarter of IdleTimeout, the connections that
+// have been silent for longer than IdleTimeout.
+func (l *Loop) startIdleSweep() {
+	idle := l.w.IdleTimeout
+	period := max(idle/4, time.Millisecond)
+	l.addTimer(period, period, func() {
+		limit := l.now.Add(-idle).UnixNano()
+		for _, c := range l.conns {
+			if c != nil && c.state.Load() == connOpen && c.lastActive < limit {
+				c.Close()
+			}
+		}
+	})
+}
+
+func (l *Loop) stats() LoopStats {
+	return LoopStats{
+		Index:          l.index,
+		Accepted:       l.accepted.Load(),
+		Active:         l.active.Load(),
+		Closed:         l.closedConns.Load(),
+		MessagesIn:     l.messagesIn.Load(),
+		BytesIn:        l.bytesIn.Load(),
+		BytesOut:       l.bytesOut.Load(),
+		Wakeups:        l.wakeups.Load(),
+		EmptyAccepts:   l.emptyAccepts.Load(),
+		SendQueueBytes: l.sendQueued.Load(),
+		Dropped:        l.dropped.Load(),
+		ThreadSwitches: threadSwitches(int(l.tid.Load())),
+	}
+}

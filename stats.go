@@ -1,0 +1,84 @@
+//go:build linux || darwin || freebsd
+
+package herd
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Stats is a snapshot of a worker's counters (Workerman's `status`).
+type Stats struct {
+	Name string
+	// Mode is how connections reach loops: reuseport, shared, round-robin
+	// or least-conns (after any platform fallback).
+	Mode  string
+	Loops []LoopStats
+	// Rejected counts connections closed at once because MaxConns was
+	// reached.
+	Rejected uint64
+	// DispatcherEmptyAccepts counts the dispatcher's wake-ups that found no
+	// connection (dispatch modes only).
+	DispatcherEmptyAccepts uint64
+	// AcceptFairness and MessageFairness are Jain's index over the loops'
+	// accepted connections and messages: 1 when all loops have the same
+	// share, 1/Count when one loop has everything.
+	AcceptFairness  float64
+	MessageFairness float64
+}
+
+// LoopStats are one loop's counters since Run started.
+type LoopStats struct {
+	Index    int
+	Accepted uint64 // connections taken on
+	Active   int64  // connections open now
+	Closed   uint64 // connections closed
+	// MessagesIn counts messages given to OnMessage (reads, without a
+	// protocol).
+	MessagesIn uint64
+	BytesIn    uint64
+	BytesOut   uint64
+	// Wakeups counts returns from the poller.
+	Wakeups uint64
+	// EmptyAccepts counts wake-ups for the listener that found no
+	// connection: another loop took it. The kernel re-checks readiness
+	// before waking a thread, so this under-counts the thundering herd;
+	// ThreadSwitches shows it.
+	EmptyAccepts uint64
+	// SendQueueBytes is what waits in the loop's send queues now.
+	SendQueueBytes int64
+	// Dropped counts messages Send dropped: queue full, or connection
+	// closing.
+	Dropped uint64
+	// ThreadSwitches is the voluntary context switches of the loop's OS
+	// thread: how often it went to sleep. Linux only; zero elsewhere.
+	ThreadSwitches uint64
+}
+
+// jain is Jain's fairness index (Σx)² / (n·Σx²) of one counter over loops.
+func jain(loops []LoopStats, x func(LoopStats) uint64) float64 {
+	var sum, sq float64
+	for _, l := range loops {
+		v := float64(x(l))
+		sum += v
+		sq += v * v
+	}
+	if sq == 0 {
+		return 1
+	}
+	return sum * sum / (float64(len(loops)) * sq)
+}
+
+// String renders the stats as a table, one row per loop.
+func (s Stats) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "worker %q mode=%s rejected=%d fairness: accepted=%.3f messages=%.3f\n",
+		s.Name, s.Mode, s.Rejected, s.AcceptFairness, s.MessageFairness)
+	fmt.Fprintf(&b, "%4s %9s %7s %9s %11s %12s %12s %9s %8s %9s %8s %9s\n",
+		"loop", "accepted", "active", "closed", "messages", "bytes-in", "bytes-out", "wakeups", "empty-acc", "queued", "dropped", "switches")
+	for _, l := range s.Loops {
+		fmt.Fprintf(&b, "%4d %9d %7d %9d %11d %12d %12d %9d %8d %9d %8d %9d\n",
+			l.Index, l.Accepted, l.Active, l.Closed, l.MessagesIn, l.BytesIn, l.BytesOut, l.Wakeups, l.EmptyAccepts, l.SendQueueBytes, l.Dropped, l.ThreadSwitches)
+	}
+	return b.String()
+}

@@ -1,0 +1,625 @@
+//go:build linux || darwin || freebsd
+
+package herd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/seed358e4494/herd/internal/poll"
+	"github.com/seed358e4494/herd/protocol"
+)
+
+// Errors reported by a Worker. Test for them with errors.Is.
+var (
+	// ErrWorkerClosed is returned by Run and Listen once Shutdown was called
+	// or a previous Run has stopped.
+	ErrWorkerClosed = errors.New("herd: worker closed")
+	// ErrRunning is returned by a second Run on the same Worker.
+	ErrRunning = errors.New("herd: worker already running")
+	// ErrPackageTooLarge reaches OnError when a packet exceeds
+	// MaxPackageSize; the connection is then closed.
+	ErrPackageTooLarge = errors.New("herd: package exceeds MaxPackageSize")
+	// ErrSendBufferFull reaches OnError when Send drops a message because
+	// the connection's send queue is at MaxSendBufferSize.
+	ErrSendBufferFull = errors.New("herd: send buffer full, message dropped")
+	// ErrPanic wraps a panic recovered from a callback; the connection it
+	// concerned is closed and the loop goes on.
+	ErrPanic = errors.New("herd: panic in callback")
+)
+
+// Defaults for zero-valued Worker fields.
+const (
+	DefaultMaxPackageSize    = 10 << 20 // Workerman's default too
+	DefaultMaxSendBufferSize = 1 << 20  // Workerman's default too
+	DefaultStopTimeout       = 2 * time.Second
+)
+
+// A Worker listens on one address and serves it with Count event loops.
+// Configure it through its fields before Run; they must not change after.
+// The zero value with Addr set serves raw TCP on one loop per CPU with
+// shared accept.
+type Worker struct {
+	// Name appears in logs and Stats.
+	Name string
+	// Addr is "scheme://address": tcp://host:port (raw stream, or Protocol),
+	// text://host:port and frame://host:port (TCP with that protocol),
+	// unix:///path/to.sock. IPv6 hosts go in brackets: tcp://[::1]:9000.
+	// Port 0 picks a free port; ListenAddr tells which.
+	Addr string
+	// Protocol cuts the stream into messages. Nil means the scheme's
+	// protocol, or raw: OnMessage then gets whatever each read returned.
+	Protocol protocol.Protocol
+	// Count is the number of event loops. Zero means runtime.GOMAXPROCS(0).
+	Count int
+	// ReusePort gives every loop its own listening socket in a SO_REUSEPORT
+	// group, and the kernel spreads new connections over them. Where the
+	// kernel does not balance such groups (macOS, Unix sockets) herd falls
+	// back to Accept and logs it once.
+	ReusePort bool
+	// Accept chooses how connections reach loops without ReusePort.
+	Accept AcceptMode
+	// MaxPackageSize is the largest packet the Protocol may frame; a larger
+	// one reaches OnError as ErrPackageTooLarge and the connection closes.
+	// Zero means DefaultMaxPackageSize. It bounds the input buffered per
+	// connection.
+	MaxPackageSize int
+	// MaxSendBufferSize bounds each connection's send queue. A Send that
+	// finds it full is dropped (OnError with ErrSendBufferFull, counted in
+	// Stats). Zero means DefaultMaxSendBufferSize; negative means unlimited.
+	MaxSendBufferSize int
+	// Backpressure stops reading from a connection while its send queue
+	// holds more than half of MaxSendBufferSize, and resumes once it is
+	// down to an eighth: a peer that does not read then cannot make the
+	// server queue without bound, and nothing is dropped.
+	Backpressure bool
+	// IdleTimeout closes connections that have sent nothing for this long.
+	// Zero means never.
+	IdleTimeout time.Duration
+	// MaxConns bounds open connections over all loops; connections beyond
+	// it are closed at once and counted in Stats.Rejected. Zero means no
+	// bound beyond the process's file limit.
+	MaxConns int
+	// StopTimeout bounds the graceful stop that Run starts when its context
+	// ends. Zero means DefaultStopTimeout.
+	StopTimeout time.Duration
+	// Logger receives the worker's logs. Nil means slog.Default().
+	Logger *slog.Logger
+
+	// Callbacks. All run on the loop that owns the connection and must not
+	// block it; hand long work to a goroutine, which may call Send.
+	// A callback that panics closes its connection; the loop goes on.
+
+	// OnWorkerStart runs on each loop before it serves connections.
+	OnWorkerStart func(l *Loop)
+	// OnWorkerStop runs on each loop once, after its last connection closed.
+	OnWorkerStop func(l *Loop)
+	// OnConnect runs when a connection has been accepted.
+	OnConnect func(c *Conn)
+	// OnMessage receives each message. msg is valid only until OnMessage
+	// returns: copy what you keep.
+	OnMessage func(c *Conn, msg []byte)
+	// OnClose runs once per connection, after it has closed.
+	OnClose func(c *Conn)
+	// OnError reports a fault on a connection: a malformed stream,
+	// ErrPackageTooLarge, ErrSendBufferFull, a failed write, a panic.
+	OnError func(c *Conn, err error)
+	// OnBufferFull runs when the send queue reaches MaxSendBufferSize.
+	OnBufferFull func(c *Conn)
+	// OnBufferDrain runs when a send queue that was full has been written
+	// out completely.
+	OnBufferDrain func(c *Conn)
+
+	mu        sync.Mutex
+	state     workerState
+	ep        endpoint
+	proto     protocol.Protocol
+	listeners []int // one per loop with reuseport, else one
+	mode      listenMode
+	loops     []*Loop
+	disp      *dispatcher
+	stopping  chan struct{} // closed by Shutdown
+	done      chan struct{} // closed when Run has stopped everything
+	runErr    error
+	log       *slog.Logger
+	nextID    atomic.Uint64
+	conns     atomic.Int64 // open connections over all loops
+	rejected  atomic.Uint64
+	maxPkg    int
+	maxSend   int
+	stopGrace time.Duration
+
+	// plainShared registers a shared listener without EPOLLEXCLUSIVE, to
+	// measure the thundering herd it avoids.
+	plainShared bool
+}
+
+type workerState int
+
+const (
+	stateNew workerState = iota
+	stateListening
+	stateRunning
+	stateClosed
+)
+
+// listenMode is how connections reach loops, as resolved for this platform.
+type listenMode int
+
+const (
+	modeReusePort listenMode = iota
+	modeShared
+	modeRoundRobin
+	modeLeastConns
+)
+
+func (m listenMode) String() string {
+	return [...]string{"reuseport", "shared", "round-robin", "least-conns"}[m]
+}
+
+func (w *Worker) logger() *slog.Logger {
+	if w.log != nil {
+		return w.log
+	}
+	if w.Logger != nil {
+		return w.Logger
+	}
+	return slog.Default()
+}
+
+// Listen binds the address without serving it yet, so that ListenAddr is
+// known before Run (port 0). Run calls it when it has not been called.
+func (w *Worker) Listen() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch w.state {
+	case stateClosed:
+		return ErrWorkerClosed
+	case stateNew:
+	default:
+		return nil
+	}
+	if err := w.configure(); err != nil {
+		return err
+	}
+	n := 1
+	if w.mode == modeReusePort {
+		n = w.Count
+	}
+	ep := w.ep
+	for i := 0; i < n; i++ {
+		fd, err := listen(ep, w.mode == modeReusePort)
+		if err != nil {
+			w.closeListeners()
+			return err
+		}
+		w.listeners = append(w.listeners, fd)
+		if i == 0 && ep.network == "tcp" {
+			// Port 0: the other members of the group bind the port the
+			// first one got.
+			sa, err := boundSockaddr(fd)
+			if err != nil {
+				w.closeListeners()
+				return err
+			}
+			ep.sa = sa
+		}
+	}
+	w.state = stateListening
+	w.logger().Info("herd: listening", "addr", w.ListenAddrLocked(), "loops", w.Count, "mode", w.mode.String())
+	return nil
+}
+
+// configure validates the fields and resolves defaults and the listen mode.
+func (w *Worker) configure() error {
+	ep, err := parseAddr(w.Addr)
+	if err != nil {
+		return err
+	}
+	w.ep = ep
+	w.proto = w.Protocol
+	if w.proto == nil {
+		w.proto = ep.proto
+	} else if ep.proto != nil {
+		return fmt.Errorf("herd: address %q names a protocol and Worker.Protocol is set too", w.Addr)
+	}
+	if w.Count < 0 || w.MaxPackageSize < 0 || w.MaxConns < 0 || w.IdleTimeout < 0 || w.StopTimeout < 0 {
+		return errors.New("herd: Count, MaxPackageSize, MaxConns, IdleTimeout and StopTimeout must not be negative")
+	}
+	if w.Count == 0 {
+		w.Count = runtime.GOMAXPROCS(0)
+	}
+	w.maxPkg = w.MaxPackageSize
+	if w.maxPkg == 0 {
+		w.maxPkg = DefaultMaxPackageSize
+	}
+	w.maxSend = w.MaxSendBufferSize
+	if w.maxSend == 0 {
+		w.maxSend = DefaultMaxSendBufferSize
+	}
+	w.stopGrace = w.StopTimeout
+	if w.stopGrace == 0 {
+		w.stopGrace = DefaultStopTimeout
+	}
+	w.log = w.Logger
+	if w.log == nil {
+		w.log = slog.Default()
+	}
+	if w.Name != "" {
+		w.log = w.log.With("worker", w.Name)
+	}
+	switch w.Accept {
+	case AcceptShared:
+		w.mode = modeShared
+	case AcceptRoundRobin:
+		w.mode = modeRoundRobin
+	case AcceptLeastConns:
+		w.mode = modeLeastConns
+	default:
+		return fmt.Errorf("herd: unknown Accept mode %d", w.Accept)
+	}
+	if w.ReusePort {
+		switch {
+		case ep.network != "tcp":
+			w.log.Info("herd: ReusePort does not apply to unix sockets; using Accept mode", "accept", w.Accept.String())
+		case !reusePortBalances:
+			w.log.Info("herd: this kernel does not balance SO_REUSEPORT groups; using Accept mode", "os", runtime.GOOS, "accept", w.Accept.String())
+		default:
+			w.mode = modeReusePort
+		}
+	}
+	w.stopping = make(chan struct{})
+	w.done = make(chan struct{})
+	return nil
+}
+
+// ListenAddr is the bound address once Listen or Run has bound it, else nil.
+func (w *Worker) ListenAddr() Addr {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.ListenAddrLocked()
+}
+
+// Addr is a listening address (a *net.TCPAddr or *net.UnixAddr).
+type Addr = interface {
+	Network() string
+	String() string
+}
+
+// ListenAddrLocked is ListenAddr for callers holding w.mu.
+func (w *Worker) ListenAddrLocked() Addr {
+	if len(w.listeners) == 0 {
+		return nil
+	}
+	sa, err := boundSockaddr(w.listeners[0])
+	if err != nil {
+		return nil
+	}
+	return netAddr(sa)
+}
+
+func (w *Worker) closeListeners() {
+	for _, fd := range w.listeners {
+		unix.Close(fd)
+	}
+	w.listeners = nil
+	if w.ep.path != "" {
+		os.Remove(w.ep.path)
+	}
+}
+
+// Run serves until ctx ends or Shutdown is called, then returns nil once
+// every loop has stopped. When ctx ends, Run stops gracefully as Shutdown
+// does, giving connections StopTimeout to finish. It returns an error if the
+// address cannot be bound or a loop fails, and ErrWorkerClosed if the worker
+// was already shut down.
+func (w *Worker) Run(ctx context.Context) error {
+	if err := w.Listen(); err != nil {
+		return err
+	}
+	w.mu.Lock()
+	if w.state != stateListening {
+		w.mu.Unlock()
+		if w.state == stateRunning {
+			return ErrRunning
+		}
+		return ErrWorkerClosed
+	}
+	w.state = stateRunning
+	err := w.startLoops()
+	w.mu.Unlock()
+	if err != nil {
+		w.stopAll(true)
+		w.closeListeners()
+		close(w.done)
+		return err
+	}
+
+	go func() {
+		select {
+		case <-ctx.Done():
+			sctx, cancel := context.WithTimeout(context.Background(), w.stopGrace)
+			defer cancel()
+			w.Shutdown(sctx)
+		case <-w.done:
+		}
+	}()
+
+	for _, l := range w.loops {
+		<-l.exited
+	}
+	if w.disp != nil {
+		<-w.disp.exited
+	}
+	w.mu.Lock()
+	w.state = stateClosed
+	w.closeListeners()
+	for _, l := range w.loops {
+		l.poller.Close()
+	}
+	err = w.runErr
+	w.mu.Unlock()
+	close(w.done)
+	return err
+}
+
+// startLoops makes the pollers and starts one goroutine per loop, plus the
+// dispatcher in the dispatch modes. Called with w.mu held.
+func (w *Worker) startLoops() error {
+	w.loops = make([]*Loop, w.Count)
+	for i := range w.loops {
+		l, err := newLoop(w, i)
+		if err != nil {
+			for _, l := range w.loops[:i] {
+				l.poller.Close()
+			}
+			w.loops = nil
+			return err
+		}
+		w.loops[i] = l
+	}
+	switch w.mode {
+	case modeReusePort:
+		for i, l := range w.loops {
+			l.listenFd = w.listeners[i]
+		}
+	case modeShared:
+		for _, l := range w.loops {
+			l.listenFd = w.listeners[0]
+		}
+	default:
+		d, err := newDispatcher(w, w.listeners[0])
+		if err != nil {
+			return err
+		}
+		w.disp = d
+	}
+	for _, l := range w.loops {
+		if l.listenFd >= 0 {
+			exclusive := w.mode == modeShared && !w.plainShared
+			if err := l.poller.AddListener(l.listenFd, exclusive); err != nil {
+				return err
+			}
+		}
+	}
+	for _, l := range w.loops {
+		go l.run()
+	}
+	if w.disp != nil {
+		go w.disp.run()
+	}
+	return nil
+}
+
+// Shutdown stops the worker gracefully: it stops accepting, reads what each
+// connection has already delivered, answers it, flushes every send queue,
+// closes each connection (after the peer has seen the end of the stream),
+// runs OnWorkerStop on every loop, and returns once Run has returned. When
+// ctx ends first, the remaining connections are closed at once and Shutdown
+// returns ctx.Err() after Run has returned.
+//
+// Shutdown does not wait for work a callback handed to another goroutine:
+// a Send that comes after its connection was closed is dropped.
+func (w *Worker) Shutdown(ctx context.Context) error {
+	w.mu.Lock()
+	switch w.state {
+	case stateNew, stateListening:
+		w.state = stateClosed
+		w.closeListeners()
+		if w.done != nil {
+			close(w.done)
+		}
+		w.mu.Unlock()
+		return nil
+	}
+	first := false
+	select {
+	case <-w.stopping:
+	default:
+		close(w.stopping)
+		first = true
+	}
+	w.mu.Unlock()
+	if first {
+		w.stopAll(false)
+	}
+	select {
+	case <-w.done:
+		return nil
+	case <-ctx.Done():
+		w.stopAll(true)
+		<-w.done
+		return ctx.Err()
+	}
+}
+
+// stopAll asks the dispatcher and every loop to stop: gracefully, or at once
+// when force is set.
+func (w *Worker) stopAll(force bool) {
+	if w.disp != nil {
+		w.disp.stop()
+	}
+	for _, l := range w.loops {
+		if l != nil {
+			l.post(task{kind: taskStop, force: force})
+		}
+	}
+}
+
+// fail records a fatal loop error, returned by Run, and stops the others.
+func (w *Worker) fail(err error) {
+	w.mu.Lock()
+	if w.runErr == nil {
+		w.runErr = err
+	}
+	w.mu.Unlock()
+	w.logger().Error("herd: loop failed; stopping the worker", "err", err)
+	go w.Shutdown(context.Background())
+}
+
+// Stats returns a snapshot of the worker's counters. Safe from any
+// goroutine, cheap enough to call often.
+func (w *Worker) Stats() Stats {
+	w.mu.Lock()
+	loops := w.loops
+	mode := w.mode
+	w.mu.Unlock()
+	s := Stats{Name: w.Name, Mode: mode.String(), Loops: make([]LoopStats, len(loops)), Rejected: w.rejected.Load()}
+	for i, l := range loops {
+		s.Loops[i] = l.stats()
+	}
+	if w.disp != nil {
+		s.DispatcherEmptyAccepts = w.disp.emptyAccepts.Load()
+	}
+	s.AcceptFairness = jain(s.Loops, func(l LoopStats) uint64 { return l.Accepted })
+	s.MessageFairness = jain(s.Loops, func(l LoopStats) uint64 { return l.MessagesIn })
+	return s
+}
+
+// dispatcher accepts on one goroutine and hands connections to loops.
+type dispatcher struct {
+	w            *Worker
+	fd           int
+	poller       *poll.Poller
+	next         int
+	stopped      atomic.Bool
+	exited       chan struct{}
+	emptyAccepts atomic.Uint64
+}
+
+func newDispatcher(w *Worker, fd int) (*dispatcher, error) {
+	p, err := poll.New(1)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.AddListener(fd, false); err != nil {
+		p.Close()
+		return nil, err
+	}
+	return &dispatcher{w: w, fd: fd, poller: p, exited: make(chan struct{})}, nil
+}
+
+func (d *dispatcher) stop() {
+	if d.stopped.CompareAndSwap(false, true) {
+		d.poller.Wake()
+	}
+}
+
+func (d *dispatcher) run() {
+	defer close(d.exited)
+	defer d.poller.Close()
+	var events []poll.Event
+	for !d.stopped.Load() {
+		var err error
+		events, err = d.poller.Wait(-1, events)
+		if err != nil {
+			d.w.fail(err)
+			return
+		}
+		for _, ev := range events {
+			if !ev.Wake {
+				d.acceptAll()
+			}
+		}
+	}
+}
+
+// acceptAll accepts until the backlog is empty and hands each connection on.
+func (d *dispatcher) acceptAll() {
+	for i := 0; ; i++ {
+		fd, sa, err := accept(d.fd)
+		if err != nil {
+			if i == 0 && err == unix.EAGAIN {
+				d.emptyAccepts.Add(1)
+			}
+			if acceptTemporary(err) {
+				continue
+			}
+			if acceptExhausted(err) {
+				d.w.logger().Warn("herd: accept: out of resources; pausing accepts", "err", err)
+				time.Sleep(50 * time.Millisecond)
+			}
+			return
+		}
+		if !d.w.admit(fd) {
+			continue
+		}
+		l := d.pick()
+		l.active.Add(1) // counted now, so least-conns sees it before the loop does
+		if !l.post(task{kind: taskConn, fd: fd, sa: sa}) {
+			l.active.Add(-1)
+			d.w.conns.Add(-1)
+			unix.Close(fd)
+		}
+	}
+}
+
+// pick chooses the loop for the next connection.
+func (d *dispatcher) pick() *Loop {
+	loops := d.w.loops
+	start := d.next
+	d.next = (d.next + 1) % len(loops)
+	if d.w.mode == modeRoundRobin {
+		return loops[start]
+	}
+	best := loops[start]
+	for i := 1; i < len(loops); i++ {
+		l := loops[(start+i)%len(loops)]
+		if l.active.Load() < best.active.Load() {
+			best = l
+		}
+	}
+	return best
+}
+
+// highWater and lowWater are the send-queue marks of Backpressure.
+func (w *Worker) highWater() int { return w.backpressureBase() / 2 }
+func (w *Worker) lowWater() int  { return w.backpressureBase() / 8 }
+
+func (w *Worker) backpressureBase() int {
+	if w.maxSend > 0 {
+		return w.maxSend
+	}
+	return DefaultMaxSendBufferSize
+}
+
+// admit counts a new connection against MaxConns, closing it when over.
+func (w *Worker) admit(fd int) bool {
+	n := w.conns.Add(1)
+	if w.MaxConns > 0 && n > int64(w.MaxConns) {
+		w.conns.Add(-1)
+		w.rejected.Add(1)
+		unix.Close(fd)
+		return false
+	}
+	return true
+}
