@@ -202,7 +202,7 @@ func (l *Loop) runTasks() {
 				l.register(t.fd, t.sa)
 			}
 		case taskClose:
-			if t.c.queuedLocked0() {
+			if t.c.queueEmpty() {
 				l.closeConn(t.c, nil)
 			}
 		case taskAbort:
@@ -223,11 +223,19 @@ func (l *Loop) runTasks() {
 	l.spare = tasks[:0]
 }
 
-// queuedLocked0 reports whether the send queue is empty, taking the lock.
-func (c *Conn) queuedLocked0() bool {
+// queueEmpty reports whether the send queue is empty.
+func (c *Conn) queueEmpty() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.queuedLocked() == 0
+}
+
+// receiving reports whether the poller watches the connection for input
+// (not paused by PauseRecv or Backpressure).
+func (c *Conn) receiving() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.readOn
 }
 
 // acceptAll accepts from the loop's own listener (reuseport or shared).
@@ -358,26 +366,26 @@ func (l *Loop) read(c *Conn) {
 	if err == unix.EAGAIN {
 		return
 	}
-	if st == connLingering || err == nil || errors.Is(err, unix.ECONNRESET) {
-		// The peer finished (or reset): answer what it sent before, then
-		// close. A reset socket fails the flush and closes at once.
-		if st == connOpen && c.queuedLocked0() {
-			l.closeConn(c, nil)
-			return
-		}
-		if st == connLingering {
-			l.closeConn(c, nil)
-			return
-		}
-		c.mu.Lock()
-		if c.state.Load() == connOpen {
-			c.state.Store(connClosing)
-			c.updateInterestLocked()
-		}
-		c.mu.Unlock()
+	if err != nil && !errors.Is(err, unix.ECONNRESET) {
+		l.closeConn(c, err)
 		return
 	}
-	l.closeConn(c, err)
+	if st == connLingering || err != nil {
+		l.closeConn(c, nil)
+		return
+	}
+	// The peer has finished sending: answer what it sent before, then
+	// close (at once if nothing is queued).
+	c.mu.Lock()
+	if c.state.Load() == connOpen {
+		c.state.Store(connClosing)
+		c.updateInterestLocked()
+	}
+	empty := c.queuedLocked() == 0
+	c.mu.Unlock()
+	if empty {
+		l.closeConn(c, nil)
+	}
 }
 
 func readFd(fd int, b []byte) (int, error) {
@@ -487,7 +495,7 @@ func (l *Loop) drain(force bool) {
 			if c == nil || force {
 				continue
 			}
-			if c.state.Load() == connOpen {
+			if c.state.Load() == connOpen && c.receiving() {
 				// What the peer sent before the stop is answered: it was
 				// received, even if the loop had not read it yet.
 				for i := 0; i < 16 && c.state.Load() == connOpen; i++ {

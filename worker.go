@@ -336,13 +336,21 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	w.state = stateRunning
 	err := w.startLoops()
-	w.mu.Unlock()
 	if err != nil {
-		w.stopAll(true)
+		for _, l := range w.loops {
+			l.poller.Close()
+		}
+		if w.disp != nil {
+			w.disp.poller.Close()
+		}
+		w.loops, w.disp = nil, nil
+		w.state = stateClosed
 		w.closeListeners()
 		close(w.done)
+		w.mu.Unlock()
 		return err
 	}
+	w.mu.Unlock()
 
 	go func() {
 		select {
@@ -375,17 +383,13 @@ func (w *Worker) Run(ctx context.Context) error {
 // startLoops makes the pollers and starts one goroutine per loop, plus the
 // dispatcher in the dispatch modes. Called with w.mu held.
 func (w *Worker) startLoops() error {
-	w.loops = make([]*Loop, w.Count)
-	for i := range w.loops {
+	w.loops = make([]*Loop, 0, w.Count)
+	for i := 0; i < w.Count; i++ {
 		l, err := newLoop(w, i)
 		if err != nil {
-			for _, l := range w.loops[:i] {
-				l.poller.Close()
-			}
-			w.loops = nil
 			return err
 		}
-		w.loops[i] = l
+		w.loops = append(w.loops, l)
 	}
 	switch w.mode {
 	case modeReusePort:
@@ -490,15 +494,14 @@ func (w *Worker) fail(err error) {
 // goroutine, cheap enough to call often.
 func (w *Worker) Stats() Stats {
 	w.mu.Lock()
-	loops := w.loops
-	mode := w.mode
+	loops, mode, disp := w.loops, w.mode, w.disp
 	w.mu.Unlock()
 	s := Stats{Name: w.Name, Mode: mode.String(), Loops: make([]LoopStats, len(loops)), Rejected: w.rejected.Load()}
 	for i, l := range loops {
 		s.Loops[i] = l.stats()
 	}
-	if w.disp != nil {
-		s.DispatcherEmptyAccepts = w.disp.emptyAccepts.Load()
+	if disp != nil {
+		s.DispatcherEmptyAccepts = disp.emptyAccepts.Load()
 	}
 	s.AcceptFairness = jain(s.Loops, func(l LoopStats) uint64 { return l.Accepted })
 	s.MessageFairness = jain(s.Loops, func(l LoopStats) uint64 { return l.MessagesIn })

@@ -1,0 +1,140 @@
+package herd_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/seed358e4494/herd"
+)
+
+// A text-protocol echo server on two loops, and one client talking to it.
+func Example() {
+	w := &herd.Worker{Addr: "text://127.0.0.1:0", Count: 2, ReusePort: true}
+	w.OnMessage = func(c *herd.Conn, msg []byte) {
+		c.Send(append([]byte("echo: "), msg...))
+	}
+	if err := w.Listen(); err != nil { // binds now, so ListenAddr is known
+		fmt.Println(err)
+		return
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	done := make(chan error)
+	go func() { done <- w.Run(ctx) }()
+
+	conn, err := net.Dial("tcp", w.ListenAddr().String())
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprint(conn, "hello\nworld\n")
+	r := bufio.NewReader(conn)
+	for i := 0; i < 2; i++ {
+		line, _ := r.ReadString('\n')
+		fmt.Print(line)
+	}
+	conn.Close()
+	stop()
+	fmt.Println(<-done)
+	// Output:
+	// echo: hello
+	// echo: world
+	// <nil>
+}
+
+// Hand slow work to a goroutine and Send the answer from there: Send is safe
+// from any goroutine. msg must be copied, since it is only valid during
+// OnMessage.
+func ExampleConn_Send_fromGoroutine() {
+	w := &herd.Worker{Addr: "text://127.0.0.1:0", Count: 1}
+	w.OnMessage = func(c *herd.Conn, msg []byte) {
+		word := string(msg) // copy
+		go func() {
+			c.Send([]byte(strings.ToUpper(word)))
+		}()
+	}
+	w.Listen()
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	go w.Run(ctx)
+
+	conn, _ := net.Dial("tcp", w.ListenAddr().String())
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprint(conn, "herd\n")
+	line, _ := bufio.NewReader(conn).ReadString('\n')
+	fmt.Print(line)
+	// Output: HERD
+}
+
+// Dispatch by least connections spreads a few long-lived connections one
+// per loop, which a reuseport hash does not promise.
+func ExampleAcceptLeastConns() {
+	w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 4, Accept: herd.AcceptLeastConns}
+	connected := make(chan struct{}, 4)
+	w.OnConnect = func(c *herd.Conn) { connected <- struct{}{} }
+	w.Listen()
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	done := make(chan error)
+	go func() { done <- w.Run(ctx) }()
+
+	var conns []net.Conn
+	for i := 0; i < 4; i++ {
+		c, err := net.Dial("tcp", w.ListenAddr().String())
+		if err != nil {
+			fmt.Println(err)
+			return
+		}
+		conns = append(conns, c)
+		<-connected
+	}
+	for _, l := range w.Stats().Loops {
+		fmt.Printf("loop %d: %d connection(s)\n", l.Index, l.Active)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	stop()
+	<-done
+	// Output:
+	// loop 0: 1 connection(s)
+	// loop 1: 1 connection(s)
+	// loop 2: 1 connection(s)
+	// loop 3: 1 connection(s)
+}
+
+// Per-loop timers run on the loop, like callbacks.
+func ExampleLoop_Every() {
+	ticks := make(chan int, 3)
+	w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 1}
+	w.OnWorkerStart = func(l *herd.Loop) {
+		n := 0
+		var t *herd.Timer
+		t = l.Every(time.Millisecond, func() {
+			n++ // no lock: only this loop touches n
+			ticks <- n
+			if n == 3 {
+				t.Stop()
+			}
+		})
+	}
+	w.Listen()
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- w.Run(ctx) }()
+	for i := 0; i < 3; i++ {
+		fmt.Println("tick", <-ticks)
+	}
+	stop()
+	<-done
+	// Output:
+	// tick 1
+	// tick 2
+	// tick 3
+}
