@@ -99,10 +99,14 @@ func (p *Poller) Wait(msec int, out []Event) ([]Event, error) {
 		e := &p.events[i]
 		fd := int(e.Fd)
 		if fd == p.wakefd {
-			// Clear the pending flag before draining so a Wake that races
-			// with this one still writes and is seen on the next Wait.
-			p.waking.Store(false)
+			// Drain, then clear the pending flag. A Wake before the clear
+			// finds the flag set and writes nothing, but what it announced
+			// is visible to the caller, which looks after Wait returns; a
+			// Wake after the clear writes and is seen on the next Wait.
+			// (Clearing first let a racing Wake's write be drained here
+			// while its flag stayed set: every later Wake was skipped.)
 			unix.Read(p.wakefd, p.wakebuf[:])
+			p.waking.Store(false)
 			out = append(out, Event{Wake: true})
 			continue
 		}

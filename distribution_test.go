@@ -1,0 +1,339 @@
+//go:build linux || darwin || freebsd
+
+package herd
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"runtime"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+// distShortConns opens n short connections against srv, conc at a time:
+// each connects, sends one message, reads its echo and closes. It returns
+// once the server has closed all of them.
+func distShortConns(t *testing.T, ctx context.Context, srv *edServer, n, conc int) {
+	t.Helper()
+	deadline, _ := ctx.Deadline()
+	fail := &edFailures{t: t}
+	defer fail.report()
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				if err := distPing(ctx, srv.addr, deadline, i); err != nil {
+					fail.add("conn %d: %v", i, err)
+				}
+			}
+		}()
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	closedBefore := edSum(srv.w.Stats(), edClosed)
+	if !edWaitFor(ctx, func() bool { return edSum(srv.w.Stats(), edClosed) >= uint64(n) }) {
+		t.Fatalf("server closed %d of %d connections (%d when the clients were done)\n%v",
+			edSum(srv.w.Stats(), edClosed), n, closedBefore, srv.w.Stats())
+	}
+}
+
+// distPing connects, echoes one small message and closes.
+func distPing(ctx context.Context, addr string, deadline time.Time, i int) error {
+	d := net.Dialer{Deadline: deadline}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(deadline)
+	return distEcho(c, []byte{'p', 'i', 'n', 'g', byte('0' + i%10)})
+}
+
+// distEcho writes msg on c and reads it back.
+func distEcho(c net.Conn, msg []byte) error {
+	if _, err := c.Write(msg); err != nil {
+		return err
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil {
+		return err
+	}
+	if !bytes.Equal(got, msg) {
+		return &distMismatch{got: got, want: msg}
+	}
+	return nil
+}
+
+type distMismatch struct{ got, want []byte }
+
+func (e *distMismatch) Error() string { return "echo " + string(e.got) + ", want " + string(e.want) }
+
+func distEchoWorker(name string, count int, reusePort bool, accept AcceptMode) *Worker {
+	return &Worker{
+		Name:      name,
+		Addr:      "tcp://127.0.0.1:0",
+		Count:     count,
+		ReusePort: reusePort,
+		Accept:    accept,
+		OnMessage: func(c *Conn, msg []byte) { c.Send(msg) },
+	}
+}
+
+// TestDistributionReusePort: the kernel hashes short connections evenly over
+// a reuseport group. With 800 connections over 4 loops each loop's share is
+// 200 ± 12 (one standard deviation), so ±25% is four deviations.
+func TestDistributionReusePort(t *testing.T) {
+	if !reusePortBalances {
+		t.Skip("this kernel does not balance SO_REUSEPORT groups")
+	}
+	const conns, count = 800, 4
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	w := distEchoWorker("reuseport", count, true, AcceptShared)
+	srv := edStart(t, w)
+	distShortConns(t, ctx, srv, conns, 8)
+	srv.stop()
+	st := w.Stats()
+	t.Logf("%d short connections\n%v", conns, st)
+	if st.Mode != "reuseport" {
+		t.Fatalf("mode %s, want reuseport", st.Mode)
+	}
+	if got := edSum(st, edAccepted); got != conns {
+		t.Fatalf("accepted %d, want %d", got, conns)
+	}
+	mean := float64(conns) / count
+	for _, l := range st.Loops {
+		if a := float64(l.Accepted); a < 0.75*mean || a > 1.25*mean {
+			t.Errorf("loop %d accepted %d, want within ±25%% of %.0f", l.Index, l.Accepted, mean)
+		}
+	}
+}
+
+// TestDistributionShared: shared accept is expected to be uneven (the
+// kernel wakes the loop that waited last); this only shows the spread and
+// checks that every connection was served.
+func TestDistributionShared(t *testing.T) {
+	const conns = 800
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	w := distEchoWorker("shared", 4, false, AcceptShared)
+	srv := edStart(t, w)
+	distShortConns(t, ctx, srv, conns, 8)
+	srv.stop()
+	st := w.Stats()
+	t.Logf("%d short connections\n%v", conns, st)
+	if got := edSum(st, edAccepted); got != conns {
+		t.Errorf("accepted %d, want %d", got, conns)
+	}
+	if st.Rejected != 0 {
+		t.Errorf("rejected %d, want 0", st.Rejected)
+	}
+}
+
+// TestDistributionDispatch: the dispatch modes put 4 long-lived connections
+// on 4 loops, one each, even when they arrive together. Then the client on
+// loop 2 leaves and a fifth connection arrives: least-conns gives it to the
+// loop that has none (2), round-robin to the next in turn (0).
+func TestDistributionDispatch(t *testing.T) {
+	for _, tc := range []struct {
+		accept    AcceptMode
+		fifthLoop int
+	}{
+		{AcceptLeastConns, 2},
+		{AcceptRoundRobin, 0},
+	} {
+		t.Run(tc.accept.String(), func(t *testing.T) {
+			const count = 4
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			deadline, _ := ctx.Deadline()
+			var mu sync.Mutex
+			loopOf := map[string]int{} // client address -> loop
+			w := distEchoWorker(tc.accept.String(), count, false, tc.accept)
+			w.OnConnect = func(c *Conn) {
+				mu.Lock()
+				loopOf[c.RemoteAddr().String()] = c.Loop().Index()
+				mu.Unlock()
+			}
+			srv := edStart(t, w)
+
+			dial := func() net.Conn {
+				d := net.Dialer{Deadline: deadline}
+				c, err := d.DialContext(ctx, "tcp", srv.addr)
+				if err != nil {
+					t.Error(err)
+					return nil
+				}
+				c.SetDeadline(deadline)
+				if err := distEcho(c, []byte("hello")); err != nil {
+					c.Close()
+					t.Error(err)
+					return nil
+				}
+				return c
+			}
+			// The four arrive at once: the dispatcher counts a connection
+			// against its loop when it hands it over, so a burst spreads too.
+			clients := make([]net.Conn, count)
+			var wg sync.WaitGroup
+			for i := range clients {
+				wg.Add(1)
+				go func() { defer wg.Done(); clients[i] = dial() }()
+			}
+			wg.Wait()
+			defer func() {
+				for _, c := range clients {
+					if c != nil {
+						c.Close()
+					}
+				}
+			}()
+			if t.Failed() {
+				return
+			}
+			st := w.Stats()
+			t.Logf("4 long-lived connections\n%v", st)
+			for _, l := range st.Loops {
+				if l.Active != 1 || l.Accepted != 1 {
+					t.Errorf("loop %d: active %d, accepted %d; want 1 and 1", l.Index, l.Active, l.Accepted)
+				}
+			}
+			if t.Failed() {
+				return
+			}
+
+			// The client on loop 2 leaves; a fifth comes.
+			mu.Lock()
+			leaving := -1
+			for i, c := range clients {
+				if loopOf[c.LocalAddr().String()] == 2 {
+					leaving = i
+				}
+			}
+			mu.Unlock()
+			if leaving < 0 {
+				t.Fatalf("no client on loop 2: %v", loopOf)
+			}
+			clients[leaving].Close()
+			if !edWaitFor(ctx, func() bool { return w.Stats().Loops[2].Active == 0 }) {
+				t.Fatalf("loop 2 still has a connection\n%v", w.Stats())
+			}
+			clients[leaving] = dial()
+			if clients[leaving] == nil {
+				return
+			}
+			st = w.Stats()
+			t.Logf("after the client on loop 2 was replaced\n%v", st)
+			mu.Lock()
+			got := loopOf[clients[leaving].LocalAddr().String()]
+			mu.Unlock()
+			if got != tc.fifthLoop {
+				t.Errorf("fifth connection went to loop %d, want %d", got, tc.fifthLoop)
+			}
+			for _, l := range st.Loops {
+				wantActive := int64(1)
+				if tc.fifthLoop != 2 && l.Index == 2 {
+					wantActive = 0
+				}
+				if tc.fifthLoop != 2 && l.Index == tc.fifthLoop {
+					wantActive = 2
+				}
+				if l.Active != wantActive {
+					t.Errorf("loop %d: active %d, want %d", l.Index, l.Active, wantActive)
+				}
+			}
+			if got := edSum(st, edAccepted); got != count+1 {
+				t.Errorf("accepted %d, want %d", got, count+1)
+			}
+		})
+	}
+}
+
+// TestThunderingHerd measures the herd that EPOLLEXCLUSIVE avoids. Four
+// idle loops share one listener; connections come one at a time. With a
+// plain registration every loop's thread wakes for each connection, with
+// EPOLLEXCLUSIVE about one does. The kernel re-checks readiness before
+// epoll_wait returns, so few accepts come back empty: the herd shows as the
+// loop threads' voluntary context switches per accepted connection, which
+// must be lower with EPOLLEXCLUSIVE. (Each connection also costs its own
+// loop a wake-up for the echoed byte and one for the close, in both
+// configurations.)
+func TestThunderingHerd(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("EPOLLEXCLUSIVE and thread switch counts are Linux only")
+	}
+	const conns, rounds = 200, 3
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+
+	measure := func(plain bool) float64 {
+		name := "exclusive"
+		if plain {
+			name = "plain"
+		}
+		w := distEchoWorker(name, 4, false, AcceptShared)
+		w.plainShared = plain
+		srv := edStart(t, w)
+		defer srv.stop()
+		deadline, _ := ctx.Deadline()
+		// Let every loop reach epoll_wait before counting.
+		if !edWaitFor(ctx, func() bool {
+			for _, l := range w.Stats().Loops {
+				if l.ThreadSwitches == 0 {
+					return false
+				}
+			}
+			return true
+		}) {
+			t.Fatalf("loops did not start\n%v", w.Stats())
+		}
+		time.Sleep(20 * time.Millisecond)
+		before := w.Stats()
+		for i := range conns {
+			if err := distPing(ctx, srv.addr, deadline, i); err != nil {
+				t.Fatalf("conn %d: %v", i, err)
+			}
+			if !edWaitFor(ctx, func() bool { return edSum(w.Stats(), edClosed) == uint64(i+1) }) {
+				t.Fatalf("server did not close conn %d\n%v", i, w.Stats())
+			}
+			time.Sleep(500 * time.Microsecond) // let the loops go back to sleep
+		}
+		after := w.Stats()
+		switches := edSum(after, func(l LoopStats) uint64 { return l.ThreadSwitches }) -
+			edSum(before, func(l LoopStats) uint64 { return l.ThreadSwitches })
+		empty := edSum(after, func(l LoopStats) uint64 { return l.EmptyAccepts })
+		wakeups := edSum(after, func(l LoopStats) uint64 { return l.Wakeups }) -
+			edSum(before, func(l LoopStats) uint64 { return l.Wakeups })
+		perConn := float64(switches) / conns
+		t.Logf("%s: %.2f thread switches per connection (%d over %d connections), %.2f poller wake-ups per connection, %d empty accepts\n%v",
+			name, perConn, switches, conns, float64(wakeups)/conns, empty, after)
+		if got := edSum(after, edAccepted); got != conns {
+			t.Errorf("%s: accepted %d, want %d", name, got, conns)
+		}
+		return perConn
+	}
+
+	var plain, exclusive []float64
+	for range rounds {
+		plain = append(plain, measure(true))
+		exclusive = append(exclusive, measure(false))
+	}
+	slices.Sort(plain)
+	slices.Sort(exclusive)
+	p, e := plain[rounds/2], exclusive[rounds/2]
+	t.Logf("thread switches per accepted connection, median of %d runs: plain %.2f %v, EPOLLEXCLUSIVE %.2f %v",
+		rounds, p, plain, e, exclusive)
+	if e >= p {
+		t.Errorf("EPOLLEXCLUSIVE: %.2f switches per connection, not fewer than plain registration's %.2f", e, p)
+	}
+}
