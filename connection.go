@@ -44,6 +44,15 @@ type Conn struct {
 
 	// state is written under mu and read anywhere.
 	state atomic.Int32
+	// recvPaused mirrors userPaused for the loop, which checks it between
+	// the messages of one read without taking mu.
+	recvPaused atomic.Bool
+	// fullPending counts the times the queue reached the limit for which
+	// OnBufferFull has not run yet. Whichever comes first on the loop, the
+	// task Send posted or the drain, runs it, so OnBufferDrain never comes
+	// before its OnBufferFull. Incremented under mu; only the loop
+	// decrements it.
+	fullPending atomic.Int32
 
 	mu         sync.Mutex // guards what follows, and writes to fd
 	out        []byte     // send queue: out[outHead:] waits to be written
@@ -172,6 +181,7 @@ func (c *Conn) send(data []byte) SendResult {
 	queued += len(data)
 	if max := l.w.maxSend; max > 0 && queued >= max && !c.full {
 		c.full = true
+		c.fullPending.Add(1)
 		l.post(task{kind: taskBufferFull, c: c})
 	}
 	if l.w.Backpressure && queued >= l.w.highWater() {
@@ -205,13 +215,15 @@ func writeFd(fd int, b []byte) (int, error) {
 }
 
 // flush writes the send queue on the loop when the socket is writable.
-// It reports whether the queue emptied and a full queue drained.
-func (c *Conn) flush() (emptied, drained bool, err error) {
+// It reports whether the queue emptied and a full queue drained, and
+// whether the OnBufferFull of that full queue is still to run (before
+// OnBufferDrain).
+func (c *Conn) flush() (emptied, drained, fullFirst bool, err error) {
 	l := c.loop
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.state.Load() == connClosed {
-		return false, false, nil
+		return false, false, false, nil
 	}
 	pending := c.out[c.outHead:]
 	n, err := writeFd(c.fd, pending)
@@ -222,7 +234,7 @@ func (c *Conn) flush() (emptied, drained bool, err error) {
 	}
 	if err != nil {
 		c.brokenLocked()
-		return false, false, err
+		return false, false, false, err
 	}
 	left := len(c.out) - c.outHead
 	if left == 0 {
@@ -230,6 +242,12 @@ func (c *Conn) flush() (emptied, drained bool, err error) {
 		c.out, c.outHead = nil, 0
 		drained = c.full
 		c.full = false
+		// Under mu, so a Send that fills the queue again after this
+		// keeps its own notification for the task it posted.
+		if drained && c.fullPending.Load() > 0 {
+			c.fullPending.Add(-1)
+			fullFirst = true
+		}
 	} else if c.outHead >= len(c.out)/2 {
 		// Reclaim the written half so a queue that keeps refilling does
 		// not grow without bound.
@@ -240,7 +258,7 @@ func (c *Conn) flush() (emptied, drained bool, err error) {
 		c.bpPaused = false
 	}
 	c.updateInterestLocked()
-	return left == 0, drained, nil
+	return left == 0, drained, fullFirst, nil
 }
 
 // brokenLocked forgets the queue of a connection whose socket failed.
@@ -317,6 +335,7 @@ func (c *Conn) Abort() {
 func (c *Conn) PauseRecv() {
 	c.mu.Lock()
 	c.userPaused = true
+	c.recvPaused.Store(true)
 	c.updateInterestLocked()
 	c.mu.Unlock()
 }
@@ -324,14 +343,26 @@ func (c *Conn) PauseRecv() {
 // ResumeRecv undoes PauseRecv.
 func (c *Conn) ResumeRecv() {
 	c.mu.Lock()
+	was := c.userPaused
 	c.userPaused = false
+	c.recvPaused.Store(false)
 	c.updateInterestLocked()
 	c.mu.Unlock()
+	if was {
+		// Messages already read but held back by the pause are delivered
+		// on the loop; no new input may come to trigger it.
+		l := c.loop
+		l.post(task{kind: taskFunc, f: func() {
+			if len(c.in) > 0 && c.readable() {
+				l.deliver(c, nil)
+			}
+		}})
+	}
 }
 
 // readable reports whether the loop should deliver input to the connection.
 func (c *Conn) readable() bool {
-	return c.state.Load() == connOpen
+	return c.state.Load() == connOpen && !c.recvPaused.Load()
 }
 
 // Buffer pools for input and send queues: an idle connection holds neither.

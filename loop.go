@@ -38,13 +38,15 @@ type Loop struct {
 	forced    bool
 	listenOff bool // the listener rests after running out of descriptors
 
-	sleeping atomic.Bool  // in or about to enter poller.Wait
-	tid      atomic.Int64 // the OS thread the loop is locked to
-	taskMu   sync.Mutex
-	tasks    []task
-	spare    []task
-	closed   bool // no more tasks accepted (under taskMu)
-	exited   chan struct{}
+	sleeping    atomic.Bool   // in or about to enter poller.Wait
+	tid         atomic.Int64  // the OS thread the loop is locked to; 0 once it exited
+	switchBase  uint64        // the thread's voluntary switches when the loop started
+	switchFinal atomic.Uint64 // switches over the loop's life, once it exited
+	taskMu      sync.Mutex
+	tasks       []task
+	spare       []task
+	closed      bool // no more tasks accepted (under taskMu)
+	exited      chan struct{}
 
 	// Counters, written by the loop (and by Send for the output ones) and
 	// read by Stats.
@@ -129,7 +131,14 @@ func (l *Loop) run() {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	defer close(l.exited)
-	l.tid.Store(int64(threadID()))
+	tid := threadID()
+	l.switchBase = threadSwitches(tid)
+	l.tid.Store(int64(tid)) // publishes switchBase
+	defer func() {
+		// The thread outlives the loop: keep its count from this loop only.
+		l.switchFinal.Store(l.threadSwitches())
+		l.tid.Store(0)
+	}()
 	l.now = time.Now()
 	l.callLoop(l.w.OnWorkerStart)
 	if l.w.IdleTimeout > 0 {
@@ -212,15 +221,25 @@ func (l *Loop) runTasks() {
 				l.callError(t.c, t.err)
 			}
 		case taskBufferFull:
-			if t.c.state.Load() != connClosed && l.w.OnBufferFull != nil {
-				l.callConn(l.w.OnBufferFull, t.c)
-			}
+			l.bufferFull(t.c)
 		case taskStop:
 			l.drain(t.force)
 		}
 		*t = task{}
 	}
 	l.spare = tasks[:0]
+}
+
+// bufferFull runs the OnBufferFull of a queue that filled up, unless the
+// queue drained first and flush had it run then (before OnBufferDrain).
+func (l *Loop) bufferFull(c *Conn) {
+	if c.fullPending.Load() == 0 {
+		return
+	}
+	c.fullPending.Add(-1)
+	if c.state.Load() != connClosed && l.w.OnBufferFull != nil {
+		l.callConn(l.w.OnBufferFull, c)
+	}
 }
 
 // queueEmpty reports whether the send queue is empty.
@@ -320,12 +339,15 @@ func (l *Loop) serve(c *Conn, ev poll.Event) {
 		l.read(c)
 	}
 	if ev.Writable && c.state.Load() != connClosed {
-		emptied, drained, err := c.flush()
+		emptied, drained, fullFirst, err := c.flush()
 		if err != nil {
 			l.closeConn(c, err)
 			return
 		}
-		if drained && l.w.OnBufferDrain != nil {
+		if fullFirst && l.w.OnBufferFull != nil {
+			l.callConn(l.w.OnBufferFull, c)
+		}
+		if drained && l.w.OnBufferDrain != nil && c.state.Load() != connClosed {
 			l.callConn(l.w.OnBufferDrain, c)
 		}
 		if emptied {
@@ -350,7 +372,9 @@ func (l *Loop) queueEmptied(c *Conn) {
 // other connections get their turn (the poller reports the rest again).
 func (l *Loop) read(c *Conn) {
 	st := c.state.Load()
-	if st == connClosed {
+	if st == connClosed || st == connClosing {
+		// Closing: input is no longer wanted, and a failed socket shows
+		// up when the queue is flushed.
 		return
 	}
 	n, err := readFd(c.fd, l.readBuf)
@@ -634,6 +658,16 @@ func (l *Loop) stats() LoopStats {
 		EmptyAccepts:   l.emptyAccepts.Load(),
 		SendQueueBytes: l.sendQueued.Load(),
 		Dropped:        l.dropped.Load(),
-		ThreadSwitches: threadSwitches(int(l.tid.Load())),
+		ThreadSwitches: l.threadSwitches(),
 	}
+}
+
+// threadSwitches is the voluntary context switches of the loop's thread
+// since the loop started.
+func (l *Loop) threadSwitches() uint64 {
+	tid := l.tid.Load()
+	if tid == 0 {
+		return l.switchFinal.Load()
+	}
+	return threadSwitches(int(tid)) - l.switchBase
 }

@@ -432,7 +432,9 @@ func (w *Worker) startLoops() error {
 // returns ctx.Err() after Run has returned.
 //
 // Shutdown does not wait for work a callback handed to another goroutine:
-// a Send that comes after its connection was closed is dropped.
+// a Send that comes after its connection was closed is dropped. Shutdown
+// waits for the loops, so a callback must not call it directly: use
+// go w.Shutdown(ctx).
 func (w *Worker) Shutdown(ctx context.Context) error {
 	w.mu.Lock()
 	switch w.state {

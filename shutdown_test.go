@@ -1,0 +1,307 @@
+//go:build linux || darwin || freebsd
+
+package herd
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// conversation is a server that counts, per connection and on its loop,
+// the messages OnMessage received, and answers each one.
+type conversation struct {
+	w         *Worker
+	mu        sync.Mutex
+	received  map[string]int // by remote address, filled in by OnClose
+	stops     []atomic.Int32 // OnWorkerStop runs, per loop
+	starts    atomic.Int32
+	closes    atomic.Int32
+	unmatched atomic.Int32 // OnClose without a counter
+}
+
+func newConversation(count int) *conversation {
+	cv := &conversation{received: map[string]int{}, stops: make([]atomic.Int32, count)}
+	cv.w = &Worker{
+		Addr:          "text://127.0.0.1:0",
+		Count:         count,
+		OnWorkerStart: func(*Loop) { cv.starts.Add(1) },
+		OnWorkerStop:  func(l *Loop) { cv.stops[l.Index()].Add(1) },
+		OnConnect:     func(c *Conn) { c.SetContext(new(int)) },
+		OnMessage: func(c *Conn, msg []byte) {
+			*c.Context().(*int)++ // only this loop touches it
+			c.Send(msg)
+		},
+		OnClose: func(c *Conn) {
+			cv.closes.Add(1)
+			n, ok := c.Context().(*int)
+			if !ok {
+				cv.unmatched.Add(1)
+				return
+			}
+			cv.mu.Lock()
+			cv.received[c.RemoteAddr().String()] = *n
+			cv.mu.Unlock()
+		},
+	}
+	return cv
+}
+
+// talker is one client of a conversation: it pipelines 3 messages, reads 3
+// answers, and repeats until the server ends the stream.
+type talker struct {
+	local   string
+	sent    int
+	answers int
+	err     error
+}
+
+func (tk *talker) run(c net.Conn, id int, rounds *atomic.Int32) {
+	defer c.Close()
+	tk.local = c.LocalAddr().String()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	br := bufio.NewReader(c)
+	var batch []byte
+	for round := 0; ; round++ {
+		batch = batch[:0]
+		for k := 0; k < 3; k++ {
+			batch = fmt.Appendf(batch, "client %d message %d\n", id, tk.sent+k)
+		}
+		if _, err := c.Write(batch); err != nil {
+			tk.err = fmt.Errorf("write: %w", err)
+			return
+		}
+		tk.sent += 3
+		for k := 0; k < 3; k++ {
+			line, err := br.ReadString('\n')
+			if err == io.EOF && line == "" {
+				return // the server finished: read to EOF, close
+			}
+			if err != nil {
+				tk.err = fmt.Errorf("read after %d answers: %w", tk.answers, err)
+				return
+			}
+			if want := fmt.Sprintf("client %d message %d\n", id, tk.answers); line != want {
+				tk.err = fmt.Errorf("answer %d: got %q, want %q", tk.answers, line, want)
+				return
+			}
+			tk.answers++
+		}
+		if round == 1 {
+			rounds.Add(1)
+		}
+	}
+}
+
+// runConversation starts n talkers, waits until each has finished two
+// rounds, stops the server with stop while they keep talking, and checks
+// that every message the server received was answered and nothing else.
+func runConversation(t *testing.T, n, loops int, stop func(cv *conversation, r *running)) {
+	cv := newConversation(loops)
+	r := startWorker(t, cv.w)
+	var rounds atomic.Int32
+	talkers := make([]talker, n)
+	var wg sync.WaitGroup
+	for i := range talkers {
+		c, err := net.DialTimeout("tcp", r.addr, 5*time.Second)
+		if err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			talkers[i].run(c, i, &rounds)
+		}()
+	}
+	waitFor(t, 30*time.Second, "every client to finish two rounds", func() bool { return int(rounds.Load()) == n })
+	stop(cv, r)
+	if err := r.wait(t); err != nil {
+		t.Errorf("Run: %v", err)
+	}
+	clientsDone := make(chan struct{})
+	go func() { wg.Wait(); close(clientsDone) }()
+	select {
+	case <-clientsDone:
+	case <-time.After(30 * time.Second):
+		t.Fatal("clients did not see the end of the stream")
+	}
+
+	for i, n := range loopsStops(cv) {
+		if n != 1 {
+			t.Errorf("OnWorkerStop ran %d times on loop %d, want 1", n, i)
+		}
+	}
+	if c := cv.closes.Load(); c != int32(n) || cv.unmatched.Load() != 0 {
+		t.Errorf("OnClose ran %d times (%d without context), want %d", c, cv.unmatched.Load(), n)
+	}
+	cv.mu.Lock()
+	defer cv.mu.Unlock()
+	var sent, answered, unanswered int
+	bad := 0
+	for i := range talkers {
+		tk := &talkers[i]
+		sent += tk.sent
+		answered += tk.answers
+		if tk.err != nil {
+			if bad++; bad <= 5 {
+				t.Errorf("client %d: %v", i, tk.err)
+			}
+			continue
+		}
+		got, ok := cv.received[tk.local]
+		if !ok {
+			if bad++; bad <= 5 {
+				t.Errorf("client %d (%s): the server has no record of it", i, tk.local)
+			}
+			continue
+		}
+		if got != tk.answers {
+			if bad++; bad <= 5 {
+				t.Errorf("client %d: the server received %d messages, the client got %d answers", i, got, tk.answers)
+			}
+		}
+		if tk.answers < 6 {
+			if bad++; bad <= 5 {
+				t.Errorf("client %d: only %d answers before the stop", i, tk.answers)
+			}
+		}
+		unanswered += tk.sent - tk.answers
+	}
+	if bad > 5 {
+		t.Errorf("... %d clients failed in all", bad)
+	}
+	if s := sumStats(cv.w); s.dropped != 0 {
+		t.Errorf("Stats Dropped = %d", s.dropped)
+	}
+	t.Logf("%d clients sent %d messages; %d answered, %d not received by the server", n, sent, answered, unanswered)
+}
+
+func loopsStops(cv *conversation) []int32 {
+	out := make([]int32, len(cv.stops))
+	for i := range cv.stops {
+		out[i] = cv.stops[i].Load()
+	}
+	return out
+}
+
+func TestShutdownMidConversation(t *testing.T) {
+	t.Parallel()
+	n := 200
+	if testing.Short() {
+		n = 50
+	}
+	runConversation(t, n, 2, func(cv *conversation, r *running) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := cv.w.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+		// Shutdown returns once Run has stopped everything.
+		cv.w.mu.Lock()
+		st := cv.w.state
+		cv.w.mu.Unlock()
+		if st != stateClosed {
+			t.Errorf("Shutdown returned with the worker in state %d", st)
+		}
+	})
+}
+
+func TestRunContextCancelGraceful(t *testing.T) {
+	t.Parallel()
+	runConversation(t, 20, 2, func(cv *conversation, r *running) {
+		r.cancel()
+	})
+}
+
+func TestRunAll(t *testing.T) {
+	t.Parallel()
+	cv1, cv2 := newConversation(2), newConversation(1)
+	cv2.w.Addr = "frame://127.0.0.1:0"
+	for _, w := range []*Worker{cv1.w, cv2.w} {
+		w.Logger = quietLogger()
+		if err := w.Listen(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a1, a2 := cv1.w.ListenAddr().String(), cv2.w.ListenAddr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- RunAll(ctx, cv1.w, cv2.w) }()
+
+	c1, err := net.DialTimeout("tcp", a1, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c1.Close()
+	c1.SetDeadline(time.Now().Add(20 * time.Second))
+	br1 := bufio.NewReader(c1)
+	echoLine(t, c1, br1, "worker one")
+	c2, err := net.DialTimeout("tcp", a2, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	c2.SetDeadline(time.Now().Add(20 * time.Second))
+	br2 := bufio.NewReader(c2)
+	frameEcho(t, c2, br2, []byte("worker two"))
+
+	cancel()
+	// Both connections are ended gracefully: the clients read to EOF.
+	for i, br := range []*bufio.Reader{br1, br2} {
+		if rest, err := io.ReadAll(br); err != nil || len(rest) > 0 {
+			t.Errorf("client %d: %q, %v; want EOF", i+1, rest, err)
+		}
+	}
+	c1.Close()
+	c2.Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("RunAll: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("RunAll did not return after its context ended")
+	}
+	for i, cv := range []*conversation{cv1, cv2} {
+		for l, n := range loopsStops(cv) {
+			if n != 1 {
+				t.Errorf("worker %d loop %d: OnWorkerStop ran %d times", i+1, l, n)
+			}
+		}
+		if err := cv.w.Run(context.Background()); !errors.Is(err, ErrWorkerClosed) {
+			t.Errorf("worker %d: Run after RunAll: %v, want ErrWorkerClosed", i+1, err)
+		}
+		if cv.closes.Load() != 1 {
+			t.Errorf("worker %d: %d closes, want 1", i+1, cv.closes.Load())
+		}
+	}
+	for _, a := range []string{a1, a2} {
+		if c, err := net.DialTimeout("tcp", a, time.Second); err == nil {
+			c.Close()
+			t.Errorf("%s still accepts after RunAll returned", a)
+		}
+	}
+}
+
+func TestRunAllListenError(t *testing.T) {
+	t.Parallel()
+	good := &Worker{Addr: "text://127.0.0.1:0", Count: 1, Logger: quietLogger()}
+	bad := &Worker{Addr: "bogus://127.0.0.1:0", Count: 1, Logger: quietLogger()}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := RunAll(ctx, good, bad)
+	if err == nil || ctx.Err() != nil {
+		t.Fatalf("RunAll with a bad address: %v (ctx %v), want an error at once", err, ctx.Err())
+	}
+	if err := good.Run(ctx); !errors.Is(err, ErrWorkerClosed) {
+		t.Errorf("the good worker after RunAll failed: Run = %v, want ErrWorkerClosed", err)
+	}
+}
