@@ -567,7 +567,11 @@ func TestSendBufferFull(t *testing.T) {
 		t.Errorf("send queue reached %d bytes, limit %d + one message %d", maxQueue, max, chunk)
 	}
 	waitFor(t, 10*time.Second, "OnBufferFull", func() bool { return fulls.Load() >= 1 })
-	waitFor(t, 10*time.Second, "OnError(ErrSendBufferFull) per drop", func() bool { return fullErrs.Load() == int32(drops) })
+	// Drops are reported once per burst (each report names how many).
+	waitFor(t, 10*time.Second, "OnError(ErrSendBufferFull)", func() bool { return fullErrs.Load() >= 1 })
+	if n := fullErrs.Load(); n > int32(drops) {
+		t.Errorf("%d ErrSendBufferFull reports for %d drops", n, drops)
+	}
 	if d := sumStats(w).dropped; d != uint64(drops) {
 		t.Errorf("Stats Dropped = %d, want %d", d, drops)
 	}
@@ -850,6 +854,7 @@ func TestIdleTimeout(t *testing.T) {
 				if err != io.EOF && !isReset(err) {
 					t.Fatalf("silent client: got %v, want EOF", err)
 				}
+				silent.Close() // as a client does on EOF; the server waits for it
 				closedAt = time.Now()
 			default:
 				if i > 1500 {

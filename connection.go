@@ -22,7 +22,8 @@ const (
 	Queued
 	// Dropped: the message was not sent, because the connection is closing
 	// or closed, or its send queue is full (then OnError gets
-	// ErrSendBufferFull). Drops are counted in Stats.
+	// ErrSendBufferFull, once per burst of drops). Every drop is counted in
+	// Stats.
 	Dropped
 )
 
@@ -40,7 +41,8 @@ type Conn struct {
 
 	// Owned by the loop goroutine.
 	in         []byte // the start of a packet not yet complete
-	lastActive int64  // loop clock (unix nanoseconds) of the last read
+	lastActive int64  // loop clock (unix nanoseconds) of the last read or write progress
+	peerClosed bool   // the peer ended its side (EOF)
 
 	// state is written under mu and read anywhere.
 	state atomic.Int32
@@ -53,6 +55,9 @@ type Conn struct {
 	// before its OnBufferFull. Incremented under mu; only the loop
 	// decrements it.
 	fullPending atomic.Int32
+	// dropsPending counts messages dropped on a full queue not yet
+	// reported to OnError: one report per burst, not one task per drop.
+	dropsPending atomic.Int32
 
 	mu         sync.Mutex // guards what follows, and writes to fd
 	out        []byte     // send queue: out[outHead:] waits to be written
@@ -170,7 +175,9 @@ func (c *Conn) send(data []byte) SendResult {
 	} else if max := l.w.maxSend; max > 0 && queued >= max {
 		c.mu.Unlock()
 		l.dropped.Add(1)
-		l.post(task{kind: taskError, c: c, err: ErrSendBufferFull})
+		if c.dropsPending.Add(1) == 1 {
+			l.post(task{kind: taskDropped, c: c})
+		}
 		return Dropped
 	}
 	if c.out == nil {
@@ -301,9 +308,13 @@ func (c *Conn) SendQueueBytes() int {
 	return c.queuedLocked()
 }
 
-// Close closes the connection after its send queue has been written out.
-// Messages sent after Close are dropped. OnClose runs on the loop once the
-// connection is closed.
+// Close closes the connection gracefully: it stops reading, writes out the
+// send queue, ends our side of the stream and waits up to StopTimeout for the
+// peer to end its side before closing the socket (closing with unread input
+// would make the kernel reset the connection, and the peer could lose the
+// last bytes sent). Messages sent after Close are dropped and counted. OnClose
+// runs on the loop once the socket is closed. A peer that reads nothing keeps
+// the queue from emptying: IdleTimeout bounds that, or use Abort.
 func (c *Conn) Close() {
 	c.mu.Lock()
 	if c.state.Load() != connOpen {

@@ -47,6 +47,13 @@
 // instead stops reading from a connection while its queue is high, which is
 // what a proxy or a server with slow consumers wants.
 //
+// # End of stream
+//
+// When the peer ends its side of the stream, herd answers what it had
+// received before (OnMessage runs for it, and the send queue is written),
+// then closes the connection: a reply that another goroutine sends after that
+// is dropped, as in Workerman.
+//
 // # Stopping
 //
 // Run serves until its context ends or Shutdown is called. Shutdown stops

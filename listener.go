@@ -139,13 +139,34 @@ func listen(ep endpoint, reusePort bool) (int, error) {
 			}
 		}
 	}
-	if err := unix.Bind(fd, ep.sa); err != nil {
+	err = unix.Bind(fd, ep.sa)
+	if err == unix.EADDRINUSE && ep.path != "" && staleUnixSocket(ep.path) {
+		// A socket file left by a process that died: nobody accepts on
+		// it. A live server's file is never touched.
+		os.Remove(ep.path)
+		err = unix.Bind(fd, ep.sa)
+	}
+	if err != nil {
 		return fail("bind", err)
 	}
 	if err := unix.Listen(fd, listenBacklog()); err != nil {
 		return fail("listen", err)
 	}
 	return fd, nil
+}
+
+// staleUnixSocket reports whether path is a socket file nobody listens on.
+func staleUnixSocket(path string) bool {
+	fi, err := os.Lstat(path)
+	if err != nil || fi.Mode()&os.ModeSocket == 0 {
+		return false
+	}
+	c, err := net.Dial("unix", path)
+	if err == nil {
+		c.Close()
+		return false
+	}
+	return errors.Is(err, unix.ECONNREFUSED)
 }
 
 // listenBacklog is the kernel's somaxconn where it can be read: the value

@@ -42,6 +42,7 @@ type Loop struct {
 	tid         atomic.Int64  // the OS thread the loop is locked to; 0 once it exited
 	switchBase  uint64        // the thread's voluntary switches when the loop started
 	switchFinal atomic.Uint64 // switches over the loop's life, once it exited
+	pending     atomic.Bool   // tasks wait
 	taskMu      sync.Mutex
 	tasks       []task
 	spare       []task
@@ -62,7 +63,7 @@ const (
 	taskConn
 	taskClose
 	taskAbort
-	taskError
+	taskDropped
 	taskBufferFull
 	taskStop
 )
@@ -110,6 +111,7 @@ func (l *Loop) post(t task) bool {
 		return false
 	}
 	l.tasks = append(l.tasks, t)
+	l.pending.Store(true)
 	l.taskMu.Unlock()
 	// A busy loop runs its tasks before it next sleeps: only wake a
 	// sleeping one. The loop sets sleeping before it looks at its tasks, so
@@ -120,12 +122,7 @@ func (l *Loop) post(t task) bool {
 	return true
 }
 
-func (l *Loop) hasTasks() bool {
-	l.taskMu.Lock()
-	n := len(l.tasks)
-	l.taskMu.Unlock()
-	return n > 0
-}
+func (l *Loop) hasTasks() bool { return l.pending.Load() }
 
 func (l *Loop) run() {
 	runtime.LockOSThread()
@@ -183,10 +180,13 @@ func (l *Loop) run() {
 	l.tasks = nil
 	l.taskMu.Unlock()
 	for _, t := range rest {
-		if t.kind == taskConn {
+		switch t.kind {
+		case taskConn:
 			l.active.Add(-1)
 			l.w.conns.Add(-1)
 			unix.Close(t.fd)
+		case taskFunc:
+			l.callFunc(t.f) // Post said it would run
 		}
 	}
 	l.callLoop(l.w.OnWorkerStop)
@@ -196,6 +196,7 @@ func (l *Loop) runTasks() {
 	l.taskMu.Lock()
 	tasks := l.tasks
 	l.tasks = l.spare[:0]
+	l.pending.Store(false)
 	l.taskMu.Unlock()
 	for i := range tasks {
 		t := &tasks[i]
@@ -212,13 +213,13 @@ func (l *Loop) runTasks() {
 			}
 		case taskClose:
 			if t.c.queueEmpty() {
-				l.closeConn(t.c, nil)
+				l.queueEmptied(t.c)
 			}
 		case taskAbort:
 			l.closeConn(t.c, t.err)
-		case taskError:
-			if t.c.state.Load() != connClosed {
-				l.callError(t.c, t.err)
+		case taskDropped:
+			if n := t.c.dropsPending.Swap(0); n > 0 && t.c.state.Load() != connClosed {
+				l.callError(t.c, fmt.Errorf("%w (%d message(s))", ErrSendBufferFull, n))
 			}
 		case taskBufferFull:
 			l.bufferFull(t.c)
@@ -344,6 +345,7 @@ func (l *Loop) serve(c *Conn, ev poll.Event) {
 			l.closeConn(c, err)
 			return
 		}
+		c.lastActive = l.now.UnixNano()
 		if fullFirst && l.w.OnBufferFull != nil {
 			l.callConn(l.w.OnBufferFull, c)
 		}
@@ -356,15 +358,16 @@ func (l *Loop) serve(c *Conn, ev poll.Event) {
 	}
 }
 
-// queueEmptied finishes a Close or a graceful stop waiting on the queue.
+// queueEmptied finishes a Close, an EOF or a graceful stop waiting on the
+// queue.
 func (l *Loop) queueEmptied(c *Conn) {
-	switch c.state.Load() {
-	case connClosing:
-		if l.draining {
-			l.linger(c)
-		} else {
-			l.closeConn(c, nil)
-		}
+	if c.state.Load() != connClosing {
+		return
+	}
+	if c.peerClosed {
+		l.closeConn(c, nil) // nothing more can arrive: no reset to fear
+	} else {
+		l.linger(c)
 	}
 }
 
@@ -399,7 +402,9 @@ func (l *Loop) read(c *Conn) {
 		return
 	}
 	// The peer has finished sending: answer what it sent before, then
-	// close (at once if nothing is queued).
+	// close (at once if nothing is queued). Replies that other goroutines
+	// send after this point are dropped.
+	c.peerClosed = true
 	c.mu.Lock()
 	if c.state.Load() == connOpen {
 		c.state.Store(connClosing)
@@ -512,8 +517,12 @@ func (l *Loop) closeConn(c *Conn, err error) {
 func (l *Loop) drain(force bool) {
 	if !l.draining {
 		l.draining = true
-		if l.listenFd >= 0 && !l.listenOff {
-			l.poller.Delete(l.listenFd)
+		if l.listenFd >= 0 {
+			if !l.listenOff {
+				l.poller.Delete(l.listenFd)
+			}
+			l.listenFd = -1
+			l.w.releaseListener()
 		}
 		for _, c := range l.conns {
 			if c == nil || force {
@@ -552,8 +561,9 @@ func (l *Loop) drain(force bool) {
 	}
 }
 
-// linger half-closes a drained connection and waits for the peer to close
-// its side: closing with unread input would make the kernel reset the
+// linger half-closes a connection whose queue is written and waits, at most
+// StopTimeout, for the peer to close its side, discarding what it still
+// sends: closing with unread input would make the kernel reset the
 // connection and the peer could lose the answers just sent.
 func (l *Loop) linger(c *Conn) {
 	c.mu.Lock()
@@ -563,7 +573,13 @@ func (l *Loop) linger(c *Conn) {
 	c.mu.Unlock()
 	if err != nil {
 		l.closeConn(c, nil)
+		return
 	}
+	l.addTimer(l.w.stopGrace, 0, func() {
+		if c.state.Load() == connLingering {
+			l.closeConn(c, nil)
+		}
+	})
 }
 
 // Callback wrappers: a panic closes the connection (if any) and is logged.
@@ -630,16 +646,24 @@ func (l *Loop) callFunc(f func()) {
 	f()
 }
 
-// startIdleSweep closes, every quarter of IdleTimeout, the connections that
-// have been silent for longer than IdleTimeout.
+// startIdleSweep, every quarter of IdleTimeout, closes the connections that
+// have been silent for longer than IdleTimeout, and aborts those whose close
+// has made no progress for as long (a peer that reads nothing).
 func (l *Loop) startIdleSweep() {
 	idle := l.w.IdleTimeout
 	period := max(idle/4, time.Millisecond)
 	l.addTimer(period, period, func() {
 		limit := l.now.Add(-idle).UnixNano()
 		for _, c := range l.conns {
-			if c != nil && c.state.Load() == connOpen && c.lastActive < limit {
+			if c == nil || c.lastActive >= limit {
+				continue
+			}
+			switch c.state.Load() {
+			case connOpen:
+				c.lastActive = l.now.UnixNano() // the close gets its own IdleTimeout
 				c.Close()
+			case connClosing:
+				c.Abort()
 			}
 		}
 	})

@@ -54,7 +54,10 @@ type Worker struct {
 	// Addr is "scheme://address": tcp://host:port (raw stream, or Protocol),
 	// text://host:port and frame://host:port (TCP with that protocol),
 	// unix:///path/to.sock. IPv6 hosts go in brackets: tcp://[::1]:9000.
-	// Port 0 picks a free port; ListenAddr tells which.
+	// An empty host (tcp://:9000) listens on every IPv4 address; use
+	// tcp://[::]:9000 for IPv6. Port 0 picks a free port; ListenAddr tells
+	// which. A unix socket file left by a dead process is replaced; one a
+	// live process listens on is an error.
 	Addr string
 	// Protocol cuts the stream into messages. Nil means the scheme's
 	// protocol, or raw: OnMessage then gets whatever each read returned.
@@ -79,18 +82,21 @@ type Worker struct {
 	MaxSendBufferSize int
 	// Backpressure stops reading from a connection while its send queue
 	// holds more than half of MaxSendBufferSize, and resumes once it is
-	// down to an eighth: a peer that does not read then cannot make the
-	// server queue without bound, and nothing is dropped.
+	// down to an eighth (of 1 MiB when MaxSendBufferSize is unlimited): a
+	// peer that does not read then cannot make the server queue without
+	// bound, and nothing is dropped.
 	Backpressure bool
-	// IdleTimeout closes connections that have sent nothing for this long.
-	// Zero means never.
+	// IdleTimeout closes (with Close) connections that have sent nothing
+	// for this long, and aborts closing connections whose queue has not
+	// moved for as long. Zero means never.
 	IdleTimeout time.Duration
 	// MaxConns bounds open connections over all loops; connections beyond
 	// it are closed at once and counted in Stats.Rejected. Zero means no
 	// bound beyond the process's file limit.
 	MaxConns int
 	// StopTimeout bounds the graceful stop that Run starts when its context
-	// ends. Zero means DefaultStopTimeout.
+	// ends, and how long Close waits for the peer to end its side. Zero
+	// means DefaultStopTimeout.
 	StopTimeout time.Duration
 	// Logger receives the worker's logs. Nil means slog.Default().
 	Logger *slog.Logger
@@ -119,24 +125,27 @@ type Worker struct {
 	// out completely.
 	OnBufferDrain func(c *Conn)
 
-	mu        sync.Mutex
-	state     workerState
-	ep        endpoint
-	proto     protocol.Protocol
-	listeners []int // one per loop with reuseport, else one
-	mode      listenMode
-	loops     []*Loop
-	disp      *dispatcher
-	stopping  chan struct{} // closed by Shutdown
-	done      chan struct{} // closed when Run has stopped everything
-	runErr    error
-	log       *slog.Logger
-	nextID    atomic.Uint64
-	conns     atomic.Int64 // open connections over all loops
-	rejected  atomic.Uint64
-	maxPkg    int
-	maxSend   int
-	stopGrace time.Duration
+	mu         sync.Mutex
+	state      workerState
+	ep         endpoint
+	proto      protocol.Protocol
+	listeners  []int // one per loop with reuseport, else one
+	mode       listenMode
+	loops      []*Loop
+	disp       *dispatcher
+	stopping   chan struct{} // closed by Shutdown
+	done       chan struct{} // closed when Run has stopped everything
+	runErr     error
+	log        *slog.Logger
+	nextID     atomic.Uint64
+	conns      atomic.Int64 // open connections over all loops
+	rejected   atomic.Uint64
+	count      int          // loops, Count resolved
+	boundPath  bool         // this worker created the unix socket file
+	listenRefs atomic.Int32 // loops and dispatcher still watching the listeners
+	maxPkg     int
+	maxSend    int
+	stopGrace  time.Duration
 
 	// plainShared registers a shared listener without EPOLLEXCLUSIVE, to
 	// measure the thundering herd it avoids.
@@ -193,7 +202,7 @@ func (w *Worker) Listen() error {
 	}
 	n := 1
 	if w.mode == modeReusePort {
-		n = w.Count
+		n = w.count
 	}
 	ep := w.ep
 	for i := 0; i < n; i++ {
@@ -215,7 +224,8 @@ func (w *Worker) Listen() error {
 		}
 	}
 	w.state = stateListening
-	w.logger().Info("herd: listening", "addr", w.ListenAddrLocked(), "loops", w.Count, "mode", w.mode.String())
+	w.boundPath = ep.path != ""
+	w.logger().Info("herd: listening", "addr", w.listenAddrLocked(), "loops", w.count, "mode", w.mode.String())
 	return nil
 }
 
@@ -235,8 +245,9 @@ func (w *Worker) configure() error {
 	if w.Count < 0 || w.MaxPackageSize < 0 || w.MaxConns < 0 || w.IdleTimeout < 0 || w.StopTimeout < 0 {
 		return errors.New("herd: Count, MaxPackageSize, MaxConns, IdleTimeout and StopTimeout must not be negative")
 	}
-	if w.Count == 0 {
-		w.Count = runtime.GOMAXPROCS(0)
+	w.count = w.Count
+	if w.count == 0 {
+		w.count = runtime.GOMAXPROCS(0)
 	}
 	w.maxPkg = w.MaxPackageSize
 	if w.maxPkg == 0 {
@@ -286,7 +297,7 @@ func (w *Worker) configure() error {
 func (w *Worker) ListenAddr() Addr {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.ListenAddrLocked()
+	return w.listenAddrLocked()
 }
 
 // Addr is a listening address (a *net.TCPAddr or *net.UnixAddr).
@@ -295,8 +306,7 @@ type Addr = interface {
 	String() string
 }
 
-// ListenAddrLocked is ListenAddr for callers holding w.mu.
-func (w *Worker) ListenAddrLocked() Addr {
+func (w *Worker) listenAddrLocked() Addr {
 	if len(w.listeners) == 0 {
 		return nil
 	}
@@ -307,13 +317,27 @@ func (w *Worker) ListenAddrLocked() Addr {
 	return netAddr(sa)
 }
 
+// closeListeners closes the listening sockets (once) and removes the unix
+// socket file this worker created. Called with w.mu held.
 func (w *Worker) closeListeners() {
 	for _, fd := range w.listeners {
 		unix.Close(fd)
 	}
 	w.listeners = nil
-	if w.ep.path != "" {
+	if w.boundPath {
 		os.Remove(w.ep.path)
+		w.boundPath = false
+	}
+}
+
+// releaseListener is called by each loop and the dispatcher once it no
+// longer watches the listeners; the last one closes them, so that a
+// draining worker stops taking connections it would never serve.
+func (w *Worker) releaseListener() {
+	if w.listenRefs.Add(-1) == 0 {
+		w.mu.Lock()
+		w.closeListeners()
+		w.mu.Unlock()
 	}
 }
 
@@ -374,6 +398,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	for _, l := range w.loops {
 		l.poller.Close()
 	}
+	if w.disp != nil {
+		w.disp.poller.Close()
+	}
 	err = w.runErr
 	w.mu.Unlock()
 	close(w.done)
@@ -383,8 +410,8 @@ func (w *Worker) Run(ctx context.Context) error {
 // startLoops makes the pollers and starts one goroutine per loop, plus the
 // dispatcher in the dispatch modes. Called with w.mu held.
 func (w *Worker) startLoops() error {
-	w.loops = make([]*Loop, 0, w.Count)
-	for i := 0; i < w.Count; i++ {
+	w.loops = make([]*Loop, 0, w.count)
+	for i := 0; i < w.count; i++ {
 		l, err := newLoop(w, i)
 		if err != nil {
 			return err
@@ -407,6 +434,16 @@ func (w *Worker) startLoops() error {
 		}
 		w.disp = d
 	}
+	refs := int32(0)
+	if w.disp != nil {
+		refs++
+	}
+	for _, l := range w.loops {
+		if l.listenFd >= 0 {
+			refs++
+		}
+	}
+	w.listenRefs.Store(refs)
 	for _, l := range w.loops {
 		if l.listenFd >= 0 {
 			exclusive := w.mode == modeShared && !w.plainShared
@@ -431,13 +468,21 @@ func (w *Worker) startLoops() error {
 // ctx ends first, the remaining connections are closed at once and Shutdown
 // returns ctx.Err() after Run has returned.
 //
-// Shutdown does not wait for work a callback handed to another goroutine:
+// A graceful stop waits for each peer to end its side of the stream, so a
+// peer that never does holds it until ctx ends. Connections paused with
+// PauseRecv are not read again. Shutdown does not wait for work a callback
+// handed to another goroutine:
 // a Send that comes after its connection was closed is dropped. Shutdown
 // waits for the loops, so a callback must not call it directly: use
 // go w.Shutdown(ctx).
 func (w *Worker) Shutdown(ctx context.Context) error {
 	w.mu.Lock()
 	switch w.state {
+	case stateClosed:
+		if w.loops == nil { // never ran, or failed to start
+			w.mu.Unlock()
+			return nil
+		}
 	case stateNew, stateListening:
 		w.state = stateClosed
 		w.closeListeners()
@@ -489,7 +534,11 @@ func (w *Worker) fail(err error) {
 	}
 	w.mu.Unlock()
 	w.logger().Error("herd: loop failed; stopping the worker", "err", err)
-	go w.Shutdown(context.Background())
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), w.stopGrace)
+		defer cancel()
+		w.Shutdown(ctx)
+	}()
 }
 
 // Stats returns a snapshot of the worker's counters. Safe from any
@@ -541,7 +590,7 @@ func (d *dispatcher) stop() {
 
 func (d *dispatcher) run() {
 	defer close(d.exited)
-	defer d.poller.Close()
+	defer d.w.releaseListener()
 	var events []poll.Event
 	for !d.stopped.Load() {
 		var err error

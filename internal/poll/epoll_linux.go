@@ -4,6 +4,7 @@ package poll
 
 import (
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"unsafe"
 
@@ -15,6 +16,8 @@ type Poller struct {
 	epfd    int
 	wakefd  int
 	waking  atomic.Bool // a wake-up is pending: spare the eventfd write
+	closeMu sync.Mutex  // Wake never writes to a closed (maybe reused) descriptor
+	closed  bool
 	events  []unix.EpollEvent
 	wakebuf [8]byte
 }
@@ -125,6 +128,11 @@ func (p *Poller) Wake() error {
 	if !p.waking.CompareAndSwap(false, true) {
 		return nil
 	}
+	p.closeMu.Lock()
+	defer p.closeMu.Unlock()
+	if p.closed {
+		return nil
+	}
 	one := uint64(1)
 	_, err := unix.Write(p.wakefd, (*[8]byte)(unsafe.Pointer(&one))[:])
 	if err != nil && err != unix.EAGAIN {
@@ -135,6 +143,12 @@ func (p *Poller) Wake() error {
 
 // Close releases the poller.
 func (p *Poller) Close() error {
+	p.closeMu.Lock()
+	defer p.closeMu.Unlock()
+	if p.closed {
+		return nil
+	}
+	p.closed = true
 	unix.Close(p.wakefd)
 	return unix.Close(p.epfd)
 }

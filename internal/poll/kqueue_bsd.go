@@ -4,6 +4,7 @@ package poll
 
 import (
 	"fmt"
+	"sync"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -14,9 +15,11 @@ const wakeIdent = 0
 
 // Poller is a kqueue with an EVFILT_USER event for wake-ups.
 type Poller struct {
-	kq     int
-	waking atomic.Bool
-	events []unix.Kevent_t
+	kq      int
+	waking  atomic.Bool
+	closeMu sync.Mutex // Wake never uses a closed (maybe reused) descriptor
+	closed  bool
+	events  []unix.Kevent_t
 }
 
 // New makes a poller whose Wait returns at most maxEvents events a call.
@@ -115,8 +118,21 @@ func (p *Poller) Wake() error {
 	if !p.waking.CompareAndSwap(false, true) {
 		return nil
 	}
+	p.closeMu.Lock()
+	defer p.closeMu.Unlock()
+	if p.closed {
+		return nil
+	}
 	return p.change(unix.Kevent_t{Ident: wakeIdent, Filter: unix.EVFILT_USER, Fflags: unix.NOTE_TRIGGER})
 }
 
 // Close releases the poller.
-func (p *Poller) Close() error { return unix.Close(p.kq) }
+func (p *Poller) Close() error {
+	p.closeMu.Lock()
+	defer p.closeMu.Unlock()
+	if p.closed {
+		return nil
+	}
+	p.closed = true
+	return unix.Close(p.kq)
+}
