@@ -22,8 +22,8 @@ const (
 	Queued
 	// Dropped: the message was not sent, because the connection is closing
 	// or closed, or its send queue is full (then OnError gets
-	// ErrSendBufferFull, once per burst of drops). Every drop is counted in
-	// Stats.
+	// ErrSendBufferFull; drops close together share one report, which
+	// names how many messages it covers). Every drop is counted in Stats.
 	Dropped
 )
 

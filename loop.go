@@ -575,10 +575,22 @@ func (l *Loop) linger(c *Conn) {
 		l.closeConn(c, nil)
 		return
 	}
+	l.lingerCheck(c, -1)
+}
+
+// lingerCheck closes a lingering connection after StopTimeout, unless the
+// kernel's unsent bytes for it went down meanwhile: a slow reader still
+// taking the reply gets all of it.
+func (l *Loop) lingerCheck(c *Conn, unsent int) {
 	l.addTimer(l.w.stopGrace, 0, func() {
-		if c.state.Load() == connLingering {
-			l.closeConn(c, nil)
+		if c.state.Load() != connLingering {
+			return
 		}
+		if u := unsentBytes(c.fd); u > 0 && (unsent < 0 || u < unsent) {
+			l.lingerCheck(c, u)
+			return
+		}
+		l.closeConn(c, nil)
 	})
 }
 

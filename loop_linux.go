@@ -31,3 +31,12 @@ func threadSwitches(tid int) uint64 {
 	n, _ := strconv.ParseUint(string(bytes.TrimSpace(rest)), 10, 64)
 	return n
 }
+
+// unsentBytes is what the kernel still holds to send on a socket, or -1.
+func unsentBytes(fd int) int {
+	n, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
+	if err != nil {
+		return -1
+	}
+	return n
+}
