@@ -1,0 +1,677 @@
+package http
+
+import (
+	"errors"
+	nethttp "net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/seed358e4494/herd"
+)
+
+// Errors returned by ResponseWriter methods.
+var (
+	// ErrBodyNotAllowed is returned by Write for a status that has no body
+	// (1xx, 204, 304).
+	ErrBodyNotAllowed = errors.New("http: request method or response status code does not allow body")
+	// ErrClosed is returned by Write and Flush once the connection has
+	// closed: the response can no longer be delivered.
+	ErrClosed = errors.New("http: connection closed")
+)
+
+// Stream receives a connection's bytes after an upgrade.
+type Stream interface {
+	OnData(c *herd.Conn, data []byte) // data valid only during the call
+	OnClose(c *herd.Conn)
+}
+
+// flushThreshold is how much body a response buffers before it starts
+// streaming on its own (chunked, or close-delimited for HTTP/1.0).
+const flushThreshold = 64 << 10
+
+// ResponseWriter builds the response to one request. The handler that
+// receives it owns it on the loop; after Async, the goroutine that finishes
+// it owns it (one goroutine at a time). It must not be used after End, nor
+// after a synchronous handler has returned.
+//
+// The body is buffered and sent when the handler returns (or at End), with
+// a Content-Length computed then. Flush sends what is there and switches to
+// streaming: Transfer-Encoding: chunked for HTTP/1.1, close-delimited for
+// HTTP/1.0 (unless the handler set Content-Length). A body over 64 KiB
+// starts streaming on its own.
+type ResponseWriter struct {
+	cs *conn
+
+	// Owned by the handler (or its async goroutine).
+	status      int
+	wroteHeader bool
+	hdr         []byte // "Name: value\r\n" lines
+	body        []byte
+	clen        int64 // Content-Length set by the handler, or -1
+	headBytes   int64 // body bytes written in answer to HEAD
+	written     int64 // body bytes sent while streaming
+	head        bool  // answering HEAD
+	http10      bool
+	keepAlive10 bool
+	closeAfter  bool
+	userDate    bool
+	userConn    bool
+	onClose     func() // run if the connection closes first (Bridge)
+
+	// Under cs.mu.
+	out        []byte // encoded, waiting for earlier responses
+	headerSent bool
+	chunked    bool
+	async      bool
+	ended      bool
+	finished   bool
+	interim    bool // a 100 Continue
+	queued     bool
+	refs       int
+	upgrade    Stream
+}
+
+var rwPool = sync.Pool{New: func() any { return new(ResponseWriter) }}
+
+// newResponse makes the response for r (nil for one the server makes on
+// its own) and puts it in line.
+func (cs *conn) newResponse(r *Request) *ResponseWriter {
+	w := rwPool.Get().(*ResponseWriter)
+	w.cs = cs
+	w.status = 200
+	w.clen = -1
+	if r != nil {
+		w.head = string(r.Method()) == "HEAD"
+		w.http10 = r.minor == 0
+		w.keepAlive10 = r.keepAlive
+		w.closeAfter = r.wantClose
+	} else {
+		w.http10 = cs.p.reqLine && cs.p.minor == 0
+	}
+	cs.mu.Lock()
+	w.refs = 2 // the creator's and the queue's
+	if !cs.closed.Load() {
+		w.queued = true
+		cs.queue = append(cs.queue, w)
+		if len(cs.queue) >= cs.lim.maxInFlight && !cs.held.Load() {
+			cs.held.Store(true)
+			cs.t.PauseRecv()
+		}
+	} else {
+		w.refs = 1
+	}
+	cs.mu.Unlock()
+	return w
+}
+
+// releaseLocked drops one reference; the last one recycles w.
+func (cs *conn) releaseLocked(w *ResponseWriter) {
+	w.refs--
+	if w.refs > 0 {
+		return
+	}
+	hdr, body, out := w.hdr[:0], w.body[:0], w.out[:0]
+	if cap(hdr) > maxPooled {
+		hdr = nil
+	}
+	if cap(body) > maxPooled {
+		body = nil
+	}
+	if cap(out) > maxPooled {
+		out = nil
+	}
+	*w = ResponseWriter{hdr: hdr, body: body, out: out}
+	rwPool.Put(w)
+}
+
+// finishLocked ends w: what is left of it is encoded, and sent if earlier
+// responses are out.
+func (cs *conn) finishLocked(w *ResponseWriter) {
+	if w.finished {
+		return
+	}
+	w.finished = true
+	w.ended = true
+	if !w.queued {
+		return
+	}
+	dst := cs.target(w)
+	switch {
+	case w.interim:
+		*dst = append(*dst, "HTTP/1.1 100 Continue\r\n\r\n"...)
+	case !w.headerSent:
+		*dst = w.appendHead(*dst, true)
+		if !w.head && !bodyless(w.status) {
+			*dst = append(*dst, w.body...)
+		}
+	default:
+		*dst = w.appendBody(*dst)
+		if w.chunked && !w.head && !bodyless(w.status) {
+			*dst = append(*dst, "0\r\n\r\n"...)
+		}
+		if w.clen >= 0 && w.written != w.clen && !w.head {
+			w.closeAfter = true // the body did not match its length
+		}
+	}
+	w.body = w.body[:0]
+	cs.pumpLocked()
+}
+
+// target is where w's next bytes go: straight into the batch when w is
+// first in line, else into w's own buffer until it is.
+func (cs *conn) target(w *ResponseWriter) *[]byte {
+	if cs.batching && len(cs.queue) > 0 && cs.queue[0] == w && len(w.out) == 0 {
+		if cs.wbuf == nil {
+			cs.wbuf = getBuf(0)
+		}
+		return &cs.wbuf
+	}
+	return &w.out
+}
+
+// pumpLocked sends what the responses at the head of the line have ready,
+// in order, and retires the finished ones.
+func (cs *conn) pumpLocked() {
+	for len(cs.queue) > 0 {
+		w := cs.queue[0]
+		if len(w.out) > 0 {
+			cs.writeLocked(w.out)
+			w.out = w.out[:0]
+		}
+		if !w.finished {
+			break
+		}
+		n := copy(cs.queue, cs.queue[1:])
+		cs.queue[n] = nil
+		cs.queue = cs.queue[:n]
+		w.queued = false
+		if w.closeAfter || cs.closed.Load() {
+			// Nothing after this response is answered.
+			cs.closeLocked()
+			cs.releaseLocked(w)
+			return
+		}
+		if w.upgrade != nil {
+			s := w.upgrade
+			if cs.batching {
+				cs.upgradeDone = s
+			} else {
+				cs.post(func() { cs.switchStream(s) })
+			}
+		}
+		cs.releaseLocked(w)
+	}
+	if len(cs.queue) == 0 {
+		cs.idleFrom = nowNano()
+	}
+	if cs.held.Load() && len(cs.queue) <= cs.lim.maxInFlight/2 && !cs.closed.Load() {
+		cs.held.Store(false)
+		cs.post(cs.resume)
+	}
+}
+
+// closeLocked sends what is batched, then closes the connection once its
+// send queue is written out. The responses still in line are dropped.
+func (cs *conn) closeLocked() {
+	if len(cs.wbuf) > 0 && !cs.closed.Load() {
+		cs.t.SendRaw(cs.wbuf)
+		cs.wbuf = cs.wbuf[:0]
+	}
+	cs.closed.Store(true)
+	cs.t.Close()
+	rest := cs.queue
+	cs.queue = nil
+	for _, w := range rest {
+		w.queued = false
+		cs.releaseLocked(w)
+	}
+}
+
+// writeLocked sends b in its turn.
+func (cs *conn) writeLocked(b []byte) {
+	if cs.closed.Load() {
+		return
+	}
+	if cs.batching {
+		if cs.wbuf == nil {
+			cs.wbuf = getBuf(len(b))
+		}
+		cs.wbuf = append(cs.wbuf, b...)
+		if len(cs.wbuf) >= maxPooled {
+			cs.flushLocked()
+		}
+		return
+	}
+	if cs.t.SendRaw(b) == herd.Dropped {
+		cs.closed.Store(true)
+	}
+}
+
+func bodyless(code int) bool { return code < 200 || code == 204 || code == 304 }
+
+// appendHead appends the status line and header section. final: the whole
+// body is known (Content-Length); else the response streams.
+func (w *ResponseWriter) appendHead(dst []byte, final bool) []byte {
+	w.headerSent = true
+	if w.http10 {
+		dst = append(dst, "HTTP/1.0 "...)
+	} else {
+		dst = append(dst, "HTTP/1.1 "...)
+	}
+	dst = strconv.AppendInt(dst, int64(w.status), 10)
+	dst = append(dst, ' ')
+	dst = append(dst, nethttp.StatusText(w.status)...)
+	dst = append(dst, "\r\n"...)
+	if !w.userDate && w.status >= 200 {
+		dst = append(dst, "Date: "...)
+		dst = appendDate(dst)
+		dst = append(dst, "\r\n"...)
+	}
+	dst = append(dst, w.hdr...)
+	if !bodyless(w.status) {
+		switch {
+		case final:
+			n := int64(len(w.body))
+			if w.head {
+				n = w.headBytes
+				if w.clen >= 0 {
+					n = w.clen
+				}
+			}
+			dst = append(dst, "Content-Length: "...)
+			dst = strconv.AppendInt(dst, n, 10)
+			dst = append(dst, "\r\n"...)
+		case w.clen >= 0:
+			dst = append(dst, "Content-Length: "...)
+			dst = strconv.AppendInt(dst, w.clen, 10)
+			dst = append(dst, "\r\n"...)
+		case !w.http10:
+			w.chunked = true
+			dst = append(dst, "Transfer-Encoding: chunked\r\n"...)
+		default:
+			w.closeAfter = true // HTTP/1.0: the end of the body is the end of the connection
+		}
+	}
+	switch {
+	case w.status == 101 || w.userConn:
+	case w.closeAfter:
+		dst = append(dst, "Connection: close\r\n"...)
+	case w.http10 && w.keepAlive10:
+		dst = append(dst, "Connection: keep-alive\r\n"...)
+	}
+	return append(dst, "\r\n"...)
+}
+
+// appendBody appends the body buffered so far, as a chunk when chunked.
+func (w *ResponseWriter) appendBody(dst []byte) []byte {
+	b := w.body
+	w.body = w.body[:0]
+	if len(b) == 0 || w.head || bodyless(w.status) {
+		return dst
+	}
+	w.written += int64(len(b))
+	if !w.chunked {
+		return append(dst, b...)
+	}
+	dst = strconv.AppendInt(dst, int64(len(b)), 16)
+	dst = append(dst, "\r\n"...)
+	dst = append(dst, b...)
+	return append(dst, "\r\n"...)
+}
+
+// WriteHeader sets the status code. The first call wins, and a Write
+// before it means 200. Informational codes other than 101 are ignored.
+// It panics for a code outside 100-999.
+func (w *ResponseWriter) WriteHeader(code int) {
+	if code < 100 || code > 999 {
+		panic("http: invalid WriteHeader code " + strconv.Itoa(code))
+	}
+	if w.wroteHeader || (code < 200 && code != 101) {
+		return
+	}
+	w.wroteHeader = true
+	w.status = code
+}
+
+// Status is the status code the response has (200 unless set).
+func (w *ResponseWriter) Status() int { return w.status }
+
+// Write adds p to the body. It does not keep p. It returns ErrClosed once
+// the connection has closed, and ErrBodyNotAllowed for a 1xx, 204 or 304.
+// In answer to HEAD the bytes are counted (for Content-Length) and dropped.
+func (w *ResponseWriter) Write(p []byte) (int, error) {
+	if w.cs.closed.Load() {
+		return 0, ErrClosed
+	}
+	w.wroteHeader = true
+	if bodyless(w.status) {
+		return 0, ErrBodyNotAllowed
+	}
+	if w.head {
+		w.headBytes += int64(len(p))
+		return len(p), nil
+	}
+	w.body = append(w.body, p...)
+	if len(w.body) >= flushThreshold {
+		if err := w.Flush(); err != nil {
+			return 0, err
+		}
+	}
+	return len(p), nil
+}
+
+// WriteString is Write for a string.
+func (w *ResponseWriter) WriteString(s string) (int, error) {
+	if w.cs.closed.Load() {
+		return 0, ErrClosed
+	}
+	w.wroteHeader = true
+	if bodyless(w.status) {
+		return 0, ErrBodyNotAllowed
+	}
+	if w.head {
+		w.headBytes += int64(len(s))
+		return len(s), nil
+	}
+	w.body = append(w.body, s...)
+	if len(w.body) >= flushThreshold {
+		if err := w.Flush(); err != nil {
+			return 0, err
+		}
+	}
+	return len(s), nil
+}
+
+// Flush sends the header section, if not yet sent, and the body written so
+// far; the response then streams (see ResponseWriter). When earlier
+// responses of the connection are still open, the bytes wait behind them.
+func (w *ResponseWriter) Flush() error {
+	cs := w.cs
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if cs.closed.Load() {
+		return ErrClosed
+	}
+	if w.finished {
+		return nil
+	}
+	w.wroteHeader = true
+	dst := cs.target(w)
+	if !w.headerSent {
+		*dst = w.appendHead(*dst, false)
+	}
+	*dst = w.appendBody(*dst)
+	cs.pumpLocked()
+	if cs.batching {
+		cs.flushLocked()
+	}
+	return nil
+}
+
+// Async keeps the response open after the handler returns: it is finished
+// later by End, which (like Write, Flush, Header and WriteHeader) may then
+// be called from any goroutine, one at a time. Until End, the responses to
+// requests behind this one on the connection wait. The Request is still
+// valid only until the handler returns: copy what the goroutine needs.
+func (w *ResponseWriter) Async() {
+	cs := w.cs
+	cs.mu.Lock()
+	if !w.async && !w.finished {
+		w.async = true
+		w.refs++
+	}
+	cs.mu.Unlock()
+}
+
+// End finishes the response: what is left of it goes out (or waits for
+// the responses before it). A synchronous handler need not call it; after
+// Async it must be called exactly once. w must not be used after End.
+func (w *ResponseWriter) End() {
+	cs := w.cs
+	cs.mu.Lock()
+	if w.ended {
+		cs.mu.Unlock()
+		return
+	}
+	async := w.async
+	cs.finishLocked(w)
+	if async {
+		cs.releaseLocked(w)
+	}
+	cs.mu.Unlock()
+}
+
+// Upgrade makes the connection carry another protocol once this response
+// (status 101, written by the caller with WriteHeader(101) and headers) has
+// gone out: every byte the client sends after the request — including
+// bytes already received behind it — goes to s.OnData, and s.OnClose runs
+// when the connection closes.
+//
+// Upgrade ends the response and sends it at once (after any earlier
+// pipelined response still open), so bytes the handler sends with
+// Conn().Send after Upgrade returns follow the 101. It must be called by the
+// handler itself, on the loop, not after Async; a 101 carries no body and
+// no Content-Length.
+func (w *ResponseWriter) Upgrade(s Stream) {
+	cs := w.cs
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if w.async {
+		panic("http: Upgrade after Async")
+	}
+	if w.finished || w.headerSent {
+		return
+	}
+	w.status = 101
+	w.wroteHeader = true
+	w.body = w.body[:0]
+	w.upgrade = s
+	cs.finishLocked(w)
+	if cs.batching {
+		cs.flushLocked()
+	}
+}
+
+// resetForError replaces the response with a plain error answer that
+// closes the connection.
+func (w *ResponseWriter) resetForError(code int) {
+	w.hdr = w.hdr[:0]
+	w.body = w.body[:0]
+	w.clen = -1
+	w.headBytes = 0
+	w.userDate, w.userConn = false, false
+	w.wroteHeader = false
+	w.closeAfter = true
+	Error(w, code)
+}
+
+// Error replies with code and its status text as a plain-text body.
+func Error(w *ResponseWriter, code int) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(code)
+	var b [48]byte
+	msg := strconv.AppendInt(b[:0], int64(code), 10)
+	msg = append(msg, ' ')
+	msg = append(msg, nethttp.StatusText(code)...)
+	msg = append(msg, '\n')
+	w.Write(msg)
+}
+
+// Header is the header section of a response being built.
+type Header struct{ w *ResponseWriter }
+
+// Header gives access to the response's header fields. Changes count until
+// the header section is sent (at Flush or when the response ends).
+func (w *ResponseWriter) Header() Header { return Header{w} }
+
+// Set replaces the fields named name with one of value. A name that is not
+// a token, or a value with control characters (CR, LF, NUL...; HTAB is
+// allowed), is ignored: no header injection. Content-Length sets the length
+// of a streamed response (and of the answer to HEAD); Transfer-Encoding is
+// ignored (the server chooses the framing); Connection: close closes the
+// connection after the response.
+func (h Header) Set(name, value string) {
+	h.Del(name)
+	h.Add(name, value)
+}
+
+// Add adds a field, with the checks of Set.
+func (h Header) Add(name, value string) {
+	w := h.w
+	if !validName(name) || !validValue(value) {
+		return
+	}
+	switch len(name) {
+	case 4:
+		if eqFoldStr(name, "date") {
+			w.userDate = true
+		}
+	case 10:
+		if eqFoldStr(name, "connection") {
+			w.userConn = true
+			forTokens([]byte(value), func(t []byte) {
+				if equalFold(t, "close") {
+					w.closeAfter = true
+				}
+			})
+		}
+	case 14:
+		if eqFoldStr(name, "content-length") {
+			if n, ok := parseDigits([]byte(value)); ok {
+				w.clen = n
+			}
+			return
+		}
+	case 17:
+		if eqFoldStr(name, "transfer-encoding") {
+			return
+		}
+	}
+	w.hdr = append(w.hdr, name...)
+	w.hdr = append(w.hdr, ": "...)
+	w.hdr = append(w.hdr, value...)
+	w.hdr = append(w.hdr, "\r\n"...)
+}
+
+// Del removes the fields named name.
+func (h Header) Del(name string) {
+	w := h.w
+	if eqFoldStr(name, "content-length") {
+		w.clen = -1
+		return
+	}
+	if eqFoldStr(name, "date") {
+		w.userDate = false
+	}
+	if eqFoldStr(name, "connection") {
+		w.userConn = false
+	}
+	b := w.hdr
+	out := b[:0]
+	for len(b) > 0 {
+		end := indexCRLF(b) + 2
+		line := b[:end]
+		b = b[end:]
+		if c := indexColon(line); c >= 0 && equalFoldAny(line[:c], name) {
+			continue
+		}
+		out = append(out, line...)
+	}
+	w.hdr = out
+}
+
+// Get returns the value of the first field named name, or nil. The slice
+// is valid until the header changes.
+func (h Header) Get(name string) []byte {
+	b := h.w.hdr
+	for len(b) > 0 {
+		end := indexCRLF(b)
+		line := b[:end]
+		b = b[end+2:]
+		if c := indexColon(line); c >= 0 && equalFoldAny(line[:c], name) {
+			return line[c+2:]
+		}
+	}
+	return nil
+}
+
+func indexCRLF(b []byte) int {
+	for i := 0; i+1 < len(b); i++ {
+		if b[i] == '\r' && b[i+1] == '\n' {
+			return i
+		}
+	}
+	return len(b) - 2
+}
+
+func indexColon(b []byte) int {
+	for i, c := range b {
+		if c == ':' {
+			return i
+		}
+	}
+	return -1
+}
+
+func validName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !isToken[s[i]] {
+			return false
+		}
+	}
+	return true
+}
+
+func validValue(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < ' ' && c != '\t') || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// The Date header, formatted at most once a second.
+type dateEntry struct {
+	sec int64
+	b   [len(nethttp.TimeFormat)]byte
+}
+
+var curDate atomic.Pointer[dateEntry]
+
+func appendDate(dst []byte) []byte {
+	now := time.Now()
+	sec := now.Unix()
+	d := curDate.Load()
+	if d == nil || d.sec != sec {
+		d = &dateEntry{sec: sec}
+		now.UTC().AppendFormat(d.b[:0], nethttp.TimeFormat)
+		curDate.Store(d)
+	}
+	return append(dst, d.b[:]...)
+}
+
+// eqFoldStr compares two ASCII strings ignoring case.
+func eqFoldStr(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}

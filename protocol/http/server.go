@@ -1,0 +1,570 @@
+package http
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/seed358e4494/herd"
+)
+
+// Defaults for zero-valued Server fields.
+const (
+	DefaultMaxHeaderBytes = 16 << 10
+	DefaultMaxBodyBytes   = 8 << 20
+	DefaultHeaderTimeout  = 10 * time.Second
+	DefaultIdleTimeout    = 60 * time.Second
+	// MaxInFlight is how many requests of one connection may be waiting
+	// for their responses; beyond it the server stops reading from that
+	// connection until earlier responses have gone out.
+	MaxInFlight = 16
+)
+
+// Handler serves one request. It runs on the connection's loop and must not
+// block; call w.Async to finish the response from another goroutine. r and
+// every slice it returns are valid only until the handler returns.
+type Handler func(w *ResponseWriter, r *Request)
+
+// Server serves HTTP/1.1 on a herd.Worker. Configure its fields, then call
+// Attach before running the worker; the fields must not change after.
+type Server struct {
+	// Handler serves every request. Nil answers 404 to everything.
+	Handler Handler
+	// MaxHeaderBytes bounds the request line and header fields (and, on
+	// their own, the trailer fields of a chunked body). Larger: 431 and the
+	// connection closes. Zero means DefaultMaxHeaderBytes.
+	MaxHeaderBytes int
+	// MaxBodyBytes bounds a request body (decoded, for chunked bodies).
+	// Larger: 413 and the connection closes. Zero means DefaultMaxBodyBytes.
+	MaxBodyBytes int
+	// HeaderTimeout bounds the time from the first byte of a request to the
+	// end of its header section. Exceeded: 408 and the connection closes.
+	// Zero means DefaultHeaderTimeout; negative means none.
+	HeaderTimeout time.Duration
+	// IdleTimeout closes a connection that has sent nothing for this long
+	// while no response of it is pending: quietly between requests, with
+	// 408 in the middle of a body. Zero means DefaultIdleTimeout; negative
+	// means none.
+	IdleTimeout time.Duration
+	// Logger receives handler panics. Nil means slog.Default().
+	Logger *slog.Logger
+
+	mu       sync.Mutex
+	attached bool
+	lim      limits
+	once     sync.Once
+	loops    atomic.Pointer[[]*loopState]
+}
+
+// Errors returned by Attach.
+var (
+	ErrAttached = errors.New("http: server already attached to a worker")
+)
+
+// Attach makes w serve HTTP with s: it installs w.OnConnect, w.OnMessage
+// and w.OnClose, and chains w.OnWorkerStart (s's part runs first) to start
+// one timeout sweep per loop. w must be in raw mode: Attach fails if
+// w.Protocol is set, if w.Addr names a protocol (text://, frame://), or if
+// any of those three callbacks is set already. A Server serves one Worker.
+func (s *Server) Attach(w *herd.Worker) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.attached {
+		return ErrAttached
+	}
+	if w.Protocol != nil || strings.HasPrefix(w.Addr, "text://") || strings.HasPrefix(w.Addr, "frame://") {
+		return errors.New("http: the worker must not have a Protocol (use a tcp:// or unix:// address)")
+	}
+	if w.OnConnect != nil || w.OnMessage != nil || w.OnClose != nil {
+		return errors.New("http: the worker's OnConnect, OnMessage or OnClose is already set")
+	}
+	if s.MaxHeaderBytes < 0 || s.MaxBodyBytes < 0 {
+		return fmt.Errorf("http: MaxHeaderBytes and MaxBodyBytes must not be negative")
+	}
+	s.resolve()
+	s.attached = true
+	prev := w.OnWorkerStart
+	w.OnWorkerStart = func(l *herd.Loop) {
+		s.startLoop(l)
+		if prev != nil {
+			prev(l)
+		}
+	}
+	w.OnConnect = s.onConnect
+	w.OnMessage = s.onMessage
+	w.OnClose = s.onClose
+	return nil
+}
+
+func (s *Server) resolve() {
+	s.once.Do(func() {
+		l := limits{
+			header:      s.MaxHeaderBytes,
+			body:        int64(s.MaxBodyBytes),
+			headerTime:  int64(s.HeaderTimeout),
+			idleTime:    int64(s.IdleTimeout),
+			maxInFlight: MaxInFlight,
+		}
+		if l.header == 0 {
+			l.header = DefaultMaxHeaderBytes
+		}
+		if l.body == 0 {
+			l.body = DefaultMaxBodyBytes
+		}
+		if l.headerTime == 0 {
+			l.headerTime = int64(DefaultHeaderTimeout)
+		}
+		if l.idleTime == 0 {
+			l.idleTime = int64(DefaultIdleTimeout)
+		}
+		l.headerTime = max(l.headerTime, 0)
+		l.idleTime = max(l.idleTime, 0)
+		s.lim = l
+	})
+}
+
+func (s *Server) logger() *slog.Logger {
+	if s.Logger != nil {
+		return s.Logger
+	}
+	return slog.Default()
+}
+
+// loopState is the server's part of one loop: its connections and the
+// timeout sweep. Only the loop goroutine touches it.
+type loopState struct {
+	s     *Server
+	loop  *herd.Loop
+	conns map[uint64]*conn
+}
+
+func (s *Server) startLoop(l *herd.Loop) {
+	ls := &loopState{s: s, loop: l, conns: make(map[uint64]*conn)}
+	s.mu.Lock()
+	var loops []*loopState
+	if p := s.loops.Load(); p != nil {
+		loops = append(loops, *p...)
+	}
+	for len(loops) <= l.Index() {
+		loops = append(loops, nil)
+	}
+	loops[l.Index()] = ls
+	s.loops.Store(&loops)
+	s.mu.Unlock()
+	// One sweep per loop checks every connection's timeouts: no timer per
+	// request. It runs four times per shortest timeout, so a timeout fires
+	// between 1 and 1.25 times its value.
+	period := int64(0)
+	for _, d := range []int64{s.lim.headerTime, s.lim.idleTime} {
+		if d > 0 && (period == 0 || d < period) {
+			period = d
+		}
+	}
+	if period > 0 {
+		l.Every(max(time.Duration(period/4), time.Millisecond), ls.sweep)
+	}
+}
+
+func (s *Server) loopState(l *herd.Loop) *loopState {
+	if p := s.loops.Load(); p != nil && l.Index() < len(*p) {
+		return (*p)[l.Index()]
+	}
+	return nil
+}
+
+func (s *Server) onConnect(c *herd.Conn) {
+	ls := s.loopState(c.Loop())
+	if ls == nil {
+		c.Close()
+		return
+	}
+	l := c.Loop()
+	cs := s.newConn(c, c, l.Post)
+	ls.conns[c.ID()] = cs
+}
+
+func (s *Server) onMessage(c *herd.Conn, data []byte) {
+	if ls := s.loopState(c.Loop()); ls != nil {
+		if cs := ls.conns[c.ID()]; cs != nil {
+			cs.onData(data)
+		}
+	}
+}
+
+func (s *Server) onClose(c *herd.Conn) {
+	if ls := s.loopState(c.Loop()); ls != nil {
+		if cs := ls.conns[c.ID()]; cs != nil {
+			delete(ls.conns, c.ID())
+			cs.onClose()
+		}
+	}
+}
+
+func (ls *loopState) sweep() {
+	now := nowNano()
+	for _, cs := range ls.conns {
+		cs.checkTimeouts(now)
+	}
+}
+
+// transport is what a conn needs of a *herd.Conn; tests substitute it.
+type transport interface {
+	SendRaw(b []byte) herd.SendResult
+	Close()
+	Abort()
+	PauseRecv()
+	ResumeRecv()
+}
+
+var epoch = time.Now()
+
+// nowNano is a monotonic clock in nanoseconds.
+func nowNano() int64 { return int64(time.Since(epoch)) }
+
+// conn is the server's state for one connection.
+type conn struct {
+	s    *Server
+	lim  *limits
+	t    transport
+	hc   *herd.Conn
+	post func(func()) bool
+
+	// Owned by the loop goroutine.
+	in        []byte // the start of a request not yet complete
+	p         parser
+	req       Request
+	lastRead  int64
+	reqStart  int64
+	stopped   bool   // no more requests are read: closing or upgrading
+	upgrading Stream // set once a handler upgraded; bytes then wait in in
+	stream    Stream // the upgraded protocol, once the 101 went out
+
+	held   atomic.Bool // too many responses pending: reading paused
+	closed atomic.Bool // closing or closed: responses are dropped
+
+	mu          sync.Mutex // guards what follows, and the order of writes
+	queue       []*ResponseWriter
+	wbuf        []byte // responses batched during one read
+	batching    bool   // the loop is inside onData: writes go to wbuf
+	idleFrom    int64  // when the queue last emptied
+	upgradeDone Stream // the 101 has gone out: switch to this stream
+}
+
+func (s *Server) newConn(t transport, hc *herd.Conn, post func(func()) bool) *conn {
+	s.resolve()
+	now := nowNano()
+	cs := &conn{s: s, lim: &s.lim, t: t, hc: hc, post: post, lastRead: now, idleFrom: now}
+	cs.p.reset()
+	return cs
+}
+
+// onData takes one read's worth of input.
+func (cs *conn) onData(data []byte) {
+	if cs.stream != nil {
+		cs.stream.OnData(cs.hc, data)
+		return
+	}
+	if cs.upgrading != nil {
+		cs.in = append(cs.in, data...)
+		return
+	}
+	if cs.stopped || cs.closed.Load() {
+		return
+	}
+	now := nowNano()
+	cs.lastRead = now
+	cs.beginBatch()
+	cs.process(data, now)
+	cs.endBatch()
+}
+
+func (cs *conn) beginBatch() {
+	cs.mu.Lock()
+	cs.batching = true
+	cs.mu.Unlock()
+}
+
+// endBatch sends the responses batched during a read, and switches to an
+// upgraded stream once its 101 has gone out.
+func (cs *conn) endBatch() {
+	cs.mu.Lock()
+	cs.batching = false
+	cs.flushLocked()
+	s := cs.upgradeDone
+	cs.upgradeDone = nil
+	cs.mu.Unlock()
+	if s != nil {
+		cs.switchStream(s)
+	}
+}
+
+// flushLocked sends what was batched.
+func (cs *conn) flushLocked() {
+	if len(cs.wbuf) > 0 {
+		if cs.t.SendRaw(cs.wbuf) == herd.Dropped {
+			cs.closed.Store(true)
+		}
+		cs.wbuf = cs.wbuf[:0]
+	}
+	if cap(cs.wbuf) > 0 && !cs.batching {
+		putBuf(cs.wbuf)
+		cs.wbuf = nil
+	}
+}
+
+// process parses and serves the requests in cs.in followed by data.
+func (cs *conn) process(data []byte, now int64) {
+	buf := data
+	owned := len(cs.in) > 0
+	if owned {
+		cs.in = append(cs.in, data...)
+		buf = cs.in
+	}
+	off := 0
+	for off < len(buf) && !cs.stopped && !cs.held.Load() && !cs.closed.Load() {
+		b := buf[off:]
+		if !cs.p.started {
+			cs.p.started = true
+			cs.reqStart = now
+		}
+		st := cs.p.advance(b, cs.lim)
+		if st == needMore {
+			if cs.p.expect100 && !cs.p.sent100 && !cs.p.bodyStarted(len(b)) {
+				cs.p.sent100 = true
+				cs.interim()
+			}
+			break
+		}
+		if st != complete {
+			cs.fail(st)
+			break
+		}
+		n := cs.p.consumed
+		cs.serve(b[:n])
+		cs.p.reset()
+		off += n
+	}
+	rest := buf[off:]
+	if cs.upgrading == nil && (cs.stopped || cs.closed.Load()) {
+		rest = nil
+	}
+	if cs.p.started && len(rest) > 0 {
+		rest = rest[:cs.p.compact(rest)]
+	}
+	switch {
+	case len(rest) == 0:
+		putBuf(cs.in)
+		cs.in = nil
+	case owned:
+		cs.in = cs.in[:copy(cs.in, rest)]
+	default:
+		cs.in = append(getBuf(len(rest)), rest...)
+	}
+}
+
+// serve runs the handler for the complete request b.
+func (cs *conn) serve(b []byte) {
+	r := &cs.req
+	r.set(cs, b)
+	if r.wantClose {
+		cs.stopped = true // nothing after this request is read
+	}
+	w := cs.newResponse(r)
+	cs.call(w, r)
+	cs.mu.Lock()
+	if !w.async {
+		cs.finishLocked(w)
+		if w.closeAfter {
+			cs.stopped = true
+		}
+	}
+	up := w.upgrade
+	done := cs.upgradeDone != nil
+	cs.releaseLocked(w)
+	cs.mu.Unlock()
+	if up != nil {
+		// The bytes behind the request are the new protocol's: keep them
+		// for the Stream, and read no more until the 101 is out.
+		cs.stopped = true
+		cs.upgrading = up
+		if !done {
+			cs.t.PauseRecv()
+		}
+	}
+}
+
+// call runs the handler, turning a panic into a 500 (or an abort once the
+// response has begun).
+func (cs *conn) call(w *ResponseWriter, r *Request) {
+	defer func() {
+		if v := recover(); v != nil {
+			cs.s.logger().Error("http: handler panicked", "panic", v)
+			cs.mu.Lock()
+			sent := w.headerSent
+			cs.mu.Unlock()
+			if sent {
+				cs.abort()
+				return
+			}
+			w.resetForError(500)
+		}
+	}()
+	h := cs.s.Handler
+	if h == nil {
+		Error(w, 404)
+		return
+	}
+	h(w, r)
+}
+
+// fail answers a request that cannot be served with code and closes the
+// connection once the answer (and those before it) have gone out.
+func (cs *conn) fail(code int) {
+	cs.stopped = true
+	w := cs.newResponse(nil)
+	w.resetForError(code)
+	cs.mu.Lock()
+	cs.finishLocked(w)
+	cs.releaseLocked(w)
+	cs.mu.Unlock()
+}
+
+// interim sends "100 Continue" in its place among the responses.
+func (cs *conn) interim() {
+	w := cs.newResponse(nil)
+	w.interim = true
+	cs.mu.Lock()
+	cs.finishLocked(w)
+	cs.releaseLocked(w)
+	cs.mu.Unlock()
+}
+
+// abort closes the connection at once.
+func (cs *conn) abort() {
+	cs.mu.Lock()
+	cs.closed.Store(true)
+	cs.mu.Unlock()
+	cs.stopped = true
+	cs.t.Abort()
+}
+
+// resume reads on after enough pending responses have gone out.
+func (cs *conn) resume() {
+	if cs.stopped || cs.closed.Load() || cs.stream != nil {
+		return
+	}
+	cs.beginBatch()
+	cs.process(nil, nowNano())
+	cs.endBatch()
+	if !cs.held.Load() && !cs.stopped {
+		cs.t.ResumeRecv()
+	}
+}
+
+// switchStream hands the connection to an upgraded protocol, with the bytes
+// that arrived after the upgrade request.
+func (cs *conn) switchStream(s Stream) {
+	cs.stream = s
+	cs.upgrading = nil
+	rest := cs.in
+	cs.in = nil
+	cs.held.Store(false)
+	cs.t.ResumeRecv()
+	if len(rest) > 0 {
+		s.OnData(cs.hc, rest)
+	}
+	putBuf(rest)
+}
+
+func (cs *conn) checkTimeouts(now int64) {
+	if cs.stream != nil || cs.upgrading != nil || cs.stopped || cs.closed.Load() {
+		return
+	}
+	lim := cs.lim
+	if cs.p.started && cs.p.phase == phHead && lim.headerTime > 0 && now-cs.reqStart > lim.headerTime {
+		cs.beginBatch()
+		cs.fail(408)
+		cs.endBatch()
+		return
+	}
+	if lim.idleTime <= 0 {
+		return
+	}
+	cs.mu.Lock()
+	busy := len(cs.queue) > 0
+	since := max(cs.idleFrom, cs.lastRead)
+	cs.mu.Unlock()
+	if busy || now-since <= lim.idleTime {
+		return
+	}
+	if cs.p.started {
+		cs.beginBatch()
+		cs.fail(408)
+		cs.endBatch()
+		return
+	}
+	cs.stopped = true
+	cs.closed.Store(true)
+	cs.t.Close()
+}
+
+// onClose runs once the connection has closed.
+func (cs *conn) onClose() {
+	cs.closed.Store(true)
+	cs.stopped = true
+	cs.mu.Lock()
+	q := cs.queue
+	cs.queue = nil
+	var hooks []func()
+	for _, w := range q {
+		if w.onClose != nil {
+			hooks = append(hooks, w.onClose)
+		}
+		cs.releaseLocked(w)
+	}
+	cs.mu.Unlock()
+	for _, f := range hooks {
+		f()
+	}
+	putBuf(cs.in)
+	cs.in = nil
+	switch {
+	case cs.stream != nil:
+		cs.stream.OnClose(cs.hc)
+	case cs.upgrading != nil:
+		// Closed before the 101 could go out: the Stream still hears of it.
+		cs.upgrading.OnClose(cs.hc)
+	}
+}
+
+// Buffers for unfinished requests and batched responses: an idle
+// connection holds none.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+var boxPool = sync.Pool{New: func() any { return new([]byte) }}
+
+const maxPooled = 64 << 10
+
+func getBuf(n int) []byte {
+	if n > maxPooled {
+		return make([]byte, 0, n)
+	}
+	bp := bufPool.Get().(*[]byte)
+	b := (*bp)[:0]
+	*bp = nil
+	boxPool.Put(bp)
+	return b
+}
+
+func putBuf(b []byte) {
+	if cap(b) == 0 || cap(b) > maxPooled {
+		return
+	}
+	bp := boxPool.Get().(*[]byte)
+	*bp = b[:0]
+	bufPool.Put(bp)
+}
