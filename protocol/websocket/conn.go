@@ -1,0 +1,337 @@
+package websocket
+
+import (
+	"encoding/binary"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/seed358e4494/herd"
+)
+
+// Errors returned by Conn's write methods. Test for them with errors.Is.
+var (
+	// ErrClosed: a close frame has been sent (by Close, or in answer to
+	// the peer's) or the connection is closed; no more messages go out.
+	ErrClosed = errors.New("websocket: connection closed")
+	// ErrDropped: herd dropped the frame, because the connection is closing
+	// or its send queue is full (then the Worker's OnError is told too).
+	ErrDropped = errors.New("websocket: frame dropped: connection closing or send queue full")
+	// ErrControlTooLong: a ping or close payload over 125 bytes.
+	ErrControlTooLong = errors.New("websocket: control frame payload over 125 bytes")
+	// ErrInvalidCode: a status code that may not be sent in a close frame.
+	ErrInvalidCode = errors.New("websocket: status code not valid in a close frame")
+	// ErrDataOpCode: a message opcode other than OpText or OpBinary.
+	ErrDataOpCode = errors.New("websocket: message opcode must be OpText or OpBinary")
+)
+
+// transport is what a Conn needs of its herd.Conn; tests substitute it.
+type transport interface {
+	SendRaw(b []byte) herd.SendResult
+	Close()
+	Abort()
+}
+
+// Conn is one WebSocket connection. Its callbacks (the Server's OnOpen,
+// OnMessage, OnClose) run on the loop of its herd.Conn and must not block.
+// Every method is safe from any goroutine; each frame goes out whole, in one
+// write, so frames written concurrently never interleave.
+type Conn struct {
+	srv         *Server
+	hc          *herd.Conn
+	t           transport
+	subprotocol string
+
+	// Owned by the loop.
+	p          parser
+	rx         uint64 // reads so far
+	rxSeen     uint64 // rx at the last keepalive tick that saw input
+	lastRx     time.Time
+	keepalive  *herd.Timer
+	gotClose   bool // the peer's close frame arrived
+	peerCode   StatusCode
+	peerReason string
+	failCode   StatusCode // we failed the connection with this code
+	failReason string
+
+	started   atomic.Bool // the 101 response has gone out (set under wmu)
+	closeSent atomic.Bool // a close frame has been sent (set under wmu)
+
+	wmu        sync.Mutex // serialises frames (and compression, in order)
+	pending    []byte     // frames written before the 101 went out
+	closed     bool
+	closeTimer *herd.Timer
+	defl       *deflater // nil without permessage-deflate
+	ctx        any
+}
+
+// Herd returns the underlying herd connection (remote address, ID, loop,
+// PauseRecv). Writing to it directly would corrupt the WebSocket stream.
+func (c *Conn) Herd() *herd.Conn { return c.hc }
+
+// Subprotocol is the subprotocol agreed in the handshake, or "".
+func (c *Conn) Subprotocol() string { return c.subprotocol }
+
+// Compressed reports whether permessage-deflate was negotiated.
+func (c *Conn) Compressed() bool { return c.p.inflate != nil }
+
+// Context returns the value stored by SetContext.
+func (c *Conn) Context() any {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.ctx
+}
+
+// SetContext stores one value of the application's with the connection.
+func (c *Conn) SetContext(v any) {
+	c.wmu.Lock()
+	c.ctx = v
+	c.wmu.Unlock()
+}
+
+// WriteText sends data as one text message. data must be valid UTF-8 (it
+// is not checked). data is not kept after WriteText returns.
+func (c *Conn) WriteText(data []byte) error { return c.write(OpText, data) }
+
+// WriteBinary sends data as one binary message.
+func (c *Conn) WriteBinary(data []byte) error { return c.write(OpBinary, data) }
+
+// WriteMessage sends data as one message of type op (OpText or OpBinary).
+func (c *Conn) WriteMessage(op OpCode, data []byte) error {
+	if op != OpText && op != OpBinary {
+		return ErrDataOpCode
+	}
+	return c.write(op, data)
+}
+
+// Ping sends a ping with payload (at most 125 bytes). The peer's pong is
+// not reported; any input counts as a sign of life for PongTimeout.
+func (c *Conn) Ping(payload []byte) error {
+	if len(payload) > maxControlPayloadLen {
+		return ErrControlTooLong
+	}
+	return c.write(OpPing, payload)
+}
+
+// Close starts the closing handshake: it sends a close frame with code and
+// reason (at most 123 bytes) and returns. Messages that arrive afterwards
+// are not delivered. herd closes the TCP connection once the peer has
+// answered with its own close frame, or after the Server's CloseTimeout if
+// it does not; OnClose runs then. Close does not wait.
+func (c *Conn) Close(code StatusCode, reason string) error {
+	if !code.Valid() {
+		return ErrInvalidCode
+	}
+	if len(reason) > maxControlPayloadLen-2 {
+		return ErrControlTooLong
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.closeSent.Load() || c.closed {
+		return ErrClosed
+	}
+	err := c.sendCloseLocked(code, reason)
+	if c.hc != nil {
+		c.closeTimer = c.hc.Loop().AfterFunc(c.srv.closeTimeout(), c.t.Abort)
+	}
+	return err
+}
+
+func (c *Conn) write(op OpCode, data []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.closeSent.Load() || c.closed {
+		return ErrClosed
+	}
+	return c.writeLocked(op, data)
+}
+
+// writeLocked encodes one frame into a pooled buffer and sends it in one
+// SendRaw call. A compressed payload is written after room for the longest
+// header, and the header is put right before it once its length is known.
+func (c *Conn) writeLocked(op OpCode, data []byte) error {
+	buf := getBuf(maxServerHeaderLen + len(data))
+	var frame []byte
+	if c.defl != nil && !op.IsControl() && len(data) >= minCompressSize {
+		buf = c.defl.compress(buf[:maxServerHeaderLen], data)
+		n := len(buf) - maxServerHeaderLen
+		frame = buf[maxServerHeaderLen-serverHeaderLen(n):]
+		putHeader(frame, true, true, op, n)
+	} else {
+		buf = appendFrame(buf, false, op, data)
+		frame = buf
+	}
+	err := c.sendLocked(frame)
+	putBuf(buf)
+	return err
+}
+
+// sendLocked sends an encoded frame, or keeps it until the 101 response
+// has gone out.
+func (c *Conn) sendLocked(frame []byte) error {
+	if !c.started.Load() {
+		c.pending = append(c.pending, frame...)
+		return nil
+	}
+	if c.t.SendRaw(frame) == herd.Dropped {
+		return ErrDropped
+	}
+	return nil
+}
+
+// sendCloseLocked sends a close frame; code 0 sends one without a code.
+func (c *Conn) sendCloseLocked(code StatusCode, reason string) error {
+	c.closeSent.Store(true)
+	var b [maxServerHeaderLen + maxControlPayloadLen]byte
+	p := b[2:2]
+	if code != 0 {
+		p = binary.BigEndian.AppendUint16(p, uint16(code))
+		p = append(p, reason...)
+	}
+	b[0] = finBit | byte(OpClose)
+	b[1] = byte(len(p))
+	return c.sendLocked(b[:2+len(p)])
+}
+
+// start marks the 101 response as sent and sends what was written before.
+func (c *Conn) start() {
+	c.wmu.Lock()
+	c.startLocked()
+	c.wmu.Unlock()
+}
+
+func (c *Conn) startLocked() {
+	if c.started.Load() {
+		return
+	}
+	c.started.Store(true)
+	if len(c.pending) > 0 && !c.closed {
+		c.t.SendRaw(c.pending)
+	}
+	c.pending = nil
+}
+
+// closeTransport closes the TCP connection once what was sent is flushed.
+func (c *Conn) closeTransport() {
+	c.wmu.Lock()
+	c.startLocked()
+	c.wmu.Unlock()
+	c.t.Close()
+}
+
+// OnData implements herdhttp.Stream: it parses what the client sent. It
+// runs on the loop.
+func (c *Conn) OnData(_ *herd.Conn, data []byte) {
+	if !c.started.Load() {
+		// Input reaches the stream only after the response went out.
+		c.start()
+	}
+	c.rx++
+	if err := c.p.feed(data, c); err != nil {
+		c.fail(err)
+	}
+}
+
+// OnClose implements herdhttp.Stream: the TCP connection has closed. It
+// runs the Server's OnClose with the close code: the peer's (1005 if its
+// close frame had none), the one the server failed the connection with, or
+// 1006 if the connection ended without a close frame.
+func (c *Conn) OnClose(_ *herd.Conn) {
+	c.wmu.Lock()
+	c.closed = true
+	c.pending = nil
+	if c.closeTimer != nil {
+		c.closeTimer.Stop()
+	}
+	if d := c.defl; d != nil && d.w != nil {
+		// The context dies with the connection; the writer can serve others.
+		flateWriters[d.level-minLevel].Put(d.w)
+		d.w = nil
+	}
+	c.wmu.Unlock()
+	if c.keepalive != nil {
+		c.keepalive.Stop()
+	}
+	c.p.release()
+	if c.p.inflate != nil {
+		c.p.inflate.window = nil
+	}
+	code, reason := StatusAbnormalClosure, ""
+	switch {
+	case c.gotClose:
+		code, reason = c.peerCode, c.peerReason
+	case c.failCode != 0:
+		code, reason = c.failCode, c.failReason
+	}
+	if c.srv.OnClose != nil {
+		c.srv.OnClose(c, code, reason)
+	}
+}
+
+// fail fails the connection after a protocol violation: a close frame
+// with the violation's code, then the TCP close.
+func (c *Conn) fail(err *closeErr) {
+	if c.failCode == 0 && !c.gotClose {
+		c.failCode, c.failReason = err.code, err.reason
+	}
+	c.wmu.Lock()
+	if !c.closeSent.Load() && !c.closed {
+		c.sendCloseLocked(err.code, err.reason)
+	}
+	c.wmu.Unlock()
+	c.closeTransport()
+}
+
+// The frameHandler methods, called by the parser on the loop.
+
+func (c *Conn) onMessage(op OpCode, data []byte) bool {
+	if c.closeSent.Load() {
+		return true // closing: the application has said its last word
+	}
+	if c.srv.OnMessage != nil {
+		c.srv.OnMessage(c, op, data)
+	}
+	return true
+}
+
+func (c *Conn) onPing(payload []byte) bool {
+	c.write(OpPong, payload) // ErrClosed once closing: no pong then
+	return true
+}
+
+func (c *Conn) onPong([]byte) bool { return true }
+
+func (c *Conn) onClose(code StatusCode, reason []byte) bool {
+	c.gotClose = true
+	c.peerCode, c.peerReason = code, string(reason)
+	c.wmu.Lock()
+	if !c.closeSent.Load() && !c.closed {
+		// Echo the peer's code (none if it sent none).
+		if code == StatusNoStatusReceived {
+			code = 0
+		}
+		c.sendCloseLocked(code, "")
+	}
+	c.wmu.Unlock()
+	// Either the peer answered our close, or we answered its: the
+	// handshake is complete and the server closes the TCP connection first.
+	c.closeTransport()
+	return false
+}
+
+// tick runs on the loop every keepalive period: it closes a peer silent
+// for longer than PongTimeout and pings the others.
+func (c *Conn) tick() {
+	now := time.Now()
+	if c.rx != c.rxSeen {
+		c.rxSeen, c.lastRx = c.rx, now
+	}
+	if t := c.srv.PongTimeout; t > 0 && now.Sub(c.lastRx) > t {
+		c.t.Abort()
+		return
+	}
+	if c.srv.PingInterval > 0 {
+		c.write(OpPing, nil)
+	}
+}
