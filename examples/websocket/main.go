@@ -1,0 +1,127 @@
+//go:build linux || darwin || freebsd
+
+// Command websocket is a WebSocket server on herd: an echo endpoint and a
+// chat room whose page the same worker serves.
+//
+//	GET /        the chat page
+//	GET /echo    WebSocket: every message comes back (permessage-deflate offered)
+//	GET /chat    WebSocket: every message goes to everyone in the room
+//
+// Run it and open http://127.0.0.1:8081/ in two browser tabs:
+//
+//	go run ./examples/websocket -addr tcp://127.0.0.1:8081
+//
+// The first line of output is the bound address (port 0 picks a free one).
+// SIGINT or SIGTERM stops it gracefully.
+package main
+
+import (
+	"context"
+	_ "embed"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	nethttp "net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/seed358e4494/herd"
+	"github.com/seed358e4494/herd/protocol/http"
+	"github.com/seed358e4494/herd/protocol/websocket"
+)
+
+//go:embed chat.html
+var chatPage []byte
+
+func main() {
+	if err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "websocket:", err)
+		os.Exit(1)
+	}
+}
+
+// room is the set of chat connections. Joins and leaves come from every
+// loop, so it has a lock; a message is encoded once for all members.
+type room struct {
+	mu      sync.Mutex
+	members map[*websocket.Conn]struct{}
+}
+
+func (r *room) join(c *websocket.Conn) {
+	r.mu.Lock()
+	r.members[c] = struct{}{}
+	r.mu.Unlock()
+}
+
+func (r *room) leave(c *websocket.Conn) {
+	r.mu.Lock()
+	delete(r.members, c)
+	r.mu.Unlock()
+}
+
+func (r *room) broadcast(op websocket.OpCode, data []byte) {
+	pm, err := websocket.NewPreparedMessage(op, data)
+	if err != nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for c := range r.members {
+		c.WritePrepared(pm)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("websocket", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("addr", "tcp://127.0.0.1:8081", "listen address")
+	count := fs.Int("count", 0, "event loops; 0 means one per CPU")
+	ping := fs.Duration("ping", 30*time.Second, "server ping interval (a peer silent for two intervals is closed)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+
+	echo := &websocket.Server{
+		Compression:  true,
+		PingInterval: *ping,
+		OnMessage: func(c *websocket.Conn, op websocket.OpCode, data []byte) {
+			c.WriteMessage(op, data)
+		},
+	}
+	chat := &room{members: make(map[*websocket.Conn]struct{})}
+	chatServer := &websocket.Server{
+		PingInterval: *ping,
+		OnOpen:       func(c *websocket.Conn, r *http.Request) { chat.join(c) },
+		OnMessage:    func(c *websocket.Conn, op websocket.OpCode, data []byte) { chat.broadcast(op, data) },
+		OnClose:      func(c *websocket.Conn, code websocket.StatusCode, reason string) { chat.leave(c) },
+	}
+
+	srv := &http.Server{Handler: func(w *http.ResponseWriter, r *http.Request) {
+		switch string(r.Path()) {
+		case "/":
+			w.Header().Set("Content-Type", "text/html; charset=utf-8")
+			w.Write(chatPage)
+		case "/echo":
+			echo.Upgrade(w, r)
+		case "/chat":
+			chatServer.Upgrade(w, r)
+		default:
+			http.Error(w, nethttp.StatusNotFound)
+		}
+	}}
+
+	logger := slog.New(slog.NewTextHandler(stderr, nil))
+	// A few long-lived connections: least-connections dispatch spreads
+	// them over the loops, which a reuseport hash does not promise.
+	w := &herd.Worker{Name: "websocket", Addr: *addr, Count: *count, Accept: herd.AcceptLeastConns, Logger: logger}
+	if err := srv.Attach(w); err != nil {
+		return err
+	}
+	if err := w.Listen(); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "websocket: listening on http://%s\n", w.ListenAddr())
+	return herd.RunAll(ctx, w)
+}

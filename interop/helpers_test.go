@@ -1,0 +1,97 @@
+package interop
+
+import (
+	"bufio"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// startExample builds examples/<name>, runs it on a free loopback port and
+// returns the host:port it printed. The server is stopped with SIGTERM (then
+// killed) when the test ends.
+func startExample(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), name)
+	build := exec.Command("go", "build", "-o", bin, "./examples/"+name)
+	build.Dir = ".." // the examples belong to the core module
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building examples/%s: %v\n%s", name, err, out)
+	}
+	cmd := exec.Command(bin, append([]string{"-addr", "tcp://127.0.0.1:0"}, args...)...)
+	cmd.Stderr = os.Stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+			t.Error("example did not stop within 10s of SIGTERM")
+		}
+	})
+	lines := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		if sc.Scan() {
+			lines <- sc.Text()
+		}
+		for sc.Scan() { // keep the pipe drained
+		}
+	}()
+	select {
+	case line := <-lines:
+		// "<name>: listening on http://127.0.0.1:PORT"
+		f := strings.Fields(line)
+		if len(f) == 0 || !strings.Contains(line, "listening on") {
+			t.Fatalf("unexpected first line from examples/%s: %q", name, line)
+		}
+		addr := f[len(f)-1]
+		if i := strings.Index(addr, "://"); i >= 0 {
+			addr = addr[i+3:]
+		}
+		return addr
+	case <-time.After(30 * time.Second):
+		t.Fatalf("examples/%s printed no address within 30s", name)
+	}
+	return ""
+}
+
+// tool finds an external program; missing, the test is skipped, or fails
+// under CI, which is expected to have installed it.
+func tool(t *testing.T, name string, paths ...string) string {
+	t.Helper()
+	for _, p := range paths {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatalf("%s is not installed; .ci/run should have installed it", name)
+	}
+	t.Skipf("%s is not installed", name)
+	return ""
+}
+
+func testContext(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
