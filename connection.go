@@ -58,6 +58,10 @@ type Conn struct {
 	// dropsPending counts messages dropped on a full queue not yet
 	// reported to OnError: one report per burst, not one task per drop.
 	dropsPending atomic.Int32
+	// holds counts Holds not yet Released; drainWait says a graceful
+	// stop waits for them (set by the loop).
+	holds     atomic.Int32
+	drainWait atomic.Bool
 
 	mu         sync.Mutex // guards what follows, and writes to fd
 	out        []byte     // send queue: out[outHead:] waits to be written
@@ -66,6 +70,7 @@ type Conn struct {
 	writeOn    bool // the poller watches writes
 	userPaused bool // PauseRecv
 	bpPaused   bool // paused by Backpressure
+	drainStop  bool // a graceful stop waits for a Release: no more input
 	full       bool // OnBufferFull fired; OnBufferDrain pending
 	ctx        any
 }
@@ -286,7 +291,7 @@ func (c *Conn) updateInterestLocked() {
 	if st == connClosed {
 		return
 	}
-	read := st == connLingering || (st == connOpen && !c.userPaused && !c.bpPaused)
+	read := st == connLingering || (st == connOpen && !c.userPaused && !c.bpPaused && !c.drainStop)
 	write := len(c.out) > c.outHead
 	if read == c.readOn && write == c.writeOn {
 		return
@@ -338,6 +343,20 @@ func (c *Conn) Abort() {
 	c.brokenLocked()
 	c.mu.Unlock()
 	c.loop.post(task{kind: taskAbort, c: c})
+}
+
+// Hold tells herd that work for this connection is under way off the loop,
+// such as a reply being computed on another goroutine. A graceful stop then
+// keeps the connection open (no longer reading) until the matching Release,
+// so that the reply still goes out; the stop's context bounds the wait.
+// Each Hold needs exactly one Release.
+func (c *Conn) Hold() { c.holds.Add(1) }
+
+// Release ends a Hold.
+func (c *Conn) Release() {
+	if c.holds.Add(-1) == 0 && c.drainWait.Load() {
+		c.loop.post(task{kind: taskReleased, c: c})
+	}
 }
 
 // PauseRecv stops reading from the connection until ResumeRecv. Data the

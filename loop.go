@@ -66,6 +66,7 @@ const (
 	taskDropped
 	taskBufferFull
 	taskStop
+	taskReleased
 )
 
 // task is work handed to a loop from elsewhere.
@@ -225,6 +226,10 @@ func (l *Loop) runTasks() {
 			l.bufferFull(t.c)
 		case taskStop:
 			l.drain(t.force)
+		case taskReleased:
+			if t.c.holds.Load() == 0 {
+				l.closeDrained(t.c)
+			}
 		}
 		*t = task{}
 	}
@@ -539,16 +544,20 @@ func (l *Loop) drain(force bool) {
 					}
 				}
 			}
-			c.mu.Lock()
-			if c.state.Load() == connOpen {
-				c.state.Store(connClosing)
+			if c.holds.Load() > 0 {
+				// Work under way elsewhere will still Send: stop reading
+				// and wait for its Release (checked again after the flag
+				// is up, so a Release in between is not missed).
+				c.drainWait.Store(true)
+				c.mu.Lock()
+				c.drainStop = true
 				c.updateInterestLocked()
+				c.mu.Unlock()
+				if c.holds.Load() > 0 {
+					continue
+				}
 			}
-			empty := c.queuedLocked() == 0
-			c.mu.Unlock()
-			if empty {
-				l.queueEmptied(c)
-			}
+			l.closeDrained(c)
 		}
 	}
 	if force {
@@ -558,6 +567,20 @@ func (l *Loop) drain(force bool) {
 				l.closeConn(c, nil)
 			}
 		}
+	}
+}
+
+// closeDrained starts the graceful close of a connection during a stop.
+func (l *Loop) closeDrained(c *Conn) {
+	c.mu.Lock()
+	if c.state.Load() == connOpen {
+		c.state.Store(connClosing)
+		c.updateInterestLocked()
+	}
+	empty := c.queuedLocked() == 0
+	c.mu.Unlock()
+	if empty {
+		l.queueEmptied(c)
 	}
 }
 

@@ -305,3 +305,54 @@ func TestRunAllListenError(t *testing.T) {
 		t.Errorf("the good worker after RunAll failed: Run = %v, want ErrWorkerClosed", err)
 	}
 }
+
+// A reply computed on another goroutine under Conn.Hold still reaches the
+// client when a graceful stop begins meanwhile; without Hold it would be
+// dropped.
+func TestShutdownWaitsForHold(t *testing.T) {
+	t.Parallel()
+	received := make(chan struct{})
+	release := make(chan struct{})
+	w := &Worker{
+		Addr:  "text://127.0.0.1:0",
+		Count: 2,
+		OnMessage: func(c *Conn, msg []byte) {
+			c.Hold()
+			reply := "late " + string(msg)
+			go func() {
+				defer c.Release()
+				<-release
+				if r := c.Send([]byte(reply)); r == Dropped {
+					t.Errorf("Send under Hold during the stop: %v", r)
+				}
+			}()
+			close(received)
+		},
+	}
+	r := startWorker(t, w)
+	cl := r.dial(t)
+	cl.SetDeadline(time.Now().Add(15 * time.Second))
+	if _, err := cl.Write([]byte("question\n")); err != nil {
+		t.Fatal(err)
+	}
+	<-received
+	sctx, cancel := contextWithTimeout(10 * time.Second)
+	defer cancel()
+	stopped := make(chan error, 1)
+	go func() { stopped <- w.Shutdown(sctx) }()
+	// The stop must be waiting for the Release, not finished.
+	select {
+	case err := <-stopped:
+		t.Fatalf("Shutdown returned (%v) while a Hold was outstanding", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	line, err := bufio.NewReader(cl).ReadString('\n')
+	if err != nil || line != "late question\n" {
+		t.Fatalf("reply: %q, %v", line, err)
+	}
+	cl.Close()
+	if err := <-stopped; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+}

@@ -471,8 +471,8 @@ func (w *Worker) startLoops() error {
 //
 // A graceful stop waits for each peer to end its side of the stream, so a
 // peer that never does holds it until ctx ends. Connections paused with
-// PauseRecv are not read again. Shutdown does not wait for work a callback
-// handed to another goroutine:
+// PauseRecv are not read again. Shutdown waits for work a callback handed
+// to another goroutine only where it called Conn.Hold; otherwise
 // a Send that comes after its connection was closed is dropped. Shutdown
 // waits for the loops, so a callback must not call it directly: use
 // go w.Shutdown(ctx).

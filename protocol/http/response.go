@@ -415,14 +415,19 @@ func (w *ResponseWriter) Flush() error {
 // be called from any goroutine, one at a time. Until End, the responses to
 // requests behind this one on the connection wait. The Request is still
 // valid only until the handler returns: copy what the goroutine needs.
+// A graceful stop of the worker waits for End (herd.Conn.Hold).
 func (w *ResponseWriter) Async() {
 	cs := w.cs
 	cs.mu.Lock()
-	if !w.async && !w.finished {
+	hold := !w.async && !w.finished
+	if hold {
 		w.async = true
 		w.refs++
 	}
 	cs.mu.Unlock()
+	if hold && cs.hc != nil {
+		cs.hc.Hold()
+	}
 }
 
 // End finishes the response: what is left of it goes out (or waits for
@@ -441,6 +446,9 @@ func (w *ResponseWriter) End() {
 		cs.releaseLocked(w)
 	}
 	cs.mu.Unlock()
+	if async && cs.hc != nil {
+		cs.hc.Release()
+	}
 }
 
 // Upgrade makes the connection carry another protocol once this response
