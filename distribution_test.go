@@ -337,3 +337,84 @@ func TestThunderingHerd(t *testing.T) {
 		t.Errorf("EPOLLEXCLUSIVE: %.2f switches per connection, not fewer than plain registration's %.2f", e, p)
 	}
 }
+
+// TestDistributionMatrix shows every mode under both connection patterns:
+// 400 short connections, then 4 long-lived ones exchanging 50 messages
+// each, on 4 loops. Dispatch must be exact (round robin: 100 short
+// connections per loop; both dispatch modes: one long-lived connection per
+// loop); the kernel-driven modes are logged, as their spread is the point.
+func TestDistributionMatrix(t *testing.T) {
+	modes := []struct {
+		name      string
+		reusePort bool
+		accept    AcceptMode
+	}{
+		{"reuseport", true, AcceptShared},
+		{"shared", false, AcceptShared},
+		{"round-robin", false, AcceptRoundRobin},
+		{"least-conns", false, AcceptLeastConns},
+	}
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			w := distEchoWorker(m.name, 4, m.reusePort, m.accept)
+			srv := edStart(t, w)
+			distShortConns(t, ctx, srv, 400, 8)
+			short := w.Stats()
+			t.Logf("400 short connections\n%v", short)
+			if m.accept == AcceptRoundRobin {
+				for _, l := range short.Loops {
+					if l.Accepted != 100 {
+						t.Errorf("round robin: loop %d accepted %d short connections, want 100", l.Index, l.Accepted)
+					}
+				}
+			}
+
+			deadline, _ := ctx.Deadline()
+			var conns []net.Conn
+			for i := 0; i < 4; i++ {
+				c, err := net.DialTimeout("tcp", srv.addr, 5*time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				c.SetDeadline(deadline)
+				conns = append(conns, c)
+			}
+			var wg sync.WaitGroup
+			for i, c := range conns {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for j := 0; j < 50; j++ {
+						if err := distEcho(c, []byte{'m', byte('0' + i), byte('0' + j%10)}); err != nil {
+							t.Errorf("long-lived conn %d: %v", i, err)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			long := w.Stats()
+			for i := range long.Loops { // only the long-lived connections' share
+				long.Loops[i].Accepted -= short.Loops[i].Accepted
+				long.Loops[i].MessagesIn -= short.Loops[i].MessagesIn
+			}
+			long.AcceptFairness = jain(long.Loops, func(l LoopStats) uint64 { return l.Accepted })
+			long.MessageFairness = jain(long.Loops, func(l LoopStats) uint64 { return l.MessagesIn })
+			t.Logf("4 long-lived connections, 50 messages each (accepted and messages: theirs only)\n%v", long)
+			if m.accept != AcceptShared {
+				for _, l := range long.Loops {
+					if l.Active != 1 {
+						t.Errorf("%s: loop %d holds %d long-lived connections, want 1", m.name, l.Index, l.Active)
+					}
+				}
+			}
+			for _, c := range conns {
+				c.Close()
+			}
+			srv.stop()
+		})
+	}
+}
