@@ -233,8 +233,11 @@ func (b *bridgeWriter) Write(p []byte) (int, error) {
 		b.WriteHeader(200)
 	}
 	n, err := b.w.Write(p)
-	if errors.Is(err, ErrBodyNotAllowed) {
+	switch {
+	case errors.Is(err, ErrBodyNotAllowed):
 		return n, nethttp.ErrBodyNotAllowed
+	case errors.Is(err, ErrContentLength):
+		return n, nethttp.ErrContentLength
 	}
 	return n, err
 }

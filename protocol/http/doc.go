@@ -25,6 +25,9 @@
 // behind the open responses of earlier pipelined requests. At most
 // MaxInFlight (16) requests of one connection wait for their responses;
 // beyond that the server stops reading that connection until they drain.
+// No timeout bounds a response waiting for End: an async handler (or a
+// bridged net/http handler) that never finishes pins its connection, and
+// the responses behind it, until the client goes away.
 //
 // # Framing and what is rejected
 //
@@ -46,7 +49,10 @@
 //     (obs-fold); a field name that is empty, has whitespace before the
 //     colon or any non-token byte; a field value with a control character
 //     other than HTAB; an HTTP/1.1 request without exactly one Host field,
-//     or any request with several; Content-Length that is not all digits,
+//     or any request with several, or a Host value that is not uri-host
+//     [":" port] (an IP-literal in brackets of hex digits, ":" and ".", or
+//     reg-name / IPv4 characters: unreserved, %XX and sub-delims; the port
+//     all digits; an empty value is allowed); Content-Length that is not all digits,
 //     overflows int64, is empty, or has several values (repeated fields or
 //     a comma list) that differ (identical ones are accepted);
 //     Transfer-Encoding together with Content-Length;
@@ -73,7 +79,9 @@
 //
 // Empty lines before a request line are ignored. Trailer fields are checked
 // like header fields and dropped. A handler that panics gets a 500 if its
-// response has not started, else its connection is aborted.
+// response has not started, else its connection is aborted; this holds
+// after Async too (the response is finished then, and a later End from the
+// goroutine does nothing).
 //
 // # Connections
 //
@@ -85,6 +93,13 @@
 // IdleTimeout (default 60 s) is closed. Both timeouts are checked by one
 // sweep per loop, a quarter of the shorter timeout apart: no timer per
 // request.
+//
+// Closing writes out what is queued first (herd.Conn.Close). A connection
+// the server has closed (for a timeout, an error, or Connection: close)
+// whose send queue then makes no progress for IdleTimeout — a client that
+// does not read — is aborted, so it cannot be kept open forever; this is
+// independent of the worker's own IdleTimeout, and off when IdleTimeout is
+// negative.
 //
 // "Expect: 100-continue" on an HTTP/1.1 request with a body gets "HTTP/1.1
 // 100 Continue" once the header is read and before the body arrives, unless
@@ -98,7 +113,15 @@
 // and no body. 1xx, 204 and 304 responses carry no body and no length.
 // Flush streams: Transfer-Encoding: chunked for HTTP/1.1 (ended by the last
 // chunk at End), the end of the connection for HTTP/1.0, or the handler's
-// own Content-Length. No Content-Type is added by a herd Handler; Bridge
+// own Content-Length.
+//
+// A Content-Length set by the handler is what the response declares, and
+// no more body than that is ever sent: the Write that would exceed it
+// writes nothing and returns ErrContentLength (http.ErrContentLength
+// through Bridge), as net/http does. A body shorter than declared goes out
+// with the declared length and the connection is closed after it, so the
+// client sees a short body rather than a desynchronized connection. In
+// both cases the connection closes after the response. No Content-Type is added by a herd Handler; Bridge
 // sniffs one as net/http does.
 //
 // # Upgrades
@@ -106,5 +129,10 @@
 // A handler that answers 101 calls w.Upgrade with a Stream: once the 101 has
 // gone out, the connection's bytes (including those already received behind
 // the request) go to Stream.OnData on the loop, and Stream.OnClose runs when
-// it closes. The websocket package is built on it.
+// it closes. The 101 waits behind the responses to earlier pipelined
+// requests; a Stream that implements StreamStarter learns in OnStart when
+// the 101 has been handed to the connection, and sends its first bytes
+// then. The websocket package is built on it. A WriteHeader(101) without
+// Upgrade is not an upgrade: it sends a 101 status line, and the
+// connection goes on with HTTP.
 package http

@@ -363,6 +363,9 @@ func (p *parser) framing(b []byte, lim *limits) int {
 		case 4:
 			if equalFold(name, "host") {
 				hosts++
+				if !validHost(value) {
+					return 400
+				}
 			}
 		case 6:
 			if equalFold(name, "expect") {
@@ -648,10 +651,71 @@ func isQdtext(c byte) bool {
 
 func isQuotedPairChar(c byte) bool { return c == '\t' || (c >= ' ' && c != 0x7f) }
 
+// validHost reports whether v is a Host value: uri-host [":" port] (RFC
+// 9110, 7.2), where uri-host is an IP-literal ("[" hex digits, ":" and "."
+// "]"), or an IPv4 address or reg-name (unreserved, pct-encoded and
+// sub-delims characters), and port is digits. Empty is allowed (a target
+// without authority).
+func validHost(v []byte) bool {
+	i := 0
+	if len(v) > 0 && v[0] == '[' {
+		for i = 1; i < len(v) && v[i] != ']'; i++ {
+			if _, hex := unhex(v[i]); !hex && v[i] != ':' && v[i] != '.' {
+				return false
+			}
+		}
+		if i == len(v) || i == 1 {
+			return false // unclosed, or empty
+		}
+		i++
+	} else {
+		for ; i < len(v) && v[i] != ':'; i++ {
+			switch c := v[i]; {
+			case isRegName[c]:
+			case c == '%':
+				if i+2 >= len(v) {
+					return false
+				}
+				_, h1 := unhex(v[i+1])
+				_, h2 := unhex(v[i+2])
+				if !h1 || !h2 {
+					return false
+				}
+				i += 2
+			default:
+				return false
+			}
+		}
+	}
+	if i == len(v) {
+		return true
+	}
+	if v[i] != ':' {
+		return false
+	}
+	for _, c := range v[i+1:] {
+		if !isDigit(c) {
+			return false
+		}
+	}
+	return true
+}
+
 func isDigit(c byte) bool { return '0' <= c && c <= '9' }
 func isAlpha(c byte) bool { return ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z') }
 
 // isToken reports the tchar of RFC 9110.
+// isRegName: the unreserved and sub-delims characters of RFC 3986.
+var isRegName = func() (t [256]bool) {
+	for c := 0; c < 256; c++ {
+		t[c] = isAlpha(byte(c)) || isDigit(byte(c))
+	}
+	for _, c := range "-._~!$&'()*+,;=" {
+		t[c] = true
+	}
+	return t
+}()
+
 var isToken = func() (t [256]bool) {
 	for c := 'a'; c <= 'z'; c++ {
 		t[c] = true

@@ -19,12 +19,28 @@ var (
 	// ErrClosed is returned by Write and Flush once the connection has
 	// closed: the response can no longer be delivered.
 	ErrClosed = errors.New("http: connection closed")
+	// ErrContentLength is returned by Write when the body would exceed the
+	// Content-Length the handler set; nothing of that Write is sent, and
+	// the connection closes after the response.
+	ErrContentLength = errors.New("http: wrote more than the declared Content-Length")
 )
 
 // Stream receives a connection's bytes after an upgrade.
 type Stream interface {
 	OnData(c *herd.Conn, data []byte) // data valid only during the call
 	OnClose(c *herd.Conn)
+}
+
+// StreamStarter is a Stream that learns when it takes over the connection:
+// OnStart runs on the loop once the 101 response has been handed to the
+// connection (after the responses to earlier pipelined requests), before
+// the first OnData. Bytes the Stream sends from then on follow the 101; a
+// Stream whose bytes may be written earlier (from the handler, or another
+// goroutine) should hold them until OnStart. If the connection closes
+// before the 101 goes out, only OnClose runs.
+type StreamStarter interface {
+	Stream
+	OnStart(c *herd.Conn)
 }
 
 // flushThreshold is how much body a response buffers before it starts
@@ -65,6 +81,7 @@ type ResponseWriter struct {
 	headerSent bool
 	chunked    bool
 	async      bool
+	panicked   bool // the handler panicked after Async: End only drops its reference
 	ended      bool
 	finished   bool
 	interim    bool // a 100 Continue
@@ -144,7 +161,7 @@ func (cs *conn) finishLocked(w *ResponseWriter) {
 	case !w.headerSent:
 		*dst = w.appendHead(*dst, true)
 		if !w.head && !bodyless(w.status) {
-			*dst = append(*dst, w.body...)
+			*dst = append(*dst, w.capBody(w.body)...)
 		}
 	default:
 		*dst = w.appendBody(*dst)
@@ -276,9 +293,15 @@ func (w *ResponseWriter) appendHead(dst []byte, final bool) []byte {
 			n := int64(len(w.body))
 			if w.head {
 				n = w.headBytes
-				if w.clen >= 0 {
-					n = w.clen
+			}
+			if w.clen >= 0 {
+				// The handler's length stands. A shorter body then ends
+				// the connection: the client sees a short body (an
+				// error) rather than waiting for bytes that never come.
+				if !w.head && n != w.clen {
+					w.closeAfter = true
 				}
+				n = w.clen
 			}
 			dst = append(dst, "Content-Length: "...)
 			dst = strconv.AppendInt(dst, n, 10)
@@ -311,14 +334,48 @@ func (w *ResponseWriter) appendBody(dst []byte) []byte {
 	if len(b) == 0 || w.head || bodyless(w.status) {
 		return dst
 	}
-	w.written += int64(len(b))
 	if !w.chunked {
+		b = w.capBody(b)
+		w.written += int64(len(b))
 		return append(dst, b...)
 	}
+	w.written += int64(len(b))
 	dst = strconv.AppendInt(dst, int64(len(b)), 16)
 	dst = append(dst, "\r\n"...)
 	dst = append(dst, b...)
 	return append(dst, "\r\n"...)
+}
+
+// capBody trims b, the body bytes about to go out with a handler-set
+// Content-Length, to what that length has room for (Write refuses more, but
+// the length may have been set after the bytes were written), and closes
+// the connection after the response if it had to.
+func (w *ResponseWriter) capBody(b []byte) []byte {
+	if w.clen < 0 {
+		return b
+	}
+	if room := max(w.clen-w.written, 0); int64(len(b)) > room {
+		w.closeAfter = true
+		b = b[:room]
+	}
+	return b
+}
+
+// fits reports whether n more body bytes stay within a Content-Length set
+// by the handler. If not, the connection closes after the response.
+func (w *ResponseWriter) fits(n int) bool {
+	if w.clen < 0 {
+		return true
+	}
+	have := w.written + int64(len(w.body))
+	if w.head {
+		have = w.headBytes
+	}
+	if have+int64(n) <= w.clen {
+		return true
+	}
+	w.closeAfter = true
+	return false
 }
 
 // WriteHeader sets the status code. The first call wins, and a Write
@@ -339,8 +396,11 @@ func (w *ResponseWriter) WriteHeader(code int) {
 func (w *ResponseWriter) Status() int { return w.status }
 
 // Write adds p to the body. It does not keep p. It returns ErrClosed once
-// the connection has closed, and ErrBodyNotAllowed for a 1xx, 204 or 304.
-// In answer to HEAD the bytes are counted (for Content-Length) and dropped.
+// the connection has closed, ErrBodyNotAllowed for a 1xx, 204 or 304, and
+// ErrContentLength (writing nothing of p, and closing the connection after
+// the response) if the body would exceed a Content-Length set by the
+// handler. In answer to HEAD the bytes are counted (for Content-Length)
+// and dropped.
 func (w *ResponseWriter) Write(p []byte) (int, error) {
 	if w.cs.closed.Load() {
 		return 0, ErrClosed
@@ -348,6 +408,9 @@ func (w *ResponseWriter) Write(p []byte) (int, error) {
 	w.wroteHeader = true
 	if bodyless(w.status) {
 		return 0, ErrBodyNotAllowed
+	}
+	if !w.fits(len(p)) {
+		return 0, ErrContentLength
 	}
 	if w.head {
 		w.headBytes += int64(len(p))
@@ -370,6 +433,9 @@ func (w *ResponseWriter) WriteString(s string) (int, error) {
 	w.wroteHeader = true
 	if bodyless(w.status) {
 		return 0, ErrBodyNotAllowed
+	}
+	if !w.fits(len(s)) {
+		return 0, ErrContentLength
 	}
 	if w.head {
 		w.headBytes += int64(len(s))
@@ -437,6 +503,12 @@ func (w *ResponseWriter) End() {
 	cs := w.cs
 	cs.mu.Lock()
 	if w.ended {
+		if w.panicked {
+			// The response was finished when the handler panicked, and
+			// the Hold released; drop the reference End owned.
+			w.panicked = false
+			cs.releaseLocked(w)
+		}
 		cs.mu.Unlock()
 		return
 	}
@@ -457,11 +529,14 @@ func (w *ResponseWriter) End() {
 // bytes already received behind it — goes to s.OnData, and s.OnClose runs
 // when the connection closes.
 //
-// Upgrade ends the response and sends it at once (after any earlier
-// pipelined response still open), so bytes the handler sends with
-// Conn().Send after Upgrade returns follow the 101. It must be called by the
-// handler itself, on the loop, not after Async; a 101 carries no body and
-// no Content-Length.
+// Upgrade ends the response and sends it at once, or once the responses to
+// earlier pipelined requests have gone out. Bytes of the new protocol must
+// follow the 101: send them from s's OnStart (see StreamStarter), or from
+// OnData; bytes sent with Conn().Send straight after Upgrade follow the 101
+// only when no earlier response was still open. Upgrade must be called by
+// the handler itself, on the loop, not after Async; a 101 carries no body
+// and no Content-Length. A WriteHeader(101) without Upgrade is not an
+// upgrade: the connection then goes on with HTTP.
 func (w *ResponseWriter) Upgrade(s Stream) {
 	cs := w.cs
 	cs.mu.Lock()
@@ -495,8 +570,10 @@ func (w *ResponseWriter) resetForError(code int) {
 	Error(w, code)
 }
 
-// Error replies with code and its status text as a plain-text body.
+// Error replies with code and its status text as a plain-text body. It
+// drops a Content-Length set before, as net/http's Error does.
 func Error(w *ResponseWriter, code int) {
+	w.Header().Del("Content-Length")
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(code)
 	var b [48]byte
@@ -517,7 +594,8 @@ func (w *ResponseWriter) Header() Header { return Header{w} }
 // Set replaces the fields named name with one of value. A name that is not
 // a token, or a value with control characters (CR, LF, NUL...; HTAB is
 // allowed), is ignored: no header injection. Content-Length sets the length
-// of a streamed response (and of the answer to HEAD); Transfer-Encoding is
+// the response declares, streamed or not (and that of the answer to HEAD),
+// and bounds its body (see Write); Transfer-Encoding is
 // ignored (the server chooses the framing); Connection: close closes the
 // connection after the response.
 func (h Header) Set(name, value string) {
@@ -547,7 +625,8 @@ func (h Header) Add(name, value string) {
 		}
 	case 14:
 		if eqFoldStr(name, "content-length") {
-			if n, ok := parseDigits([]byte(value)); ok {
+			// Once the head is out, the declared length stands.
+			if n, ok := parseDigits([]byte(value)); ok && !w.headerSent {
 				w.clen = n
 			}
 			return
@@ -567,7 +646,9 @@ func (h Header) Add(name, value string) {
 func (h Header) Del(name string) {
 	w := h.w
 	if eqFoldStr(name, "content-length") {
-		w.clen = -1
+		if !w.headerSent {
+			w.clen = -1
+		}
 		return
 	}
 	if eqFoldStr(name, "date") {

@@ -24,6 +24,10 @@ const (
 	MaxInFlight = 16
 )
 
+// maxLimit bounds MaxHeaderBytes + MaxBodyBytes: offsets into a request
+// are int32.
+const maxLimit = 1<<31 - 1
+
 // Handler serves one request. It runs on the connection's loop and must not
 // block; call w.Async to finish the response from another goroutine. r and
 // every slice it returns are valid only until the handler returns.
@@ -36,10 +40,13 @@ type Server struct {
 	Handler Handler
 	// MaxHeaderBytes bounds the request line and header fields (and, on
 	// their own, the trailer fields of a chunked body). Larger: 431 and the
-	// connection closes. Zero means DefaultMaxHeaderBytes.
+	// connection closes. Zero means DefaultMaxHeaderBytes. With
+	// MaxBodyBytes, it must stay below 2 GiB (Attach fails otherwise).
 	MaxHeaderBytes int
 	// MaxBodyBytes bounds a request body (decoded, for chunked bodies).
 	// Larger: 413 and the connection closes. Zero means DefaultMaxBodyBytes.
+	// MaxHeaderBytes + MaxBodyBytes must stay below 2 GiB (Attach fails
+	// otherwise).
 	MaxBodyBytes int
 	// HeaderTimeout bounds the time from the first byte of a request to the
 	// end of its header section. Exceeded: 408 and the connection closes.
@@ -47,7 +54,9 @@ type Server struct {
 	HeaderTimeout time.Duration
 	// IdleTimeout closes a connection that has sent nothing for this long
 	// while no response of it is pending: quietly between requests, with
-	// 408 in the middle of a body. Zero means DefaultIdleTimeout; negative
+	// 408 in the middle of a body. It also aborts a connection the server
+	// has closed whose send queue makes no progress for this long (a
+	// client that does not read). Zero means DefaultIdleTimeout; negative
 	// means none.
 	IdleTimeout time.Duration
 	// Logger receives handler panics. Nil means slog.Default().
@@ -84,6 +93,17 @@ func (s *Server) Attach(w *herd.Worker) error {
 	}
 	if s.MaxHeaderBytes < 0 || s.MaxBodyBytes < 0 {
 		return fmt.Errorf("http: MaxHeaderBytes and MaxBodyBytes must not be negative")
+	}
+	// A request (head and body) is parsed in place with 32-bit offsets.
+	hb, bb := int64(s.MaxHeaderBytes), int64(s.MaxBodyBytes)
+	if hb == 0 {
+		hb = DefaultMaxHeaderBytes
+	}
+	if bb == 0 {
+		bb = DefaultMaxBodyBytes
+	}
+	if hb+bb > maxLimit {
+		return fmt.Errorf("http: MaxHeaderBytes + MaxBodyBytes must be below 2 GiB")
 	}
 	s.resolve()
 	s.attached = true
@@ -218,6 +238,7 @@ type transport interface {
 	Abort()
 	PauseRecv()
 	ResumeRecv()
+	SendQueueBytes() int
 }
 
 var epoch = time.Now()
@@ -242,6 +263,9 @@ type conn struct {
 	stopped   bool   // no more requests are read: closing or upgrading
 	upgrading Stream // set once a handler upgraded; bytes then wait in in
 	stream    Stream // the upgraded protocol, once the 101 went out
+	stuckQ    int    // send queue bytes at the last sweep, once closed
+	stuckFrom int64  // when the closing connection's queue last moved
+	aborted   bool   // closing made no progress: aborted
 
 	held   atomic.Bool // too many responses pending: reading paused
 	closed atomic.Bool // closing or closed: responses are dropped
@@ -404,13 +428,17 @@ func (cs *conn) call(w *ResponseWriter, r *Request) {
 		if v := recover(); v != nil {
 			cs.s.logger().Error("http: handler panicked", "panic", v)
 			cs.mu.Lock()
-			sent := w.headerSent
+			sent, ended, async := w.headerSent, w.ended, w.async
 			cs.mu.Unlock()
-			if sent {
+			switch {
+			case sent:
 				cs.abort()
-				return
+			case !ended:
+				w.resetForError(500)
 			}
-			w.resetForError(500)
+			if async && !ended {
+				cs.endAfterPanic(w)
+			}
 		}
 	}()
 	h := cs.s.Handler
@@ -419,6 +447,20 @@ func (cs *conn) call(w *ResponseWriter, r *Request) {
 		return
 	}
 	h(w, r)
+}
+
+// endAfterPanic finishes the response of a handler that called Async and
+// then panicked: nothing else would (serve leaves async responses to End),
+// and the requests behind it would wait forever. The Hold is released now;
+// an End from the goroutine that may still own w only drops its reference.
+func (cs *conn) endAfterPanic(w *ResponseWriter) {
+	cs.mu.Lock()
+	cs.finishLocked(w)
+	w.panicked = true
+	cs.mu.Unlock()
+	if cs.hc != nil {
+		cs.hc.Release()
+	}
 }
 
 // fail answers a request that cannot be served with code and closes the
@@ -473,6 +515,9 @@ func (cs *conn) switchStream(s Stream) {
 	rest := cs.in
 	cs.in = nil
 	cs.held.Store(false)
+	if st, ok := s.(StreamStarter); ok {
+		st.OnStart(cs.hc)
+	}
 	cs.t.ResumeRecv()
 	if len(rest) > 0 {
 		s.OnData(cs.hc, rest)
@@ -481,10 +526,17 @@ func (cs *conn) switchStream(s Stream) {
 }
 
 func (cs *conn) checkTimeouts(now int64) {
-	if cs.stream != nil || cs.upgrading != nil || cs.stopped || cs.closed.Load() {
+	if cs.stream != nil || cs.upgrading != nil {
 		return
 	}
 	lim := cs.lim
+	if cs.closed.Load() {
+		cs.checkClosing(now)
+		return
+	}
+	if cs.stopped {
+		return
+	}
 	if cs.p.started && cs.p.phase == phHead && lim.headerTime > 0 && now-cs.reqStart > lim.headerTime {
 		cs.beginBatch()
 		cs.fail(408)
@@ -510,6 +562,26 @@ func (cs *conn) checkTimeouts(now int64) {
 	cs.stopped = true
 	cs.closed.Store(true)
 	cs.t.Close()
+}
+
+// checkClosing aborts a connection the server has closed (herd's Close
+// writes out the send queue first) whose send queue has not moved for
+// IdleTimeout: a peer that reads nothing would otherwise keep it forever,
+// as the worker's own IdleTimeout is usually zero. An empty queue is left
+// to Close, which lingers for at most the worker's StopTimeout.
+func (cs *conn) checkClosing(now int64) {
+	if cs.aborted || cs.lim.idleTime <= 0 {
+		return
+	}
+	q := cs.t.SendQueueBytes()
+	if cs.stuckFrom == 0 || q != cs.stuckQ {
+		cs.stuckQ, cs.stuckFrom = q, now
+		return
+	}
+	if q > 0 && now-cs.stuckFrom > cs.lim.idleTime {
+		cs.aborted = true
+		cs.t.Abort()
+	}
 }
 
 // onClose runs once the connection has closed.

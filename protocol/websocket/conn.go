@@ -220,6 +220,11 @@ func (c *Conn) closeTransport() {
 	c.t.Close()
 }
 
+// OnStart implements herdhttp.StreamStarter: the 101 response has been
+// handed to the connection, so the frames written before it can follow.
+// It runs on the loop.
+func (c *Conn) OnStart(*herd.Conn) { c.start() }
+
 // OnData implements herdhttp.Stream: it parses what the client sent. It
 // runs on the loop.
 func (c *Conn) OnData(_ *herd.Conn, data []byte) {

@@ -43,7 +43,7 @@
 //	     125 bytes or without FIN; continuation frame with no message
 //	     started; text or binary frame inside a fragmented message; 64-bit
 //	     length with the top bit set; close frame with a 1-byte payload;
-//	     close code outside 1000-1003, 1007-1011, 3000-4999 (1005, 1006,
+//	     close code outside 1000-1003, 1007-1014, 3000-4999 (1005, 1006,
 //	     1015 and the unassigned ones are refused)
 //	1007 invalid data
 //	     text message (after inflating, if compressed) or close reason that

@@ -59,15 +59,19 @@ const (
 	StatusMessageTooBig           StatusCode = 1009
 	StatusMandatoryExtension      StatusCode = 1010
 	StatusInternalServerError     StatusCode = 1011
+	StatusServiceRestart          StatusCode = 1012
+	StatusTryAgainLater           StatusCode = 1013
+	StatusBadGateway              StatusCode = 1014
 	StatusTLSHandshake            StatusCode = 1015
 )
 
 // Valid reports whether code may travel in a close frame: 1000-1003,
-// 1007-1011 and 3000-4999. A peer's close frame with any other code fails
-// the connection with StatusProtocolError.
+// 1007-1014 (1012-1014 are registered with IANA) and 3000-4999. A peer's
+// close frame with any other code fails the connection with
+// StatusProtocolError.
 func (code StatusCode) Valid() bool {
 	switch {
-	case code >= 1000 && code <= 1003, code >= 1007 && code <= 1011:
+	case code >= 1000 && code <= 1003, code >= 1007 && code <= 1014:
 		return true
 	case code >= 3000 && code <= 4999:
 		return true

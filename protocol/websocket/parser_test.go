@@ -139,7 +139,7 @@ func TestParserViolations(t *testing.T) {
 		})
 	}
 	// Valid close codes pass.
-	for _, code := range []StatusCode{1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999} {
+	for _, code := range []StatusCode{1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999, 4000, 4999} {
 		if v := parseChunks(closeFrameFor(code, "ok"), nil, -1, false); v.code != 0 {
 			t.Errorf("close code %d rejected with %d", code, v.code)
 		}

@@ -168,9 +168,9 @@ func (s *Server) Upgrade(w *herdhttp.ResponseWriter, r *herdhttp.Request) bool {
 
 	hc := r.Conn()
 	c := s.newConn(hc, hc, sub, dp)
-	// Upgrade sends the 101 at once: frames may follow it from now on.
+	// Frames written from now on wait in c until the 101 has gone out
+	// (after any earlier pipelined response still open): OnStart.
 	w.Upgrade(c)
-	c.start()
 	if s.OnOpen != nil {
 		s.OnOpen(c, r)
 	}
