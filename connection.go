@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/seed358e4494/herd/internal/bufpool"
 )
 
 // SendResult tells what Send did with a message (Workerman's true / null /
@@ -133,7 +135,7 @@ func (c *Conn) Send(msg []byte) SendResult {
 	bp := encodePool.Get().(*[]byte)
 	*bp = p.Encode((*bp)[:0], msg)
 	r := c.send(*bp)
-	if cap(*bp) <= maxPooledBuffer {
+	if cap(*bp) <= bufpool.MaxPooled {
 		encodePool.Put(bp)
 	}
 	return r
@@ -143,9 +145,6 @@ func (c *Conn) Send(msg []byte) SendResult {
 func (c *Conn) SendRaw(b []byte) SendResult { return c.send(b) }
 
 var encodePool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
-
-// maxPooledBuffer keeps rare huge buffers out of the pools.
-const maxPooledBuffer = 64 << 10
 
 // send writes data directly when nothing is queued before it, and queues
 // what the socket does not take. Writing on the caller's goroutine (under
@@ -186,7 +185,7 @@ func (c *Conn) send(data []byte) SendResult {
 		return Dropped
 	}
 	if c.out == nil {
-		c.out = getBuffer(len(data))
+		c.out = bufpool.Get(len(data))
 	}
 	c.out = append(c.out, data...)
 	l.sendQueued.Add(int64(len(data)))
@@ -250,7 +249,7 @@ func (c *Conn) flush() (emptied, drained, fullFirst bool, err error) {
 	}
 	left := len(c.out) - c.outHead
 	if left == 0 {
-		putBuffer(c.out)
+		bufpool.Put(c.out)
 		c.out, c.outHead = nil, 0
 		drained = c.full
 		c.full = false
@@ -278,7 +277,7 @@ func (c *Conn) brokenLocked() {
 	if q := len(c.out) - c.outHead; q > 0 {
 		c.loop.sendQueued.Add(-int64(q))
 	}
-	putBuffer(c.out)
+	bufpool.Put(c.out)
 	c.out, c.outHead = nil, 0
 	if c.state.Load() < connClosing {
 		c.state.Store(connClosing)
@@ -393,32 +392,4 @@ func (c *Conn) ResumeRecv() {
 // readable reports whether the loop should deliver input to the connection.
 func (c *Conn) readable() bool {
 	return c.state.Load() == connOpen && !c.recvPaused.Load()
-}
-
-// Buffer pools for input and send queues: an idle connection holds neither.
-// The boxes the slices travel in are pooled too, so steady state allocates
-// nothing.
-var (
-	bufferPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
-	boxPool    = sync.Pool{New: func() any { return new([]byte) }}
-)
-
-func getBuffer(size int) []byte {
-	if size > maxPooledBuffer {
-		return make([]byte, 0, size)
-	}
-	bp := bufferPool.Get().(*[]byte)
-	b := (*bp)[:0]
-	*bp = nil
-	boxPool.Put(bp)
-	return b
-}
-
-func putBuffer(b []byte) {
-	if cap(b) == 0 || cap(b) > maxPooledBuffer {
-		return
-	}
-	bp := boxPool.Get().(*[]byte)
-	*bp = b[:0]
-	bufferPool.Put(bp)
 }

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/seed358e4494/herd/internal/bufpool"
 	"github.com/seed358e4494/herd/internal/poll"
 )
 
@@ -228,7 +229,7 @@ func (l *Loop) runTasks() {
 			l.drain(t.force)
 		case taskReleased:
 			if t.c.holds.Load() == 0 {
-				l.closeDrained(t.c)
+				l.beginClose(t.c)
 			}
 		}
 		*t = task{}
@@ -410,16 +411,7 @@ func (l *Loop) read(c *Conn) {
 	// close (at once if nothing is queued). Replies that other goroutines
 	// send after this point are dropped.
 	c.peerClosed = true
-	c.mu.Lock()
-	if c.state.Load() == connOpen {
-		c.state.Store(connClosing)
-		c.updateInterestLocked()
-	}
-	empty := c.queuedLocked() == 0
-	c.mu.Unlock()
-	if empty {
-		l.closeConn(c, nil)
-	}
+	l.beginClose(c)
 }
 
 func readFd(fd int, b []byte) (int, error) {
@@ -474,13 +466,13 @@ func (l *Loop) deliver(c *Conn, data []byte) {
 	}
 	switch {
 	case len(buf) == 0:
-		putBuffer(c.in)
+		bufpool.Put(c.in)
 		c.in = nil
 	case len(c.in) > 0:
 		// buf is the tail of c.in: move it to the front.
 		c.in = c.in[:copy(c.in, buf)]
 	default:
-		c.in = append(getBuffer(len(buf)), buf...)
+		c.in = append(bufpool.Get(len(buf)), buf...)
 	}
 }
 
@@ -494,7 +486,7 @@ func (l *Loop) closeConn(c *Conn, err error) {
 	if q := c.queuedLocked(); q > 0 {
 		l.sendQueued.Add(-int64(q))
 	}
-	putBuffer(c.out)
+	bufpool.Put(c.out)
 	c.out, c.outHead = nil, 0
 	c.state.Store(connClosed)
 	c.mu.Unlock()
@@ -506,7 +498,7 @@ func (l *Loop) closeConn(c *Conn, err error) {
 	l.active.Add(-1)
 	l.closedConns.Add(1)
 	l.w.conns.Add(-1)
-	putBuffer(c.in)
+	bufpool.Put(c.in)
 	c.in = nil
 	if err != nil && !errors.Is(err, unix.ECONNRESET) && !errors.Is(err, unix.EPIPE) {
 		l.callError(c, err)
@@ -557,7 +549,7 @@ func (l *Loop) drain(force bool) {
 					continue
 				}
 			}
-			l.closeDrained(c)
+			l.beginClose(c)
 		}
 	}
 	if force {
@@ -570,8 +562,9 @@ func (l *Loop) drain(force bool) {
 	}
 }
 
-// closeDrained starts the graceful close of a connection during a stop.
-func (l *Loop) closeDrained(c *Conn) {
+// beginClose stops input and closes the connection once its queue is
+// written (at once if it is empty).
+func (l *Loop) beginClose(c *Conn) {
 	c.mu.Lock()
 	if c.state.Load() == connOpen {
 		c.state.Store(connClosing)

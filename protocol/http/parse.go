@@ -731,7 +731,7 @@ var isToken = func() (t [256]bool) {
 }()
 
 // equalFold compares b with the lower-case ASCII s, ignoring case.
-func equalFold(b []byte, s string) bool {
+func equalFold[B ~[]byte | ~string](b B, s string) bool {
 	if len(b) != len(s) {
 		return false
 	}
@@ -748,7 +748,7 @@ func equalFold(b []byte, s string) bool {
 }
 
 // equalFoldAny compares two ASCII strings ignoring case.
-func equalFoldAny(b []byte, s string) bool {
+func equalFoldAny[B ~[]byte | ~string](b B, s string) bool {
 	if len(b) != len(s) {
 		return false
 	}

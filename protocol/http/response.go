@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/seed358e4494/herd"
+	"github.com/seed358e4494/herd/internal/bufpool"
 )
 
 // Errors returned by ResponseWriter methods.
@@ -130,13 +131,13 @@ func (cs *conn) releaseLocked(w *ResponseWriter) {
 		return
 	}
 	hdr, body, out := w.hdr[:0], w.body[:0], w.out[:0]
-	if cap(hdr) > maxPooled {
+	if cap(hdr) > bufpool.MaxPooled {
 		hdr = nil
 	}
-	if cap(body) > maxPooled {
+	if cap(body) > bufpool.MaxPooled {
 		body = nil
 	}
-	if cap(out) > maxPooled {
+	if cap(out) > bufpool.MaxPooled {
 		out = nil
 	}
 	*w = ResponseWriter{hdr: hdr, body: body, out: out}
@@ -181,7 +182,7 @@ func (cs *conn) finishLocked(w *ResponseWriter) {
 func (cs *conn) target(w *ResponseWriter) *[]byte {
 	if cs.batching && len(cs.queue) > 0 && cs.queue[0] == w && len(w.out) == 0 {
 		if cs.wbuf == nil {
-			cs.wbuf = getBuf(0)
+			cs.wbuf = bufpool.Get(0)
 		}
 		return &cs.wbuf
 	}
@@ -253,10 +254,10 @@ func (cs *conn) writeLocked(b []byte) {
 	}
 	if cs.batching {
 		if cs.wbuf == nil {
-			cs.wbuf = getBuf(len(b))
+			cs.wbuf = bufpool.Get(len(b))
 		}
 		cs.wbuf = append(cs.wbuf, b...)
-		if len(cs.wbuf) >= maxPooled {
+		if len(cs.wbuf) >= bufpool.MaxPooled {
 			cs.flushLocked()
 		}
 		return
@@ -611,11 +612,11 @@ func (h Header) Add(name, value string) {
 	}
 	switch len(name) {
 	case 4:
-		if eqFoldStr(name, "date") {
+		if equalFold(name, "date") {
 			w.userDate = true
 		}
 	case 10:
-		if eqFoldStr(name, "connection") {
+		if equalFold(name, "connection") {
 			w.userConn = true
 			forTokens([]byte(value), func(t []byte) {
 				if equalFold(t, "close") {
@@ -624,7 +625,7 @@ func (h Header) Add(name, value string) {
 			})
 		}
 	case 14:
-		if eqFoldStr(name, "content-length") {
+		if equalFold(name, "content-length") {
 			// Once the head is out, the declared length stands.
 			if n, ok := parseDigits([]byte(value)); ok && !w.headerSent {
 				w.clen = n
@@ -632,7 +633,7 @@ func (h Header) Add(name, value string) {
 			return
 		}
 	case 17:
-		if eqFoldStr(name, "transfer-encoding") {
+		if equalFold(name, "transfer-encoding") {
 			return
 		}
 	}
@@ -645,16 +646,16 @@ func (h Header) Add(name, value string) {
 // Del removes the fields named name.
 func (h Header) Del(name string) {
 	w := h.w
-	if eqFoldStr(name, "content-length") {
+	if equalFold(name, "content-length") {
 		if !w.headerSent {
 			w.clen = -1
 		}
 		return
 	}
-	if eqFoldStr(name, "date") {
+	if equalFold(name, "date") {
 		w.userDate = false
 	}
-	if eqFoldStr(name, "connection") {
+	if equalFold(name, "connection") {
 		w.userConn = false
 	}
 	b := w.hdr
@@ -743,24 +744,4 @@ func appendDate(dst []byte) []byte {
 		curDate.Store(d)
 	}
 	return append(dst, d.b[:]...)
-}
-
-// eqFoldStr compares two ASCII strings ignoring case.
-func eqFoldStr(a, b string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := 0; i < len(a); i++ {
-		x, y := a[i], b[i]
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
-		}
-		if 'A' <= y && y <= 'Z' {
-			y += 'a' - 'A'
-		}
-		if x != y {
-			return false
-		}
-	}
-	return true
 }

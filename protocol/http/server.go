@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/seed358e4494/herd"
+	"github.com/seed358e4494/herd/internal/bufpool"
 )
 
 // Defaults for zero-valued Server fields.
@@ -335,7 +336,7 @@ func (cs *conn) flushLocked() {
 		cs.wbuf = cs.wbuf[:0]
 	}
 	if cap(cs.wbuf) > 0 && !cs.batching {
-		putBuf(cs.wbuf)
+		bufpool.Put(cs.wbuf)
 		cs.wbuf = nil
 	}
 }
@@ -381,12 +382,12 @@ func (cs *conn) process(data []byte, now int64) {
 	}
 	switch {
 	case len(rest) == 0:
-		putBuf(cs.in)
+		bufpool.Put(cs.in)
 		cs.in = nil
 	case owned:
 		cs.in = cs.in[:copy(cs.in, rest)]
 	default:
-		cs.in = append(getBuf(len(rest)), rest...)
+		cs.in = append(bufpool.Get(len(rest)), rest...)
 	}
 }
 
@@ -522,7 +523,7 @@ func (cs *conn) switchStream(s Stream) {
 	if len(rest) > 0 {
 		s.OnData(cs.hc, rest)
 	}
-	putBuf(rest)
+	bufpool.Put(rest)
 }
 
 func (cs *conn) checkTimeouts(now int64) {
@@ -602,7 +603,7 @@ func (cs *conn) onClose() {
 	for _, f := range hooks {
 		f()
 	}
-	putBuf(cs.in)
+	bufpool.Put(cs.in)
 	cs.in = nil
 	switch {
 	case cs.stream != nil:
@@ -611,32 +612,4 @@ func (cs *conn) onClose() {
 		// Closed before the 101 could go out: the Stream still hears of it.
 		cs.upgrading.OnClose(cs.hc)
 	}
-}
-
-// Buffers for unfinished requests and batched responses: an idle
-// connection holds none.
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
-
-var boxPool = sync.Pool{New: func() any { return new([]byte) }}
-
-const maxPooled = 64 << 10
-
-func getBuf(n int) []byte {
-	if n > maxPooled {
-		return make([]byte, 0, n)
-	}
-	bp := bufPool.Get().(*[]byte)
-	b := (*bp)[:0]
-	*bp = nil
-	boxPool.Put(bp)
-	return b
-}
-
-func putBuf(b []byte) {
-	if cap(b) == 0 || cap(b) > maxPooled {
-		return
-	}
-	bp := boxPool.Get().(*[]byte)
-	*bp = b[:0]
-	bufPool.Put(bp)
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/seed358e4494/herd"
+	"github.com/seed358e4494/herd/internal/bufpool"
 )
 
 // Errors returned by Conn's write methods. Test for them with errors.Is.
@@ -151,7 +152,7 @@ func (c *Conn) write(op OpCode, data []byte) error {
 // SendRaw call. A compressed payload is written after room for the longest
 // header, and the header is put right before it once its length is known.
 func (c *Conn) writeLocked(op OpCode, data []byte) error {
-	buf := getBuf(maxServerHeaderLen + len(data))
+	buf := bufpool.Get(maxServerHeaderLen + len(data))
 	var frame []byte
 	if c.defl != nil && !op.IsControl() && len(data) >= minCompressSize {
 		buf = c.defl.compress(buf[:maxServerHeaderLen], data)
@@ -163,7 +164,7 @@ func (c *Conn) writeLocked(op OpCode, data []byte) error {
 		frame = buf
 	}
 	err := c.sendLocked(frame)
-	putBuf(buf)
+	bufpool.Put(buf)
 	return err
 }
 

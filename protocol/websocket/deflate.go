@@ -4,6 +4,8 @@ import (
 	"compress/flate"
 	"io"
 	"sync"
+
+	"github.com/seed358e4494/herd/internal/bufpool"
 )
 
 // permessage-deflate (RFC 7692) on top of compress/flate.
@@ -116,7 +118,7 @@ func readLimited(r io.Reader, out []byte, limit int64) ([]byte, *closeErr) {
 			}
 			grown := make([]byte, len(out), n)
 			copy(grown, out)
-			putBuf(out)
+			bufpool.Put(out)
 			out = grown
 		}
 		n, err := r.Read(out[len(out):cap(out)])

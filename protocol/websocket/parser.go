@@ -2,8 +2,9 @@ package websocket
 
 import (
 	"encoding/binary"
-	"sync"
 	"unicode/utf8"
+
+	"github.com/seed358e4494/herd/internal/bufpool"
 )
 
 // The frame parser.
@@ -174,7 +175,7 @@ func (p *parser) feed(data []byte, h frameHandler) *closeErr {
 			return p.fail(errBadUTF8)
 		}
 		if p.buf == nil {
-			p.buf = getBuf(len(chunk))
+			p.buf = bufpool.Get(len(chunk))
 		}
 		p.buf = append(p.buf, chunk...)
 		p.remain -= n
@@ -288,7 +289,7 @@ func (p *parser) deliver(data []byte, h frameHandler) (*closeErr, bool) {
 	op := p.msgOp
 	if p.msgDeflate {
 		if p.out == nil {
-			p.out = getBuf(0)
+			p.out = bufpool.Get(0)
 		}
 		out, err := p.inflate.inflate(p.out, data, p.limit)
 		p.out = out
@@ -361,39 +362,11 @@ func (p *parser) stop(err *closeErr) *closeErr {
 // idle connection holds none.
 func (p *parser) release() {
 	if p.buf != nil {
-		putBuf(p.buf)
+		bufpool.Put(p.buf)
 		p.buf = nil
 	}
 	if p.out != nil {
-		putBuf(p.out)
+		bufpool.Put(p.out)
 		p.out = nil
 	}
-}
-
-// Buffers: pooled up to maxPooled bytes; larger ones are left to the GC.
-const maxPooled = 64 << 10
-
-var (
-	bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
-	boxPool = sync.Pool{New: func() any { return new([]byte) }}
-)
-
-func getBuf(size int) []byte {
-	if size > maxPooled {
-		return make([]byte, 0, size)
-	}
-	bp := bufPool.Get().(*[]byte)
-	b := (*bp)[:0]
-	*bp = nil
-	boxPool.Put(bp)
-	return b
-}
-
-func putBuf(b []byte) {
-	if cap(b) == 0 || cap(b) > maxPooled {
-		return
-	}
-	bp := boxPool.Get().(*[]byte)
-	*bp = b[:0]
-	bufPool.Put(bp)
 }
