@@ -1,5 +1,6 @@
 // Package interop runs herd's example servers against clients no one here
-// wrote: wrk, gorilla/websocket and headless Chromium. It is its own module
+// wrote: Go's net/http client, wrk, gorilla/websocket and headless Chromium.
+// It is its own module
 // so that the core module keeps golang.org/x/sys as its only dependency.
 //
 // The tests build the examples, start them on loopback port 0 and read the
