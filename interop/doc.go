@@ -1,7 +1,7 @@
 // Package interop runs herd's example servers against clients no one here
 // wrote: Go's net/http client, wrk, gorilla/websocket and headless Chromium.
-// It is its own module
-// so that the core module keeps golang.org/x/sys as its only dependency.
+// It is its own module so that the core module keeps golang.org/x/sys as its
+// only dependency.
 //
 // The tests build the examples, start them on loopback port 0 and read the
 // address from the first line they print. wrk and Chromium come from the
