@@ -352,9 +352,9 @@ func (w *Worker) Run(ctx context.Context) error {
 		return err
 	}
 	w.mu.Lock()
-	if w.state != stateListening {
+	if st := w.state; st != stateListening {
 		w.mu.Unlock()
-		if w.state == stateRunning {
+		if st == stateRunning {
 			return ErrRunning
 		}
 		return ErrWorkerClosed
