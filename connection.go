@@ -6,6 +6,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -39,12 +40,18 @@ type Conn struct {
 	id   uint64
 	fd   int
 	loop *Loop
-	sa   unix.Sockaddr
+	peer peerAddr
 
 	// Owned by the loop goroutine.
 	in         []byte // the start of a packet not yet complete
 	lastActive int64  // loop clock (unix nanoseconds) of the last read or write progress
-	peerClosed bool   // the peer ended its side (EOF)
+	peerClosed bool   // the peer ended its side (EOF); written under mu
+
+	// The loop's list of lingering connections, in the order of lingerDue.
+	lingerPrev, lingerNext *Conn
+	lingerDue              time.Time // when to look at the connection again
+	lingerUnsent           int       // kernel's unsent bytes at the last look, or -1
+	lingerListed           bool
 
 	// state is written under mu and read anywhere.
 	state atomic.Int32
@@ -92,7 +99,7 @@ func (c *Conn) ID() uint64 { return c.id }
 func (c *Conn) Loop() *Loop { return c.loop }
 
 // RemoteAddr is the peer's address.
-func (c *Conn) RemoteAddr() net.Addr { return netAddr(c.sa) }
+func (c *Conn) RemoteAddr() net.Addr { return c.peer.netAddr() }
 
 // LocalAddr is the address the connection was accepted on, or nil once it is
 // closed.
@@ -290,7 +297,11 @@ func (c *Conn) updateInterestLocked() {
 	if st == connClosed {
 		return
 	}
-	read := st == connLingering || (st == connOpen && !c.userPaused && !c.bpPaused && !c.drainStop)
+	// A closing connection keeps reading, and discards what arrives: so
+	// Close and linger need no change of interest, and input left unread
+	// cannot make the final close reset the connection. Once the peer has
+	// ended its side there is nothing more to read.
+	read := (st != connOpen && !c.peerClosed) || (st == connOpen && !c.userPaused && !c.bpPaused && !c.drainStop)
 	write := len(c.out) > c.outHead
 	if read == c.readOn && write == c.writeOn {
 		return
@@ -312,8 +323,8 @@ func (c *Conn) SendQueueBytes() int {
 	return c.queuedLocked()
 }
 
-// Close closes the connection gracefully: it stops reading, writes out the
-// send queue, ends our side of the stream and waits up to StopTimeout for the
+// Close closes the connection gracefully: it stops delivering input
+// (what still arrives is discarded), writes out the send queue, ends our side of the stream and waits up to StopTimeout for the
 // peer to end its side before closing the socket (closing with unread input
 // would make the kernel reset the connection, and the peer could lose the
 // last bytes sent). Messages sent after Close are dropped and counted. OnClose

@@ -190,6 +190,53 @@ func boundSockaddr(fd int) (unix.Sockaddr, error) {
 	return sa, nil
 }
 
+// peerAddr is a connection's remote address, kept compactly in the Conn and
+// turned into a net.Addr only when RemoteAddr asks for it.
+type peerAddr struct {
+	kind peerKind
+	port uint16
+	zone uint32 // IPv6 scope (interface index)
+	ip   [16]byte
+	name string // unix socket path
+}
+
+type peerKind uint8
+
+const (
+	peerNone peerKind = iota
+	peerInet4
+	peerInet6
+	peerUnix
+)
+
+// peerFromSockaddr converts an address from unix.Accept.
+func peerFromSockaddr(sa unix.Sockaddr) peerAddr {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		p := peerAddr{kind: peerInet4, port: uint16(a.Port)}
+		copy(p.ip[:], a.Addr[:])
+		return p
+	case *unix.SockaddrInet6:
+		return peerAddr{kind: peerInet6, port: uint16(a.Port), zone: a.ZoneId, ip: a.Addr}
+	case *unix.SockaddrUnix:
+		return peerAddr{kind: peerUnix, name: a.Name}
+	}
+	return peerAddr{}
+}
+
+// netAddr converts the address for the API (nil if unknown).
+func (p *peerAddr) netAddr() net.Addr {
+	switch p.kind {
+	case peerInet4:
+		return netAddr(&unix.SockaddrInet4{Port: int(p.port), Addr: [4]byte(p.ip[:4])})
+	case peerInet6:
+		return netAddr(&unix.SockaddrInet6{Port: int(p.port), ZoneId: p.zone, Addr: p.ip})
+	case peerUnix:
+		return netAddr(&unix.SockaddrUnix{Name: p.name})
+	}
+	return nil
+}
+
 // netAddr converts a socket address for the API.
 func netAddr(sa unix.Sockaddr) net.Addr {
 	switch a := sa.(type) {

@@ -15,18 +15,21 @@ var reusePortBalances = runtime.GOOS == "freebsd"
 
 const exclusiveWakeup = false // kqueue wakes every poller sharing a socket
 
+// acceptBuf is the Linux accept's address buffer; unix.Accept needs none.
+type acceptBuf struct{}
+
 // accept takes one connection and makes it non-blocking and close-on-exec.
 // darwin has no accept4; the window before FD_CLOEXEC is set only matters to
 // a program that forks with exec at the same moment.
-func accept(lfd int) (int, unix.Sockaddr, error) {
+func accept(lfd int, _ *acceptBuf) (int, peerAddr, error) {
 	fd, sa, err := unix.Accept(lfd)
 	if err != nil {
-		return -1, nil, err
+		return -1, peerAddr{}, err
 	}
 	unix.CloseOnExec(fd)
 	if err := unix.SetNonblock(fd, true); err != nil {
 		unix.Close(fd)
-		return -1, nil, err
+		return -1, peerAddr{}, err
 	}
-	return fd, sa, nil
+	return fd, peerFromSockaddr(sa), nil
 }

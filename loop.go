@@ -3,6 +3,7 @@
 package herd
 
 import (
+	"container/heap"
 	"errors"
 	"fmt"
 	"runtime"
@@ -32,12 +33,18 @@ type Loop struct {
 	conns     []*Conn // by descriptor
 	nconns    int
 	readBuf   []byte
+	abuf      acceptBuf
 	events    []poll.Event
 	timers    timerHeap
 	now       time.Time
 	draining  bool
 	forced    bool
 	listenOff bool // the listener rests after running out of descriptors
+
+	// Lingering connections, oldest first, and the one timer that looks
+	// at them when the oldest is due.
+	lingerHead, lingerTail *Conn
+	lingerTimer            *Timer
 
 	sleeping    atomic.Bool   // in or about to enter poller.Wait
 	tid         atomic.Int64  // the OS thread the loop is locked to; 0 once it exited
@@ -76,7 +83,7 @@ type task struct {
 	force bool
 	fd    int
 	c     *Conn
-	sa    unix.Sockaddr
+	peer  peerAddr
 	err   error
 	f     func()
 }
@@ -211,7 +218,7 @@ func (l *Loop) runTasks() {
 				l.w.conns.Add(-1)
 				unix.Close(t.fd)
 			} else {
-				l.register(t.fd, t.sa)
+				l.register(t.fd, &t.peer)
 			}
 		case taskClose:
 			if t.c.queueEmpty() {
@@ -269,7 +276,7 @@ func (c *Conn) receiving() bool {
 // between bursts.
 func (l *Loop) acceptAll() {
 	for i := 0; i < 64; i++ {
-		fd, sa, err := accept(l.listenFd)
+		fd, peer, err := accept(l.listenFd, &l.abuf)
 		if err != nil {
 			if err == unix.EAGAIN {
 				if i == 0 {
@@ -291,7 +298,7 @@ func (l *Loop) acceptAll() {
 			continue
 		}
 		l.active.Add(1)
-		l.register(fd, sa)
+		l.register(fd, &peer)
 	}
 }
 
@@ -316,7 +323,7 @@ func (l *Loop) restListener(err error) {
 
 // register adopts an accepted connection; its MaxConns slot and active
 // count are already taken.
-func (l *Loop) register(fd int, sa unix.Sockaddr) {
+func (l *Loop) register(fd int, peer *peerAddr) {
 	if l.w.ep.network == "tcp" {
 		// As Go's net package does: small messages go out at once.
 		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
@@ -328,7 +335,7 @@ func (l *Loop) register(fd int, sa unix.Sockaddr) {
 		unix.Close(fd)
 		return
 	}
-	c := &Conn{id: l.w.nextID.Add(1), fd: fd, loop: l, sa: sa, readOn: true, lastActive: l.now.UnixNano()}
+	c := &Conn{id: l.w.nextID.Add(1), fd: fd, loop: l, peer: *peer, readOn: true, lastActive: l.now.UnixNano()}
 	for fd >= len(l.conns) {
 		l.conns = append(l.conns, make([]*Conn, len(l.conns)+64)...)
 	}
@@ -381,16 +388,14 @@ func (l *Loop) queueEmptied(c *Conn) {
 // other connections get their turn (the poller reports the rest again).
 func (l *Loop) read(c *Conn) {
 	st := c.state.Load()
-	if st == connClosed || st == connClosing {
-		// Closing: input is no longer wanted, and a failed socket shows
-		// up when the queue is flushed.
+	if st == connClosed {
 		return
 	}
 	n, err := readFd(c.fd, l.readBuf)
 	if n > 0 {
 		l.bytesIn.Add(uint64(n))
-		if st == connLingering {
-			return // the application is done with this connection
+		if st != connOpen {
+			return // closing: the application is done with this input
 		}
 		c.lastActive = l.now.UnixNano()
 		l.deliver(c, l.readBuf[:n])
@@ -410,8 +415,19 @@ func (l *Loop) read(c *Conn) {
 	// The peer has finished sending: answer what it sent before, then
 	// close (at once if nothing is queued). Replies that other goroutines
 	// send after this point are dropped.
+	c.mu.Lock()
 	c.peerClosed = true
-	l.beginClose(c)
+	if c.state.Load() == connOpen {
+		c.state.Store(connClosing)
+	}
+	empty := c.queuedLocked() == 0
+	if !empty {
+		c.updateInterestLocked() // stop reading; write out the queue
+	}
+	c.mu.Unlock()
+	if empty {
+		l.closeConn(c, nil)
+	}
 }
 
 func readFd(fd int, b []byte) (int, error) {
@@ -493,6 +509,9 @@ func (l *Loop) closeConn(c *Conn, err error) {
 	// Every write happens under c.mu with the state open, so no other
 	// goroutine can be using the descriptor now.
 	unix.Close(c.fd)
+	if c.lingerListed {
+		l.unlinkLinger(c)
+	}
 	l.conns[c.fd] = nil
 	l.nconns--
 	l.active.Add(-1)
@@ -591,23 +610,80 @@ func (l *Loop) linger(c *Conn) {
 		l.closeConn(c, nil)
 		return
 	}
-	l.lingerCheck(c, -1)
+	c.lingerUnsent = -1
+	l.listLinger(c)
 }
 
-// lingerCheck closes a lingering connection after StopTimeout, unless the
-// kernel's unsent bytes for it went down meanwhile: a slow reader still
-// taking the reply gets all of it.
-func (l *Loop) lingerCheck(c *Conn, unsent int) {
-	l.addTimer(l.w.stopGrace, 0, func() {
-		if c.state.Load() != connLingering {
-			return
+// listLinger puts c at the end of the lingering list, due in StopTimeout.
+// The grace is the same for all, so the list stays in the order of due
+// times.
+func (l *Loop) listLinger(c *Conn) {
+	c.lingerDue = l.now.Add(l.w.stopGrace)
+	c.lingerListed = true
+	c.lingerPrev, c.lingerNext = l.lingerTail, nil
+	if l.lingerTail != nil {
+		l.lingerTail.lingerNext = c
+	} else {
+		l.lingerHead = c
+		l.armLinger(c.lingerDue)
+	}
+	l.lingerTail = c
+}
+
+func (l *Loop) unlinkLinger(c *Conn) {
+	if c.lingerPrev != nil {
+		c.lingerPrev.lingerNext = c.lingerNext
+	} else {
+		l.lingerHead = c.lingerNext
+	}
+	if c.lingerNext != nil {
+		c.lingerNext.lingerPrev = c.lingerPrev
+	} else {
+		l.lingerTail = c.lingerPrev
+	}
+	c.lingerPrev, c.lingerNext, c.lingerListed = nil, nil, false
+}
+
+// armLinger makes the linger timer fire at when, or earlier if it already
+// would.
+func (l *Loop) armLinger(when time.Time) {
+	t := l.lingerTimer
+	if t == nil {
+		t = &Timer{l: l, index: -1}
+		t.f = l.sweepLinger
+		l.lingerTimer = t
+	}
+	if t.index >= 0 {
+		if when.Before(t.when) {
+			t.when = when
+			heap.Fix(&l.timers, t.index)
 		}
-		if u := unsentBytes(c.fd); u > 0 && (unsent < 0 || u < unsent) {
-			l.lingerCheck(c, u)
-			return
+		return
+	}
+	t.stopped.Store(false)
+	t.when = when
+	heap.Push(&l.timers, t)
+}
+
+// sweepLinger closes the lingering connections whose StopTimeout is over,
+// unless the kernel's unsent bytes for one went down since it was last
+// looked at: a slow reader still taking the reply gets all of it.
+func (l *Loop) sweepLinger() {
+	for c := l.lingerHead; c != nil && !c.lingerDue.After(l.now); c = l.lingerHead {
+		l.unlinkLinger(c)
+		if c.state.Load() != connLingering {
+			continue
+		}
+		if u := unsentBytes(c.fd); u > 0 && (c.lingerUnsent < 0 || u < c.lingerUnsent) {
+			c.lingerUnsent = u
+			l.listLinger(c)
+			continue
 		}
 		l.closeConn(c, nil)
-	})
+	}
+	if l.lingerHead != nil {
+		l.armLinger(l.lingerHead.lingerDue)
+	}
 }
 
 // Callback wrappers: a panic closes the connection (if any) and is logged.

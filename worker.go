@@ -569,6 +569,7 @@ type dispatcher struct {
 	stopped      atomic.Bool
 	exited       chan struct{}
 	emptyAccepts atomic.Uint64
+	abuf         acceptBuf
 }
 
 func newDispatcher(w *Worker, fd int) (*dispatcher, error) {
@@ -611,7 +612,7 @@ func (d *dispatcher) run() {
 // acceptAll accepts until the backlog is empty and hands each connection on.
 func (d *dispatcher) acceptAll() {
 	for i := 0; ; i++ {
-		fd, sa, err := accept(d.fd)
+		fd, peer, err := accept(d.fd, &d.abuf)
 		if err != nil {
 			if i == 0 && err == unix.EAGAIN {
 				d.emptyAccepts.Add(1)
@@ -630,7 +631,7 @@ func (d *dispatcher) acceptAll() {
 		}
 		l := d.pick()
 		l.active.Add(1) // counted now, so least-conns sees it before the loop does
-		if !l.post(task{kind: taskConn, fd: fd, sa: sa}) {
+		if !l.post(task{kind: taskConn, fd: fd, peer: peer}) {
 			l.active.Add(-1)
 			d.w.conns.Add(-1)
 			unix.Close(fd)

@@ -51,7 +51,8 @@ type parser struct {
 	method, target, path, query span
 	major, minor                int
 	fields                      []field
-	head                        int // end of the header section
+	fieldBuf                    [8]field // fields' first array: no allocation for most requests
+	head                        int      // end of the header section
 
 	clen      int64 // Content-Length, or -1
 	chunked   bool
@@ -69,8 +70,9 @@ type parser struct {
 
 func (p *parser) reset() {
 	fields := p.fields[:0]
-	if cap(fields) > 64 {
-		fields = nil // a rare request with many fields: do not keep its array
+	if fields == nil || cap(fields) > 64 {
+		// A rare request with many fields: do not keep its array.
+		fields = p.fieldBuf[:0]
 	}
 	*p = parser{fields: fields, clen: -1}
 }

@@ -216,7 +216,7 @@ func (cs *conn) pumpLocked() {
 			if cs.batching {
 				cs.upgradeDone = s
 			} else {
-				cs.post(func() { cs.switchStream(s) })
+				cs.postf(func() { cs.switchStream(s) })
 			}
 		}
 		cs.releaseLocked(w)
@@ -226,7 +226,7 @@ func (cs *conn) pumpLocked() {
 	}
 	if cs.held.Load() && len(cs.queue) <= cs.lim.maxInFlight/2 && !cs.closed.Load() {
 		cs.held.Store(false)
-		cs.post(cs.resume)
+		cs.postf(cs.resume)
 	}
 }
 
@@ -245,6 +245,7 @@ func (cs *conn) closeLocked() {
 		w.queued = false
 		cs.releaseLocked(w)
 	}
+	clear(rest)
 }
 
 // writeLocked sends b in its turn.

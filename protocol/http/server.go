@@ -203,8 +203,7 @@ func (s *Server) onConnect(c *herd.Conn) {
 		c.Close()
 		return
 	}
-	l := c.Loop()
-	cs := s.newConn(c, c, l.Post)
+	cs := s.newConn(c, c, nil)
 	ls.conns[c.ID()] = cs
 }
 
@@ -253,7 +252,7 @@ type conn struct {
 	lim  *limits
 	t    transport
 	hc   *herd.Conn
-	post func(func()) bool
+	post func(func()) bool // nil: hc's loop's Post
 
 	// Owned by the loop goroutine.
 	in        []byte // the start of a request not yet complete
@@ -277,14 +276,25 @@ type conn struct {
 	batching    bool   // the loop is inside onData: writes go to wbuf
 	idleFrom    int64  // when the queue last emptied
 	upgradeDone Stream // the 101 has gone out: switch to this stream
+
+	queueBuf [4]*ResponseWriter // queue's first array (guarded by mu)
 }
 
 func (s *Server) newConn(t transport, hc *herd.Conn, post func(func()) bool) *conn {
 	s.resolve()
 	now := nowNano()
 	cs := &conn{s: s, lim: &s.lim, t: t, hc: hc, post: post, lastRead: now, idleFrom: now}
+	cs.queue = cs.queueBuf[:0]
 	cs.p.reset()
 	return cs
+}
+
+// postf runs f on the connection's loop.
+func (cs *conn) postf(f func()) bool {
+	if cs.post != nil {
+		return cs.post(f)
+	}
+	return cs.hc.Loop().Post(f)
 }
 
 // onData takes one read's worth of input.
@@ -599,6 +609,7 @@ func (cs *conn) onClose() {
 		}
 		cs.releaseLocked(w)
 	}
+	clear(q)
 	cs.mu.Unlock()
 	for _, f := range hooks {
 		f()
