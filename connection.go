@@ -323,9 +323,10 @@ func (c *Conn) SendQueueBytes() int {
 	return c.queuedLocked()
 }
 
-// Close closes the connection gracefully: it stops delivering input
-// (what still arrives is discarded), writes out the send queue, ends our side of the stream and waits up to StopTimeout for the
-// peer to end its side before closing the socket (closing with unread input
+// Close closes the connection gracefully: it stops delivering input (what
+// still arrives is discarded), writes out the send queue, ends our side of
+// the stream and waits up to StopTimeout for the peer to end its side
+// before closing the socket (closing with unread input
 // would make the kernel reset the connection, and the peer could lose the
 // last bytes sent). Messages sent after Close are dropped and counted. OnClose
 // runs on the loop once the socket is closed. A peer that reads nothing keeps
