@@ -106,6 +106,13 @@ func newLoop(w *Worker, index int) (*Loop, error) {
 // Index is the loop's position, 0 to Count-1.
 func (l *Loop) Index() int { return l.index }
 
+// Now is the time the loop last woke up from its poller, taken once per
+// wake-up before it runs that wake-up's callbacks: a clock that costs
+// nothing to read, behind the real time by however long the callbacks of
+// the current wake-up have run. Unlike the other methods, it may only be
+// called on the loop's goroutine (from its callbacks).
+func (l *Loop) Now() time.Time { return l.now }
+
 // Worker is the worker the loop belongs to.
 func (l *Loop) Worker() *Worker { return l.w }
 

@@ -212,6 +212,12 @@ func (p *parser) findLF(b []byte) int {
 // headDone once the header section is read and the framing decided.
 func (p *parser) readHead(b []byte, lim *limits) int {
 	for {
+		if p.reqLine && p.scan <= p.line {
+			// Header lines not looked at before: one pass over each.
+			if st := p.scanFields(b, lim); st != needMore {
+				return st
+			}
+		}
 		lf := p.findLF(b)
 		if lf < 0 {
 			if len(b) > lim.header {
@@ -254,31 +260,85 @@ func (p *parser) readHead(b []byte, lim *limits) int {
 	}
 }
 
+// scanFields is the fast path of readHead for the header field lines: it
+// reads, in a single pass over their bytes, the lines from p.line on that
+// are complete and valid, and the empty line that ends the section. It
+// stops (returning needMore) at the first line it cannot accept that way,
+// leaving it to the general path of readHead, which decides about it as it
+// would have without this one: incomplete, bare LF, bad name or value,
+// obs-fold. A line accepted here is one the general path accepts, with
+// the same spans; the limit is checked as it checks it, once the LF is
+// found.
+func (p *parser) scanFields(b []byte, lim *limits) int {
+	for {
+		s := p.line
+		i := s
+		for i < len(b) && isToken[b[i]] {
+			i++
+		}
+		if i == s {
+			if i+1 < len(b) && b[i] == '\r' && b[i+1] == '\n' {
+				// The empty line: the end of the header section.
+				if i+2 > lim.header {
+					return 431
+				}
+				p.line = i + 2
+				p.head = i + 2
+				return p.framing(b, lim)
+			}
+			return needMore
+		}
+		if i >= len(b) || b[i] != ':' {
+			return needMore
+		}
+		ne := i
+		i++
+		for i < len(b) && (b[i] == ' ' || b[i] == '\t') {
+			i++
+		}
+		vs := i
+		for i < len(b) && isFieldByte[b[i]] {
+			i++
+		}
+		if i+1 >= len(b) || b[i] != '\r' || b[i+1] != '\n' {
+			return needMore
+		}
+		ve := i
+		for ve > vs && (b[ve-1] == ' ' || b[ve-1] == '\t') {
+			ve--
+		}
+		if i+2 > lim.header {
+			return 431
+		}
+		p.fields = append(p.fields, field{span{int32(s), int32(ne)}, span{int32(vs), int32(ve)}})
+		p.line = i + 2
+	}
+}
+
 // parseRequestLine parses method SP request-target SP HTTP-version, found
 // at b[s:e].
 func (p *parser) parseRequestLine(b []byte, s, e int) int {
 	line := b[s:e]
-	sp1 := bytes.IndexByte(line, ' ')
-	if sp1 <= 0 {
+	// The method: tokens up to the first SP.
+	sp1 := 0
+	for sp1 < len(line) && isToken[line[sp1]] {
+		sp1++
+	}
+	if sp1 == 0 || sp1 == len(line) || line[sp1] != ' ' {
 		return 400
 	}
-	for _, c := range line[:sp1] {
-		if !isToken[c] {
-			return 400
-		}
-	}
+	// The target: visible ASCII up to the next SP. Any other byte before
+	// that SP is in the target, and rejected.
 	rest := line[sp1+1:]
-	sp2 := bytes.IndexByte(rest, ' ')
-	if sp2 <= 0 {
+	sp2 := 0
+	for sp2 < len(rest) && rest[sp2] > ' ' && rest[sp2] < 0x7f {
+		sp2++
+	}
+	if sp2 == 0 || sp2 == len(rest) || rest[sp2] != ' ' {
 		return 400
 	}
 	target := rest[:sp2]
 	version := rest[sp2+1:]
-	for _, c := range target {
-		if c <= ' ' || c >= 0x7f {
-			return 400
-		}
-	}
 	if len(version) != 8 || string(version[:5]) != "HTTP/" || !isDigit(version[5]) || version[6] != '.' || !isDigit(version[7]) {
 		return 400
 	}
@@ -671,22 +731,23 @@ func validHost(v []byte) bool {
 		}
 		i++
 	} else {
-		for ; i < len(v) && v[i] != ':'; i++ {
-			switch c := v[i]; {
-			case isRegName[c]:
-			case c == '%':
-				if i+2 >= len(v) {
-					return false
-				}
-				_, h1 := unhex(v[i+1])
-				_, h2 := unhex(v[i+2])
-				if !h1 || !h2 {
-					return false
-				}
-				i += 2
-			default:
+		for ; i < len(v); i++ {
+			c := v[i]
+			if isRegName[c] {
+				continue
+			}
+			if c != '%' {
+				break // ':' or a byte that is not allowed: decided below
+			}
+			if i+2 >= len(v) {
 				return false
 			}
+			_, h1 := unhex(v[i+1])
+			_, h2 := unhex(v[i+2])
+			if !h1 || !h2 {
+				return false
+			}
+			i += 2
 		}
 	}
 	if i == len(v) {
@@ -714,6 +775,14 @@ var isRegName = func() (t [256]bool) {
 	}
 	for _, c := range "-._~!$&'()*+,;=" {
 		t[c] = true
+	}
+	return t
+}()
+
+// isFieldByte: the bytes of a field value (field-vchar, SP and HTAB).
+var isFieldByte = func() (t [256]bool) {
+	for c := 0; c < 256; c++ {
+		t[c] = c == '\t' || (c >= ' ' && c != 0x7f)
 	}
 	return t
 }()

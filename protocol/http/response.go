@@ -96,7 +96,13 @@ var rwPool = sync.Pool{New: func() any { return new(ResponseWriter) }}
 // newResponse makes the response for r (nil for one the server makes on
 // its own) and puts it in line.
 func (cs *conn) newResponse(r *Request) *ResponseWriter {
-	w := rwPool.Get().(*ResponseWriter)
+	cs.mu.Lock()
+	w := cs.spare
+	if w != nil {
+		cs.spare = nil
+	} else {
+		w = rwPool.Get().(*ResponseWriter)
+	}
 	w.cs = cs
 	w.status = 200
 	w.clen = -1
@@ -108,7 +114,6 @@ func (cs *conn) newResponse(r *Request) *ResponseWriter {
 	} else {
 		w.http10 = cs.p.reqLine && cs.p.minor == 0
 	}
-	cs.mu.Lock()
 	w.refs = 2 // the creator's and the queue's
 	if !cs.closed.Load() {
 		w.queued = true
@@ -141,6 +146,10 @@ func (cs *conn) releaseLocked(w *ResponseWriter) {
 		out = nil
 	}
 	*w = ResponseWriter{hdr: hdr, body: body, out: out}
+	if cs.batching && cs.spare == nil {
+		cs.spare = w // for the next request of the read; endBatch pools it
+		return
+	}
 	rwPool.Put(w)
 }
 
@@ -222,7 +231,11 @@ func (cs *conn) pumpLocked() {
 		cs.releaseLocked(w)
 	}
 	if len(cs.queue) == 0 {
-		cs.idleFrom = nowNano()
+		if cs.batching {
+			cs.idleFrom = cs.batchNow
+		} else {
+			cs.idleFrom = nowNano()
+		}
 	}
 	if cs.held.Load() && len(cs.queue) <= cs.lim.maxInFlight/2 && !cs.closed.Load() {
 		cs.held.Store(false)
@@ -274,18 +287,29 @@ func bodyless(code int) bool { return code < 200 || code == 204 || code == 304 }
 // body is known (Content-Length); else the response streams.
 func (w *ResponseWriter) appendHead(dst []byte, final bool) []byte {
 	w.headerSent = true
-	if w.http10 {
-		dst = append(dst, "HTTP/1.0 "...)
-	} else {
-		dst = append(dst, "HTTP/1.1 "...)
+	switch {
+	case w.status == 200 && !w.http10:
+		dst = append(dst, "HTTP/1.1 200 OK\r\n"...)
+	case w.status == 200:
+		dst = append(dst, "HTTP/1.0 200 OK\r\n"...)
+	default:
+		if w.http10 {
+			dst = append(dst, "HTTP/1.0 "...)
+		} else {
+			dst = append(dst, "HTTP/1.1 "...)
+		}
+		dst = strconv.AppendInt(dst, int64(w.status), 10)
+		dst = append(dst, ' ')
+		dst = append(dst, nethttp.StatusText(w.status)...)
+		dst = append(dst, "\r\n"...)
 	}
-	dst = strconv.AppendInt(dst, int64(w.status), 10)
-	dst = append(dst, ' ')
-	dst = append(dst, nethttp.StatusText(w.status)...)
-	dst = append(dst, "\r\n"...)
 	if !w.userDate && w.status >= 200 {
+		d := w.cs.batchDate // under cs.mu
+		if d == nil {
+			d = dateAt(time.Now())
+		}
 		dst = append(dst, "Date: "...)
-		dst = appendDate(dst)
+		dst = append(dst, d.b[:]...)
 		dst = append(dst, "\r\n"...)
 	}
 	dst = append(dst, w.hdr...)
@@ -735,8 +759,8 @@ type dateEntry struct {
 
 var curDate atomic.Pointer[dateEntry]
 
-func appendDate(dst []byte) []byte {
-	now := time.Now()
+// dateAt returns the Date header value for the second of now.
+func dateAt(now time.Time) *dateEntry {
 	sec := now.Unix()
 	d := curDate.Load()
 	if d == nil || d.sec != sec {
@@ -744,5 +768,5 @@ func appendDate(dst []byte) []byte {
 		now.UTC().AppendFormat(d.b[:0], nethttp.TimeFormat)
 		curDate.Store(d)
 	}
-	return append(dst, d.b[:]...)
+	return d
 }

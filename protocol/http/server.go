@@ -246,6 +246,15 @@ var epoch = time.Now()
 // nowNano is a monotonic clock in nanoseconds.
 func nowNano() int64 { return int64(time.Since(epoch)) }
 
+// loopNow is the time for work on the loop: the loop's clock, read once per
+// wake-up (time.Now without a loop, in tests). Loop goroutine only.
+func (cs *conn) loopNow() time.Time {
+	if cs.hc != nil {
+		return cs.hc.Loop().Now()
+	}
+	return time.Now()
+}
+
 // conn is the server's state for one connection.
 type conn struct {
 	s    *Server
@@ -272,10 +281,13 @@ type conn struct {
 
 	mu          sync.Mutex // guards what follows, and the order of writes
 	queue       []*ResponseWriter
-	wbuf        []byte // responses batched during one read
-	batching    bool   // the loop is inside onData: writes go to wbuf
-	idleFrom    int64  // when the queue last emptied
-	upgradeDone Stream // the 101 has gone out: switch to this stream
+	wbuf        []byte          // responses batched during one read
+	batching    bool            // the loop is inside onData: writes go to wbuf
+	batchNow    int64           // while batching: the time of the read (nowNano scale)
+	batchDate   *dateEntry      // while batching: the Date of the read's second
+	idleFrom    int64           // when the queue last emptied
+	upgradeDone Stream          // the 101 has gone out: switch to this stream
+	spare       *ResponseWriter // while batching: a released one, for the next request
 
 	queueBuf [4]*ResponseWriter // queue's first array (guarded by mu)
 }
@@ -310,16 +322,24 @@ func (cs *conn) onData(data []byte) {
 	if cs.stopped || cs.closed.Load() {
 		return
 	}
-	now := nowNano()
+	t := cs.loopNow()
+	now := int64(t.Sub(epoch))
 	cs.lastRead = now
-	cs.beginBatch()
+	cs.beginBatch(t, now)
 	cs.process(data, now)
 	cs.endBatch()
 }
 
-func (cs *conn) beginBatch() {
+// beginBatch starts collecting the responses of one read (or resume) in
+// wbuf. t and now (t on the nowNano scale) are its time: the responses
+// made during the batch take their Date and idle time from it instead of
+// reading the clock each.
+func (cs *conn) beginBatch(t time.Time, now int64) {
+	d := dateAt(t)
 	cs.mu.Lock()
 	cs.batching = true
+	cs.batchNow = now
+	cs.batchDate = d
 	cs.mu.Unlock()
 }
 
@@ -328,6 +348,11 @@ func (cs *conn) beginBatch() {
 func (cs *conn) endBatch() {
 	cs.mu.Lock()
 	cs.batching = false
+	cs.batchDate = nil
+	if cs.spare != nil {
+		rwPool.Put(cs.spare)
+		cs.spare = nil
+	}
 	cs.flushLocked()
 	s := cs.upgradeDone
 	cs.upgradeDone = nil
@@ -510,8 +535,10 @@ func (cs *conn) resume() {
 	if cs.stopped || cs.closed.Load() || cs.stream != nil {
 		return
 	}
-	cs.beginBatch()
-	cs.process(nil, nowNano())
+	t := cs.loopNow()
+	now := int64(t.Sub(epoch))
+	cs.beginBatch(t, now)
+	cs.process(nil, now)
 	cs.endBatch()
 	if !cs.held.Load() && !cs.stopped {
 		cs.t.ResumeRecv()
@@ -549,7 +576,7 @@ func (cs *conn) checkTimeouts(now int64) {
 		return
 	}
 	if cs.p.started && cs.p.phase == phHead && lim.headerTime > 0 && now-cs.reqStart > lim.headerTime {
-		cs.beginBatch()
+		cs.beginBatch(time.Now(), now)
 		cs.fail(408)
 		cs.endBatch()
 		return
@@ -565,7 +592,7 @@ func (cs *conn) checkTimeouts(now int64) {
 		return
 	}
 	if cs.p.started {
-		cs.beginBatch()
+		cs.beginBatch(time.Now(), now)
 		cs.fail(408)
 		cs.endBatch()
 		return
