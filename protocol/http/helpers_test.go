@@ -27,6 +27,7 @@ type fakeConn struct {
 	aborted bool
 	paused  bool
 	pauses  int
+	sends   int // SendRaw calls
 	tasks   []func()
 }
 
@@ -36,6 +37,7 @@ func (f *fakeConn) SendRaw(b []byte) herd.SendResult {
 	if f.closed {
 		return herd.Dropped
 	}
+	f.sends++
 	if !f.discard {
 		f.out.Write(b)
 	}

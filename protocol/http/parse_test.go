@@ -278,6 +278,18 @@ func TestPipelining(t *testing.T) {
 	}
 }
 
+// The responses to the requests of one read go out in one write.
+func TestPipelinedOneWrite(t *testing.T) {
+	h := newHarness(t, testServer())
+	h.feedString(strings.Repeat("GET / HTTP/1.1\r\n"+host+"\r\n", 16))
+	if res := parseResponses(t, h.output()); len(res) != 16 {
+		t.Fatalf("%d responses", len(res))
+	}
+	if h.f.sends != 1 {
+		t.Fatalf("%d writes for one read of 16 requests", h.f.sends)
+	}
+}
+
 // The parser does not rescan a slow header from its start on every byte.
 func TestNoRescan(t *testing.T) {
 	h := newHarness(t, testServer())
