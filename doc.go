@@ -30,7 +30,8 @@
 // Callbacks (OnConnect, OnMessage, OnClose, timers, Loop.Post) run on the
 // goroutine of the loop that owns the connection, one at a time, and must
 // not block: hand slow work to a goroutine. Every method of Conn, Loop and
-// Timer is safe from any goroutine. Conn.Send writes directly when nothing
+// Timer is safe from any goroutine, except Loop.Now, the loop's clock, which
+// is for its callbacks. Conn.Send writes directly when nothing
 // is queued, so a reply sent from a worker goroutine costs no hop through the
 // loop.
 //
