@@ -6,7 +6,6 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -45,19 +44,15 @@ type Conn struct {
 	// Owned by the loop goroutine.
 	in         []byte // the start of a packet not yet complete
 	lastActive int64  // loop clock (unix nanoseconds) of the last read or write progress
-	peerClosed bool   // the peer ended its side (EOF); written under mu
-
 	// The loop's list of lingering connections, in the order of lingerDue.
 	lingerPrev, lingerNext *Conn
-	lingerDue              time.Time // when to look at the connection again
-	lingerUnsent           int       // kernel's unsent bytes at the last look, or -1
-	lingerListed           bool
+	lingerDue              int64 // loop clock (unix nanoseconds) to look at the connection again
+	lingerUnsent           int32 // kernel's unsent bytes at the last look, or -1
 
 	// state is written under mu and read anywhere.
 	state atomic.Int32
-	// recvPaused mirrors userPaused for the loop, which checks it between
-	// the messages of one read without taking mu.
-	recvPaused atomic.Bool
+	// flags are bits the loop reads without taking mu (see flagRecvPaused).
+	flags atomic.Uint32
 	// fullPending counts the times the queue reached the limit for which
 	// OnBufferFull has not run yet. Whichever comes first on the loop, the
 	// task Send posted or the drain, runs it, so OnBufferDrain never comes
@@ -67,10 +62,8 @@ type Conn struct {
 	// dropsPending counts messages dropped on a full queue not yet
 	// reported to OnError: one report per burst, not one task per drop.
 	dropsPending atomic.Int32
-	// holds counts Holds not yet Released; drainWait says a graceful
-	// stop waits for them (set by the loop).
-	holds     atomic.Int32
-	drainWait atomic.Bool
+	// holds counts Holds not yet Released.
+	holds atomic.Int32
 
 	mu         sync.Mutex // guards what follows, and writes to fd
 	out        []byte     // send queue: out[outHead:] waits to be written
@@ -81,8 +74,18 @@ type Conn struct {
 	bpPaused   bool // paused by Backpressure
 	drainStop  bool // a graceful stop waits for a Release: no more input
 	full       bool // OnBufferFull fired; OnBufferDrain pending
-	ctx        any
+	peerClosed bool // the peer ended its side (EOF)
+	// lingerListed is owned by the loop; it sits here to keep Conn in a
+	// smaller allocation class (an idle connection's whole cost).
+	lingerListed bool
+	ctx          any
 }
+
+// Conn.flags bits.
+const (
+	flagRecvPaused uint32 = 1 << iota // mirrors userPaused, checked between the messages of one read
+	flagDrainWait                     // a graceful stop waits for the Holds to be Released
+)
 
 // Connection states. A Conn only moves forward through them.
 const (
@@ -365,7 +368,7 @@ func (c *Conn) Hold() { c.holds.Add(1) }
 
 // Release ends a Hold.
 func (c *Conn) Release() {
-	if c.holds.Add(-1) == 0 && c.drainWait.Load() {
+	if c.holds.Add(-1) == 0 && c.flags.Load()&flagDrainWait != 0 {
 		c.loop.post(task{kind: taskReleased, c: c})
 	}
 }
@@ -376,7 +379,7 @@ func (c *Conn) Release() {
 func (c *Conn) PauseRecv() {
 	c.mu.Lock()
 	c.userPaused = true
-	c.recvPaused.Store(true)
+	c.flags.Or(flagRecvPaused)
 	c.updateInterestLocked()
 	c.mu.Unlock()
 }
@@ -386,7 +389,7 @@ func (c *Conn) ResumeRecv() {
 	c.mu.Lock()
 	was := c.userPaused
 	c.userPaused = false
-	c.recvPaused.Store(false)
+	c.flags.And(^flagRecvPaused)
 	c.updateInterestLocked()
 	c.mu.Unlock()
 	if was {
@@ -403,5 +406,5 @@ func (c *Conn) ResumeRecv() {
 
 // readable reports whether the loop should deliver input to the connection.
 func (c *Conn) readable() bool {
-	return c.state.Load() == connOpen && !c.recvPaused.Load()
+	return c.state.Load() == connOpen && c.flags.Load()&flagRecvPaused == 0
 }

@@ -566,7 +566,7 @@ func (l *Loop) drain(force bool) {
 				// Work under way elsewhere will still Send: stop reading
 				// and wait for its Release (checked again after the flag
 				// is up, so a Release in between is not missed).
-				c.drainWait.Store(true)
+				c.flags.Or(flagDrainWait)
 				c.mu.Lock()
 				c.drainStop = true
 				c.updateInterestLocked()
@@ -625,14 +625,14 @@ func (l *Loop) linger(c *Conn) {
 // The grace is the same for all, so the list stays in the order of due
 // times.
 func (l *Loop) listLinger(c *Conn) {
-	c.lingerDue = l.now.Add(l.w.stopGrace)
+	c.lingerDue = l.now.Add(l.w.stopGrace).UnixNano()
 	c.lingerListed = true
 	c.lingerPrev, c.lingerNext = l.lingerTail, nil
 	if l.lingerTail != nil {
 		l.lingerTail.lingerNext = c
 	} else {
 		l.lingerHead = c
-		l.armLinger(c.lingerDue)
+		l.armLinger(time.Unix(0, c.lingerDue))
 	}
 	l.lingerTail = c
 }
@@ -676,20 +676,20 @@ func (l *Loop) armLinger(when time.Time) {
 // unless the kernel's unsent bytes for one went down since it was last
 // looked at: a slow reader still taking the reply gets all of it.
 func (l *Loop) sweepLinger() {
-	for c := l.lingerHead; c != nil && !c.lingerDue.After(l.now); c = l.lingerHead {
+	for c := l.lingerHead; c != nil && c.lingerDue <= l.now.UnixNano(); c = l.lingerHead {
 		l.unlinkLinger(c)
 		if c.state.Load() != connLingering {
 			continue
 		}
-		if u := unsentBytes(c.fd); u > 0 && (c.lingerUnsent < 0 || u < c.lingerUnsent) {
-			c.lingerUnsent = u
+		if u := unsentBytes(c.fd); u > 0 && (c.lingerUnsent < 0 || u < int(c.lingerUnsent)) {
+			c.lingerUnsent = int32(min(u, 1<<31-1))
 			l.listLinger(c)
 			continue
 		}
 		l.closeConn(c, nil)
 	}
 	if l.lingerHead != nil {
-		l.armLinger(l.lingerHead.lingerDue)
+		l.armLinger(time.Unix(0, l.lingerHead.lingerDue))
 	}
 }
 
