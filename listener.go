@@ -133,6 +133,11 @@ func listen(ep endpoint, reusePort bool) (int, error) {
 		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
 			return fail("SO_REUSEADDR", err)
 		}
+		// As Go's net package does: small messages go out at once. Set
+		// on the listener, accepted sockets inherit it (see register).
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
+			return fail("TCP_NODELAY", err)
+		}
 		if reusePort {
 			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, soReusePort, 1); err != nil {
 				return fail("SO_REUSEPORT", err)

@@ -12,6 +12,9 @@ const (
 	reusePortBalances = true
 	soReusePort       = unix.SO_REUSEPORT
 	exclusiveWakeup   = true // EPOLLEXCLUSIVE, Linux 4.5+
+	// Accepted sockets inherit TCP_NODELAY from the listener: no
+	// setsockopt per connection.
+	nodelayInherited = true
 )
 
 // acceptBuf is where accept has the kernel write the peer's address: one per

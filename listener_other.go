@@ -15,6 +15,10 @@ var reusePortBalances = runtime.GOOS == "freebsd"
 
 const exclusiveWakeup = false // kqueue wakes every poller sharing a socket
 
+// nodelayInherited: not relied on here; each accepted socket gets
+// TCP_NODELAY itself.
+const nodelayInherited = false
+
 // acceptBuf is the Linux accept's address buffer; unix.Accept needs none.
 type acceptBuf struct{}
 

@@ -331,8 +331,7 @@ func (l *Loop) restListener(err error) {
 // register adopts an accepted connection; its MaxConns slot and active
 // count are already taken.
 func (l *Loop) register(fd int, peer *peerAddr) {
-	if l.w.ep.network == "tcp" {
-		// As Go's net package does: small messages go out at once.
+	if l.w.ep.network == "tcp" && !nodelayInherited {
 		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	}
 	if err := l.poller.Add(fd, true); err != nil {
