@@ -344,17 +344,7 @@ func TestThunderingHerd(t *testing.T) {
 // connections per loop; both dispatch modes: one long-lived connection per
 // loop); the kernel-driven modes are logged, as their spread is the point.
 func TestDistributionMatrix(t *testing.T) {
-	modes := []struct {
-		name      string
-		reusePort bool
-		accept    AcceptMode
-	}{
-		{"reuseport", true, AcceptShared},
-		{"shared", false, AcceptShared},
-		{"round-robin", false, AcceptRoundRobin},
-		{"least-conns", false, AcceptLeastConns},
-	}
-	for _, m := range modes {
+	for _, m := range listenModes {
 		t.Run(m.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()

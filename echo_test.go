@@ -173,16 +173,6 @@ func TestEcho(t *testing.T) {
 		{"text", "text", echoText},
 		{"frame", "frame", echoFrame},
 	}
-	modes := []struct {
-		name      string
-		reusePort bool
-		accept    AcceptMode
-	}{
-		{"reuseport", true, AcceptShared},
-		{"shared", false, AcceptShared},
-		{"round-robin", false, AcceptRoundRobin},
-		{"least-conns", false, AcceptLeastConns},
-	}
 	conns := 1000
 	if testing.Short() {
 		conns = 100
@@ -207,7 +197,7 @@ func TestEcho(t *testing.T) {
 
 	sub := uint64(0)
 	for _, p := range protocols {
-		for _, m := range modes {
+		for _, m := range listenModes {
 			sub++
 			subSeed := seed + sub
 			pool := binaryPool

@@ -450,19 +450,6 @@ func connectCycle(addr string, i int) error {
 	return nil
 }
 
-// listenModes are the ways connections reach loops, for tests that run in
-// each.
-var listenModes = []struct {
-	name      string
-	reusePort bool
-	accept    AcceptMode
-}{
-	{"shared", false, AcceptShared},
-	{"reuseport", true, AcceptShared},
-	{"round-robin", false, AcceptRoundRobin},
-	{"least-conns", false, AcceptLeastConns},
-}
-
 func TestMaxConns(t *testing.T) {
 	t.Parallel()
 	for _, m := range listenModes {

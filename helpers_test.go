@@ -280,3 +280,16 @@ func textEcho(c *Conn, msg []byte) { c.Send(msg) }
 func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), d)
 }
+
+// listenModes are the ways connections reach loops, for tests that run in
+// each.
+var listenModes = []struct {
+	name      string
+	reusePort bool
+	accept    AcceptMode
+}{
+	{"shared", false, AcceptShared},
+	{"reuseport", true, AcceptShared},
+	{"round-robin", false, AcceptRoundRobin},
+	{"least-conns", false, AcceptLeastConns},
+}

@@ -302,16 +302,7 @@ func TestRegressIdleTimeoutAbortsStuckClose(t *testing.T) {
 // soon as draining starts, so new connections are refused.
 func TestRegressDrainRefusesNewConns(t *testing.T) {
 	t.Parallel()
-	modes := []struct {
-		name      string
-		accept    AcceptMode
-		reusePort bool
-	}{
-		{"shared", AcceptShared, false},
-		{"round-robin", AcceptRoundRobin, false},
-		{"reuseport", AcceptShared, true},
-	}
-	for _, m := range modes {
+	for _, m := range listenModes {
 		t.Run(m.name, func(t *testing.T) {
 			t.Parallel()
 			w := &Worker{
