@@ -185,10 +185,16 @@ func quietLogger() *slog.Logger {
 // address; the worker stops when the test ends.
 func startServer(t testing.TB, s *Server, count int) string {
 	t.Helper()
+	return serveOn(t, s, &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: count, Logger: quietLogger()})
+}
+
+// serveOn attaches s to the worker w, runs it until the test ends and
+// returns its address.
+func serveOn(t testing.TB, s *Server, w *herd.Worker) string {
+	t.Helper()
 	if s.Logger == nil {
 		s.Logger = quietLogger()
 	}
-	w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: count, Logger: quietLogger()}
 	if err := s.Attach(w); err != nil {
 		t.Fatal(err)
 	}

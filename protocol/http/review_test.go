@@ -1,7 +1,6 @@
 package http
 
 import (
-	"context"
 	"errors"
 	"io"
 	"net"
@@ -125,25 +124,13 @@ func TestNonReadingClientAborted(t *testing.T) {
 		}
 	}}
 	w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 1, Logger: quietLogger(), MaxSendBufferSize: -1, StopTimeout: time.Second}
-	if err := s.Attach(w); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	addr := serveOn(t, s, w)
 	d := net.Dialer{Control: func(network, address string, rc syscall.RawConn) error {
 		return rc.Control(func(fd uintptr) {
 			syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
 		})
 	}}
-	c, err := d.Dial("tcp", w.ListenAddr().String())
+	c, err := d.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
