@@ -332,8 +332,9 @@ func (c *Conn) SendQueueBytes() int {
 // before closing the socket (closing with unread input
 // would make the kernel reset the connection, and the peer could lose the
 // last bytes sent). Messages sent after Close are dropped and counted. OnClose
-// runs on the loop once the socket is closed. A peer that reads nothing keeps
-// the queue from emptying: IdleTimeout bounds that, or use Abort.
+// runs on the loop once the socket is closed. A queue that does not shrink
+// for StopTimeout (a peer that reads nothing) is dropped and the connection
+// aborted.
 func (c *Conn) Close() {
 	c.mu.Lock()
 	if c.state.Load() != connOpen {

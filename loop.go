@@ -230,6 +230,8 @@ func (l *Loop) runTasks() {
 		case taskClose:
 			if t.c.queueEmpty() {
 				l.queueEmptied(t.c)
+			} else if !t.c.lingerListed {
+				l.watchClose(t.c)
 			}
 		case taskAbort:
 			l.closeConn(t.c, t.err)
@@ -433,6 +435,8 @@ func (l *Loop) read(c *Conn) {
 	c.mu.Unlock()
 	if empty {
 		l.closeConn(c, nil)
+	} else {
+		l.watchClose(c)
 	}
 }
 
@@ -599,6 +603,8 @@ func (l *Loop) beginClose(c *Conn) {
 	c.mu.Unlock()
 	if empty {
 		l.queueEmptied(c)
+	} else if !c.lingerListed {
+		l.watchClose(c)
 	}
 }
 
@@ -624,6 +630,9 @@ func (l *Loop) linger(c *Conn) {
 // The grace is the same for all, so the list stays in the order of due
 // times.
 func (l *Loop) listLinger(c *Conn) {
+	if c.lingerListed {
+		l.unlinkLinger(c) // from watching its queue to watching the kernel's
+	}
 	c.lingerDue = l.now.Add(l.w.stopGrace).UnixNano()
 	c.lingerListed = true
 	c.lingerPrev, c.lingerNext = l.lingerTail, nil
@@ -634,6 +643,14 @@ func (l *Loop) listLinger(c *Conn) {
 		l.armLinger(time.Unix(0, c.lingerDue))
 	}
 	l.lingerTail = c
+}
+
+// watchClose puts a closing connection whose queue is not yet written on the
+// lingering list: if the queue does not shrink within StopTimeout (a peer
+// that reads nothing), the connection is aborted.
+func (l *Loop) watchClose(c *Conn) {
+	c.lingerUnsent = -1
+	l.listLinger(c)
 }
 
 func (l *Loop) unlinkLinger(c *Conn) {
@@ -672,15 +689,26 @@ func (l *Loop) armLinger(when time.Time) {
 }
 
 // sweepLinger closes the lingering connections whose StopTimeout is over,
-// unless the kernel's unsent bytes for one went down since it was last
-// looked at: a slow reader still taking the reply gets all of it.
+// unless what they still have to send (the kernel's unsent bytes, or the
+// send queue of one still closing) went down since it was last looked at: a
+// slow reader still taking the reply gets all of it, a peer that reads
+// nothing is cut off.
 func (l *Loop) sweepLinger() {
 	for c := l.lingerHead; c != nil && c.lingerDue <= l.now.UnixNano(); c = l.lingerHead {
 		l.unlinkLinger(c)
-		if c.state.Load() != connLingering {
+		var u int
+		switch c.state.Load() {
+		case connLingering:
+			u = unsentBytes(c.fd) // the kernel's, once our queue is written
+		case connClosing:
+			if u = c.SendQueueBytes(); u == 0 {
+				l.queueEmptied(c)
+				continue
+			}
+		default:
 			continue
 		}
-		if u := unsentBytes(c.fd); u > 0 && (c.lingerUnsent < 0 || u < int(c.lingerUnsent)) {
+		if u > 0 && (c.lingerUnsent < 0 || u < int(c.lingerUnsent)) {
 			c.lingerUnsent = int32(min(u, 1<<31-1))
 			l.listLinger(c)
 			continue

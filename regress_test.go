@@ -254,9 +254,27 @@ func TestRegressShutdownTwiceNeverRan(t *testing.T) {
 
 // Finding 4: the idle sweep only looked at open connections, so one stuck
 // closing (its queue never written because the peer reads nothing) stayed
-// forever, with its queue.
+// forever, with its queue. Close now also bounds it by itself: a queue that
+// does not shrink for StopTimeout is dropped.
 func TestRegressIdleTimeoutAbortsStuckClose(t *testing.T) {
 	t.Parallel()
+	// Either bound cuts a close stuck behind a peer that reads nothing:
+	// IdleTimeout, or (with none) Close's own StopTimeout.
+	for _, tc := range []struct {
+		name        string
+		idle, grace time.Duration
+	}{
+		{"IdleTimeout", 200 * time.Millisecond, 0},
+		{"StopTimeout", 0, 300 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			regressStuckClose(t, tc.idle, tc.grace)
+		})
+	}
+}
+
+func regressStuckClose(t *testing.T, idle, grace time.Duration) {
 	const size = 4 << 20
 	payload := regressPayload(size)
 	conns := make(chan *Conn, 1)
@@ -265,7 +283,8 @@ func TestRegressIdleTimeoutAbortsStuckClose(t *testing.T) {
 	w := &Worker{
 		Addr:              "tcp://127.0.0.1:0",
 		Count:             1,
-		IdleTimeout:       200 * time.Millisecond,
+		IdleTimeout:       idle,
+		StopTimeout:       grace,
 		MaxSendBufferSize: -1,
 		OnConnect: func(c *Conn) {
 			// Sent and closed in the loop turn that accepts the
@@ -289,8 +308,8 @@ func TestRegressIdleTimeoutAbortsStuckClose(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("connection stuck closing 10s after Close (IdleTimeout %v): OnClose ran %d times, active %d, queued %d bytes",
-				w.IdleTimeout, closes.Load(), s.active, s.queued)
+			t.Fatalf("connection stuck closing 10s after Close (IdleTimeout %v, StopTimeout %v): OnClose ran %d times, active %d, queued %d bytes",
+				w.IdleTimeout, w.StopTimeout, closes.Load(), s.active, s.queued)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -95,9 +95,9 @@ type Worker struct {
 	// bound beyond the process's file limit.
 	MaxConns int
 	// StopTimeout bounds the graceful stop that Run starts when its context
-	// ends, and how long Close waits for the peer to end its side (longer
-	// while the peer is still reading what the kernel holds for it). Zero
-	// means DefaultStopTimeout.
+	// ends, and how long Close waits for the peer to end its side, or for a
+	// send queue that has stopped shrinking (longer while the peer is still
+	// taking data). Zero means DefaultStopTimeout.
 	StopTimeout time.Duration
 	// Logger receives the worker's logs. Nil means slog.Default().
 	Logger *slog.Logger

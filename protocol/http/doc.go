@@ -96,10 +96,9 @@
 //
 // Closing writes out what is queued first (herd.Conn.Close). A connection
 // the server has closed (for a timeout, an error, or Connection: close)
-// whose send queue then makes no progress for IdleTimeout — a client that
-// does not read — is aborted, so it cannot be kept open forever; this is
-// independent of the worker's own IdleTimeout, and off when IdleTimeout is
-// negative.
+// whose send queue then makes no progress for the worker's StopTimeout — a
+// client that does not read — is aborted by herd's Close, so it cannot be
+// kept open forever.
 //
 // "Expect: 100-continue" on an HTTP/1.1 request with a body gets "HTTP/1.1
 // 100 Continue" once the header is read and before the body arrives, unless

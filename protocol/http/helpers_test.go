@@ -69,8 +69,6 @@ func (f *fakeConn) ResumeRecv() {
 	f.mu.Unlock()
 }
 
-func (f *fakeConn) SendQueueBytes() int { return 0 }
-
 func (f *fakeConn) post(fn func()) bool {
 	f.mu.Lock()
 	f.tasks = append(f.tasks, fn)

@@ -113,7 +113,8 @@ func TestBridgeContentLengthExcess(t *testing.T) {
 
 // A client that asks for a large response and never reads does not keep
 // its connection: once the server has closed it (here for IdleTimeout),
-// a send queue that makes no progress for IdleTimeout gets it aborted.
+// a send queue that makes no progress for the worker's StopTimeout gets it
+// aborted (herd's Close).
 func TestNonReadingClientAborted(t *testing.T) {
 	s := &Server{IdleTimeout: 200 * time.Millisecond, Logger: quietLogger(), Handler: func(w *ResponseWriter, r *Request) {
 		chunk := make([]byte, 64<<10)

@@ -55,9 +55,7 @@ type Server struct {
 	HeaderTimeout time.Duration
 	// IdleTimeout closes a connection that has sent nothing for this long
 	// while no response of it is pending: quietly between requests, with
-	// 408 in the middle of a body. It also aborts a connection the server
-	// has closed whose send queue makes no progress for this long (a
-	// client that does not read). Zero means DefaultIdleTimeout; negative
+	// 408 in the middle of a body. Zero means DefaultIdleTimeout; negative
 	// means none.
 	IdleTimeout time.Duration
 	// Logger receives handler panics. Nil means slog.Default().
@@ -238,7 +236,6 @@ type transport interface {
 	Abort()
 	PauseRecv()
 	ResumeRecv()
-	SendQueueBytes() int
 }
 
 var epoch = time.Now()
@@ -272,9 +269,6 @@ type conn struct {
 	stopped   bool   // no more requests are read: closing or upgrading
 	upgrading Stream // set once a handler upgraded; bytes then wait in in
 	stream    Stream // the upgraded protocol, once the 101 went out
-	stuckQ    int    // send queue bytes at the last sweep, once closed
-	stuckFrom int64  // when the closing connection's queue last moved
-	aborted   bool   // closing made no progress: aborted
 
 	held   atomic.Bool // too many responses pending: reading paused
 	closed atomic.Bool // closing or closed: responses are dropped
@@ -568,11 +562,7 @@ func (cs *conn) checkTimeouts(now int64) {
 		return
 	}
 	lim := cs.lim
-	if cs.closed.Load() {
-		cs.checkClosing(now)
-		return
-	}
-	if cs.stopped {
+	if cs.closed.Load() || cs.stopped {
 		return
 	}
 	if cs.p.started && cs.p.phase == phHead && lim.headerTime > 0 && now-cs.reqStart > lim.headerTime {
@@ -600,26 +590,6 @@ func (cs *conn) checkTimeouts(now int64) {
 	cs.stopped = true
 	cs.closed.Store(true)
 	cs.t.Close()
-}
-
-// checkClosing aborts a connection the server has closed (herd's Close
-// writes out the send queue first) whose send queue has not moved for
-// IdleTimeout: a peer that reads nothing would otherwise keep it forever,
-// as the worker's own IdleTimeout is usually zero. An empty queue is left
-// to Close, which lingers for at most the worker's StopTimeout.
-func (cs *conn) checkClosing(now int64) {
-	if cs.aborted || cs.lim.idleTime <= 0 {
-		return
-	}
-	q := cs.t.SendQueueBytes()
-	if cs.stuckFrom == 0 || q != cs.stuckQ {
-		cs.stuckQ, cs.stuckFrom = q, now
-		return
-	}
-	if q > 0 && now-cs.stuckFrom > cs.lim.idleTime {
-		cs.aborted = true
-		cs.t.Abort()
-	}
 }
 
 // onClose runs once the connection has closed.
