@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -250,6 +251,108 @@ func TestCloseFromGoroutine(t *testing.T) {
 	onLoop(t, w.loops[0], func() {}) // let any extra OnClose happen
 	if c := closes.Load(); c != 1 {
 		t.Errorf("OnClose ran %d times, want 1", c)
+	}
+}
+
+// closeWorker answers "req" with "ok" and closes with the given method, and
+// reports each OnClose on closed.
+func closeWorker(closeFn func(*Conn), closed chan<- struct{}) *Worker {
+	return &Worker{
+		Addr:        "text://127.0.0.1:0",
+		Count:       1,
+		StopTimeout: 30 * time.Second, // a linger would outlast the test
+		OnMessage: func(c *Conn, msg []byte) {
+			if string(msg) == "req" {
+				c.Send([]byte("ok"))
+				closeFn(c)
+			}
+		},
+		OnClose: func(*Conn) { closed <- struct{}{} },
+	}
+}
+
+// readReplyThenEOF reads "ok\n" and then expects a clean end of stream.
+func readReplyThenEOF(t *testing.T, cl net.Conn) {
+	t.Helper()
+	got, err := io.ReadAll(cl)
+	if err != nil {
+		t.Fatalf("after %q: %v (want a clean end of stream)", got, err)
+	}
+	if string(got) != "ok\n" {
+		t.Fatalf("got %q, want %q", got, "ok\n")
+	}
+}
+
+// CloseNoLinger closes as soon as the reply is written, while the client,
+// having read the reply and the end of stream, keeps its side open; Close
+// waits for the client's side.
+func TestCloseNoLinger(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		closeFn func(*Conn)
+		lingers bool
+	}{
+		{"CloseNoLinger", (*Conn).CloseNoLinger, false},
+		{"Close", (*Conn).Close, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			closed := make(chan struct{}, 1)
+			r := startWorker(t, closeWorker(tc.closeFn, closed))
+			cl := r.dial(t)
+			if _, err := io.WriteString(cl, "req\n"); err != nil {
+				t.Fatal(err)
+			}
+			readReplyThenEOF(t, cl)
+			select {
+			case <-closed:
+				if tc.lingers {
+					t.Fatal("closed while the client's side was still open")
+				}
+			case <-time.After(500 * time.Millisecond):
+				if !tc.lingers {
+					t.Fatal("OnClose did not run within 500ms of the reply; the close lingered")
+				}
+			}
+			cl.Close()
+			if tc.lingers {
+				select {
+				case <-closed:
+				case <-time.After(10 * time.Second):
+					t.Fatal("OnClose did not run after the client closed")
+				}
+			}
+		})
+	}
+}
+
+// CloseNoLinger with input still unread in the kernel lingers after all:
+// closing then would reset the connection.
+func TestCloseNoLingerWithInputWaiting(t *testing.T) {
+	t.Parallel()
+	closed := make(chan struct{}, 1)
+	r := startWorker(t, closeWorker((*Conn).CloseNoLinger, closed))
+	cl := r.dial(t)
+	// More than one read's worth behind the request: the server closes
+	// while most of it is still unread.
+	junk := bytes.Repeat([]byte("x"), 4<<20)
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := cl.Write(append([]byte("req\n"), junk...))
+		if err == nil {
+			err = cl.(*net.TCPConn).CloseWrite()
+		}
+		wrote <- err
+	}()
+	readReplyThenEOF(t, cl)
+	if err := <-wrote; err != nil {
+		t.Fatalf("client write: %v", err)
+	}
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("OnClose did not run")
 	}
 }
 

@@ -85,6 +85,7 @@ type Conn struct {
 const (
 	flagRecvPaused uint32 = 1 << iota // mirrors userPaused, checked between the messages of one read
 	flagDrainWait                     // a graceful stop waits for the Holds to be Released
+	flagNoLinger                      // CloseNoLinger: the peer sends nothing more
 )
 
 // Connection states. A Conn only moves forward through them.
@@ -335,11 +336,26 @@ func (c *Conn) SendQueueBytes() int {
 // runs on the loop once the socket is closed. A queue that does not shrink
 // for StopTimeout (a peer that reads nothing) is dropped and the connection
 // aborted.
-func (c *Conn) Close() {
+func (c *Conn) Close() { c.close(false) }
+
+// CloseNoLinger is Close for a peer that, by its protocol, sends nothing
+// more: an HTTP request with "Connection: close" read whole, a WebSocket
+// peer whose close frame has arrived. Once the send queue is written the
+// socket is closed at once, without waiting for the peer's end of stream,
+// which spares a system call, a wake-up and a read per connection. If input
+// is waiting in the kernel at that moment all the same, it lingers as Close
+// does, so that the reset such a close would cause cannot cut the reply
+// short.
+func (c *Conn) CloseNoLinger() { c.close(true) }
+
+func (c *Conn) close(noLinger bool) {
 	c.mu.Lock()
 	if c.state.Load() != connOpen {
 		c.mu.Unlock()
 		return
+	}
+	if noLinger {
+		c.flags.Or(flagNoLinger)
 	}
 	c.state.Store(connClosing)
 	c.updateInterestLocked()

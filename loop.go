@@ -385,9 +385,12 @@ func (l *Loop) queueEmptied(c *Conn) {
 	if c.state.Load() != connClosing {
 		return
 	}
-	if c.peerClosed {
+	switch {
+	case c.peerClosed:
 		l.closeConn(c, nil) // nothing more can arrive: no reset to fear
-	} else {
+	case c.flags.Load()&flagNoLinger != 0 && unreadBytes(c.fd) == 0:
+		l.closeConn(c, nil) // the peer is done by its protocol, and nothing is unread
+	default:
 		l.linger(c)
 	}
 }

@@ -40,3 +40,12 @@ func unsentBytes(fd int) int {
 	}
 	return n
 }
+
+// unreadBytes is what the kernel holds for us to read on a socket, or -1.
+func unreadBytes(fd int) int {
+	n, err := unix.IoctlGetInt(fd, unix.SIOCINQ)
+	if err != nil {
+		return -1
+	}
+	return n
+}

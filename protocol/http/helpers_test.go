@@ -20,15 +20,16 @@ import (
 // handlers without a network. The test goroutine plays the loop: posted
 // functions run when it calls run.
 type fakeConn struct {
-	mu      sync.Mutex
-	out     bytes.Buffer
-	discard bool
-	closed  bool
-	aborted bool
-	paused  bool
-	pauses  int
-	sends   int // SendRaw calls
-	tasks   []func()
+	mu       sync.Mutex
+	out      bytes.Buffer
+	discard  bool
+	closed   bool
+	aborted  bool
+	noLinger bool // closed with CloseNoLinger
+	paused   bool
+	pauses   int
+	sends    int // SendRaw calls
+	tasks    []func()
 }
 
 func (f *fakeConn) SendRaw(b []byte) herd.SendResult {
@@ -47,6 +48,12 @@ func (f *fakeConn) SendRaw(b []byte) herd.SendResult {
 func (f *fakeConn) Close() {
 	f.mu.Lock()
 	f.closed = true
+	f.mu.Unlock()
+}
+
+func (f *fakeConn) CloseNoLinger() {
+	f.mu.Lock()
+	f.closed, f.noLinger = true, true
 	f.mu.Unlock()
 }
 
@@ -131,6 +138,14 @@ func (h *harness) closed() bool {
 	h.f.mu.Lock()
 	defer h.f.mu.Unlock()
 	return h.f.closed
+}
+
+// closedNoLinger reports whether the connection was closed with
+// CloseNoLinger: the server judged that the client sends nothing more.
+func (h *harness) closedNoLinger() bool {
+	h.f.mu.Lock()
+	defer h.f.mu.Unlock()
+	return h.f.noLinger
 }
 
 var dateRE = regexp.MustCompile(`Date: [^\r]*\r\n`)

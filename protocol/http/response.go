@@ -251,7 +251,13 @@ func (cs *conn) closeLocked() {
 		cs.wbuf = cs.wbuf[:0]
 	}
 	cs.closed.Store(true)
-	cs.t.Close()
+	if cs.peerDone {
+		// By HTTP the client sends nothing after a Connection: close
+		// request, so waiting for its end of stream buys nothing.
+		cs.t.CloseNoLinger()
+	} else {
+		cs.t.Close()
+	}
 	rest := cs.queue
 	cs.queue = nil
 	for _, w := range rest {

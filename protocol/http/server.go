@@ -233,6 +233,7 @@ func (ls *loopState) sweep() {
 type transport interface {
 	SendRaw(b []byte) herd.SendResult
 	Close()
+	CloseNoLinger()
 	Abort()
 	PauseRecv()
 	ResumeRecv()
@@ -280,6 +281,7 @@ type conn struct {
 	batchNow    int64           // while batching: the time of the read (nowNano scale)
 	batchDate   *dateEntry      // while batching: the Date of the read's second
 	idleFrom    int64           // when the queue last emptied
+	peerDone    bool            // the client said Connection: close and its request was read whole
 	upgradeDone Stream          // the 101 has gone out: switch to this stream
 	spare       *ResponseWriter // while batching: a released one, for the next request
 
@@ -426,6 +428,9 @@ func (cs *conn) serve(b []byte) {
 	r.set(cs, b)
 	if r.wantClose {
 		cs.stopped = true // nothing after this request is read
+		cs.mu.Lock()
+		cs.peerDone = true
+		cs.mu.Unlock()
 	}
 	w := cs.newResponse(r)
 	cs.call(w, r)

@@ -21,6 +21,9 @@ func TestKeepAliveAndClose(t *testing.T) {
 	if !strings.Contains(h.output(), "Connection: close\r\n") {
 		t.Fatal("no Connection: close in the response")
 	}
+	if !h.closedNoLinger() {
+		t.Error("closed with a linger after the client's Connection: close")
+	}
 
 	// HTTP/1.0: closes unless keep-alive, which the response repeats.
 	h = newHarness(t, testServer())
@@ -33,6 +36,9 @@ func TestKeepAliveAndClose(t *testing.T) {
 	if !h.closed() {
 		t.Fatal("HTTP/1.0 without keep-alive stayed open")
 	}
+	if !h.closedNoLinger() {
+		t.Error("closed with a linger after an HTTP/1.0 request without keep-alive")
+	}
 
 	// The handler says close.
 	h = newHarness(t, &Server{Handler: func(w *ResponseWriter, r *Request) {
@@ -43,6 +49,9 @@ func TestKeepAliveAndClose(t *testing.T) {
 	res = parseResponses(t, h.output())
 	if len(res) != 1 || !res[0].close || !h.closed() || strings.Count(h.output(), "Connection:") != 1 {
 		t.Fatalf("%q", h.output())
+	}
+	if h.closedNoLinger() {
+		t.Error("closed without a linger although the client may still send")
 	}
 }
 

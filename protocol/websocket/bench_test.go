@@ -11,6 +11,7 @@ type discardTransport struct{ n int }
 
 func (d *discardTransport) SendRaw(b []byte) herd.SendResult { d.n += len(b); return herd.Written }
 func (d *discardTransport) Close()                           {}
+func (d *discardTransport) CloseNoLinger()                   {}
 func (d *discardTransport) Abort()                           {}
 
 // benchEcho runs frames of one message through parser, OnMessage echo and

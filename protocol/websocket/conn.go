@@ -31,6 +31,7 @@ var (
 type transport interface {
 	SendRaw(b []byte) herd.SendResult
 	Close()
+	CloseNoLinger()
 	Abort()
 }
 
@@ -214,11 +215,18 @@ func (c *Conn) startLocked() {
 }
 
 // closeTransport closes the TCP connection once what was sent is flushed.
-func (c *Conn) closeTransport() {
+// peerDone: the peer's close frame has arrived, after which it sends
+// nothing (RFC 6455, 5.5.1), so the close need not linger for its end of
+// stream.
+func (c *Conn) closeTransport(peerDone bool) {
 	c.wmu.Lock()
 	c.startLocked()
 	c.wmu.Unlock()
-	c.t.Close()
+	if peerDone {
+		c.t.CloseNoLinger()
+	} else {
+		c.t.Close()
+	}
 }
 
 // OnStart implements herdhttp.StreamStarter: the 101 response has been
@@ -286,7 +294,7 @@ func (c *Conn) fail(err *closeErr) {
 		c.sendCloseLocked(err.code, err.reason)
 	}
 	c.wmu.Unlock()
-	c.closeTransport()
+	c.closeTransport(false)
 }
 
 // The frameHandler methods, called by the parser on the loop.
@@ -322,7 +330,7 @@ func (c *Conn) onClose(code StatusCode, reason []byte) bool {
 	c.wmu.Unlock()
 	// Either the peer answered our close, or we answered its: the
 	// handshake is complete and the server closes the TCP connection first.
-	c.closeTransport()
+	c.closeTransport(true)
 	return false
 }
 

@@ -54,6 +54,9 @@ func TestViolationsOnTheWire(t *testing.T) {
 			if !ft.closed {
 				t.Fatal("transport not closed")
 			}
+			if ft.noLinger {
+				t.Fatal("closed without a linger after a violation: the peer may still be sending")
+			}
 			if code != tc.code {
 				t.Fatalf("OnClose code %d, want %d", code, tc.code)
 			}
@@ -105,6 +108,9 @@ func TestPeerInitiatedClose(t *testing.T) {
 		if !ft.closed || code != tc.code {
 			t.Fatalf("closed %v, OnClose code %d, want %d", ft.closed, code, tc.code)
 		}
+		if !ft.noLinger {
+			t.Fatal("lingered after the peer's close frame")
+		}
 	}
 }
 
@@ -140,8 +146,8 @@ func TestServerInitiatedClose(t *testing.T) {
 	if rest := ft.take(); len(rest) != 0 {
 		t.Fatalf("sent after the close frame: %x", rest)
 	}
-	if !ft.closed {
-		t.Fatal("not closed after the peer's close")
+	if !ft.closed || !ft.noLinger {
+		t.Fatalf("after the peer's close: closed %v, without linger %v; want both", ft.closed, ft.noLinger)
 	}
 	c.OnClose(nil)
 	if code != 1001 || reason != "ok" {

@@ -132,10 +132,11 @@ func ones(n, size int) []int {
 
 // fakeTransport stands in for a herd.Conn.
 type fakeTransport struct {
-	mu      sync.Mutex
-	out     bytes.Buffer
-	closed  bool
-	aborted bool
+	mu       sync.Mutex
+	out      bytes.Buffer
+	closed   bool
+	noLinger bool // closed with CloseNoLinger
+	aborted  bool
 }
 
 func (t *fakeTransport) SendRaw(b []byte) herd.SendResult {
@@ -148,6 +149,11 @@ func (t *fakeTransport) SendRaw(b []byte) herd.SendResult {
 	return herd.Written
 }
 func (t *fakeTransport) Close() { t.mu.Lock(); t.closed = true; t.mu.Unlock() }
+func (t *fakeTransport) CloseNoLinger() {
+	t.mu.Lock()
+	t.closed, t.noLinger = true, true
+	t.mu.Unlock()
+}
 func (t *fakeTransport) Abort() { t.mu.Lock(); t.aborted = true; t.mu.Unlock() }
 
 func (t *fakeTransport) take() []byte {
