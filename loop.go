@@ -30,16 +30,21 @@ type Loop struct {
 	listenFd int // -1 when connections arrive from the dispatcher
 
 	// Owned by the loop goroutine.
-	conns     []*Conn // by descriptor
-	nconns    int
-	readBuf   []byte
-	abuf      acceptBuf
-	events    []poll.Event
-	timers    timerHeap
-	now       time.Time
-	draining  bool
-	forced    bool
-	listenOff bool // the listener rests after running out of descriptors
+	conns   []*Conn // by descriptor
+	nconns  int
+	readBuf []byte
+	abuf    acceptBuf
+	// acceptBatch is how many accepts one listener event tries. It shrinks
+	// to what the last burst held and grows after acceptFull batches in a
+	// row came back full, so that connections arriving one at a time cost
+	// few accepts that find the queue empty, and bursts few wake-ups.
+	acceptBatch, acceptFull int
+	events                  []poll.Event
+	timers                  timerHeap
+	now                     time.Time
+	draining                bool
+	forced                  bool
+	listenOff               bool // the listener rests after running out of descriptors
 
 	// Lingering connections, oldest first, and the one timer that looks
 	// at them when the oldest is due.
@@ -94,12 +99,13 @@ func newLoop(w *Worker, index int) (*Loop, error) {
 		return nil, err
 	}
 	return &Loop{
-		w:        w,
-		index:    index,
-		poller:   p,
-		listenFd: -1,
-		readBuf:  make([]byte, readBufferSize),
-		exited:   make(chan struct{}),
+		w:           w,
+		index:       index,
+		poller:      p,
+		listenFd:    -1,
+		readBuf:     make([]byte, readBufferSize),
+		exited:      make(chan struct{}),
+		acceptBatch: 1,
 	}, nil
 }
 
@@ -280,19 +286,24 @@ func (c *Conn) receiving() bool {
 	return c.readOn
 }
 
-// acceptAll accepts from the loop's own listener (reuseport or shared).
-// It takes at most a batch per wake-up so the loop's connections are served
-// between bursts.
+// acceptAll accepts from the loop's own listener (reuseport or shared), at
+// most acceptBatch connections per event: the listener is level-triggered,
+// so connections left waiting are reported again by the next Wait, and the
+// loop's connections are served between bursts.
 func (l *Loop) acceptAll() {
-	for i := 0; i < 64; i++ {
+	n := 0
+	for n < l.acceptBatch {
 		fd, peer, err := accept(l.listenFd, &l.abuf)
 		if err != nil {
 			if err == unix.EAGAIN {
-				if i == 0 {
+				if n == 0 {
 					l.emptyAccepts.Add(1)
+				} else {
+					l.acceptBatch, l.acceptFull = n, 0
 				}
 				return
 			}
+			n++
 			if acceptTemporary(err) {
 				continue
 			}
@@ -303,13 +314,20 @@ func (l *Loop) acceptAll() {
 			}
 			return
 		}
+		n++
 		if !l.w.admit(fd) {
 			continue
 		}
 		l.active.Add(1)
 		l.register(fd, &peer)
 	}
+	if l.acceptFull++; l.acceptFull >= 4 {
+		l.acceptBatch, l.acceptFull = min(2*l.acceptBatch, maxAcceptBatch), 0
+	}
 }
+
+// maxAcceptBatch bounds the accepts of one listener event.
+const maxAcceptBatch = 64
 
 // restListener stops watching the listener for a moment: out of descriptors,
 // accept fails at once and a level-triggered listener would spin the loop.
