@@ -1,8 +1,10 @@
 // Package bench is herd's reuseport on/off study as go test benchmarks:
 // herd in its three listen modes at 1, 2 and 4 loops against gnet v2 (with
-// and without SO_REUSEPORT) and the standard library, on loopback, with the
-// load generator in a child process (this test binary, re-executed) so that
-// the server's own CPU time per message can be read with getrusage.
+// and without SO_REUSEPORT), a minimal epoll server in C as the floor
+// (internal/cfloor, Linux with cgo) and the standard library, on loopback,
+// with the load generator in a child process (this test binary,
+// re-executed) so that the server's own CPU time per message can be read
+// with getrusage.
 //
 //	go test -run '^$' -bench . -benchmem
 //
@@ -15,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/seed358e4494/herd/bench/internal/cfloor"
 	"github.com/seed358e4494/herd/bench/internal/harness"
 )
 
@@ -137,6 +140,11 @@ func TestRunners(t *testing.T) {
 		{Impl: "stdnet"},
 		{Impl: "nethttp"},
 	}
+	idle := []harness.Spec{{Impl: "herd", Mode: "reuseport", Count: 2}}
+	if cfloor.Available {
+		specs = append(specs, harness.Spec{Impl: "cfloor", Mode: "reuseport", Count: 2})
+		idle = append(idle, harness.Spec{Impl: "cfloor", Mode: "reuseport", Count: 2})
+	}
 	cases := []harness.Case{
 		{Name: "echo", Proto: harness.Echo, Kind: harness.KindEcho, Conns: 8, Size: 4096},
 		{Name: "http", Proto: harness.HTTP, Kind: harness.KindHTTP, Conns: 4, Depth: 1},
@@ -181,13 +189,15 @@ func TestRunners(t *testing.T) {
 			})
 		}
 	}
-	t.Run("idle", func(t *testing.T) {
-		r, err := harness.MeasureIdle(os.Args[0], clientArgs, harness.Spec{Impl: "herd", Mode: "reuseport", Count: 2}, harness.Echo, 200)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if r.Conns != 200 || r.RSSLoad == 0 {
-			t.Errorf("idle: %+v", r)
-		}
-	})
+	for _, spec := range idle {
+		t.Run("idle/"+spec.Name(), func(t *testing.T) {
+			r, err := harness.MeasureIdle(os.Args[0], clientArgs, spec, harness.Echo, 200)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Conns != 200 || r.RSSLoad == 0 {
+				t.Errorf("idle: %+v", r)
+			}
+		})
+	}
 }

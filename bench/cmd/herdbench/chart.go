@@ -9,7 +9,7 @@ import (
 // chart draws, by hand, two panels: the per-loop share of work for each
 // loop-based server at 4 loops in each case (a dashed line marks the even
 // share), and for each case the throughput and server CPU per op of the
-// 2-loop servers and the standard-library peer.
+// 2-loop servers, the C floor and the standard-library peer.
 func chart(sums []summary) string {
 	var cases []string
 	seen := map[string]bool{}
@@ -20,8 +20,8 @@ func chart(sums []summary) string {
 		}
 	}
 	distServers := []string{"herd-reuseport-4", "herd-shared-4", "herd-dispatch-4", "gnet-reuseport-4", "gnet-noreuse-4"}
-	peerServers := []string{"herd-reuseport-2", "herd-shared-2", "herd-dispatch-2", "gnet-reuseport-2", "gnet-noreuse-2", "stdnet", "nethttp"}
-	colors := map[string]string{"herd": "#2b6cb0", "gnet": "#dd6b20", "stdnet": "#718096", "nethttp": "#718096"}
+	peerServers := []string{"herd-reuseport-2", "herd-shared-2", "herd-dispatch-2", "gnet-reuseport-2", "gnet-noreuse-2", "cfloor-reuseport-2", "stdnet", "nethttp"}
+	colors := map[string]string{"herd": "#2b6cb0", "gnet": "#dd6b20", "cfloor": "#2f855a", "stdnet": "#718096", "nethttp": "#718096"}
 	color := func(server string) string {
 		return colors[strings.SplitN(server, "-", 2)[0]]
 	}

@@ -1,6 +1,7 @@
 // Command herdbench runs the reuseport on/off study: every load case of
 // bench/internal/harness against herd in its three listen modes at 1, 2 and
-// 4 loops, gnet v2 with and without SO_REUSEPORT, and the standard library;
+// 4 loops, gnet v2 with and without SO_REUSEPORT, a minimal epoll server in
+// C as the floor (cfloor, Linux with cgo) and the standard library;
 // then it prints a markdown table of medians over the repeats and writes an
 // SVG chart. The load generator is this binary, re-executed.
 //
@@ -28,7 +29,7 @@ func main() {
 	}
 	var (
 		casesRe   = flag.String("cases", ".", "regexp of the cases to run")
-		serversRe = flag.String("servers", ".", "regexp of the servers to run (herd-reuseport-2, gnet-noreuse-4, stdnet, nethttp, ...)")
+		serversRe = flag.String("servers", ".", "regexp of the servers to run (herd-reuseport-2, gnet-noreuse-4, cfloor-reuseport-2, stdnet, nethttp, ...)")
 		dur       = flag.Duration("dur", time.Second, "measured window of each run")
 		warmup    = flag.Duration("warmup", 200*time.Millisecond, "unmeasured load before each window")
 		repeat    = flag.Int("repeat", 3, "independent runs (server and connections anew) per case and server; the table shows medians")
@@ -256,22 +257,25 @@ func f(v float64, prec int) string {
 }
 
 func writeMarkdown(w io.Writer, sums []summary, idleOrder []string, idles map[string][]harness.IdleResult, repeat int, dur time.Duration) {
-	fmt.Fprintf(w, "Medians of %d run(s) of %v per case and server. srv µs/op is the server process's CPU time (getrusage, user+sys) per message or request; ×gnet divides it by gnet's with reuseport at the same loop count. jain and loops are over per-loop work (reads; accepted connections for http-close); conn jain is Jain over the connections each loop accepted. wakeups: voluntary context switches of the server process per op (per connection for http-close).\n\n", repeat, dur)
+	fmt.Fprintf(w, "Medians of %d run(s) of %v per case and server. srv µs/op is the server process's CPU time (getrusage, user+sys) per message or request; ×gnet divides it by gnet's with reuseport at the same loop count, ×floor by the C floor's (cfloor-reuseport) at the same loop count. jain and loops are over per-loop work (reads; accepted connections for http-close); conn jain is Jain over the connections each loop accepted. wakeups: voluntary context switches of the server process per op (per connection for http-close).\n\n", repeat, dur)
 	cur := ""
 	for _, s := range sums {
 		if s.Case != cur {
 			cur = s.Case
 			fmt.Fprintf(w, "\n#### %s\n\n", cur)
-			fmt.Fprintln(w, "| server | ops/s | srv µs/op | ×gnet | p50 µs | p99 µs | jain | conn jain | loops | wakeups | allocs/op |")
-			fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+			fmt.Fprintln(w, "| server | ops/s | srv µs/op | ×gnet | ×floor | p50 µs | p99 µs | jain | conn jain | loops | wakeups | allocs/op |")
+			fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 		}
-		ratio := math.NaN()
+		ratio, floor := math.NaN(), math.NaN()
 		if cnt := countOf(s.Server); cnt != "" {
 			if g, ok := find(sums, s.Case, "gnet-reuseport-"+cnt); ok {
 				ratio = s.CPU / g.CPU
 			}
+			if g, ok := find(sums, s.Case, "cfloor-reuseport-"+cnt); ok {
+				floor = s.CPU / g.CPU
+			}
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", s.Server, f(s.OpsPerSec, 0), f(s.CPU, 2), f(ratio, 2),
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", s.Server, f(s.OpsPerSec, 0), f(s.CPU, 2), f(ratio, 2), f(floor, 2),
 			f(s.P50, 0), f(s.P99, 0), f(s.Jain, 3), f(s.ConnJain, 3), f(s.LoopsUsed, 0), f(s.CSW, 2), f(s.Allocs, 2))
 	}
 	if len(idleOrder) > 0 {

@@ -11,6 +11,8 @@ import (
 	"runtime/debug"
 	"strconv"
 	"time"
+
+	"github.com/seed358e4494/herd/bench/internal/cfloor"
 )
 
 // Client is a load-generator child process.
@@ -151,8 +153,9 @@ func CaseByName(name string) (Case, bool) {
 	return Case{}, false
 }
 
-// Specs is the server matrix for a case: herd in its three modes and gnet
-// with and without reuseport at each loop count, and the std peer.
+// Specs is the server matrix for a case: herd in its three modes, gnet with
+// and without reuseport and the C floor (where built) at each loop count,
+// and the std peer.
 func Specs(c Case) []Spec {
 	counts := []int{1, 2, 4}
 	if c.Name == "longlived-4conns" {
@@ -165,6 +168,9 @@ func Specs(c Case) []Spec {
 		}
 		for _, m := range []string{"reuseport", "noreuse"} {
 			out = append(out, Spec{Impl: "gnet", Mode: m, Count: n})
+		}
+		if cfloor.Available {
+			out = append(out, Spec{Impl: "cfloor", Mode: "reuseport", Count: n})
 		}
 	}
 	if c.Proto == Echo {
@@ -384,7 +390,7 @@ func MeasureIdle(exe string, args []string, s Spec, p Proto, n int) (IdleResult,
 
 // IdleSpecs are the servers of the idle-memory study.
 func IdleSpecs() []Spec {
-	return []Spec{
+	specs := []Spec{
 		{Impl: "herd", Mode: "reuseport", Count: 2},
 		{Impl: "herd", Mode: "shared", Count: 2},
 		{Impl: "herd", Mode: "dispatch", Count: 2},
@@ -392,6 +398,10 @@ func IdleSpecs() []Spec {
 		{Impl: "gnet", Mode: "noreuse", Count: 2},
 		{Impl: "stdnet"},
 	}
+	if cfloor.Available {
+		specs = append(specs, Spec{Impl: "cfloor", Mode: "reuseport", Count: 2})
+	}
+	return specs
 }
 
 // EnvInt reads an integer from the environment, def when unset or bad.

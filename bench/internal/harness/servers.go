@@ -19,6 +19,7 @@ import (
 	"github.com/panjf2000/gnet/v2/pkg/logging"
 
 	"github.com/seed358e4494/herd"
+	"github.com/seed358e4494/herd/bench/internal/cfloor"
 	herdhttp "github.com/seed358e4494/herd/protocol/http"
 )
 
@@ -32,13 +33,13 @@ const (
 
 // Spec names one server under test.
 type Spec struct {
-	Impl  string // herd, gnet, stdnet, nethttp
-	Mode  string // herd: reuseport, shared, dispatch; gnet: reuseport, noreuse
-	Count int    // event loops (herd, gnet)
+	Impl  string // herd, gnet, cfloor, stdnet, nethttp
+	Mode  string // herd: reuseport, shared, dispatch; gnet: reuseport, noreuse; cfloor: reuseport
+	Count int    // event loops (herd, gnet, cfloor)
 }
 
 // Name is the spec as it appears in benchmark names: herd-reuseport-2,
-// gnet-noreuse-4, stdnet, nethttp.
+// gnet-noreuse-4, cfloor-reuseport-2, stdnet, nethttp.
 func (s Spec) Name() string {
 	if s.Impl == "stdnet" || s.Impl == "nethttp" {
 		return s.Impl
@@ -74,6 +75,8 @@ func Start(s Spec, p Proto) (Server, error) {
 		return startHerd(s, p)
 	case "gnet":
 		return startGnet(s, p)
+	case "cfloor":
+		return startCfloor(s, p)
 	case "stdnet":
 		if p != Echo {
 			return nil, errors.New("stdnet serves echo only")
@@ -378,6 +381,31 @@ func (g *gnetServer) Stop() {
 	case <-g.done:
 	case <-ctx.Done():
 	}
+}
+
+// ---- cfloor: the floor, a minimal epoll server in C
+
+// cfloorServer adapts cfloor.Server to Server.
+type cfloorServer struct{ *cfloor.Server }
+
+func startCfloor(s Spec, p Proto) (Server, error) {
+	if s.Mode != "reuseport" {
+		return nil, fmt.Errorf("unknown cfloor mode %q", s.Mode)
+	}
+	c, err := cfloor.Start(s.Count, p == HTTP)
+	if err != nil {
+		return nil, err
+	}
+	return cfloorServer{c}, nil
+}
+
+func (c cfloorServer) Loops() []LoopCount {
+	ls := c.Server.Loops()
+	out := make([]LoopCount, len(ls))
+	for i, l := range ls {
+		out[i] = LoopCount{Accepted: l.Accepted, Work: l.Work}
+	}
+	return out
 }
 
 // ---- std net: a goroutine per connection
