@@ -332,10 +332,18 @@ func TestCloseNoLinger(t *testing.T) {
 func TestCloseNoLingerWithInputWaiting(t *testing.T) {
 	t.Parallel()
 	closed := make(chan struct{}, 1)
-	r := startWorker(t, closeWorker((*Conn).CloseNoLinger, closed))
+	conns := make(chan *Conn, 1)
+	w := closeWorker((*Conn).CloseNoLinger, closed)
+	w.OnConnect = func(c *Conn) {
+		c.PauseRecv()
+		conns <- c
+	}
+	r := startWorker(t, w)
 	cl := r.dial(t)
-	// More than one read's worth behind the request: the server closes
-	// while most of it is still unread.
+	sc := acceptedConn(t, conns)
+	// The request, then more than one read's worth: once it is all in the
+	// server's kernel buffer, reading resumes and the close comes with most
+	// of it still unread.
 	junk := bytes.Repeat([]byte("x"), 4<<20)
 	wrote := make(chan error, 1)
 	go func() {
@@ -345,6 +353,10 @@ func TestCloseNoLingerWithInputWaiting(t *testing.T) {
 		}
 		wrote <- err
 	}()
+	waitFor(t, 10*time.Second, "the request and more than a read buffer in the kernel", func() bool {
+		return unreadBytes(sc.fd) > readBufferSize+4
+	})
+	sc.ResumeRecv()
 	readReplyThenEOF(t, cl)
 	if err := <-wrote; err != nil {
 		t.Fatalf("client write: %v", err)
