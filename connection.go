@@ -219,7 +219,7 @@ func (c *Conn) send(data []byte) SendResult {
 func writeFd(fd int, b []byte) (int, error) {
 	written := 0
 	for written < len(b) {
-		n, err := unix.Write(fd, b[written:])
+		n, err := sysWrite(fd, b[written:])
 		if n > 0 {
 			written += n
 		}

@@ -27,7 +27,7 @@ type acceptBuf struct {
 // accept takes one connection, already non-blocking and close-on-exec.
 func accept(lfd int, b *acceptBuf) (int, peerAddr, error) {
 	b.n = unix.SizeofSockaddrAny
-	fd, _, e := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(lfd), uintptr(unsafe.Pointer(&b.rsa)), uintptr(unsafe.Pointer(&b.n)),
+	fd, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(lfd), uintptr(unsafe.Pointer(&b.rsa)), uintptr(unsafe.Pointer(&b.n)),
 		unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
 	if e != 0 {
 		return -1, peerAddr{}, e

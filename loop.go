@@ -463,7 +463,7 @@ func (l *Loop) read(c *Conn) {
 
 func readFd(fd int, b []byte) (int, error) {
 	for {
-		n, err := unix.Read(fd, b)
+		n, err := sysRead(fd, b)
 		if err == unix.EINTR {
 			continue
 		}

@@ -1,0 +1,35 @@
+package herd
+
+import (
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// sysRead and sysWrite are read(2) and write(2) on non-blocking sockets.
+// They cannot block, so they skip the Go scheduler's bookkeeping for system
+// calls that might (entersyscall / exitsyscall): a read and a write per
+// message are most of what a loop does.
+func sysRead(fd int, b []byte) (int, error) {
+	var p unsafe.Pointer
+	if len(b) > 0 {
+		p = unsafe.Pointer(&b[0])
+	}
+	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(p), uintptr(len(b)))
+	if e != 0 {
+		return -1, e
+	}
+	return int(n), nil
+}
+
+func sysWrite(fd int, b []byte) (int, error) {
+	var p unsafe.Pointer
+	if len(b) > 0 {
+		p = unsafe.Pointer(&b[0])
+	}
+	n, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(p), uintptr(len(b)))
+	if e != 0 {
+		return -1, e
+	}
+	return int(n), nil
+}
