@@ -283,6 +283,7 @@ func TestThunderingHerd(t *testing.T) {
 		}
 		w := distEchoWorker(name, 4, false, AcceptShared)
 		w.plainShared = plain
+		w.LockOSThread = true // ThreadSwitches counts the loops' own threads
 		srv := edStart(t, w)
 		defer srv.stop()
 		deadline, _ := ctx.Deadline()

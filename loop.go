@@ -45,6 +45,7 @@ type Loop struct {
 	draining                bool
 	forced                  bool
 	listenOff               bool // the listener rests after running out of descriptors
+	hot                     bool // the last sleeping Wait found events
 
 	// Lingering connections, oldest first, and the one timer that looks
 	// at them when the oldest is due.
@@ -147,17 +148,19 @@ func (l *Loop) post(t task) bool {
 func (l *Loop) hasTasks() bool { return l.pending.Load() }
 
 func (l *Loop) run() {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	defer close(l.exited)
-	tid := threadID()
-	l.switchBase = threadSwitches(tid)
-	l.tid.Store(int64(tid)) // publishes switchBase
-	defer func() {
-		// The thread outlives the loop: keep its count from this loop only.
-		l.switchFinal.Store(l.threadSwitches())
-		l.tid.Store(0)
-	}()
+	if l.w.LockOSThread {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		tid := threadID()
+		l.switchBase = threadSwitches(tid)
+		l.tid.Store(int64(tid)) // publishes switchBase
+		defer func() {
+			// The thread outlives the loop: keep its count from this loop only.
+			l.switchFinal.Store(l.threadSwitches())
+			l.tid.Store(0)
+		}()
+	}
 	l.now = time.Now()
 	l.callLoop(l.w.OnWorkerStart)
 	if l.w.IdleTimeout > 0 {
@@ -167,14 +170,7 @@ func (l *Loop) run() {
 		if l.draining && (l.nconns == 0 || l.forced) {
 			break
 		}
-		timeout := l.timers.timeout(l.now)
-		l.sleeping.Store(true)
-		if l.hasTasks() {
-			timeout = 0
-		}
-		var err error
-		l.events, err = l.poller.Wait(timeout, l.events)
-		l.sleeping.Store(false)
+		err := l.wait()
 		if err != nil {
 			l.w.fail(fmt.Errorf("herd: loop %d: %w", l.index, err))
 			l.drain(true)
@@ -212,6 +208,35 @@ func (l *Loop) run() {
 		}
 	}
 	l.callLoop(l.w.OnWorkerStop)
+}
+
+// wait fills l.events. After a turn that found work it first looks again
+// without sleeping, as a non-blocking system call: under load more is
+// usually ready, and the loop then neither sleeps nor enters a blocking
+// system call, whose P the Go runtime takes away after 20µs and hands to
+// another thread, waking it, mostly for nothing.
+func (l *Loop) wait() error {
+	timeout := l.timers.timeout(l.now)
+	var err error
+	if l.hot && timeout != 0 {
+		l.events, err = l.poller.Wait(0, l.events)
+		if err != nil || len(l.events) > 0 {
+			return err
+		}
+		if !l.w.LockOSThread {
+			// Let other goroutines run first. (A locked thread would
+			// have to hand its P over and wait to get it back.)
+			runtime.Gosched()
+		}
+	}
+	l.sleeping.Store(true)
+	if l.hasTasks() {
+		timeout = 0
+	}
+	l.events, err = l.poller.Wait(timeout, l.events)
+	l.sleeping.Store(false)
+	l.hot = len(l.events) > 0
+	return err
 }
 
 func (l *Loop) runTasks() {

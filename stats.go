@@ -51,9 +51,9 @@ type LoopStats struct {
 	// closing.
 	Dropped uint64
 	// ThreadSwitches is the voluntary context switches of the loop's OS
-	// thread since the loop started: how often it went to sleep. Linux
-	// only (read from /proc: Stats costs a file read per loop); zero
-	// elsewhere.
+	// thread since the loop started: how often it went to sleep. With
+	// Worker.LockOSThread on Linux only (read from /proc: Stats costs a
+	// file read per loop); zero otherwise.
 	ThreadSwitches uint64
 }
 

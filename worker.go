@@ -71,6 +71,12 @@ type Worker struct {
 	ReusePort bool
 	// Accept chooses how connections reach loops without ReusePort.
 	Accept AcceptMode
+	// LockOSThread runs each loop on an OS thread of its own
+	// (runtime.LockOSThread): for callbacks that use thread state, such as
+	// some cgo libraries, and for Stats' ThreadSwitches. Off, a loop with
+	// nothing to do lets the Go scheduler run other goroutines before it
+	// sleeps, which costs less CPU per connection (see bench/README.md).
+	LockOSThread bool
 	// MaxPackageSize is the largest packet the Protocol may frame; a larger
 	// one reaches OnError as ErrPackageTooLarge and the connection closes.
 	// Zero means DefaultMaxPackageSize. It bounds the input buffered per
