@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"time"
@@ -137,4 +138,48 @@ func ExampleLoop_Every() {
 	// tick 1
 	// tick 2
 	// tick 3
+}
+
+// A one-shot protocol: the client sends one line and reads the answer to the
+// end of the stream. By the protocol it sends nothing more, so the server
+// closes without waiting for the client's end of stream (Close would wait
+// up to StopTimeout for it).
+func ExampleConn_CloseNoLinger() {
+	w := &herd.Worker{Addr: "text://127.0.0.1:0", Count: 1}
+	w.OnMessage = func(c *herd.Conn, msg []byte) {
+		c.Send([]byte("bye " + string(msg)))
+		c.CloseNoLinger()
+	}
+	closed := make(chan struct{})
+	w.OnClose = func(c *herd.Conn) { close(closed) }
+	if err := w.Listen(); err != nil {
+		fmt.Println(err)
+		return
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	done := make(chan error)
+	go func() { done <- w.Run(ctx) }()
+
+	conn, err := net.Dial("tcp", w.ListenAddr().String())
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer conn.Close() // only after the server has closed
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprint(conn, "alice\n")
+	answer, err := io.ReadAll(conn) // to the server's end of stream
+	fmt.Printf("client: %q %v\n", answer, err)
+	select {
+	case <-closed: // while the client's side is still open
+		fmt.Println("server: closed")
+	case <-time.After(2 * time.Second):
+		fmt.Println("server: still lingering")
+	}
+	stop()
+	<-done
+	// Output:
+	// client: "bye alice\n" <nil>
+	// server: closed
 }
