@@ -74,6 +74,9 @@ func report(b *testing.B, c harness.Case, r harness.Result) {
 		b.ReportMetric(r.AcceptJain, "conn-jain")
 		b.ReportMetric(float64(r.LoopsUsed), "loops-used")
 	}
+	if r.Syscalls > 0 {
+		b.ReportMetric(float64(r.Syscalls)/float64(max(r.Ops, 1)), "syscalls/op")
+	}
 	if c.Kind == harness.KindHTTPClose {
 		b.ReportMetric(float64(r.VolCSW)/float64(max(r.Accepted, 1)), "wakeups/conn")
 	} else {

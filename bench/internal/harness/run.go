@@ -243,6 +243,7 @@ type Result struct {
 	AcceptJain float64     // over per-loop accepted connections; NaN without loops
 	Accepted   uint64
 	ClientWall time.Duration
+	Syscalls   int64 // server system calls in the window; 0 unless SyscallsEnv is set
 }
 
 // OpsPerSec is the throughput.
@@ -264,6 +265,13 @@ func (r Result) AllocsPerOp() float64 { return float64(r.Mallocs) / float64(max(
 // counters over it. Between begin and end the calling process must do
 // nothing but serve.
 func (s *Session) Measure(count int64, dur time.Duration, begin, end func()) (Result, error) {
+	var sc *syscallCounter
+	if os.Getenv(SyscallsEnv) != "" {
+		var err error
+		if sc, err = startSyscallCounter(); err != nil {
+			return Result{}, err
+		}
+	}
 	before := s.Server.Loops()
 	var ms0, ms1 runtime.MemStats
 	runtime.ReadMemStats(&ms0)
@@ -273,6 +281,14 @@ func (s *Session) Measure(count int64, dur time.Duration, begin, end func()) (Re
 	u0 := SelfUsage()
 	res, err := s.Client.Run(count, dur)
 	u1 := SelfUsage()
+	var nsys int64
+	if sc != nil {
+		n, serr := sc.stop()
+		if serr != nil && err == nil {
+			err = serr
+		}
+		nsys = n
+	}
 	if end != nil {
 		end()
 	}
@@ -282,7 +298,7 @@ func (s *Session) Measure(count int64, dur time.Duration, begin, end func()) (Re
 	}
 	after := s.Server.Loops()
 	u := u1.Sub(u0)
-	r := Result{Ops: res.Ops, Elapsed: res.Elapsed, ServerCPU: u.CPU, VolCSW: u.VolCSW, Mallocs: ms1.Mallocs - ms0.Mallocs, P50: res.P50, P99: res.P99, Jain: Jain(nil), AcceptJain: Jain(nil)}
+	r := Result{Ops: res.Ops, Elapsed: res.Elapsed, ServerCPU: u.CPU, VolCSW: u.VolCSW, Mallocs: ms1.Mallocs - ms0.Mallocs, P50: res.P50, P99: res.P99, Jain: Jain(nil), AcceptJain: Jain(nil), Syscalls: nsys}
 	if after != nil {
 		r.PerLoop = make([]LoopCount, len(after))
 		work := make([]uint64, len(after))
