@@ -1,7 +1,8 @@
 // Package herd runs event-loop socket servers in the style of PHP's
 // Workerman: a Worker listens on an address and serves it with Count event
-// loops, one goroutine each, locked to its own OS thread and sleeping on its
-// own epoll (Linux) or kqueue (macOS, FreeBSD).
+// loops, one goroutine each (locked to its own OS thread with
+// Worker.LockOSThread) sleeping on its own epoll (Linux) or kqueue (macOS,
+// FreeBSD).
 //
 //	w := &herd.Worker{Addr: "text://127.0.0.1:9000", Count: 4, ReusePort: true}
 //	w.OnMessage = func(c *herd.Conn, msg []byte) { c.Send(msg) }
