@@ -21,8 +21,9 @@ import (
 // readBufferSize is the per-loop buffer every read lands in first.
 const readBufferSize = 64 << 10
 
-// Loop is one event loop: a goroutine locked to an OS thread, with its own
-// poller, connections and timers. Its methods are safe from any goroutine.
+// Loop is one event loop: a goroutine (locked to an OS thread with
+// Worker.LockOSThread) with its own poller, connections and timers. Its
+// methods are safe from any goroutine.
 type Loop struct {
 	w        *Worker
 	index    int
