@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -69,7 +70,7 @@ func TestSendConcurrentFromGoroutines(t *testing.T) {
 		Count: 2,
 		// A small server socket buffer (set from inside the package), so
 		// that what the client does not read yet waits in herd's queue.
-		OnConnect: func(c *Conn) { unix.SetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 64<<10) },
+		OnConnect: func(c *Conn) { unix.SetsockoptInt(int(c.fd), unix.SOL_SOCKET, unix.SO_SNDBUF, 64<<10) },
 		OnMessage: func(c *Conn, msg []byte) {
 			switch {
 			case string(msg) == "start":
@@ -294,6 +295,14 @@ func TestCloseNoLinger(t *testing.T) {
 		lingers bool
 	}{
 		{"CloseNoLinger", (*Conn).CloseNoLinger, false},
+		// In a later loop turn than the read: the kernel is asked
+		// whether input waits.
+		{"CloseNoLinger later", func(c *Conn) {
+			go func() {
+				time.Sleep(20 * time.Millisecond)
+				c.CloseNoLinger()
+			}()
+		}, false},
 		{"Close", (*Conn).Close, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -354,7 +363,7 @@ func TestCloseNoLingerWithInputWaiting(t *testing.T) {
 		wrote <- err
 	}()
 	waitFor(t, 10*time.Second, "the request and more than a read buffer in the kernel", func() bool {
-		return unreadBytes(sc.fd) > readBufferSize+4
+		return unreadBytes(int(sc.fd)) > readBufferSize+4
 	})
 	sc.ResumeRecv()
 	readReplyThenEOF(t, cl)
@@ -365,6 +374,14 @@ func TestCloseNoLingerWithInputWaiting(t *testing.T) {
 	case <-closed:
 	case <-time.After(10 * time.Second):
 		t.Fatal("OnClose did not run")
+	}
+}
+
+// An idle connection's whole cost is its Conn: keep it in the 208-byte
+// size class.
+func TestConnSize(t *testing.T) {
+	if n := unsafe.Sizeof(Conn{}); n > 208 {
+		t.Errorf("Conn is %d bytes, over the 208-byte size class", n)
 	}
 }
 
@@ -1003,7 +1020,7 @@ func TestBufferFullDrainOrder(t *testing.T) {
 		MaxSendBufferSize: 64 << 10,
 		OnConnect: func(c *Conn) {
 			// A small socket buffer: most of each Send is queued.
-			unix.SetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 64<<10)
+			unix.SetsockoptInt(int(c.fd), unix.SOL_SOCKET, unix.SO_SNDBUF, 64<<10)
 			conns <- c
 		},
 		OnBufferFull:  func(c *Conn) { events = append(events, 'F') },

@@ -36,10 +36,13 @@ func (r SendResult) String() string {
 // Conn is one accepted connection. It belongs to one loop for its whole
 // life; its callbacks run there. Every method is safe from any goroutine.
 type Conn struct {
-	id   uint64
-	fd   int
-	loop *Loop
-	peer peerAddr
+	id uint64
+	fd int32
+	// drainedTurn is the loop turn in which a read last emptied the socket
+	// (took less than a full buffer); see queueEmptied.
+	drainedTurn uint32
+	loop        *Loop
+	peer        peerAddr
 
 	// Owned by the loop goroutine.
 	in         []byte // the start of a packet not yet complete
@@ -113,7 +116,7 @@ func (c *Conn) LocalAddr() net.Addr {
 	if c.state.Load() == connClosed {
 		return nil
 	}
-	sa, err := unix.Getsockname(c.fd)
+	sa, err := unix.Getsockname(int(c.fd))
 	if err != nil {
 		return nil
 	}
@@ -171,7 +174,7 @@ func (c *Conn) send(data []byte) SendResult {
 	}
 	queued := len(c.out) - c.outHead
 	if queued == 0 {
-		n, err := writeFd(c.fd, data)
+		n, err := writeFd(int(c.fd), data)
 		if n > 0 {
 			l.bytesOut.Add(uint64(n))
 			data = data[n:]
@@ -248,7 +251,7 @@ func (c *Conn) flush() (emptied, drained, fullFirst bool, err error) {
 		return false, false, false, nil
 	}
 	pending := c.out[c.outHead:]
-	n, err := writeFd(c.fd, pending)
+	n, err := writeFd(int(c.fd), pending)
 	if n > 0 {
 		l.bytesOut.Add(uint64(n))
 		l.sendQueued.Add(-int64(n))
@@ -310,7 +313,7 @@ func (c *Conn) updateInterestLocked() {
 	if read == c.readOn && write == c.writeOn {
 		return
 	}
-	if err := c.loop.poller.Modify(c.fd, read, write); err != nil {
+	if err := c.loop.poller.Modify(int(c.fd), read, write); err != nil {
 		c.loop.w.logger().Warn("herd: poller modify", "conn", c.id, "err", err)
 		return
 	}

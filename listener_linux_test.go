@@ -103,7 +103,7 @@ func TestAcceptPeerAddr(t *testing.T) {
 func TestAcceptedNoDelay(t *testing.T) {
 	got := make(chan int, 1)
 	w := &Worker{Addr: "tcp://127.0.0.1:0", Count: 1, OnConnect: func(c *Conn) {
-		v, err := unix.GetsockoptInt(c.fd, unix.IPPROTO_TCP, unix.TCP_NODELAY)
+		v, err := unix.GetsockoptInt(int(c.fd), unix.IPPROTO_TCP, unix.TCP_NODELAY)
 		if err != nil {
 			v = -1
 		}

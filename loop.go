@@ -45,8 +45,9 @@ type Loop struct {
 	now                     time.Time
 	draining                bool
 	forced                  bool
-	listenOff               bool // the listener rests after running out of descriptors
-	hot                     bool // the last sleeping Wait found events
+	listenOff               bool   // the listener rests after running out of descriptors
+	hot                     bool   // the last sleeping Wait found events
+	turn                    uint32 // counts Waits; never 0 once running
 
 	// Lingering connections, oldest first, and the one timer that looks
 	// at them when the oldest is due.
@@ -178,6 +179,7 @@ func (l *Loop) run() {
 			break
 		}
 		l.wakeups.Add(1)
+		l.turn++
 		l.now = time.Now()
 		for _, ev := range l.events {
 			switch {
@@ -388,7 +390,7 @@ func (l *Loop) register(fd int, peer *peerAddr) {
 		unix.Close(fd)
 		return
 	}
-	c := &Conn{id: l.w.nextID.Add(1), fd: fd, loop: l, peer: *peer, readOn: true, lastActive: l.now.UnixNano()}
+	c := &Conn{id: l.w.nextID.Add(1), fd: int32(fd), loop: l, peer: *peer, readOn: true, lastActive: l.now.UnixNano()}
 	for fd >= len(l.conns) {
 		l.conns = append(l.conns, make([]*Conn, len(l.conns)+64)...)
 	}
@@ -433,8 +435,11 @@ func (l *Loop) queueEmptied(c *Conn) {
 	switch {
 	case c.peerClosed:
 		l.closeConn(c, nil) // nothing more can arrive: no reset to fear
-	case c.flags.Load()&flagNoLinger != 0 && unreadBytes(c.fd) == 0:
-		l.closeConn(c, nil) // the peer is done by its protocol, and nothing is unread
+	case c.flags.Load()&flagNoLinger != 0 && (c.drainedTurn == l.turn || unreadBytes(int(c.fd)) == 0):
+		// The peer is done by its protocol, and nothing is unread: a read
+		// emptied the socket moments ago, in this turn, or the kernel says
+		// so.
+		l.closeConn(c, nil)
 	default:
 		l.linger(c)
 	}
@@ -447,13 +452,16 @@ func (l *Loop) read(c *Conn) {
 	if st == connClosed {
 		return
 	}
-	n, err := readFd(c.fd, l.readBuf)
+	n, err := readFd(int(c.fd), l.readBuf)
 	if n > 0 {
 		l.bytesIn.Add(uint64(n))
 		if st != connOpen {
 			return // closing: the application is done with this input
 		}
 		c.lastActive = l.now.UnixNano()
+		if n < len(l.readBuf) {
+			c.drainedTurn = l.turn
+		}
 		l.deliver(c, l.readBuf[:n])
 		return
 	}
@@ -566,11 +574,11 @@ func (l *Loop) closeConn(c *Conn, err error) {
 	c.mu.Unlock()
 	// Every write happens under c.mu with the state open, so no other
 	// goroutine can be using the descriptor now.
-	unix.Close(c.fd)
+	unix.Close(int(c.fd))
 	if c.lingerListed {
 		l.unlinkLinger(c)
 	}
-	l.conns[c.fd] = nil
+	l.conns[int(c.fd)] = nil
 	l.nconns--
 	l.active.Add(-1)
 	l.closedConns.Add(1)
@@ -663,7 +671,7 @@ func (l *Loop) beginClose(c *Conn) {
 func (l *Loop) linger(c *Conn) {
 	c.mu.Lock()
 	c.state.Store(connLingering)
-	err := unix.Shutdown(c.fd, unix.SHUT_WR)
+	err := unix.Shutdown(int(c.fd), unix.SHUT_WR)
 	c.updateInterestLocked()
 	c.mu.Unlock()
 	if err != nil {
@@ -747,7 +755,7 @@ func (l *Loop) sweepLinger() {
 		var u int
 		switch c.state.Load() {
 		case connLingering:
-			u = unsentBytes(c.fd) // the kernel's, once our queue is written
+			u = unsentBytes(int(c.fd)) // the kernel's, once our queue is written
 		case connClosing:
 			if u = c.SendQueueBytes(); u == 0 {
 				l.queueEmptied(c)
