@@ -37,8 +37,12 @@ func main() {
 		mdPath    = flag.String("md", "", "also write the markdown to this file")
 		svgPath   = flag.String("svg", "herdbench.svg", "write the chart here; empty: no chart")
 		jsonPath  = flag.String("json", "", "write every run's figures here as JSON")
+		syscalls  = flag.Bool("syscalls", false, "count the server's system calls per op with perf (Linux; root or perf_event_paranoid <= 1)")
 	)
 	flag.Parse()
+	if *syscalls {
+		os.Setenv(harness.SyscallsEnv, "1")
+	}
 	cre, err := regexp.Compile(*casesRe)
 	if err != nil {
 		fatal(err)
@@ -161,6 +165,7 @@ type summary struct {
 	Case, Server                  string
 	N                             int
 	OpsPerSec, CPU, P50, P99, CSW float64
+	Syscalls                      float64 // per op; NaN unless counted (-syscalls)
 	Allocs, Jain, LoopsUsed       float64
 	ConnJain                      float64   // Jain over connections per loop
 	Shares                        []float64 // per-loop share of work (accepts for http-close), of the run with the median Jain
@@ -208,6 +213,12 @@ func summarize(order []key, all map[key][]harness.Result) []summary {
 			return r.CSWPerOp()
 		})
 		s.Allocs = col(harness.Result.AllocsPerOp)
+		s.Syscalls = col(func(r harness.Result) float64 {
+			if r.Syscalls == 0 {
+				return math.NaN()
+			}
+			return float64(r.Syscalls) / float64(max(r.Ops, 1))
+		})
 		s.Jain = col(func(r harness.Result) float64 { return r.Jain })
 		s.ConnJain = col(func(r harness.Result) float64 { return r.AcceptJain })
 		s.LoopsUsed = col(func(r harness.Result) float64 {
@@ -257,14 +268,14 @@ func f(v float64, prec int) string {
 }
 
 func writeMarkdown(w io.Writer, sums []summary, idleOrder []string, idles map[string][]harness.IdleResult, repeat int, dur time.Duration) {
-	fmt.Fprintf(w, "Medians of %d run(s) of %v per case and server. srv µs/op is the server process's CPU time (getrusage, user+sys) per message or request; ×gnet divides it by gnet's with reuseport at the same loop count, ×floor by the C floor's (cfloor-reuseport) at the same loop count. jain and loops are over per-loop work (reads; accepted connections for http-close); conn jain is Jain over the connections each loop accepted. wakeups: voluntary context switches of the server process per op (per connection for http-close).\n\n", repeat, dur)
+	fmt.Fprintf(w, "Medians of %d run(s) of %v per case and server. srv µs/op is the server process's CPU time (getrusage, user+sys) per message or request; ×gnet divides it by gnet's with reuseport at the same loop count, ×floor by the C floor's (cfloor-reuseport) at the same loop count. jain and loops are over per-loop work (reads; accepted connections for http-close); conn jain is Jain over the connections each loop accepted. wakeups: voluntary context switches of the server process per op (per connection for http-close). syscalls: the server's system calls per op, counted by perf (with -syscalls).\n\n", repeat, dur)
 	cur := ""
 	for _, s := range sums {
 		if s.Case != cur {
 			cur = s.Case
 			fmt.Fprintf(w, "\n#### %s\n\n", cur)
-			fmt.Fprintln(w, "| server | ops/s | srv µs/op | ×gnet | ×floor | p50 µs | p99 µs | jain | conn jain | loops | wakeups | allocs/op |")
-			fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+			fmt.Fprintln(w, "| server | ops/s | srv µs/op | ×gnet | ×floor | syscalls/op | p50 µs | p99 µs | jain | conn jain | loops | wakeups | allocs/op |")
+			fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 		}
 		ratio, floor := math.NaN(), math.NaN()
 		if cnt := countOf(s.Server); cnt != "" {
@@ -275,8 +286,8 @@ func writeMarkdown(w io.Writer, sums []summary, idleOrder []string, idles map[st
 				floor = s.CPU / g.CPU
 			}
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", s.Server, f(s.OpsPerSec, 0), f(s.CPU, 2), f(ratio, 2), f(floor, 2),
-			f(s.P50, 0), f(s.P99, 0), f(s.Jain, 3), f(s.ConnJain, 3), f(s.LoopsUsed, 0), f(s.CSW, 2), f(s.Allocs, 2))
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", s.Server, f(s.OpsPerSec, 0), f(s.CPU, 2), f(ratio, 2), f(floor, 2),
+			f(s.Syscalls, 2), f(s.P50, 0), f(s.P99, 0), f(s.Jain, 3), f(s.ConnJain, 3), f(s.LoopsUsed, 0), f(s.CSW, 2), f(s.Allocs, 2))
 	}
 	if len(idleOrder) > 0 {
 		fmt.Fprintf(w, "\n#### idle connections\n\n| server | conns | RSS B/conn | Go heap B/conn |\n|---|---:|---:|---:|\n")
