@@ -124,15 +124,33 @@ func main() {
 		fmt.Fprintln(os.Stderr, "chart written to", *svgPath)
 	}
 	if *jsonPath != "" {
+		// JSON has no NaN: a fairness index without loops is left out.
+		type result struct {
+			harness.Result
+			Jain, AcceptJain *float64 `json:",omitempty"`
+		}
 		type run struct {
 			Case, Server string
-			Runs         []harness.Result
+			Runs         []result
+		}
+		orNil := func(x float64) *float64 {
+			if math.IsNaN(x) {
+				return nil
+			}
+			return &x
 		}
 		var runs []run
 		for _, k := range order {
-			runs = append(runs, run{k.c, k.s, all[k]})
+			rn := run{Case: k.c, Server: k.s}
+			for _, r := range all[k] {
+				rn.Runs = append(rn.Runs, result{r, orNil(r.Jain), orNil(r.AcceptJain)})
+			}
+			runs = append(runs, rn)
 		}
-		b, _ := json.MarshalIndent(map[string]any{"runs": runs, "idle": idles}, "", " ")
+		b, err := json.MarshalIndent(map[string]any{"runs": runs, "idle": idles}, "", " ")
+		if err != nil {
+			fatal(err)
+		}
 		if err := os.WriteFile(*jsonPath, b, 0o644); err != nil {
 			fatal(err)
 		}
