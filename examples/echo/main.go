@@ -129,6 +129,7 @@ func newWorker(args []string, stderr io.Writer) (*herd.Worker, error) {
 	mode := fs.String("mode", "reuseport", "how connections reach loops: reuseport, shared, roundrobin or leastconns")
 	proto := fs.String("proto", "", "protocol for a tcp:// or unix:// address: raw, text or frame (text:// and frame:// name their own)")
 	maxConns := fs.Int("max-conns", 0, "most open connections over all loops; 0 means no limit")
+	lock := fs.Bool("lock", false, "lock each loop to an OS thread (the stats' switches column counts its sleeps)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: echo [flags]\n\nAn echo server on herd. SIGUSR1 prints per-loop stats.\n\n")
 		fs.PrintDefaults()
@@ -143,7 +144,7 @@ func newWorker(args []string, stderr io.Writer) (*herd.Worker, error) {
 		return nil, usageError{fmt.Errorf("unexpected arguments %q", fs.Args())}
 	}
 
-	w := &herd.Worker{Name: "echo", Addr: *addr, Count: *count, MaxConns: *maxConns}
+	w := &herd.Worker{Name: "echo", Addr: *addr, Count: *count, MaxConns: *maxConns, LockOSThread: *lock}
 	switch *mode {
 	case "reuseport":
 		w.ReusePort = true // Accept stays AcceptShared: the fallback

@@ -134,6 +134,7 @@ type statsTable struct {
 	loops    int
 	messages uint64
 	accepted uint64
+	switches uint64 // voluntary context switches of locked loop threads
 }
 
 // parseStats reads every stats table in out, in order.
@@ -163,9 +164,14 @@ func parseStats(t *testing.T, out string) []statsTable {
 			if err1 != nil || err2 != nil {
 				t.Fatalf("bad stats row %q", lines[i+1])
 			}
+			sw, err := strconv.ParseUint(f[len(f)-1], 10, 64)
+			if err != nil {
+				t.Fatalf("bad switches in stats row %q", lines[i+1])
+			}
 			tab.loops++
 			tab.accepted += acc
 			tab.messages += msgs
+			tab.switches += sw
 			i++
 		}
 		tables = append(tables, tab)
@@ -246,6 +252,32 @@ func TestEchoStatsOnSIGUSR1(t *testing.T) {
 	out = s.stop()
 	if n := len(parseStats(t, out)); n != 2 {
 		t.Errorf("want the SIGUSR1 table and the exit table, got %d tables:\n%s", n, out)
+	}
+}
+
+// -lock locks the loops to threads, whose sleeps the stats then count.
+func TestEchoLock(t *testing.T) {
+	for _, lock := range []bool{false, true} {
+		args := []string{"-addr", "text://127.0.0.1:0", "-count", "2"}
+		if lock {
+			args = append(args, "-lock")
+		}
+		s := startServer(t, args...)
+		c := s.dial()
+		if _, err := io.WriteString(c, "ping\n"); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := bufio.NewReader(c).ReadString('\n'); err != nil || got != "ping\n" {
+			t.Fatalf("echo %q, %v", got, err)
+		}
+		c.Close()
+		tabs := parseStats(t, s.stop())
+		if len(tabs) != 1 {
+			t.Fatalf("want the exit table, got %d tables", len(tabs))
+		}
+		if sw := tabs[0].switches; (sw > 0) != lock {
+			t.Errorf("-lock=%v: switches %d", lock, sw)
+		}
 	}
 }
 
