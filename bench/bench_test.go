@@ -134,18 +134,11 @@ func BenchmarkIdleConns(b *testing.B) {
 // generator in each pattern: proof that the runners and the client work,
 // fast enough for CI.
 func TestRunners(t *testing.T) {
-	specs := []harness.Spec{
-		{Impl: "herd", Mode: "reuseport", Count: 2},
-		{Impl: "herd", Mode: "shared", Count: 2},
-		{Impl: "herd", Mode: "dispatch", Count: 2},
-		{Impl: "gnet", Mode: "reuseport", Count: 2},
-		{Impl: "gnet", Mode: "noreuse", Count: 2},
-		{Impl: "stdnet"},
-		{Impl: "nethttp"},
-	}
+	// The idle study's servers (herd in each mode, gnet both ways, std net,
+	// the C floor where built), and net/http for the HTTP cases.
+	specs := append(harness.IdleSpecs(), harness.Spec{Impl: "nethttp"})
 	idle := []harness.Spec{{Impl: "herd", Mode: "reuseport", Count: 2}}
 	if cfloor.Available {
-		specs = append(specs, harness.Spec{Impl: "cfloor", Mode: "reuseport", Count: 2})
 		idle = append(idle, harness.Spec{Impl: "cfloor", Mode: "reuseport", Count: 2})
 	}
 	cases := []harness.Case{
