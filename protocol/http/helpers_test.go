@@ -3,7 +3,6 @@ package http
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"io"
 	"log/slog"
 	"net"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/seed358e4494/herd"
+	"github.com/seed358e4494/herd/internal/herdtest"
 )
 
 // fakeConn stands for a *herd.Conn in tests that run the parser and the
@@ -211,21 +211,7 @@ func serveOn(t testing.TB, s *Server, w *herd.Worker) string {
 	if err := s.Attach(w); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Error("worker did not stop")
-		}
-	})
-	return w.ListenAddr().String()
+	return herdtest.Run(t, w)
 }
 
 // dial connects to addr with a deadline that bounds the test.

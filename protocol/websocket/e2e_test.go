@@ -3,7 +3,6 @@ package websocket
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/seed358e4494/herd"
+	"github.com/seed358e4494/herd/internal/herdtest"
 	herdhttp "github.com/seed358e4494/herd/protocol/http"
 )
 
@@ -26,21 +26,7 @@ func serve(t *testing.T, h herdhttp.Handler) string {
 	if err := (&herdhttp.Server{Handler: h}).Attach(w); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			t.Error("worker did not stop")
-		}
-	})
-	return w.ListenAddr().String()
+	return herdtest.Run(t, w)
 }
 
 // serveWS serves s on every path.

@@ -1,0 +1,35 @@
+//go:build linux || darwin || freebsd
+
+// Package herdtest runs a Worker for the tests of the packages built on
+// herd (the protocol packages); herd's own tests, inside the package, have
+// their own helpers.
+package herdtest
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/seed358e4494/herd"
+)
+
+// Run binds w, runs it until the test ends (then stops it and waits, at
+// most 10s, for Run to return) and gives its listening address.
+func Run(t testing.TB, w *herd.Worker) string {
+	t.Helper()
+	if err := w.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("worker did not stop")
+		}
+	})
+	return w.ListenAddr().String()
+}
