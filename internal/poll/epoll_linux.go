@@ -95,8 +95,10 @@ func (p *Poller) Wait(msec int, out []Event) ([]Event, error) {
 	var err error
 	if msec == 0 {
 		// It cannot block: spare the Go scheduler's bookkeeping of a
-		// system call that might.
-		r, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_WAIT, uintptr(p.epfd), uintptr(unsafe.Pointer(&p.events[0])), uintptr(len(p.events)), 0, 0, 0)
+		// system call that might. epoll_pwait with no signal mask is
+		// epoll_wait, and exists on every Linux architecture (arm64,
+		// riscv64 and loong64 have no epoll_wait).
+		r, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(p.epfd), uintptr(unsafe.Pointer(&p.events[0])), uintptr(len(p.events)), 0, 0, 0)
 		if n = int(r); errno != 0 {
 			n, err = -1, errno
 		}
