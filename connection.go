@@ -3,6 +3,8 @@
 package herd
 
 import (
+	"bytes"
+	"context"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -51,6 +53,7 @@ type Conn struct {
 	lingerPrev, lingerNext *Conn
 	lingerDue              int64 // loop clock (unix nanoseconds) to look at the connection again
 	lingerUnsent           int32 // kernel's unsent bytes at the last look, or -1
+	lastDropReport         int64 // loop clock of the last report of drops (reportDrops)
 
 	// state is written under mu and read anywhere.
 	state atomic.Int32
@@ -68,13 +71,13 @@ type Conn struct {
 	// holds counts Holds not yet Released.
 	holds atomic.Int32
 
-	mu         sync.Mutex // guards what follows, and writes to fd
-	out        []byte     // send queue: out[outHead:] waits to be written
-	outHead    int
-	readOn     bool // the poller watches reads
+	mu         sync.Mutex    // guards what follows, and writes to fd
+	q          *sendQueue    // what waits to be written; nil when nothing does
+	writable   chan struct{} // closed when the queue goes below the high mark (WaitWritable)
+	readOn     bool          // the poller watches reads
 	writeOn    bool // the poller watches writes
 	userPaused bool // PauseRecv
-	bpPaused   bool // paused by Backpressure
+	bpPaused   bool // paused above the high mark (Write, or Backpressure)
 	drainStop  bool // a graceful stop waits for a Release: no more input
 	full       bool // OnBufferFull fired; OnBufferDrain pending
 	peerClosed bool // the peer ended its side (EOF)
@@ -86,7 +89,8 @@ type Conn struct {
 
 // Conn.flags bits.
 const (
-	flagRecvPaused uint32 = 1 << iota // mirrors userPaused, checked between the messages of one read
+	flagRecvPaused   uint32 = 1 << iota // mirrors userPaused, checked between the messages of one read
+	flagBackpressure                    // mirrors bpPaused, checked between the messages of one read
 	flagDrainWait                     // a graceful stop waits for the Holds to be Released
 	flagNoLinger                      // CloseNoLinger: the peer sends nothing more
 )
@@ -140,41 +144,118 @@ func (c *Conn) SetContext(v any) {
 // Send encodes msg with the worker's protocol and writes it. If the socket
 // cannot take it all, the rest waits in the send queue. Send does not keep
 // msg after it returns. It is safe from any goroutine; messages sent by one
-// goroutine arrive in order, and each arrives whole.
+// goroutine arrive in order, and each arrives whole. A queue at
+// MaxSendBufferSize drops the message (Workerman's policy for raw
+// servers); use Write for bytes that must not be dropped.
 func (c *Conn) Send(msg []byte) SendResult {
 	p := c.loop.w.proto
 	if p == nil {
-		return c.send(msg)
+		r, _ := c.send(msg, false)
+		return r
 	}
 	bp := encodePool.Get().(*[]byte)
 	*bp = p.Encode((*bp)[:0], msg)
-	r := c.send(*bp)
+	r, _ := c.send(*bp, false)
 	if cap(*bp) <= bufpool.MaxPooled {
 		encodePool.Put(bp)
 	}
 	return r
 }
 
-// SendRaw writes b as it is, bypassing the protocol's Encode.
-func (c *Conn) SendRaw(b []byte) SendResult { return c.send(b) }
+// SendRaw writes b as it is, bypassing the protocol's Encode. Like Send, it
+// drops b when the send queue is full.
+func (c *Conn) SendRaw(b []byte) SendResult {
+	r, _ := c.send(b, false)
+	return r
+}
+
+// Write writes b as it is (no Encode) and never drops it for a full queue:
+// it is for what a protocol owes its peer, such as responses and replies.
+// What the socket does not take at once is queued, past MaxSendBufferSize
+// if need be; while the queue is above the high mark (half of
+// MaxSendBufferSize, or of 1 MiB when unlimited) the connection is not
+// read, and input already read is not delivered, until it drains to an
+// eighth. Write does not wait: a producer on another goroutine should call
+// WaitWritable before each Write, so that it, and not the queue, waits for
+// a slow peer.
+//
+// Write returns len(b) and nil once b is written or queued, and 0 and
+// ErrConnClosed (nothing of b sent) once the connection is closing or
+// closed. It does not keep b.
+func (c *Conn) Write(b []byte) (int, error) {
+	if _, ok := c.send(b, true); !ok {
+		return 0, ErrConnClosed
+	}
+	return len(b), nil
+}
+
+// WaitWritable blocks until the send queue is below the high mark (see
+// Write), and returns nil then; or ErrConnClosed once the connection is
+// closing or closed; or ctx's error. It is for goroutines that produce
+// output (streamed responses, pushed messages): it must not be called from
+// a callback, since the loop it would wait for is the one it blocks.
+func (c *Conn) WaitWritable(ctx context.Context) error {
+	high := c.loop.w.highWater()
+	for {
+		c.mu.Lock()
+		switch {
+		case c.state.Load() != connOpen:
+			c.mu.Unlock()
+			return ErrConnClosed
+		case c.queuedLocked() < high:
+			c.mu.Unlock()
+			return nil
+		}
+		if c.writable == nil {
+			c.writable = make(chan struct{})
+		}
+		ch := c.writable
+		c.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// wakeWritersLocked wakes the goroutines in WaitWritable.
+func (c *Conn) wakeWritersLocked() {
+	if c.writable != nil {
+		close(c.writable)
+		c.writable = nil
+	}
+}
 
 var encodePool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
 
-// send writes data directly when nothing is queued before it, and queues
+// largeSend is the size from which a send's queued part is copied before
+// the connection's lock is taken, so that the lock (which the loop takes
+// too) is never held across a large copy.
+const largeSend = 4 * bufpool.MaxPooled
+
+// send writes data directly when nothing is queued before it (one system
+// call, so a large send never holds the connection for long), and queues
 // what the socket does not take. Writing on the caller's goroutine (under
 // the connection's lock) spares a hand-off to the loop and lets Send say
-// whether the bytes were written.
-func (c *Conn) send(data []byte) SendResult {
+// whether the bytes were written. owed: never drop on a full queue, pause
+// reading above the high mark instead. ok is false when the connection is
+// closing or closed.
+func (c *Conn) send(data []byte, owed bool) (r SendResult, ok bool) {
 	l := c.loop
+	var owned []byte
+	if len(data) >= largeSend {
+		owned = bytes.Clone(data)
+	}
 	c.mu.Lock()
 	if c.state.Load() != connOpen {
 		c.mu.Unlock()
 		l.dropped.Add(1)
-		return Dropped
+		return Dropped, false
 	}
-	queued := len(c.out) - c.outHead
+	queued := c.queuedLocked()
 	if queued == 0 {
-		n, err := writeFd(int(c.fd), data)
+		n, err := writeOnce(int(c.fd), data)
 		if n > 0 {
 			l.bytesOut.Add(uint64(n))
 			data = data[n:]
@@ -184,24 +265,29 @@ func (c *Conn) send(data []byte) SendResult {
 			c.mu.Unlock()
 			l.dropped.Add(1)
 			l.post(task{kind: taskAbort, c: c, err: err})
-			return Dropped
+			return Dropped, false
 		}
 		if len(data) == 0 {
 			c.mu.Unlock()
-			return Written
+			return Written, true
 		}
-	} else if max := l.w.maxSend; max > 0 && queued >= max {
+	} else if max := l.w.maxSend; !owed && max > 0 && queued >= max {
 		c.mu.Unlock()
 		l.dropped.Add(1)
+		l.droppedFull.Add(1)
 		if c.dropsPending.Add(1) == 1 {
 			l.post(task{kind: taskDropped, c: c})
 		}
-		return Dropped
+		return Dropped, true
 	}
-	if c.out == nil {
-		c.out = bufpool.Get(len(data))
+	if c.q == nil {
+		c.q = newSendQueue()
 	}
-	c.out = append(c.out, data...)
+	if owned != nil {
+		c.q.pushOwned(owned[len(owned)-len(data):])
+	} else {
+		c.q.push(data)
+	}
 	l.sendQueued.Add(int64(len(data)))
 	queued += len(data)
 	if max := l.w.maxSend; max > 0 && queued >= max && !c.full {
@@ -209,92 +295,99 @@ func (c *Conn) send(data []byte) SendResult {
 		c.fullPending.Add(1)
 		l.post(task{kind: taskBufferFull, c: c})
 	}
-	if l.w.Backpressure && queued >= l.w.highWater() {
+	if (owed || l.w.Backpressure) && queued >= l.w.highWater() {
 		c.bpPaused = true
+		c.flags.Or(flagBackpressure)
 	}
 	c.updateInterestLocked()
 	c.mu.Unlock()
-	return Queued
+	return Queued, true
 }
 
-// writeFd writes until the socket would block. A nil error with n < len(b)
-// means the socket is full.
-func writeFd(fd int, b []byte) (int, error) {
-	written := 0
-	for written < len(b) {
-		n, err := sysWrite(fd, b[written:])
-		if n > 0 {
-			written += n
-		}
+// writeOnce is one write(2): what the socket does not take now is queued.
+func writeOnce(fd int, b []byte) (int, error) {
+	for {
+		n, err := sysWrite(fd, b)
 		switch err {
 		case nil:
+			return n, nil
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
-			return written, nil
+			return 0, nil
 		default:
-			return written, err
+			return 0, err
 		}
 	}
-	return written, nil
 }
 
 // flush writes the send queue on the loop when the socket is writable.
-// It reports whether the queue emptied and a full queue drained, and
-// whether the OnBufferFull of that full queue is still to run (before
-// OnBufferDrain).
-func (c *Conn) flush() (emptied, drained, fullFirst bool, err error) {
+// It reports whether the queue emptied and a full queue drained, whether
+// the OnBufferFull of that full queue is still to run (before
+// OnBufferDrain), and whether Backpressure's pause ended.
+func (c *Conn) flush() (f flushResult, err error) {
 	l := c.loop
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.state.Load() == connClosed {
-		return false, false, false, nil
+	if c.state.Load() == connClosed || c.q == nil {
+		return f, nil
 	}
-	pending := c.out[c.outHead:]
-	n, err := writeFd(int(c.fd), pending)
+	n, err := c.q.writeTo(int(c.fd))
 	if n > 0 {
 		l.bytesOut.Add(uint64(n))
 		l.sendQueued.Add(-int64(n))
-		c.outHead += n
 	}
 	if err != nil {
 		c.brokenLocked()
-		return false, false, false, err
+		return f, err
 	}
-	left := len(c.out) - c.outHead
+	left := c.q.n
 	if left == 0 {
-		bufpool.Put(c.out)
-		c.out, c.outHead = nil, 0
-		drained = c.full
+		c.q.free()
+		c.q = nil
+		f.emptied = true
+		f.drained = c.full
 		c.full = false
 		// Under mu, so a Send that fills the queue again after this
 		// keeps its own notification for the task it posted.
-		if drained && c.fullPending.Load() > 0 {
+		if f.drained && c.fullPending.Load() > 0 {
 			c.fullPending.Add(-1)
-			fullFirst = true
+			f.fullFirst = true
 		}
-	} else if c.outHead >= len(c.out)/2 {
-		// Reclaim the written half so a queue that keeps refilling does
-		// not grow without bound.
-		c.out = c.out[:copy(c.out, c.out[c.outHead:])]
-		c.outHead = 0
+	}
+	if left < l.w.highWater() {
+		c.wakeWritersLocked()
 	}
 	if c.bpPaused && left <= l.w.lowWater() {
 		c.bpPaused = false
+		c.flags.And(^flagBackpressure)
+		f.resumed = true
 	}
 	c.updateInterestLocked()
-	return left == 0, drained, fullFirst, nil
+	return f, nil
 }
 
-// brokenLocked forgets the queue of a connection whose socket failed.
+type flushResult struct {
+	emptied, drained, fullFirst, resumed bool
+}
+
+// brokenLocked forgets the queue of a connection whose socket failed or
+// that was aborted: no OnBufferDrain follows.
 func (c *Conn) brokenLocked() {
-	if q := len(c.out) - c.outHead; q > 0 {
-		c.loop.sendQueued.Add(-int64(q))
-	}
-	bufpool.Put(c.out)
-	c.out, c.outHead = nil, 0
+	c.dropQueueLocked()
+	c.full = false
 	if c.state.Load() < connClosing {
 		c.state.Store(connClosing)
+	}
+	c.wakeWritersLocked()
+}
+
+// dropQueueLocked discards the send queue.
+func (c *Conn) dropQueueLocked() {
+	if c.q != nil {
+		c.loop.sendQueued.Add(-int64(c.q.n))
+		c.q.free()
+		c.q = nil
 	}
 }
 
@@ -309,7 +402,7 @@ func (c *Conn) updateInterestLocked() {
 	// cannot make the final close reset the connection. Once the peer has
 	// ended its side there is nothing more to read.
 	read := (st != connOpen && !c.peerClosed) || (st == connOpen && !c.userPaused && !c.bpPaused && !c.drainStop)
-	write := len(c.out) > c.outHead
+	write := c.q != nil
 	if read == c.readOn && write == c.writeOn {
 		return
 	}
@@ -321,7 +414,12 @@ func (c *Conn) updateInterestLocked() {
 }
 
 // queuedLocked is the number of bytes waiting in the send queue.
-func (c *Conn) queuedLocked() int { return len(c.out) - c.outHead }
+func (c *Conn) queuedLocked() int {
+	if c.q == nil {
+		return 0
+	}
+	return c.q.n
+}
 
 // SendQueueBytes is the number of bytes waiting in the send queue.
 func (c *Conn) SendQueueBytes() int {
@@ -380,16 +478,26 @@ func (c *Conn) Abort() {
 }
 
 // Hold tells herd that work for this connection is under way off the loop,
-// such as a reply being computed on another goroutine. A graceful stop then
-// keeps the connection open (no longer reading) until the matching Release,
-// so that the reply still goes out; the stop's context bounds the wait.
-// Each Hold needs exactly one Release.
+// such as a reply being computed on another goroutine. Until the matching
+// Release, the connection stays open for that reply: a graceful stop keeps
+// it (no longer reading; the stop's context bounds the wait), a peer that
+// ends its side of the stream (a half-close) is still answered, and
+// IdleTimeout leaves it alone. Each Hold needs exactly one Release.
 func (c *Conn) Hold() { c.holds.Add(1) }
 
-// Release ends a Hold.
+// Release ends a Hold. A Release without a Hold is ignored.
 func (c *Conn) Release() {
-	if c.holds.Add(-1) == 0 && c.flags.Load()&flagDrainWait != 0 {
-		c.loop.post(task{kind: taskReleased, c: c})
+	for {
+		h := c.holds.Load()
+		if h <= 0 {
+			return
+		}
+		if c.holds.CompareAndSwap(h, h-1) {
+			if h == 1 && c.flags.Load()&flagDrainWait != 0 {
+				c.loop.post(task{kind: taskReleased, c: c})
+			}
+			return
+		}
 	}
 }
 
@@ -426,5 +534,5 @@ func (c *Conn) ResumeRecv() {
 
 // readable reports whether the loop should deliver input to the connection.
 func (c *Conn) readable() bool {
-	return c.state.Load() == connOpen && c.flags.Load()&flagRecvPaused == 0
+	return c.state.Load() == connOpen && c.flags.Load()&(flagRecvPaused|flagBackpressure) == 0
 }

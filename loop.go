@@ -16,6 +16,7 @@ import (
 
 	"github.com/seed358e4494/herd/internal/bufpool"
 	"github.com/seed358e4494/herd/internal/poll"
+	"github.com/seed358e4494/herd/protocol"
 )
 
 // readBufferSize is the per-loop buffer every read lands in first.
@@ -67,9 +68,9 @@ type Loop struct {
 
 	// Counters, written by the loop (and by Send for the output ones) and
 	// read by Stats.
-	accepted, closedConns, messagesIn, bytesIn, bytesOut, wakeups, emptyAccepts, dropped atomic.Uint64
-	active, sendQueued                                                                   atomic.Int64
-	_                                                                                    [64]byte // keep loops' counters off each other's cache lines
+	accepted, closedConns, messagesIn, bytesIn, bytesOut, wakeups, emptyAccepts, dropped, droppedFull atomic.Uint64
+	active, sendQueued                                                                                atomic.Int64
+	_                                                                                                 [64]byte // keep loops' counters off each other's cache lines
 }
 
 type taskKind uint8
@@ -271,9 +272,7 @@ func (l *Loop) runTasks() {
 		case taskAbort:
 			l.closeConn(t.c, t.err)
 		case taskDropped:
-			if n := t.c.dropsPending.Swap(0); n > 0 && t.c.state.Load() != connClosed {
-				l.callError(t.c, fmt.Errorf("%w (%d message(s))", ErrSendBufferFull, n))
-			}
+			l.reportDrops(t.c)
 		case taskBufferFull:
 			l.bufferFull(t.c)
 		case taskStop:
@@ -286,6 +285,30 @@ func (l *Loop) runTasks() {
 		*t = task{}
 	}
 	l.spare = tasks[:0]
+}
+
+// dropReportInterval is the least time between two reports of drops on a
+// full queue for one connection: a peer that reads nothing cannot flood
+// the log. Each report gives the count since the last.
+const dropReportInterval = time.Second
+
+// reportDrops tells OnError how many messages were dropped on a full queue
+// since the last report, at most once per dropReportInterval.
+func (l *Loop) reportDrops(c *Conn) {
+	if c.state.Load() == connClosed {
+		c.dropsPending.Store(0)
+		return
+	}
+	if wait := time.Duration(c.lastDropReport + int64(dropReportInterval) - l.now.UnixNano()); wait > 0 {
+		// Too soon: report later, with whatever accumulates meanwhile
+		// (dropsPending stays above zero, so Send posts no more tasks).
+		l.addTimer(wait, 0, func() { l.reportDrops(c) })
+		return
+	}
+	if n := c.dropsPending.Swap(0); n > 0 {
+		c.lastDropReport = l.now.UnixNano()
+		l.callError(c, fmt.Errorf("%w (%d message(s))", ErrSendBufferFull, n))
+	}
 }
 
 // bufferFull runs the OnBufferFull of a queue that filled up, unless the
@@ -408,19 +431,24 @@ func (l *Loop) serve(c *Conn, ev poll.Event) {
 		l.read(c)
 	}
 	if ev.Writable && c.state.Load() != connClosed {
-		emptied, drained, fullFirst, err := c.flush()
+		f, err := c.flush()
 		if err != nil {
 			l.closeConn(c, err)
 			return
 		}
 		c.lastActive = l.now.UnixNano()
-		if fullFirst && l.w.OnBufferFull != nil {
+		if f.fullFirst && l.w.OnBufferFull != nil {
 			l.callConn(l.w.OnBufferFull, c)
 		}
-		if drained && l.w.OnBufferDrain != nil && c.state.Load() != connClosed {
+		if f.drained && l.w.OnBufferDrain != nil && c.state.Load() != connClosed {
 			l.callConn(l.w.OnBufferDrain, c)
 		}
-		if emptied {
+		if f.resumed && len(c.in) > 0 && c.readable() {
+			// Input read before the pause is delivered now: no new
+			// input may come to trigger it.
+			l.deliver(c, nil)
+		}
+		if f.emptied {
 			l.queueEmptied(c)
 		}
 	}
@@ -452,6 +480,12 @@ func (l *Loop) read(c *Conn) {
 	if st == connClosed {
 		return
 	}
+	if st == connOpen && c.flags.Load()&(flagRecvPaused|flagBackpressure) != 0 {
+		// Paused since the poller reported it: what waits stays in the
+		// kernel, and an end of stream behind it stays unseen until the
+		// input before it has been delivered.
+		return
+	}
 	n, err := readFd(int(c.fd), l.readBuf)
 	if n > 0 {
 		l.bytesIn.Add(uint64(n))
@@ -476,11 +510,27 @@ func (l *Loop) read(c *Conn) {
 		l.closeConn(c, nil)
 		return
 	}
-	// The peer has finished sending: answer what it sent before, then
-	// close (at once if nothing is queued). Replies that other goroutines
-	// send after this point are dropped.
+	l.peerEnded(c)
+}
+
+// peerEnded handles the end of the peer's stream (a half-close, or the
+// first half of a close): what it sent before is answered, then the
+// connection closes (at once if nothing is queued). While work for it is
+// under way elsewhere (Hold), the connection stays open for that work's
+// replies, reading nothing, until the last Release.
+func (l *Loop) peerEnded(c *Conn) {
 	c.mu.Lock()
 	c.peerClosed = true
+	if c.state.Load() == connOpen && c.holds.Load() > 0 {
+		c.flags.Or(flagDrainWait)
+		c.drainStop = true
+		c.updateInterestLocked()
+		c.mu.Unlock()
+		if c.holds.Load() > 0 {
+			return // Release posts taskReleased, which closes
+		}
+		c.mu.Lock()
+	}
 	if c.state.Load() == connOpen {
 		c.state.Store(connClosing)
 	}
@@ -491,7 +541,7 @@ func (l *Loop) read(c *Conn) {
 	c.mu.Unlock()
 	if empty {
 		l.closeConn(c, nil)
-	} else {
+	} else if !c.lingerListed {
 		l.watchClose(c)
 	}
 }
@@ -519,26 +569,25 @@ func (l *Loop) deliver(c *Conn, data []byte) {
 		l.callMessage(c, data)
 		return
 	}
+	limit := l.w.maxPkg
 	buf := data
 	if len(c.in) > 0 {
-		c.in = append(c.in, data...)
+		c.in = appendInput(c.in, data, limit)
 		buf = c.in
 	}
-	limit := l.w.maxPkg
 	for len(buf) > 0 && c.readable() {
-		n, err := p.Input(buf)
+		n, msg, err := cut(p, buf)
 		if err != nil {
-			l.closeConn(c, fmt.Errorf("herd: malformed input: %w", err))
+			l.closeConn(c, err)
 			return
 		}
 		if n > limit || (n == 0 && len(buf) >= limit) {
 			l.closeConn(c, fmt.Errorf("%w (%d bytes, limit %d)", ErrPackageTooLarge, max(n, len(buf)), limit))
 			return
 		}
-		if n == 0 || n > len(buf) {
+		if msg == nil {
 			break
 		}
-		msg := p.Decode(buf[:n])
 		buf = buf[n:]
 		l.messagesIn.Add(1)
 		l.callMessage(c, msg)
@@ -554,8 +603,44 @@ func (l *Loop) deliver(c *Conn, data []byte) {
 		// buf is the tail of c.in: move it to the front.
 		c.in = c.in[:copy(c.in, buf)]
 	default:
-		c.in = append(bufpool.Get(len(buf)), buf...)
+		c.in = appendInput(bufpool.Get(len(buf)), buf, limit)
 	}
+}
+
+// cut frames the first packet of buf with the protocol: its length n and,
+// when it is complete, its decoded message (never nil then). A panic in the
+// protocol or a negative length is an error, which closes the connection.
+func cut(p protocol.Protocol, buf []byte) (n int, msg []byte, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			n, msg, err = 0, nil, fmt.Errorf("%w: protocol %T: %v", ErrPanic, p, r)
+		}
+	}()
+	n, err = p.Input(buf)
+	switch {
+	case err != nil:
+		return 0, nil, fmt.Errorf("herd: malformed input: %w", err)
+	case n < 0:
+		return 0, nil, fmt.Errorf("herd: protocol %T: Input returned a negative length (%d)", p, n)
+	case n == 0 || n > len(buf):
+		return n, nil, nil
+	}
+	msg = p.Decode(buf[:n])
+	if msg == nil {
+		msg = buf[:0]
+	}
+	return n, msg, nil
+}
+
+// appendInput appends data to the unfinished input in, growing it no
+// further than one read past limit: a packet that never completes holds at
+// most MaxPackageSize plus a read buffer before it is refused.
+func appendInput(in, data []byte, limit int) []byte {
+	if need := len(in) + len(data); need > cap(in) {
+		size := min(max(2*cap(in), need), max(limit+readBufferSize, need))
+		in = append(make([]byte, 0, size), in...)
+	}
+	return append(in, data...)
 }
 
 // closeConn closes the descriptor and runs OnError (for err) and OnClose.
@@ -565,12 +650,9 @@ func (l *Loop) closeConn(c *Conn, err error) {
 		c.mu.Unlock()
 		return
 	}
-	if q := c.queuedLocked(); q > 0 {
-		l.sendQueued.Add(-int64(q))
-	}
-	bufpool.Put(c.out)
-	c.out, c.outHead = nil, 0
+	c.dropQueueLocked()
 	c.state.Store(connClosed)
+	c.wakeWritersLocked()
 	c.mu.Unlock()
 	// Every write happens under c.mu with the state open, so no other
 	// goroutine can be using the descriptor now.
@@ -849,7 +931,9 @@ func (l *Loop) startIdleSweep() {
 	l.addTimer(period, period, func() {
 		limit := l.now.Add(-idle).UnixNano()
 		for _, c := range l.conns {
-			if c == nil || c.lastActive >= limit {
+			if c == nil || c.lastActive >= limit || c.holds.Load() > 0 || c.flags.Load()&flagDrainWait != 0 {
+				// Held: a reply is being made elsewhere, and will be
+				// sent; the connection is not idle.
 				continue
 			}
 			switch c.state.Load() {
@@ -876,6 +960,7 @@ func (l *Loop) stats() LoopStats {
 		EmptyAccepts:   l.emptyAccepts.Load(),
 		SendQueueBytes: l.sendQueued.Load(),
 		Dropped:        l.dropped.Load(),
+		DroppedFull:    l.droppedFull.Load(),
 		ThreadSwitches: l.threadSwitches(),
 	}
 }

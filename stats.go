@@ -47,9 +47,13 @@ type LoopStats struct {
 	EmptyAccepts uint64
 	// SendQueueBytes is what waits in the loop's send queues now.
 	SendQueueBytes int64
-	// Dropped counts messages Send dropped: queue full, or connection
-	// closing.
+	// Dropped counts messages Send, SendRaw or Write did not send: those
+	// DroppedFull counts, and those sent to a connection already closing or
+	// closed (Write reports these with ErrConnClosed).
 	Dropped uint64
+	// DroppedFull counts messages Send and SendRaw dropped on a full send
+	// queue (Workerman's drop policy; Write never drops for that).
+	DroppedFull uint64
 	// ThreadSwitches is the voluntary context switches of the loop's OS
 	// thread since the loop started: how often it went to sleep. With
 	// Worker.LockOSThread on Linux only (read from /proc: Stats costs a
@@ -76,11 +80,11 @@ func (s Stats) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "worker %q mode=%s rejected=%d fairness: accepted=%.3f messages=%.3f\n",
 		s.Name, s.Mode, s.Rejected, s.AcceptFairness, s.MessageFairness)
-	fmt.Fprintf(&b, "%4s %9s %7s %9s %11s %12s %12s %9s %8s %9s %8s %9s\n",
-		"loop", "accepted", "active", "closed", "messages", "bytes-in", "bytes-out", "wakeups", "empty-acc", "queued", "dropped", "switches")
+	fmt.Fprintf(&b, "%4s %9s %7s %9s %11s %12s %12s %9s %8s %9s %8s %9s %9s\n",
+		"loop", "accepted", "active", "closed", "messages", "bytes-in", "bytes-out", "wakeups", "empty-acc", "queued", "dropped", "drop-full", "switches")
 	for _, l := range s.Loops {
-		fmt.Fprintf(&b, "%4d %9d %7d %9d %11d %12d %12d %9d %8d %9d %8d %9d\n",
-			l.Index, l.Accepted, l.Active, l.Closed, l.MessagesIn, l.BytesIn, l.BytesOut, l.Wakeups, l.EmptyAccepts, l.SendQueueBytes, l.Dropped, l.ThreadSwitches)
+		fmt.Fprintf(&b, "%4d %9d %7d %9d %11d %12d %12d %9d %8d %9d %8d %9d %9d\n",
+			l.Index, l.Accepted, l.Active, l.Closed, l.MessagesIn, l.BytesIn, l.BytesOut, l.Wakeups, l.EmptyAccepts, l.SendQueueBytes, l.Dropped, l.DroppedFull, l.ThreadSwitches)
 	}
 	return b.String()
 }

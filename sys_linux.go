@@ -24,3 +24,20 @@ func rawIO(trap uintptr, fd int, b []byte) (int, error) {
 	}
 	return int(n), nil
 }
+
+// writeVec is writev(2) on a non-blocking socket.
+func writeVec(fd int, bufs [][]byte) (int, error) {
+	if len(bufs) == 1 {
+		return sysWrite(fd, bufs[0])
+	}
+	var iov [maxIovecs]unix.Iovec
+	for i, b := range bufs {
+		iov[i].Base = unsafe.SliceData(b)
+		iov[i].SetLen(len(b))
+	}
+	n, _, e := unix.RawSyscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(bufs)))
+	if e != 0 {
+		return -1, e
+	}
+	return int(n), nil
+}

@@ -32,6 +32,9 @@ var (
 	// ErrSendBufferFull reaches OnError when Send drops a message because
 	// the connection's send queue is at MaxSendBufferSize.
 	ErrSendBufferFull = errors.New("herd: send buffer full, message dropped")
+	// ErrConnClosed is returned by Conn.Write and Conn.WaitWritable once
+	// the connection is closing or closed: nothing more can be sent.
+	ErrConnClosed = errors.New("herd: connection closing or closed")
 	// ErrPanic wraps a panic recovered from a callback; the connection it
 	// concerned is closed and the loop goes on.
 	ErrPanic = errors.New("herd: panic in callback")
