@@ -75,12 +75,12 @@ type Conn struct {
 	q          *sendQueue    // what waits to be written; nil when nothing does
 	writable   chan struct{} // closed when the queue goes below the high mark (WaitWritable)
 	readOn     bool          // the poller watches reads
-	writeOn    bool // the poller watches writes
-	userPaused bool // PauseRecv
-	bpPaused   bool // paused above the high mark (Write, or Backpressure)
-	drainStop  bool // a graceful stop waits for a Release: no more input
-	full       bool // OnBufferFull fired; OnBufferDrain pending
-	peerClosed bool // the peer ended its side (EOF)
+	writeOn    bool          // the poller watches writes
+	userPaused bool          // PauseRecv
+	bpPaused   bool          // paused above the high mark (Write, or Backpressure)
+	drainStop  bool          // a graceful stop waits for a Release: no more input
+	full       bool          // OnBufferFull fired; OnBufferDrain pending
+	peerClosed bool          // the peer ended its side (EOF)
 	// lingerListed is owned by the loop; it sits here to keep Conn in a
 	// smaller allocation class (an idle connection's whole cost).
 	lingerListed bool
@@ -91,8 +91,8 @@ type Conn struct {
 const (
 	flagRecvPaused   uint32 = 1 << iota // mirrors userPaused, checked between the messages of one read
 	flagBackpressure                    // mirrors bpPaused, checked between the messages of one read
-	flagDrainWait                     // a graceful stop waits for the Holds to be Released
-	flagNoLinger                      // CloseNoLinger: the peer sends nothing more
+	flagDrainWait                       // a graceful stop waits for the Holds to be Released
+	flagNoLinger                        // CloseNoLinger: the peer sends nothing more
 )
 
 // Connection states. A Conn only moves forward through them.

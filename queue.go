@@ -81,12 +81,16 @@ func (q *sendQueue) writeTo(fd int) (int, error) {
 	written := 0
 	var vec [maxIovecs][]byte
 	for q.n > 0 && written < maxFlush {
-		k := 0
-		for i := 0; i < len(q.bufs) && k < maxIovecs; i++ {
+		k, room := 0, maxFlush-written
+		for i := 0; i < len(q.bufs) && k < maxIovecs && room > 0; i++ {
 			b := q.bufs[i]
 			if i == 0 {
 				b = b[q.head:]
 			}
+			if len(b) > room {
+				b = b[:room]
+			}
+			room -= len(b)
 			vec[k] = b
 			k++
 		}
