@@ -3,6 +3,7 @@ package http
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"io"
 	"log/slog"
 	"net"
@@ -28,22 +29,33 @@ type fakeConn struct {
 	noLinger bool // closed with CloseNoLinger
 	paused   bool
 	pauses   int
-	sends    int // SendRaw calls
+	sends    int // Write calls
 	tasks    []func()
 }
 
-func (f *fakeConn) SendRaw(b []byte) herd.SendResult {
+func (f *fakeConn) Write(b []byte) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {
-		return herd.Dropped
+		return 0, herd.ErrConnClosed
 	}
 	f.sends++
 	if !f.discard {
 		f.out.Write(b)
 	}
-	return herd.Written
+	return len(b), nil
 }
+
+func (f *fakeConn) WaitWritable(context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return herd.ErrConnClosed
+	}
+	return nil
+}
+
+func (f *fakeConn) SendQueueBytes() int { return 0 }
 
 func (f *fakeConn) Close() {
 	f.mu.Lock()

@@ -49,6 +49,7 @@ type parser struct {
 	reqLine bool // the request line has been read
 
 	method, target, path, query span
+	authority                   span // the host of an absolute-form target
 	major, minor                int
 	fields                      []field
 	fieldBuf                    [8]field // fields' first array: no allocation for most requests
@@ -82,6 +83,7 @@ type limits struct {
 	header      int
 	body        int64
 	headerTime  int64 // nanoseconds; 0: none
+	readTime    int64
 	idleTime    int64
 	maxInFlight int
 }
@@ -390,6 +392,14 @@ func (p *parser) parseRequestLine(b []byte, s, e int) int {
 		if auth == ps {
 			return 400 // no host
 		}
+		host := target[auth:ps]
+		if k := bytes.LastIndexByte(host, '@'); k >= 0 {
+			host = host[k+1:] // userinfo is not part of the host
+		}
+		if len(host) == 0 {
+			return 400
+		}
+		p.authority = span{int32(ts + ps - len(host)), int32(ts + ps)}
 	}
 	pe := len(target)
 	if i := bytes.IndexByte(target[ps:], '#'); i >= 0 {

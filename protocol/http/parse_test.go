@@ -31,7 +31,8 @@ var framingCases = []framingCase{
 	{"trailers", "POST / HTTP/1.1\r\n" + host + "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-T: v\r\nY: w\r\n\r\n", 200, false, "m=POST p=/ q= b=hello"},
 	{"leading empty line", "\r\nGET / HTTP/1.1\r\n" + host + "\r\n", 200, false, ""},
 	{"absolute form", "GET http://example.com/x?y=1 HTTP/1.1\r\n" + host + "\r\n", 200, false, "m=GET p=/x q=y=1 b="},
-	{"absolute form no path", "GET http://example.com HTTP/1.1\r\n" + host + "\r\n", 200, false, "m=GET p= q= b="},
+	// RFC 9112, 3.2.1: an empty path is "/" (as net/http reads it).
+	{"absolute form no path", "GET http://example.com HTTP/1.1\r\n" + host + "\r\n", 200, false, "m=GET p=/ q= b="},
 	{"options asterisk", "OPTIONS * HTTP/1.1\r\n" + host + "\r\n", 200, false, "m=OPTIONS p=* q= b="},
 	{"connect authority", "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 200, false, ""},
 	{"host with port", "GET / HTTP/1.1\r\nHost: example.com:8080\r\n\r\n", 200, false, ""},

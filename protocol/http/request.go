@@ -16,6 +16,7 @@ type Request struct {
 	cs                          *conn
 	b                           []byte
 	method, target, path, query span
+	authority                   span
 	major, minor                int
 	fields                      []field
 	body                        span
@@ -33,6 +34,7 @@ func (r *Request) set(cs *conn, b []byte) {
 		target:    p.target,
 		path:      p.path,
 		query:     p.query,
+		authority: p.authority,
 		major:     p.major,
 		minor:     p.minor,
 		fields:    p.fields,
@@ -50,8 +52,16 @@ func (r *Request) Method() []byte { return r.method.of(r.b) }
 func (r *Request) Target() []byte { return r.target.of(r.b) }
 
 // Path is the path of the target, still percent-encoded ("*" for
-// "OPTIONS *", empty for CONNECT).
-func (r *Request) Path() []byte { return r.path.of(r.b) }
+// "OPTIONS *", empty for CONNECT, "/" for an absolute-form target with no
+// path, such as http://example.com).
+func (r *Request) Path() []byte {
+	if r.path.s == r.path.e && r.authority.s != r.authority.e {
+		return slash
+	}
+	return r.path.of(r.b)
+}
+
+var slash = []byte("/")
 
 // RawQuery is the query of the target without "?", still encoded.
 func (r *Request) RawQuery() []byte { return r.query.of(r.b) }
@@ -173,8 +183,17 @@ func (r *Request) HasToken(name, token string) bool {
 	return false
 }
 
-// Host is the Host field (nil if absent).
-func (r *Request) Host() []byte { return r.Header("Host") }
+// Host is the host the request is for: the authority of an absolute-form
+// target (GET http://example.com/ HTTP/1.1), else the Host field (nil if
+// absent).
+func (r *Request) Host() []byte {
+	if r.authority.s != r.authority.e {
+		// RFC 9112, 3.2.2: an absolute-form target's authority
+		// overrides the Host field.
+		return r.authority.of(r.b)
+	}
+	return r.Header("Host")
+}
 
 // Body is the whole request body, decoded if it came chunked (trailer
 // fields are checked and dropped).
@@ -192,11 +211,13 @@ func (r *Request) Close() bool { return r.wantClose }
 func (r *Request) Conn() *herd.Conn { return r.cs.hc }
 
 // RemoteAddr is the client's address, or nil.
-func (r *Request) RemoteAddr() net.Addr {
-	if r.cs.hc == nil {
+func (r *Request) RemoteAddr() net.Addr { return r.cs.remote() }
+
+func (cs *conn) remote() net.Addr {
+	if cs.hc == nil {
 		return nil
 	}
-	return r.cs.hc.RemoteAddr()
+	return cs.hc.RemoteAddr()
 }
 
 // MethodString is Method as a string (a copy).

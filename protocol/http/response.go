@@ -1,6 +1,7 @@
 package http
 
 import (
+	"context"
 	"errors"
 	nethttp "net/http"
 	"strconv"
@@ -214,6 +215,7 @@ func (cs *conn) pumpLocked() {
 		cs.queue[n] = nil
 		cs.queue = cs.queue[:n]
 		w.queued = false
+		cs.wakeWaitersLocked()
 		if w.closeAfter || cs.closed.Load() {
 			// Nothing after this response is answered.
 			cs.closeLocked()
@@ -247,7 +249,7 @@ func (cs *conn) pumpLocked() {
 // send queue is written out. The responses still in line are dropped.
 func (cs *conn) closeLocked() {
 	if len(cs.wbuf) > 0 && !cs.closed.Load() {
-		cs.t.SendRaw(cs.wbuf)
+		cs.t.Write(cs.wbuf)
 		cs.wbuf = cs.wbuf[:0]
 	}
 	cs.closed.Store(true)
@@ -265,6 +267,46 @@ func (cs *conn) closeLocked() {
 		cs.releaseLocked(w)
 	}
 	clear(rest)
+	cs.wakeWaitersLocked()
+}
+
+// wakeWaitersLocked wakes the producers in waitTurn.
+func (cs *conn) wakeWaitersLocked() {
+	if cs.moved != nil {
+		close(cs.moved)
+		cs.moved = nil
+	}
+}
+
+// waitTurn makes a producer on another goroutine (after Async) wait for
+// its connection, as net/http's Write blocks: first, while w holds
+// flushThreshold or more behind an unfinished response, until it is first
+// in line, so that it holds about that much rather than its whole body;
+// then until the connection's send queue is below its high mark, so that a
+// slow client makes the producer wait rather than the server buffer. It
+// returns ErrClosed if the connection closes meanwhile.
+func (cs *conn) waitTurn(w *ResponseWriter) error {
+	for {
+		cs.mu.Lock()
+		if cs.closed.Load() {
+			cs.mu.Unlock()
+			return ErrClosed
+		}
+		if !w.queued || cs.queue[0] == w || len(w.out) < flushThreshold {
+			cs.mu.Unlock()
+			break
+		}
+		if cs.moved == nil {
+			cs.moved = make(chan struct{})
+		}
+		ch := cs.moved
+		cs.mu.Unlock()
+		<-ch
+	}
+	if err := cs.t.WaitWritable(context.Background()); err != nil {
+		return ErrClosed
+	}
+	return nil
 }
 
 // writeLocked sends b in its turn.
@@ -282,8 +324,8 @@ func (cs *conn) writeLocked(b []byte) {
 		}
 		return
 	}
-	if cs.t.SendRaw(b) == herd.Dropped {
-		cs.closed.Store(true)
+	if _, err := cs.t.Write(b); err != nil {
+		cs.closed.Store(true) // the connection is closing already
 	}
 }
 
@@ -321,6 +363,10 @@ func (w *ResponseWriter) appendHead(dst []byte, final bool) []byte {
 	dst = append(dst, w.hdr...)
 	if !bodyless(w.status) {
 		switch {
+		case final && w.head && w.headBytes == 0 && w.clen < 0:
+			// A HEAD whose handler wrote no body: the length GET would
+			// have is unknown, so none is sent (RFC 9110, 8.6), as
+			// net/http does.
 		case final:
 			n := int64(len(w.body))
 			if w.head {
@@ -485,14 +531,21 @@ func (w *ResponseWriter) WriteString(s string) (int, error) {
 // Flush sends the header section, if not yet sent, and the body written so
 // far; the response then streams (see ResponseWriter). When earlier
 // responses of the connection are still open, the bytes wait behind them.
+//
+// After Async, on the goroutine that finishes the response, Flush (and so
+// Write, which flushes every 64 KiB) waits, as net/http's Write does: until
+// the responses before this one have gone out, then until the client has
+// taken enough of what is queued. A client that reads nothing for the
+// Server's IdleTimeout is disconnected, and Flush then returns ErrClosed.
 func (w *ResponseWriter) Flush() error {
 	cs := w.cs
 	cs.mu.Lock()
-	defer cs.mu.Unlock()
 	if cs.closed.Load() {
+		cs.mu.Unlock()
 		return ErrClosed
 	}
 	if w.finished {
+		cs.mu.Unlock()
 		return nil
 	}
 	w.wroteHeader = true
@@ -504,6 +557,12 @@ func (w *ResponseWriter) Flush() error {
 	cs.pumpLocked()
 	if cs.batching {
 		cs.flushLocked()
+	}
+	// The handler itself runs on the loop, which it must not block.
+	wait := w.async && cs.handling != w
+	cs.mu.Unlock()
+	if wait {
+		return cs.waitTurn(w)
 	}
 	return nil
 }
@@ -583,6 +642,10 @@ func (w *ResponseWriter) Upgrade(s Stream) {
 	w.wroteHeader = true
 	w.body = w.body[:0]
 	w.upgrade = s
+	// "Connection: Upgrade, close" asks for the upgrade: the connection
+	// now belongs to the new protocol, which ends it in its own way.
+	w.closeAfter = false
+	cs.peerDone = false
 	cs.finishLocked(w)
 	if cs.batching {
 		cs.flushLocked()

@@ -1,6 +1,7 @@
 package http
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,6 +19,7 @@ const (
 	DefaultMaxHeaderBytes = 16 << 10
 	DefaultMaxBodyBytes   = 8 << 20
 	DefaultHeaderTimeout  = 10 * time.Second
+	DefaultReadTimeout    = 2 * time.Minute
 	DefaultIdleTimeout    = 60 * time.Second
 	// MaxInFlight is how many requests of one connection may be waiting
 	// for their responses; beyond it the server stops reading from that
@@ -53,10 +55,18 @@ type Server struct {
 	// end of its header section. Exceeded: 408 and the connection closes.
 	// Zero means DefaultHeaderTimeout; negative means none.
 	HeaderTimeout time.Duration
+	// ReadTimeout bounds the time from the first byte of a request to its
+	// last (header section and body), as net/http's ReadTimeout does: a
+	// client that sends its body a byte at a time cannot hold the
+	// connection and its buffer for ever. Exceeded: 408 and the connection
+	// closes. Zero means DefaultReadTimeout; negative means none.
+	ReadTimeout time.Duration
 	// IdleTimeout closes a connection that has sent nothing for this long
 	// while no response of it is pending: quietly between requests, with
-	// 408 in the middle of a body. Zero means DefaultIdleTimeout; negative
-	// means none.
+	// 408 in the middle of a body. It also aborts a connection whose
+	// client has read nothing of a pending response for this long (the
+	// response cannot be delivered). Zero means DefaultIdleTimeout;
+	// negative means none.
 	IdleTimeout time.Duration
 	// Logger receives handler panics. Nil means slog.Default().
 	Logger *slog.Logger
@@ -125,6 +135,7 @@ func (s *Server) resolve() {
 			header:      s.MaxHeaderBytes,
 			body:        int64(s.MaxBodyBytes),
 			headerTime:  int64(s.HeaderTimeout),
+			readTime:    int64(s.ReadTimeout),
 			idleTime:    int64(s.IdleTimeout),
 			maxInFlight: MaxInFlight,
 		}
@@ -140,6 +151,10 @@ func (s *Server) resolve() {
 		if l.idleTime == 0 {
 			l.idleTime = int64(DefaultIdleTimeout)
 		}
+		if l.readTime == 0 {
+			l.readTime = int64(DefaultReadTimeout)
+		}
+		l.readTime = max(l.readTime, 0)
 		l.headerTime = max(l.headerTime, 0)
 		l.idleTime = max(l.idleTime, 0)
 		s.lim = l
@@ -178,7 +193,7 @@ func (s *Server) startLoop(l *herd.Loop) {
 	// request. It runs four times per shortest timeout, so a timeout fires
 	// between 1 and 1.25 times its value.
 	period := int64(0)
-	for _, d := range []int64{s.lim.headerTime, s.lim.idleTime} {
+	for _, d := range []int64{s.lim.headerTime, s.lim.readTime, s.lim.idleTime} {
 		if d > 0 && (period == 0 || d < period) {
 			period = d
 		}
@@ -231,7 +246,9 @@ func (ls *loopState) sweep() {
 
 // transport is what a conn needs of a *herd.Conn; tests substitute it.
 type transport interface {
-	SendRaw(b []byte) herd.SendResult
+	Write(b []byte) (int, error)
+	WaitWritable(ctx context.Context) error
+	SendQueueBytes() int
 	Close()
 	CloseNoLinger()
 	Abort()
@@ -267,6 +284,8 @@ type conn struct {
 	req       Request
 	lastRead  int64
 	reqStart  int64
+	stallQ    int    // send queue at the last sweep (stall check)
+	stallFrom int64  // since when the send queue has not shrunk
 	stopped   bool   // no more requests are read: closing or upgrading
 	upgrading Stream // set once a handler upgraded; bytes then wait in in
 	stream    Stream // the upgraded protocol, once the 101 went out
@@ -276,6 +295,8 @@ type conn struct {
 
 	mu          sync.Mutex // guards what follows, and the order of writes
 	queue       []*ResponseWriter
+	moved       chan struct{}   // closed when the line moves on or the connection closes (waitTurn)
+	handling    *ResponseWriter // the response whose handler runs on the loop now
 	wbuf        []byte          // responses batched during one read
 	batching    bool            // the loop is inside onData: writes go to wbuf
 	batchNow    int64           // while batching: the time of the read (nowNano scale)
@@ -291,7 +312,7 @@ type conn struct {
 func (s *Server) newConn(t transport, hc *herd.Conn, post func(func()) bool) *conn {
 	s.resolve()
 	now := nowNano()
-	cs := &conn{s: s, lim: &s.lim, t: t, hc: hc, post: post, lastRead: now, idleFrom: now}
+	cs := &conn{s: s, lim: &s.lim, t: t, hc: hc, post: post, lastRead: now, idleFrom: now, stallFrom: now}
 	cs.queue = cs.queueBuf[:0]
 	cs.p.reset()
 	return cs
@@ -361,8 +382,8 @@ func (cs *conn) endBatch() {
 // flushLocked sends what was batched.
 func (cs *conn) flushLocked() {
 	if len(cs.wbuf) > 0 {
-		if cs.t.SendRaw(cs.wbuf) == herd.Dropped {
-			cs.closed.Store(true)
+		if _, err := cs.t.Write(cs.wbuf); err != nil {
+			cs.closed.Store(true) // the connection is closing already
 		}
 		cs.wbuf = cs.wbuf[:0]
 	}
@@ -377,7 +398,7 @@ func (cs *conn) process(data []byte, now int64) {
 	buf := data
 	owned := len(cs.in) > 0
 	if owned {
-		cs.in = append(cs.in, data...)
+		cs.in = cs.appendIn(cs.in, data)
 		buf = cs.in
 	}
 	off := 0
@@ -418,8 +439,27 @@ func (cs *conn) process(data []byte, now int64) {
 	case owned:
 		cs.in = cs.in[:copy(cs.in, rest)]
 	default:
-		cs.in = append(bufpool.Get(len(rest)), rest...)
+		cs.in = cs.appendIn(bufpool.Get(len(rest)), rest)
 	}
+}
+
+// appendIn appends data to in, the start of an unfinished request. Once
+// the request's length is known (a Content-Length body) the buffer grows
+// to that length and no further, so an upload holds about its own size;
+// otherwise it doubles, up to the request limits plus this read.
+func (cs *conn) appendIn(in, data []byte) []byte {
+	need := len(in) + len(data)
+	if need <= cap(in) {
+		return append(in, data...)
+	}
+	size := max(2*cap(in), need)
+	if p := &cs.p; p.phase == phBody && !p.chunked {
+		if whole := p.head + int(p.clen); whole >= need {
+			size = min(size, whole)
+		}
+	}
+	size = min(size, max(need, cs.lim.header+int(cs.lim.body)+len(data)))
+	return append(append(make([]byte, 0, size), in...), data...)
 }
 
 // serve runs the handler for the complete request b.
@@ -433,8 +473,12 @@ func (cs *conn) serve(b []byte) {
 		cs.mu.Unlock()
 	}
 	w := cs.newResponse(r)
+	cs.mu.Lock()
+	cs.handling = w
+	cs.mu.Unlock()
 	cs.call(w, r)
 	cs.mu.Lock()
+	cs.handling = nil
 	if !w.async {
 		cs.finishLocked(w)
 		if w.closeAfter {
@@ -567,10 +611,21 @@ func (cs *conn) checkTimeouts(now int64) {
 		return
 	}
 	lim := cs.lim
-	if cs.closed.Load() || cs.stopped {
+	if cs.closed.Load() {
 		return
 	}
-	if cs.p.started && cs.p.phase == phHead && lim.headerTime > 0 && now-cs.reqStart > lim.headerTime {
+	if lim.idleTime > 0 && cs.stalled(now) {
+		// The client has taken nothing of what it is owed for
+		// IdleTimeout: the response cannot be delivered.
+		cs.s.logger().Info("http: client reads nothing of its response; closing", "remote", cs.remote(), "queued", cs.stallQ, "after", time.Duration(now-cs.stallFrom))
+		cs.abort()
+		return
+	}
+	if cs.stopped {
+		return
+	}
+	if cs.p.started && ((cs.p.phase == phHead && lim.headerTime > 0 && now-cs.reqStart > lim.headerTime) ||
+		(lim.readTime > 0 && now-cs.reqStart > lim.readTime)) {
 		cs.beginBatch(time.Now(), now)
 		cs.fail(408)
 		cs.endBatch()
@@ -597,11 +652,23 @@ func (cs *conn) checkTimeouts(now int64) {
 	cs.t.Close()
 }
 
+// stalled reports whether the connection's send queue has held bytes
+// without shrinking for longer than IdleTimeout.
+func (cs *conn) stalled(now int64) bool {
+	q := cs.t.SendQueueBytes()
+	if q == 0 || q < cs.stallQ {
+		cs.stallFrom = now
+	}
+	cs.stallQ = q
+	return q > 0 && now-cs.stallFrom > cs.lim.idleTime
+}
+
 // onClose runs once the connection has closed.
 func (cs *conn) onClose() {
 	cs.closed.Store(true)
 	cs.stopped = true
 	cs.mu.Lock()
+	cs.wakeWaitersLocked()
 	q := cs.queue
 	cs.queue = nil
 	var hooks []func()

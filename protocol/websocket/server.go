@@ -240,7 +240,7 @@ func sameOrigin(r *herdhttp.Request) bool {
 	if err != nil {
 		return false
 	}
-	return strings.EqualFold(u.Host, string(bytes.TrimSpace(r.Header("Host"))))
+	return strings.EqualFold(u.Host, string(bytes.TrimSpace(r.Host())))
 }
 
 func (s *Server) chooseSubprotocol(offered [][]byte) string {
