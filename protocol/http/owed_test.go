@@ -18,7 +18,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
 )
 
 // pattern is n bytes that depend on seed and offset, so that a lost,
@@ -443,4 +442,3 @@ func TestHeadAndAbsoluteForm(t *testing.T) {
 		t.Errorf("Path of GET http://real.example: %q", got)
 	}
 }
-
