@@ -4,15 +4,15 @@ import (
 	"bytes"
 	"testing"
 
-	"github.com/seed358e4494/herd"
 )
 
 type discardTransport struct{ n int }
 
-func (d *discardTransport) SendRaw(b []byte) herd.SendResult { d.n += len(b); return herd.Written }
-func (d *discardTransport) Close()                           {}
-func (d *discardTransport) CloseNoLinger()                   {}
-func (d *discardTransport) Abort()                           {}
+func (d *discardTransport) Write(b []byte) (int, error) { d.n += len(b); return len(b), nil }
+func (d *discardTransport) SendQueueBytes() int          { return 0 }
+func (d *discardTransport) Close()                       {}
+func (d *discardTransport) CloseNoLinger()               {}
+func (d *discardTransport) Abort()                       {}
 
 // benchEcho runs frames of one message through parser, OnMessage echo and
 // frame writer, in memory.

@@ -16,9 +16,10 @@ var (
 	// ErrClosed: a close frame has been sent (by Close, or in answer to
 	// the peer's) or the connection is closed; no more messages go out.
 	ErrClosed = errors.New("websocket: connection closed")
-	// ErrDropped: herd dropped the frame, because the connection is closing
-	// or its send queue is full (then the Worker's OnError is told too).
-	ErrDropped = errors.New("websocket: frame dropped: connection closing or send queue full")
+	// ErrSlowConsumer: a message pushed to a connection whose send queue
+	// is over the Server's MaxQueuedBytes was not sent, and the connection
+	// is being closed with StatusPolicyViolation (see MaxQueuedBytes).
+	ErrSlowConsumer = errors.New("websocket: slow consumer: send queue over MaxQueuedBytes; closing")
 	// ErrControlTooLong: a ping or close payload over 125 bytes.
 	ErrControlTooLong = errors.New("websocket: control frame payload over 125 bytes")
 	// ErrInvalidCode: a status code that may not be sent in a close frame.
@@ -29,7 +30,8 @@ var (
 
 // transport is what a Conn needs of its herd.Conn; tests substitute it.
 type transport interface {
-	SendRaw(b []byte) herd.SendResult
+	Write(b []byte) (int, error)
+	SendQueueBytes() int
 	Close()
 	CloseNoLinger()
 	Abort()
@@ -57,8 +59,9 @@ type Conn struct {
 	failCode   StatusCode // we failed the connection with this code
 	failReason string
 
-	started   atomic.Bool // the 101 response has gone out (set under wmu)
-	closeSent atomic.Bool // a close frame has been sent (set under wmu)
+	started    atomic.Bool // the 101 response has gone out (set under wmu)
+	closeSent  atomic.Bool // a close frame has been sent (set under wmu)
+	delivering atomic.Bool // the loop is delivering this connection's input: writes are replies
 
 	wmu        sync.Mutex // serialises frames (and compression, in order)
 	pending    []byte     // frames written before the 101 went out
@@ -146,8 +149,40 @@ func (c *Conn) write(op OpCode, data []byte) error {
 	if c.closeSent.Load() || c.closed {
 		return ErrClosed
 	}
+	if err := c.admitLocked(); err != nil {
+		return err
+	}
 	return c.writeLocked(op, data)
 }
+
+// admitLocked decides whether a message may be queued. A reply, written
+// while the loop delivers this connection's input (from OnMessage, or a
+// pong), always is: the core stops reading the connection while its queue
+// is high, so a peer that sends faster than it reads is slowed down. A
+// message pushed from elsewhere (another goroutine, a timer, a broadcast)
+// to a connection whose queue is over MaxQueuedBytes is not: the peer is a
+// slow consumer, and the connection is closed before anything of the
+// message is encoded (so a compressed stream never skips a frame).
+func (c *Conn) admitLocked() error {
+	limit := c.srv.maxQueued()
+	if limit < 0 || c.delivering.Load() || !c.started.Load() || c.t.SendQueueBytes() < limit {
+		return nil
+	}
+	c.srv.slowConsumers.Add(1)
+	c.sendCloseLocked(StatusPolicyViolation, slowConsumerReason)
+	// The rest runs on the loop, which owns failCode (and this goroutine
+	// holds wmu, which closeTransport takes).
+	c.hc.Loop().Post(func() {
+		if c.failCode == 0 && !c.gotClose {
+			c.failCode, c.failReason = StatusPolicyViolation, slowConsumerReason
+		}
+		c.closeTransport(false)
+	})
+	return ErrSlowConsumer
+}
+
+const slowConsumerReason = "slow consumer"
+
 
 // writeLocked encodes one frame into a pooled buffer and sends it in one
 // SendRaw call. A compressed payload is written after room for the longest
@@ -170,14 +205,15 @@ func (c *Conn) writeLocked(op OpCode, data []byte) error {
 }
 
 // sendLocked sends an encoded frame, or keeps it until the 101 response
-// has gone out.
+// has gone out. The frame is never dropped: it is queued, or the
+// connection is closing and nothing more goes out (ErrClosed).
 func (c *Conn) sendLocked(frame []byte) error {
 	if !c.started.Load() {
 		c.pending = append(c.pending, frame...)
 		return nil
 	}
-	if c.t.SendRaw(frame) == herd.Dropped {
-		return ErrDropped
+	if _, err := c.t.Write(frame); err != nil {
+		return ErrClosed
 	}
 	return nil
 }
@@ -209,7 +245,7 @@ func (c *Conn) startLocked() {
 	}
 	c.started.Store(true)
 	if len(c.pending) > 0 && !c.closed {
-		c.t.SendRaw(c.pending)
+		c.t.Write(c.pending)
 	}
 	c.pending = nil
 }
@@ -242,7 +278,10 @@ func (c *Conn) OnData(_ *herd.Conn, data []byte) {
 		c.start()
 	}
 	c.rx++
-	if err := c.p.feed(data, c); err != nil {
+	c.delivering.Store(true)
+	err := c.p.feed(data, c)
+	c.delivering.Store(false)
+	if err != nil {
 		c.fail(err)
 	}
 }

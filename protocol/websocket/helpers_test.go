@@ -139,15 +139,17 @@ type fakeTransport struct {
 	aborted  bool
 }
 
-func (t *fakeTransport) SendRaw(b []byte) herd.SendResult {
+func (t *fakeTransport) Write(b []byte) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed || t.aborted {
-		return herd.Dropped
+		return 0, herd.ErrConnClosed
 	}
 	t.out.Write(b)
-	return herd.Written
+	return len(b), nil
 }
+
+func (t *fakeTransport) SendQueueBytes() int { return 0 }
 func (t *fakeTransport) Close() { t.mu.Lock(); t.closed = true; t.mu.Unlock() }
 func (t *fakeTransport) CloseNoLinger() {
 	t.mu.Lock()
@@ -259,6 +261,7 @@ func (d *clientDeflater) compress(p []byte) []byte {
 type clientInflater struct {
 	takeover bool
 	hist     []byte
+	r        io.ReadCloser // reused (flate.Resetter)
 }
 
 func (d *clientInflater) inflate(p []byte) ([]byte, error) {
@@ -266,8 +269,13 @@ func (d *clientInflater) inflate(p []byte) ([]byte, error) {
 	if d.takeover {
 		dict = d.hist
 	}
-	r := flate.NewReaderDict(io.MultiReader(bytes.NewReader(p), bytes.NewReader(inflateTail)), dict)
-	out, err := io.ReadAll(r)
+	src := io.MultiReader(bytes.NewReader(p), bytes.NewReader(inflateTail))
+	if d.r == nil {
+		d.r = flate.NewReaderDict(src, dict)
+	} else if err := d.r.(flate.Resetter).Reset(src, dict); err != nil {
+		return nil, err
+	}
+	out, err := io.ReadAll(d.r)
 	if err != nil {
 		return nil, err
 	}

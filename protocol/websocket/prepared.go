@@ -56,6 +56,9 @@ func (c *Conn) WritePrepared(pm *PreparedMessage) error {
 	if c.closeSent.Load() || c.closed {
 		return ErrClosed
 	}
+	if err := c.admitLocked(); err != nil {
+		return err
+	}
 	switch {
 	case c.defl == nil || len(pm.data) < minCompressSize:
 		return c.sendLocked(pm.frame)
@@ -68,7 +71,9 @@ func (c *Conn) WritePrepared(pm *PreparedMessage) error {
 // Broadcast sends one message to every connection in conns, encoding it
 // once (see PreparedMessage), and reports to how many it was sent or
 // queued. It may be called from any goroutine; the frames go out on the
-// caller's goroutine, a connection at a time.
+// caller's goroutine, a connection at a time. A slow consumer (see
+// Server.MaxQueuedBytes) is closed rather than sent to, so it holds
+// neither the others nor memory.
 func Broadcast(conns []*Conn, op OpCode, data []byte) (int, error) {
 	pm, err := NewPreparedMessage(op, data)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/seed358e4494/herd"
@@ -19,6 +20,7 @@ import (
 const (
 	DefaultMaxMessageSize = 16 << 20
 	DefaultCloseTimeout   = 5 * time.Second
+	DefaultMaxQueuedBytes = 1 << 20
 )
 
 // Server upgrades HTTP requests to WebSocket connections and serves them.
@@ -66,6 +68,17 @@ type Server struct {
 	// flate.BestSpeed, whose compressor resets cheaply between messages;
 	// values outside flate.HuffmanOnly..flate.BestCompression too.
 	CompressionLevel int
+	// MaxQueuedBytes is the slow-consumer bound. A message pushed to a
+	// connection (written from another goroutine, a timer or Broadcast)
+	// while its send queue holds this much or more is not sent: the
+	// connection is closed with StatusPolicyViolation and the reason "slow
+	// consumer", the write returns ErrSlowConsumer, OnClose gets that code,
+	// and SlowConsumers counts it. A peer that does not keep up thus never
+	// bloats the server or holds up the others. Replies, written from
+	// OnMessage while the loop delivers input, are never refused: reading
+	// pauses instead while the queue is high (herd.Conn.Write). Zero means
+	// DefaultMaxQueuedBytes; negative means no bound.
+	MaxQueuedBytes int
 
 	// OnOpen runs once the handshake is accepted, inside the HTTP handler
 	// that called Upgrade (r is valid only during the call). Frames
@@ -79,6 +92,22 @@ type Server struct {
 	// frame had no code), or the code the server failed the connection
 	// with, or StatusAbnormalClosure when it ended without a close frame.
 	OnClose func(c *Conn, code StatusCode, reason string)
+
+	slowConsumers atomic.Uint64
+}
+
+// SlowConsumers counts the connections closed because a message was pushed
+// to them while their send queue was over MaxQueuedBytes.
+func (s *Server) SlowConsumers() uint64 { return s.slowConsumers.Load() }
+
+func (s *Server) maxQueued() int {
+	switch {
+	case s.MaxQueuedBytes == 0:
+		return DefaultMaxQueuedBytes
+	case s.MaxQueuedBytes < 0:
+		return -1
+	}
+	return s.MaxQueuedBytes
 }
 
 // websocketGUID is the constant of RFC 6455, section 1.3.
