@@ -3,16 +3,15 @@ package websocket
 import (
 	"bytes"
 	"testing"
-
 )
 
 type discardTransport struct{ n int }
 
 func (d *discardTransport) Write(b []byte) (int, error) { d.n += len(b); return len(b), nil }
-func (d *discardTransport) SendQueueBytes() int          { return 0 }
-func (d *discardTransport) Close()                       {}
-func (d *discardTransport) CloseNoLinger()               {}
-func (d *discardTransport) Abort()                       {}
+func (d *discardTransport) SendQueueBytes() int         { return 0 }
+func (d *discardTransport) Close()                      {}
+func (d *discardTransport) CloseNoLinger()              {}
+func (d *discardTransport) Abort()                      {}
 
 // benchEcho runs frames of one message through parser, OnMessage echo and
 // frame writer, in memory.

@@ -183,7 +183,6 @@ func (c *Conn) admitLocked() error {
 
 const slowConsumerReason = "slow consumer"
 
-
 // writeLocked encodes one frame into a pooled buffer and sends it in one
 // SendRaw call. A compressed payload is written after room for the longest
 // header, and the header is put right before it once its length is known.

@@ -150,7 +150,7 @@ func (t *fakeTransport) Write(b []byte) (int, error) {
 }
 
 func (t *fakeTransport) SendQueueBytes() int { return 0 }
-func (t *fakeTransport) Close() { t.mu.Lock(); t.closed = true; t.mu.Unlock() }
+func (t *fakeTransport) Close()              { t.mu.Lock(); t.closed = true; t.mu.Unlock() }
 func (t *fakeTransport) CloseNoLinger() {
 	t.mu.Lock()
 	t.closed, t.noLinger = true, true
