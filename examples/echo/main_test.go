@@ -405,3 +405,27 @@ func TestRunBadAddress(t *testing.T) {
 		t.Fatalf("run with a udp address: %v; want an unknown scheme error", err)
 	}
 }
+
+// A client that sends and reads nothing fills its send queue, and every
+// echo after that is dropped: one log line per second at most (each with
+// the count), not one per drop. (Before: 8,269 lines for one client.)
+func TestEchoDropsLogOncePerSecond(t *testing.T) {
+	s := startServer(t, "-addr", "tcp://127.0.0.1:0", "-count", "1")
+	c := s.dial()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	start := time.Now()
+	chunk := bytes.Repeat([]byte("x"), 64<<10)
+	for time.Since(start) < 1500*time.Millisecond {
+		if _, err := c.Write(chunk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	elapsed := time.Since(start)
+	time.Sleep(1100 * time.Millisecond) // the last report is due
+	s.stop()
+	lines := strings.Count(s.stderr.String(), "connection error")
+	t.Logf("%d log lines in %v of drops", lines, elapsed)
+	if lines == 0 || lines > int(elapsed/time.Second)+2 {
+		t.Errorf("%d drop log lines in %v; want 1 to %d\n%s", lines, elapsed, int(elapsed/time.Second)+2, s.stderr)
+	}
+}
