@@ -40,21 +40,46 @@
 // OnMessage returns; Send copies what it cannot write at once, so msg may be
 // reused as soon as Send returns.
 //
-// # Flow control
+// # Flow control: what is owed is never dropped
 //
-// Each connection's send queue is bounded by MaxSendBufferSize. Reaching it
-// calls OnBufferFull; a Send that finds the queue full is dropped, reported
-// to OnError as ErrSendBufferFull and counted in Stats: never silently.
-// OnBufferDrain follows once the queue is written out. Worker.Backpressure
-// instead stops reading from a connection while its queue is high, which is
-// what a proxy or a server with slow consumers wants.
+// Two ways to send, for two kinds of bytes:
+//
+//   - Send and SendRaw follow Workerman: each connection's send queue is
+//     bounded by MaxSendBufferSize; reaching it calls OnBufferFull, and a
+//     message that finds the queue full is dropped, reported to OnError as
+//     ErrSendBufferFull (at most once a second per connection, with the
+//     count) and counted in Stats (DroppedFull): never silently.
+//     OnBufferDrain follows once the queue is written out.
+//     Worker.Backpressure stops reading, and delivering input already read,
+//     while the queue is above half of MaxSendBufferSize.
+//   - Write is for what a protocol owes its peer (responses, replies,
+//     frames): it never drops for a full queue. Above the high mark the
+//     connection is not read, and its input already read is not delivered,
+//     until the queue has drained to an eighth; what was already owed may
+//     take the queue past the limit. A producer on another goroutine calls
+//     WaitWritable before each Write, and so waits for a slow peer as
+//     net/http's Write does. Write fails (ErrConnClosed) only once the
+//     connection is closing, and then nothing more goes out.
+//
+// The HTTP and WebSocket packages use Write: a slow or stalled client gets
+// every response and frame, or, if it reads nothing for a timeout, the
+// connection ends with a logged reason.
 //
 // # End of stream
 //
 // When the peer ends its side of the stream, herd answers what it had
 // received before (OnMessage runs for it, and the send queue is written),
-// then closes the connection: a reply that another goroutine sends after that
-// is dropped, as in Workerman.
+// then closes the connection. A reply that another goroutine is still
+// making goes out too where the callback said so with Conn.Hold: the
+// connection stays open, reading nothing, until the Release. Without a
+// Hold, a reply sent after that is dropped, as in Workerman.
+//
+// # Faults
+//
+// A panic in a callback, or in the Protocol's Input or Decode, closes that
+// connection with ErrPanic (logged, and given to OnError); the loop serves
+// the others. A packet that never completes holds at most MaxPackageSize
+// plus one read buffer before it is refused.
 //
 // # Stopping
 //
