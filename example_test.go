@@ -183,3 +183,39 @@ func ExampleConn_CloseNoLinger() {
 	// client: "bye alice\n" <nil>
 	// server: closed
 }
+
+// A goroutine that streams to a connection waits for the peer with
+// WaitWritable before each Write, so a slow client slows the producer
+// instead of growing the server's queue; Write never drops what is owed.
+// Hold keeps the connection open for the stream if the client half-closes
+// or the worker stops gracefully meanwhile.
+func ExampleConn_WaitWritable() {
+	w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 1}
+	w.OnConnect = func(c *herd.Conn) {
+		c.Hold()
+		go func() {
+			defer c.Release()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			chunk := make([]byte, 64<<10)
+			for i := 0; i < 16; i++ { // 1 MiB
+				if err := c.WaitWritable(ctx); err != nil {
+					return // the client left, or ctx ended
+				}
+				c.Write(chunk)
+			}
+			c.Close() // after the queue is written
+		}()
+	}
+	w.Listen()
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	go w.Run(ctx)
+
+	conn, _ := net.Dial("tcp", w.ListenAddr().String())
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	n, err := io.Copy(io.Discard, conn)
+	fmt.Println(n, err)
+	// Output: 1048576 <nil>
+}
