@@ -282,8 +282,11 @@ func TestThunderingHerd(t *testing.T) {
 			name = "plain"
 		}
 		w := distEchoWorker(name, 4, false, AcceptShared)
-		w.plainShared = plain
 		w.LockOSThread = true // ThreadSwitches counts the loops' own threads
+		if err := w.Listen(); err != nil {
+			t.Fatal(err)
+		}
+		w.exclusive = !plain // decided by Listen; changed before Run, to compare
 		srv := edStart(t, w)
 		defer srv.stop()
 		deadline, _ := ctx.Deadline()

@@ -15,40 +15,6 @@ import (
 	"github.com/seed358e4494/herd/protocol"
 )
 
-// AcceptMode chooses how connections reach loops when ReusePort is off (or
-// unavailable: Unix sockets, and platforms whose kernel does not balance
-// SO_REUSEPORT groups).
-type AcceptMode int
-
-const (
-	// AcceptShared registers one listening socket in every loop's poller;
-	// whichever loop the kernel wakes accepts. On Linux the registration
-	// uses EPOLLEXCLUSIVE so one loop wakes per connection instead of all.
-	// Cheapest per connection, but uneven: the kernel favours the loop that
-	// waited last, so a few loops may take most connections.
-	AcceptShared AcceptMode = iota
-	// AcceptRoundRobin accepts on one dispatcher goroutine and hands each
-	// connection to the next loop in turn. Even for any connection pattern,
-	// at the cost of one hand-off per connection.
-	AcceptRoundRobin
-	// AcceptLeastConns is like AcceptRoundRobin but hands each connection to
-	// the loop with the fewest open connections: the right choice for a few
-	// long-lived connections (WebSocket, game sessions).
-	AcceptLeastConns
-)
-
-func (m AcceptMode) String() string {
-	switch m {
-	case AcceptShared:
-		return "shared"
-	case AcceptRoundRobin:
-		return "round-robin"
-	case AcceptLeastConns:
-		return "least-conns"
-	}
-	return "AcceptMode(" + strconv.Itoa(int(m)) + ")"
-}
-
 // endpoint is a parsed Worker.Addr.
 type endpoint struct {
 	network string // "tcp" or "unix"
@@ -266,16 +232,4 @@ func sockaddrString(sa unix.Sockaddr) string {
 		return a.String()
 	}
 	return "?"
-}
-
-// acceptTemporary reports accept errors after which the listener is fine and
-// the next connection may be accepted at once.
-func acceptTemporary(err error) bool {
-	return errors.Is(err, unix.ECONNABORTED) || errors.Is(err, unix.EINTR) || errors.Is(err, unix.EPROTO)
-}
-
-// acceptExhausted reports accept errors that say the process or system is out
-// of descriptors or memory: the listener must rest or the loop spins.
-func acceptExhausted(err error) bool {
-	return errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) || errors.Is(err, unix.ENOBUFS) || errors.Is(err, unix.ENOMEM)
 }

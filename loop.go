@@ -26,29 +26,22 @@ const readBufferSize = 64 << 10
 // Worker.LockOSThread) with its own poller, connections and timers. Its
 // methods are safe from any goroutine.
 type Loop struct {
-	w        *Worker
-	index    int
-	poller   *poll.Poller
-	listenFd int // -1 when connections arrive from the dispatcher
+	w      *Worker
+	index  int
+	poller *poll.Poller
 
 	// Owned by the loop goroutine.
-	conns   []*Conn // by descriptor
-	nconns  int
-	readBuf []byte
-	abuf    acceptBuf
-	// acceptBatch is how many accepts one listener event tries. It shrinks
-	// to what the last burst held and grows after acceptFull batches in a
-	// row came back full, so that connections arriving one at a time cost
-	// few accepts that find the queue empty, and bursts few wake-ups.
-	acceptBatch, acceptFull int
-	events                  []poll.Event
-	timers                  timerHeap
-	now                     time.Time
-	draining                bool
-	forced                  bool
-	listenOff               bool   // the listener rests after running out of descriptors
-	hot                     bool   // the last sleeping Wait found events
-	turn                    uint32 // counts Waits; never 0 once running
+	acc      acceptor // its own listener (fd -1 when connections come from the dispatcher)
+	conns    []*Conn  // by descriptor
+	nconns   int
+	readBuf  []byte
+	events   []poll.Event
+	timers   timerHeap
+	now      time.Time
+	draining bool
+	forced   bool
+	hot      bool   // the last sleeping Wait found events
+	turn     uint32 // counts Waits; never 0 once running
 
 	// Lingering connections, oldest first, and the one timer that looks
 	// at them when the oldest is due.
@@ -102,15 +95,15 @@ func newLoop(w *Worker, index int) (*Loop, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Loop{
-		w:           w,
-		index:       index,
-		poller:      p,
-		listenFd:    -1,
-		readBuf:     make([]byte, readBufferSize),
-		exited:      make(chan struct{}),
-		acceptBatch: 1,
-	}, nil
+	l := &Loop{
+		w:       w,
+		index:   index,
+		poller:  p,
+		readBuf: make([]byte, readBufferSize),
+		exited:  make(chan struct{}),
+	}
+	l.acc = acceptor{w: w, fd: -1, poller: p, owner: fmt.Sprintf("loop %d", index), take: l.adopt, empty: &l.emptyAccepts, batch: 1}
+	return l, nil
 }
 
 // Index is the loop's position, 0 to Count-1.
@@ -185,8 +178,10 @@ func (l *Loop) run() {
 		for _, ev := range l.events {
 			switch {
 			case ev.Wake:
-			case ev.Fd == l.listenFd && !l.draining:
-				l.acceptAll()
+			case ev.Fd == l.acc.fd && !l.draining:
+				if l.acc.accept() {
+					l.addTimer(restPeriod, 0, l.acc.resume)
+				}
 			default:
 				if ev.Fd < len(l.conns) && l.conns[ev.Fd] != nil {
 					l.serve(l.conns[ev.Fd], ev)
@@ -338,66 +333,10 @@ func (c *Conn) receiving() bool {
 	return c.readOn
 }
 
-// acceptAll accepts from the loop's own listener (reuseport or shared), at
-// most acceptBatch connections per event: the listener is level-triggered,
-// so connections left waiting are reported again by the next Wait, and the
-// loop's connections are served between bursts.
-func (l *Loop) acceptAll() {
-	n := 0
-	for n < l.acceptBatch {
-		fd, peer, err := accept(l.listenFd, &l.abuf)
-		if err != nil {
-			if err == unix.EAGAIN {
-				if n == 0 {
-					l.emptyAccepts.Add(1)
-				} else {
-					l.acceptBatch, l.acceptFull = n, 0
-				}
-				return
-			}
-			n++
-			if acceptTemporary(err) {
-				continue
-			}
-			if acceptExhausted(err) {
-				l.restListener(err)
-			} else {
-				l.w.logger().Warn("herd: accept", "loop", l.index, "err", err)
-			}
-			return
-		}
-		n++
-		if !l.w.admit(fd) {
-			continue
-		}
-		l.active.Add(1)
-		l.register(fd, &peer)
-	}
-	if l.acceptFull++; l.acceptFull >= 4 {
-		l.acceptBatch, l.acceptFull = min(2*l.acceptBatch, maxAcceptBatch), 0
-	}
-}
-
-// maxAcceptBatch bounds the accepts of one listener event.
-const maxAcceptBatch = 64
-
-// restListener stops watching the listener for a moment: out of descriptors,
-// accept fails at once and a level-triggered listener would spin the loop.
-func (l *Loop) restListener(err error) {
-	if l.listenOff {
-		return
-	}
-	l.w.logger().Warn("herd: accept: out of resources; pausing accepts for 50ms", "loop", l.index, "err", err)
-	if l.poller.Delete(l.listenFd) != nil {
-		return
-	}
-	l.listenOff = true
-	l.addTimer(50*time.Millisecond, 0, func() {
-		if l.listenOff && !l.draining {
-			l.listenOff = false
-			l.poller.AddListener(l.listenFd, l.w.mode == modeShared && !l.w.plainShared)
-		}
-	})
+// adopt takes a connection the loop's own listener accepted.
+func (l *Loop) adopt(fd int, peer *peerAddr) {
+	l.active.Add(1)
+	l.register(fd, peer)
 }
 
 // register adopts an accepted connection; its MaxConns slot and active
@@ -681,13 +620,7 @@ func (l *Loop) closeConn(c *Conn, err error) {
 func (l *Loop) drain(force bool) {
 	if !l.draining {
 		l.draining = true
-		if l.listenFd >= 0 {
-			if !l.listenOff {
-				l.poller.Delete(l.listenFd)
-			}
-			l.listenFd = -1
-			l.w.releaseListener()
-		}
+		l.acc.stop()
 		for _, c := range l.conns {
 			if c == nil || force {
 				continue

@@ -15,7 +15,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/seed358e4494/herd/internal/poll"
 	"github.com/seed358e4494/herd/protocol"
 )
 
@@ -70,7 +69,8 @@ type Worker struct {
 	// ReusePort gives every loop its own listening socket in a SO_REUSEPORT
 	// group, and the kernel spreads new connections over them. Where the
 	// kernel does not balance such groups (macOS, Unix sockets) herd falls
-	// back to Accept and logs it once.
+	// back to AcceptShared and logs it once. It is a listen mode of its
+	// own: with Accept set to anything but AcceptShared, Run fails.
 	ReusePort bool
 	// Accept chooses how connections reach loops without ReusePort.
 	Accept AcceptMode
@@ -139,8 +139,9 @@ type Worker struct {
 	state      workerState
 	ep         endpoint
 	proto      protocol.Protocol
-	listeners  []int // one per loop with reuseport, else one
-	mode       listenMode
+	listeners  []int      // one per loop with reuseport, else one
+	mode       AcceptMode // as resolved: acceptReusePort, or Accept
+	exclusive  bool       // shared listeners are registered with EPOLLEXCLUSIVE
 	loops      []*Loop
 	disp       *dispatcher
 	stopping   chan struct{} // closed by Shutdown
@@ -156,10 +157,6 @@ type Worker struct {
 	maxPkg     int
 	maxSend    int
 	stopGrace  time.Duration
-
-	// plainShared registers a shared listener without EPOLLEXCLUSIVE, to
-	// measure the thundering herd it avoids.
-	plainShared bool
 }
 
 type workerState int
@@ -170,20 +167,6 @@ const (
 	stateRunning
 	stateClosed
 )
-
-// listenMode is how connections reach loops, as resolved for this platform.
-type listenMode int
-
-const (
-	modeReusePort listenMode = iota
-	modeShared
-	modeRoundRobin
-	modeLeastConns
-)
-
-func (m listenMode) String() string {
-	return [...]string{"reuseport", "shared", "round-robin", "least-conns"}[m]
-}
 
 func (w *Worker) logger() *slog.Logger {
 	if w.log != nil {
@@ -211,12 +194,12 @@ func (w *Worker) Listen() error {
 		return err
 	}
 	n := 1
-	if w.mode == modeReusePort {
+	if w.mode == acceptReusePort {
 		n = w.count
 	}
 	ep := w.ep
 	for i := 0; i < n; i++ {
-		fd, err := listen(ep, w.mode == modeReusePort)
+		fd, err := listen(ep, w.mode == acceptReusePort)
 		if err != nil {
 			w.closeListeners()
 			return err
@@ -279,25 +262,27 @@ func (w *Worker) configure() error {
 		w.log = w.log.With("worker", w.Name)
 	}
 	switch w.Accept {
-	case AcceptShared:
-		w.mode = modeShared
-	case AcceptRoundRobin:
-		w.mode = modeRoundRobin
-	case AcceptLeastConns:
-		w.mode = modeLeastConns
+	case AcceptShared, AcceptRoundRobin, AcceptLeastConns:
 	default:
 		return fmt.Errorf("herd: unknown Accept mode %d", w.Accept)
 	}
+	if w.ReusePort && w.Accept != AcceptShared {
+		return fmt.Errorf("herd: ReusePort and Accept %s are two listen modes; set one", w.Accept)
+	}
+	w.mode = w.Accept
 	if w.ReusePort {
 		switch {
 		case ep.network != "tcp":
-			w.log.Info("herd: ReusePort does not apply to unix sockets; using Accept mode", "accept", w.Accept.String())
+			w.log.Info("herd: ReusePort does not apply to unix sockets; using shared accept")
 		case !reusePortBalances:
-			w.log.Info("herd: this kernel does not balance SO_REUSEPORT groups; using Accept mode", "os", runtime.GOOS, "accept", w.Accept.String())
+			w.log.Info("herd: this kernel does not balance SO_REUSEPORT groups; using shared accept", "os", runtime.GOOS)
 		default:
-			w.mode = modeReusePort
+			w.mode = acceptReusePort
 		}
 	}
+	// One loop wakes per connection on a shared listener (Linux; kqueue
+	// has no such flag and wakes them all).
+	w.exclusive = w.mode == AcceptShared
 	w.stopping = make(chan struct{})
 	w.done = make(chan struct{})
 	return nil
@@ -371,17 +356,10 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.state = stateRunning
 	err := w.startLoops()
 	if err != nil {
-		for _, l := range w.loops {
-			l.poller.Close()
-		}
-		if w.disp != nil {
-			w.disp.poller.Close()
-		}
-		w.loops, w.disp = nil, nil
-		w.state = stateClosed
-		w.closeListeners()
-		close(w.done)
+		w.teardownLocked()
+		w.loops, w.disp = nil, nil // Shutdown: nothing ran
 		w.mu.Unlock()
+		close(w.done)
 		return err
 	}
 	w.mu.Unlock()
@@ -403,18 +381,24 @@ func (w *Worker) Run(ctx context.Context) error {
 		<-w.disp.exited
 	}
 	w.mu.Lock()
+	w.teardownLocked()
+	err = w.runErr
+	w.mu.Unlock()
+	close(w.done)
+	return err
+}
+
+// teardownLocked closes what Run opened, once the loops have stopped (or
+// failed to start): listeners, pollers. Called with w.mu held.
+func (w *Worker) teardownLocked() {
 	w.state = stateClosed
 	w.closeListeners()
 	for _, l := range w.loops {
 		l.poller.Close()
 	}
 	if w.disp != nil {
-		w.disp.poller.Close()
+		w.disp.acc.poller.Close()
 	}
-	err = w.runErr
-	w.mu.Unlock()
-	close(w.done)
-	return err
 }
 
 // startLoops makes the pollers and starts one goroutine per loop, plus the
@@ -428,14 +412,15 @@ func (w *Worker) startLoops() error {
 		}
 		w.loops = append(w.loops, l)
 	}
-	switch w.mode {
-	case modeReusePort:
+	switch {
+	case w.mode == acceptReusePort:
 		for i, l := range w.loops {
-			l.listenFd = w.listeners[i]
+			l.acc.fd = w.listeners[i]
 		}
-	case modeShared:
+	case w.mode == AcceptShared:
 		for _, l := range w.loops {
-			l.listenFd = w.listeners[0]
+			l.acc.fd = w.listeners[0]
+			l.acc.exclusive = w.exclusive
 		}
 	default:
 		d, err := newDispatcher(w, w.listeners[0])
@@ -449,19 +434,14 @@ func (w *Worker) startLoops() error {
 		refs++
 	}
 	for _, l := range w.loops {
-		if l.listenFd >= 0 {
+		if l.acc.fd >= 0 {
 			refs++
-		}
-	}
-	w.listenRefs.Store(refs)
-	for _, l := range w.loops {
-		if l.listenFd >= 0 {
-			exclusive := w.mode == modeShared && !w.plainShared
-			if err := l.poller.AddListener(l.listenFd, exclusive); err != nil {
+			if err := l.acc.watch(); err != nil {
 				return err
 			}
 		}
 	}
+	w.listenRefs.Store(refs)
 	for _, l := range w.loops {
 		go l.run()
 	}
@@ -569,103 +549,6 @@ func (w *Worker) Stats() Stats {
 	return s
 }
 
-// dispatcher accepts on one goroutine and hands connections to loops.
-type dispatcher struct {
-	w            *Worker
-	fd           int
-	poller       *poll.Poller
-	next         int
-	stopped      atomic.Bool
-	exited       chan struct{}
-	emptyAccepts atomic.Uint64
-	abuf         acceptBuf
-}
-
-func newDispatcher(w *Worker, fd int) (*dispatcher, error) {
-	p, err := poll.New(1)
-	if err != nil {
-		return nil, err
-	}
-	if err := p.AddListener(fd, false); err != nil {
-		p.Close()
-		return nil, err
-	}
-	return &dispatcher{w: w, fd: fd, poller: p, exited: make(chan struct{})}, nil
-}
-
-func (d *dispatcher) stop() {
-	if d.stopped.CompareAndSwap(false, true) {
-		d.poller.Wake()
-	}
-}
-
-func (d *dispatcher) run() {
-	defer close(d.exited)
-	defer d.w.releaseListener()
-	var events []poll.Event
-	for !d.stopped.Load() {
-		var err error
-		events, err = d.poller.Wait(-1, events)
-		if err != nil {
-			d.w.fail(err)
-			return
-		}
-		for _, ev := range events {
-			if !ev.Wake {
-				d.acceptAll()
-			}
-		}
-	}
-}
-
-// acceptAll accepts until the backlog is empty and hands each connection on.
-func (d *dispatcher) acceptAll() {
-	for i := 0; ; i++ {
-		fd, peer, err := accept(d.fd, &d.abuf)
-		if err != nil {
-			if i == 0 && err == unix.EAGAIN {
-				d.emptyAccepts.Add(1)
-			}
-			if acceptTemporary(err) {
-				continue
-			}
-			if acceptExhausted(err) {
-				d.w.logger().Warn("herd: accept: out of resources; pausing accepts", "err", err)
-				time.Sleep(50 * time.Millisecond)
-			}
-			return
-		}
-		if !d.w.admit(fd) {
-			continue
-		}
-		l := d.pick()
-		l.active.Add(1) // counted now, so least-conns sees it before the loop does
-		if !l.post(task{kind: taskConn, fd: fd, peer: peer}) {
-			l.active.Add(-1)
-			d.w.conns.Add(-1)
-			unix.Close(fd)
-		}
-	}
-}
-
-// pick chooses the loop for the next connection.
-func (d *dispatcher) pick() *Loop {
-	loops := d.w.loops
-	start := d.next
-	d.next = (d.next + 1) % len(loops)
-	if d.w.mode == modeRoundRobin {
-		return loops[start]
-	}
-	best := loops[start]
-	for i := 1; i < len(loops); i++ {
-		l := loops[(start+i)%len(loops)]
-		if l.active.Load() < best.active.Load() {
-			best = l
-		}
-	}
-	return best
-}
-
 // highWater and lowWater are the send-queue marks of Backpressure.
 func (w *Worker) highWater() int { return w.backpressureBase() / 2 }
 func (w *Worker) lowWater() int  { return w.backpressureBase() / 8 }
@@ -675,16 +558,4 @@ func (w *Worker) backpressureBase() int {
 		return w.maxSend
 	}
 	return DefaultMaxSendBufferSize
-}
-
-// admit counts a new connection against MaxConns, closing it when over.
-func (w *Worker) admit(fd int) bool {
-	n := w.conns.Add(1)
-	if w.MaxConns > 0 && n > int64(w.MaxConns) {
-		w.conns.Add(-1)
-		w.rejected.Add(1)
-		unix.Close(fd)
-		return false
-	}
-	return true
 }

@@ -31,21 +31,3 @@ func threadSwitches(tid int) uint64 {
 	n, _ := strconv.ParseUint(string(bytes.TrimSpace(rest)), 10, 64)
 	return n
 }
-
-// unsentBytes is what the kernel still holds to send on a socket, or -1.
-func unsentBytes(fd int) int {
-	n, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
-	if err != nil {
-		return -1
-	}
-	return n
-}
-
-// unreadBytes is what the kernel holds for us to read on a socket, or -1.
-func unreadBytes(fd int) int {
-	n, err := unix.IoctlGetInt(fd, unix.SIOCINQ)
-	if err != nil {
-		return -1
-	}
-	return n
-}
