@@ -3,7 +3,6 @@
 package herd
 
 import (
-	"container/heap"
 	"errors"
 	"fmt"
 	"runtime"
@@ -189,7 +188,7 @@ func (l *Loop) run() {
 			}
 		}
 		l.runTasks()
-		l.timers.run(l)
+		l.timers.run(l.now, l.callFunc)
 	}
 	l.taskMu.Lock()
 	l.closed = true
@@ -282,88 +281,6 @@ func (l *Loop) runTasks() {
 	l.spare = tasks[:0]
 }
 
-// dropReportInterval is the least time between two reports of drops on a
-// full queue for one connection: a peer that reads nothing cannot flood
-// the log. Each report gives the count since the last.
-const dropReportInterval = time.Second
-
-// reportDrops tells OnError how many messages were dropped on a full queue
-// since the last report, at most once per dropReportInterval.
-func (l *Loop) reportDrops(c *Conn) {
-	if c.state.Load() == connClosed {
-		c.dropsPending.Store(0)
-		return
-	}
-	if wait := time.Duration(c.lastDropReport + int64(dropReportInterval) - l.now.UnixNano()); wait > 0 {
-		// Too soon: report later, with whatever accumulates meanwhile
-		// (dropsPending stays above zero, so Send posts no more tasks).
-		l.addTimer(wait, 0, func() { l.reportDrops(c) })
-		return
-	}
-	if n := c.dropsPending.Swap(0); n > 0 {
-		c.lastDropReport = l.now.UnixNano()
-		l.callError(c, fmt.Errorf("%w (%d message(s))", ErrSendBufferFull, n))
-	}
-}
-
-// bufferFull runs the OnBufferFull of a queue that filled up, unless the
-// queue drained first and flush had it run then (before OnBufferDrain).
-func (l *Loop) bufferFull(c *Conn) {
-	if c.fullPending.Load() == 0 {
-		return
-	}
-	c.fullPending.Add(-1)
-	if c.state.Load() != connClosed && l.w.OnBufferFull != nil {
-		l.callConn(l.w.OnBufferFull, c)
-	}
-}
-
-// queueEmpty reports whether the send queue is empty.
-func (c *Conn) queueEmpty() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.queuedLocked() == 0
-}
-
-// receiving reports whether the poller watches the connection for input
-// (not paused by PauseRecv or Backpressure).
-func (c *Conn) receiving() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.readOn
-}
-
-// adopt takes a connection the loop's own listener accepted.
-func (l *Loop) adopt(fd int, peer *peerAddr) {
-	l.active.Add(1)
-	l.register(fd, peer)
-}
-
-// register adopts an accepted connection; its MaxConns slot and active
-// count are already taken.
-func (l *Loop) register(fd int, peer *peerAddr) {
-	if l.w.ep.network == "tcp" && !nodelayInherited {
-		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	}
-	if err := l.poller.Add(fd, true); err != nil {
-		l.w.logger().Warn("herd: register connection", "loop", l.index, "err", err)
-		l.active.Add(-1)
-		l.w.conns.Add(-1)
-		unix.Close(fd)
-		return
-	}
-	c := &Conn{id: l.w.nextID.Add(1), fd: int32(fd), loop: l, peer: *peer, readOn: true, lastActive: l.now.UnixNano()}
-	for fd >= len(l.conns) {
-		l.conns = append(l.conns, make([]*Conn, len(l.conns)+64)...)
-	}
-	l.conns[fd] = c
-	l.nconns++
-	l.accepted.Add(1)
-	if l.w.OnConnect != nil {
-		l.callConn(l.w.OnConnect, c)
-	}
-}
-
 // serve handles one readiness event of a connection.
 func (l *Loop) serve(c *Conn, ev poll.Event) {
 	if ev.Readable {
@@ -390,25 +307,6 @@ func (l *Loop) serve(c *Conn, ev poll.Event) {
 		if f.emptied {
 			l.queueEmptied(c)
 		}
-	}
-}
-
-// queueEmptied finishes a Close, an EOF or a graceful stop waiting on the
-// queue.
-func (l *Loop) queueEmptied(c *Conn) {
-	if c.state.Load() != connClosing {
-		return
-	}
-	switch {
-	case c.peerClosed:
-		l.closeConn(c, nil) // nothing more can arrive: no reset to fear
-	case c.flags.Load()&flagNoLinger != 0 && (c.drainedTurn == l.turn || unreadBytes(int(c.fd)) == 0):
-		// The peer is done by its protocol, and nothing is unread: a read
-		// emptied the socket moments ago, in this turn, or the kernel says
-		// so.
-		l.closeConn(c, nil)
-	default:
-		l.linger(c)
 	}
 }
 
@@ -450,39 +348,6 @@ func (l *Loop) read(c *Conn) {
 		return
 	}
 	l.peerEnded(c)
-}
-
-// peerEnded handles the end of the peer's stream (a half-close, or the
-// first half of a close): what it sent before is answered, then the
-// connection closes (at once if nothing is queued). While work for it is
-// under way elsewhere (Hold), the connection stays open for that work's
-// replies, reading nothing, until the last Release.
-func (l *Loop) peerEnded(c *Conn) {
-	c.mu.Lock()
-	c.peerClosed = true
-	if c.state.Load() == connOpen && c.holds.Load() > 0 {
-		c.flags.Or(flagDrainWait)
-		c.drainStop = true
-		c.updateInterestLocked()
-		c.mu.Unlock()
-		if c.holds.Load() > 0 {
-			return // Release posts taskReleased, which closes
-		}
-		c.mu.Lock()
-	}
-	if c.state.Load() == connOpen {
-		c.state.Store(connClosing)
-	}
-	empty := c.queuedLocked() == 0
-	if !empty {
-		c.updateInterestLocked() // stop reading; write out the queue
-	}
-	c.mu.Unlock()
-	if empty {
-		l.closeConn(c, nil)
-	} else if !c.lingerListed {
-		l.watchClose(c)
-	}
 }
 
 func readFd(fd int, b []byte) (int, error) {
@@ -582,213 +447,43 @@ func appendInput(in, data []byte, limit int) []byte {
 	return append(in, data...)
 }
 
-// closeConn closes the descriptor and runs OnError (for err) and OnClose.
-func (l *Loop) closeConn(c *Conn, err error) {
-	c.mu.Lock()
-	if c.state.Load() == connClosed {
-		c.mu.Unlock()
-		return
-	}
-	c.dropQueueLocked()
-	c.state.Store(connClosed)
-	c.wakeWritersLocked()
-	c.mu.Unlock()
-	// Every write happens under c.mu with the state open, so no other
-	// goroutine can be using the descriptor now.
-	unix.Close(int(c.fd))
-	if c.lingerListed {
-		l.unlinkLinger(c)
-	}
-	l.conns[int(c.fd)] = nil
-	l.nconns--
-	l.active.Add(-1)
-	l.closedConns.Add(1)
-	l.w.conns.Add(-1)
-	bufpool.Put(c.in)
-	c.in = nil
-	if err != nil && !errors.Is(err, unix.ECONNRESET) && !errors.Is(err, unix.EPIPE) {
-		l.callError(c, err)
-	}
-	if l.w.OnClose != nil {
-		l.callConn(l.w.OnClose, c)
-	}
+// Timers: the loop's heap, filled from any goroutine through the task
+// queue, or directly from the loop.
+
+// AfterFunc runs f on the loop once, after d.
+func (l *Loop) AfterFunc(d time.Duration, f func()) *Timer {
+	return l.schedule(d, 0, f)
 }
 
-// drain begins the loop's part of a stop. Graceful: stop accepting, read
-// and answer what each connection has already sent, then close each one
-// once its queue is written. Forced: close everything now.
-func (l *Loop) drain(force bool) {
-	if !l.draining {
-		l.draining = true
-		l.acc.stop()
-		for _, c := range l.conns {
-			if c == nil || force {
-				continue
-			}
-			if c.state.Load() == connOpen && c.receiving() {
-				// What the peer sent before the stop is answered: it was
-				// received, even if the loop had not read it yet.
-				for i := 0; i < 16 && c.state.Load() == connOpen; i++ {
-					before := l.bytesIn.Load()
-					l.read(c)
-					if l.bytesIn.Load() == before {
-						break
-					}
-				}
-			}
-			if c.holds.Load() > 0 {
-				// Work under way elsewhere will still Send: stop reading
-				// and wait for its Release (checked again after the flag
-				// is up, so a Release in between is not missed).
-				c.flags.Or(flagDrainWait)
-				c.mu.Lock()
-				c.drainStop = true
-				c.updateInterestLocked()
-				c.mu.Unlock()
-				if c.holds.Load() > 0 {
-					continue
-				}
-			}
-			l.beginClose(c)
+// Every runs f on the loop every d (at least a millisecond) until Stop. A
+// run that is late does not make the next one early: runs never pile up.
+func (l *Loop) Every(d time.Duration, f func()) *Timer {
+	return l.schedule(max(d, time.Millisecond), max(d, time.Millisecond), f)
+}
+
+func (l *Loop) schedule(d, period time.Duration, f func()) *Timer {
+	t := &Timer{l: l, period: period, f: f, index: -1}
+	start := time.Now()
+	l.post(task{kind: taskFunc, f: func() {
+		if t.stopped.Load() {
+			return
 		}
-	}
-	if force {
-		l.forced = true
-		for _, c := range l.conns {
-			if c != nil {
-				l.closeConn(c, nil)
-			}
-		}
-	}
+		t.when = start.Add(d)
+		l.timers.push(t)
+	}})
+	return t
 }
 
-// beginClose stops input and closes the connection once its queue is
-// written (at once if it is empty).
-func (l *Loop) beginClose(c *Conn) {
-	c.mu.Lock()
-	if c.state.Load() == connOpen {
-		c.state.Store(connClosing)
-		c.updateInterestLocked()
-	}
-	empty := c.queuedLocked() == 0
-	c.mu.Unlock()
-	if empty {
-		l.queueEmptied(c)
-	} else if !c.lingerListed {
-		l.watchClose(c)
-	}
+// addTimer schedules f from the loop goroutine itself.
+func (l *Loop) addTimer(d, period time.Duration, f func()) *Timer {
+	t := &Timer{l: l, when: l.now.Add(d), period: period, f: f, index: -1}
+	l.timers.push(t)
+	return t
 }
 
-// linger half-closes a connection whose queue is written and waits, at most
-// StopTimeout, for the peer to close its side, discarding what it still
-// sends: closing with unread input would make the kernel reset the
-// connection and the peer could lose the answers just sent.
-func (l *Loop) linger(c *Conn) {
-	c.mu.Lock()
-	c.state.Store(connLingering)
-	err := unix.Shutdown(int(c.fd), unix.SHUT_WR)
-	c.updateInterestLocked()
-	c.mu.Unlock()
-	if err != nil {
-		l.closeConn(c, nil)
-		return
-	}
-	c.lingerUnsent = -1
-	l.listLinger(c)
-}
-
-// listLinger puts c at the end of the lingering list, due in StopTimeout.
-// The grace is the same for all, so the list stays in the order of due
-// times.
-func (l *Loop) listLinger(c *Conn) {
-	if c.lingerListed {
-		l.unlinkLinger(c) // from watching its queue to watching the kernel's
-	}
-	c.lingerDue = l.now.Add(l.w.stopGrace).UnixNano()
-	c.lingerListed = true
-	c.lingerPrev, c.lingerNext = l.lingerTail, nil
-	if l.lingerTail != nil {
-		l.lingerTail.lingerNext = c
-	} else {
-		l.lingerHead = c
-		l.armLinger(time.Unix(0, c.lingerDue))
-	}
-	l.lingerTail = c
-}
-
-// watchClose puts a closing connection whose queue is not yet written on the
-// lingering list: if the queue does not shrink within StopTimeout (a peer
-// that reads nothing), the connection is aborted.
-func (l *Loop) watchClose(c *Conn) {
-	c.lingerUnsent = -1
-	l.listLinger(c)
-}
-
-func (l *Loop) unlinkLinger(c *Conn) {
-	if c.lingerPrev != nil {
-		c.lingerPrev.lingerNext = c.lingerNext
-	} else {
-		l.lingerHead = c.lingerNext
-	}
-	if c.lingerNext != nil {
-		c.lingerNext.lingerPrev = c.lingerPrev
-	} else {
-		l.lingerTail = c.lingerPrev
-	}
-	c.lingerPrev, c.lingerNext, c.lingerListed = nil, nil, false
-}
-
-// armLinger makes the linger timer fire at when, or earlier if it already
-// would.
-func (l *Loop) armLinger(when time.Time) {
-	t := l.lingerTimer
-	if t == nil {
-		t = &Timer{l: l, index: -1}
-		t.f = l.sweepLinger
-		l.lingerTimer = t
-	}
-	if t.index >= 0 {
-		if when.Before(t.when) {
-			t.when = when
-			heap.Fix(&l.timers, t.index)
-		}
-		return
-	}
-	t.stopped.Store(false)
-	t.when = when
-	heap.Push(&l.timers, t)
-}
-
-// sweepLinger closes the lingering connections whose StopTimeout is over,
-// unless what they still have to send (the kernel's unsent bytes, or the
-// send queue of one still closing) went down since it was last looked at: a
-// slow reader still taking the reply gets all of it, a peer that reads
-// nothing is cut off.
-func (l *Loop) sweepLinger() {
-	for c := l.lingerHead; c != nil && c.lingerDue <= l.now.UnixNano(); c = l.lingerHead {
-		l.unlinkLinger(c)
-		var u int
-		switch c.state.Load() {
-		case connLingering:
-			u = unsentBytes(int(c.fd)) // the kernel's, once our queue is written
-		case connClosing:
-			if u = c.SendQueueBytes(); u == 0 {
-				l.queueEmptied(c)
-				continue
-			}
-		default:
-			continue
-		}
-		if u > 0 && (c.lingerUnsent < 0 || u < int(c.lingerUnsent)) {
-			c.lingerUnsent = int32(min(u, 1<<31-1))
-			l.listLinger(c)
-			continue
-		}
-		l.closeConn(c, nil)
-	}
-	if l.lingerHead != nil {
-		l.armLinger(time.Unix(0, l.lingerHead.lingerDue))
-	}
+// unschedule takes a stopped timer out of the heap (Timer.Stop).
+func (l *Loop) unschedule(t *Timer) {
+	l.post(task{kind: taskFunc, f: func() { l.timers.remove(t) }})
 }
 
 // Callback wrappers: a panic closes the connection (if any) and is logged.
@@ -853,57 +548,4 @@ func (l *Loop) callFunc(f func()) {
 		}
 	}()
 	f()
-}
-
-// startIdleSweep, every quarter of IdleTimeout, closes the connections that
-// have been silent for longer than IdleTimeout, and aborts those whose close
-// has made no progress for as long (a peer that reads nothing).
-func (l *Loop) startIdleSweep() {
-	idle := l.w.IdleTimeout
-	period := max(idle/4, time.Millisecond)
-	l.addTimer(period, period, func() {
-		limit := l.now.Add(-idle).UnixNano()
-		for _, c := range l.conns {
-			if c == nil || c.lastActive >= limit || c.holds.Load() > 0 || c.flags.Load()&flagDrainWait != 0 {
-				// Held: a reply is being made elsewhere, and will be
-				// sent; the connection is not idle.
-				continue
-			}
-			switch c.state.Load() {
-			case connOpen:
-				c.lastActive = l.now.UnixNano() // the close gets its own IdleTimeout
-				c.Close()
-			case connClosing:
-				c.Abort()
-			}
-		}
-	})
-}
-
-func (l *Loop) stats() LoopStats {
-	return LoopStats{
-		Index:          l.index,
-		Accepted:       l.accepted.Load(),
-		Active:         l.active.Load(),
-		Closed:         l.closedConns.Load(),
-		MessagesIn:     l.messagesIn.Load(),
-		BytesIn:        l.bytesIn.Load(),
-		BytesOut:       l.bytesOut.Load(),
-		Wakeups:        l.wakeups.Load(),
-		EmptyAccepts:   l.emptyAccepts.Load(),
-		SendQueueBytes: l.sendQueued.Load(),
-		Dropped:        l.dropped.Load(),
-		DroppedFull:    l.droppedFull.Load(),
-		ThreadSwitches: l.threadSwitches(),
-	}
-}
-
-// threadSwitches is the voluntary context switches of the loop's thread
-// since the loop started.
-func (l *Loop) threadSwitches() uint64 {
-	tid := l.tid.Load()
-	if tid == 0 {
-		return l.switchFinal.Load()
-	}
-	return threadSwitches(int(tid)) - l.switchBase
 }

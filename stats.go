@@ -88,3 +88,31 @@ func (s Stats) String() string {
 	}
 	return b.String()
 }
+
+func (l *Loop) stats() LoopStats {
+	return LoopStats{
+		Index:          l.index,
+		Accepted:       l.accepted.Load(),
+		Active:         l.active.Load(),
+		Closed:         l.closedConns.Load(),
+		MessagesIn:     l.messagesIn.Load(),
+		BytesIn:        l.bytesIn.Load(),
+		BytesOut:       l.bytesOut.Load(),
+		Wakeups:        l.wakeups.Load(),
+		EmptyAccepts:   l.emptyAccepts.Load(),
+		SendQueueBytes: l.sendQueued.Load(),
+		Dropped:        l.dropped.Load(),
+		DroppedFull:    l.droppedFull.Load(),
+		ThreadSwitches: l.threadSwitches(),
+	}
+}
+
+// threadSwitches is the voluntary context switches of the loop's thread
+// since the loop started.
+func (l *Loop) threadSwitches() uint64 {
+	tid := l.tid.Load()
+	if tid == 0 {
+		return l.switchFinal.Load()
+	}
+	return threadSwitches(int(tid)) - l.switchBase
+}

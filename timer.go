@@ -18,37 +18,6 @@ type Timer struct {
 	stopped atomic.Bool
 }
 
-// AfterFunc runs f on the loop once, after d.
-func (l *Loop) AfterFunc(d time.Duration, f func()) *Timer {
-	return l.schedule(d, 0, f)
-}
-
-// Every runs f on the loop every d (at least a millisecond) until Stop. A
-// run that is late does not make the next one early: runs never pile up.
-func (l *Loop) Every(d time.Duration, f func()) *Timer {
-	return l.schedule(max(d, time.Millisecond), max(d, time.Millisecond), f)
-}
-
-func (l *Loop) schedule(d, period time.Duration, f func()) *Timer {
-	t := &Timer{l: l, period: period, f: f, index: -1}
-	start := time.Now()
-	l.post(task{kind: taskFunc, f: func() {
-		if t.stopped.Load() {
-			return
-		}
-		t.when = start.Add(d)
-		heap.Push(&l.timers, t)
-	}})
-	return t
-}
-
-// addTimer schedules f from the loop goroutine itself.
-func (l *Loop) addTimer(d, period time.Duration, f func()) *Timer {
-	t := &Timer{l: l, when: l.now.Add(d), period: period, f: f, index: -1}
-	heap.Push(&l.timers, t)
-	return t
-}
-
 // Stop keeps the timer from running again. Safe from any goroutine; when
 // called off the loop, a run already under way finishes. It reports whether
 // the timer was still active.
@@ -56,11 +25,7 @@ func (t *Timer) Stop() bool {
 	if t.stopped.Swap(true) {
 		return false
 	}
-	t.l.post(task{kind: taskFunc, f: func() {
-		if t.index >= 0 {
-			heap.Remove(&t.l.timers, t.index)
-		}
-	}})
+	t.l.unschedule(t)
 	return true
 }
 
@@ -88,6 +53,29 @@ func (h *timerHeap) Pop() any {
 	return t
 }
 
+func (h *timerHeap) push(t *Timer) { heap.Push(h, t) }
+
+// remove takes t out, if it is in.
+func (h *timerHeap) remove(t *Timer) {
+	if t.index >= 0 {
+		heap.Remove(h, t.index)
+	}
+}
+
+// arm makes t due at when, or earlier if it already is.
+func (h *timerHeap) arm(t *Timer, when time.Time) {
+	if t.index >= 0 {
+		if when.Before(t.when) {
+			t.when = when
+			heap.Fix(h, t.index)
+		}
+		return
+	}
+	t.stopped.Store(false)
+	t.when = when
+	heap.Push(h, t)
+}
+
 // timeout is how long the poller may sleep, in milliseconds (-1: forever).
 func (h timerHeap) timeout(now time.Time) int {
 	if len(h) == 0 {
@@ -100,15 +88,15 @@ func (h timerHeap) timeout(now time.Time) int {
 	return int((d + time.Millisecond - 1) / time.Millisecond) // round up: never wake early
 }
 
-// run fires the due timers.
-func (h *timerHeap) run(l *Loop) {
+// run fires the timers due at now, each through call.
+func (h *timerHeap) run(now time.Time, call func(func())) {
 	for len(*h) > 0 {
 		t := (*h)[0]
-		if t.when.After(l.now) {
+		if t.when.After(now) {
 			return
 		}
 		if t.period > 0 && !t.stopped.Load() {
-			t.when = l.now.Add(t.period)
+			t.when = now.Add(t.period)
 			heap.Fix(h, 0)
 		} else {
 			heap.Pop(h)
@@ -117,7 +105,7 @@ func (h *timerHeap) run(l *Loop) {
 			if t.period == 0 {
 				t.stopped.Store(true)
 			}
-			l.callFunc(t.f)
+			call(t.f)
 		}
 	}
 }
