@@ -451,7 +451,7 @@ func (p *parser) framing(b []byte, lim *limits) int {
 			}
 		case 10:
 			if equalFold(name, "connection") {
-				forTokens(value, func(t []byte) {
+				forElements(value, func(t []byte) {
 					if equalFold(t, "close") {
 						close = true
 					} else if equalFold(t, "keep-alive") {
@@ -878,8 +878,6 @@ func forElementsAll(v []byte, f func([]byte)) {
 		v = v[i+1:]
 	}
 }
-
-func forTokens(v []byte, f func([]byte)) { forElements(v, f) }
 
 func trimOWS(b []byte) []byte {
 	for len(b) > 0 && (b[0] == ' ' || b[0] == '\t') {

@@ -478,8 +478,13 @@ func (w *ResponseWriter) Status() int { return w.status }
 // ErrContentLength (writing nothing of p, and closing the connection after
 // the response) if the body would exceed a Content-Length set by the
 // handler. In answer to HEAD the bytes are counted (for Content-Length)
-// and dropped.
-func (w *ResponseWriter) Write(p []byte) (int, error) {
+// and dropped. After Async it may wait for the client (see Flush).
+func (w *ResponseWriter) Write(p []byte) (int, error) { return write(w, p) }
+
+// WriteString is Write for a string.
+func (w *ResponseWriter) WriteString(s string) (int, error) { return write(w, s) }
+
+func write[T string | []byte](w *ResponseWriter, p T) (int, error) {
 	if w.cs.closed.Load() {
 		return 0, ErrClosed
 	}
@@ -501,31 +506,6 @@ func (w *ResponseWriter) Write(p []byte) (int, error) {
 		}
 	}
 	return len(p), nil
-}
-
-// WriteString is Write for a string.
-func (w *ResponseWriter) WriteString(s string) (int, error) {
-	if w.cs.closed.Load() {
-		return 0, ErrClosed
-	}
-	w.wroteHeader = true
-	if bodyless(w.status) {
-		return 0, ErrBodyNotAllowed
-	}
-	if !w.fits(len(s)) {
-		return 0, ErrContentLength
-	}
-	if w.head {
-		w.headBytes += int64(len(s))
-		return len(s), nil
-	}
-	w.body = append(w.body, s...)
-	if len(w.body) >= flushThreshold {
-		if err := w.Flush(); err != nil {
-			return 0, err
-		}
-	}
-	return len(s), nil
 }
 
 // Flush sends the header section, if not yet sent, and the body written so
@@ -712,7 +692,7 @@ func (h Header) Add(name, value string) {
 	case 10:
 		if equalFold(name, "connection") {
 			w.userConn = true
-			forTokens([]byte(value), func(t []byte) {
+			forElements([]byte(value), func(t []byte) {
 				if equalFold(t, "close") {
 					w.closeAfter = true
 				}
