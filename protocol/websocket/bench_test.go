@@ -42,7 +42,7 @@ func benchEcho(b *testing.B, msg []byte, dp *deflateParams, fragments int) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		copy(buf, wire) // unmasking works in place
-		c.OnData(nil, buf)
+		c.onData(buf)
 	}
 	if dt.n == 0 {
 		b.Fatal("nothing echoed")

@@ -264,14 +264,19 @@ func (c *Conn) closeTransport(peerDone bool) {
 	}
 }
 
-// OnStart implements herdhttp.StreamStarter: the 101 response has been
-// handed to the connection, so the frames written before it can follow.
-// It runs on the loop.
-func (c *Conn) OnStart(*herd.Conn) { c.start() }
+// stream is the herdhttp.StreamStarter through which the HTTP server hands
+// a connection to its Conn after the 101, so that Conn exports no
+// lifecycle methods an application could call by mistake.
+type stream struct{ c *Conn }
 
-// OnData implements herdhttp.Stream: it parses what the client sent. It
-// runs on the loop.
-func (c *Conn) OnData(_ *herd.Conn, data []byte) {
+// OnStart: the 101 response has been handed to the connection, so the
+// frames written before it can follow. On the loop.
+func (s stream) OnStart(*herd.Conn)               { s.c.start() }
+func (s stream) OnData(_ *herd.Conn, data []byte) { s.c.onData(data) }
+func (s stream) OnClose(*herd.Conn)               { s.c.onClosed() }
+
+// onData parses what the client sent. On the loop.
+func (c *Conn) onData(data []byte) {
 	if !c.started.Load() {
 		// Input reaches the stream only after the response went out.
 		c.start()
@@ -285,11 +290,11 @@ func (c *Conn) OnData(_ *herd.Conn, data []byte) {
 	}
 }
 
-// OnClose implements herdhttp.Stream: the TCP connection has closed. It
-// runs the Server's OnClose with the close code: the peer's (1005 if its
-// close frame had none), the one the server failed the connection with, or
-// 1006 if the connection ended without a close frame.
-func (c *Conn) OnClose(_ *herd.Conn) {
+// onClosed runs once the TCP connection has closed: it runs the Server's
+// OnClose with the close code: the peer's (1005 if its close frame had
+// none), the one the server failed the connection with, or 1006 if the
+// connection ended without a close frame.
+func (c *Conn) onClosed() {
 	c.wmu.Lock()
 	c.closed = true
 	c.pending = nil

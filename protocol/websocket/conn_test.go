@@ -16,8 +16,8 @@ func closedWith(t *testing.T, s *Server, stream []byte) ([]serverFrame, *fakeTra
 	var reason string
 	s.OnClose = func(c *Conn, cd StatusCode, r string) { code, reason = cd, r }
 	c, ft := testConn(s, nil)
-	c.OnData(nil, append([]byte(nil), stream...))
-	c.OnClose(nil) // herd would call it once the transport closed
+	c.onData(append([]byte(nil), stream...))
+	c.onClosed() // herd would call it once the transport closed
 	return parseServerFrames(t, ft.take()), ft, code, reason
 }
 
@@ -76,7 +76,7 @@ func TestPingPongAndEcho(t *testing.T) {
 		clientFrame(true, 0, OpBinary, []byte{0, 1, 2}),
 	)
 	for i := range stream { // byte by byte
-		c.OnData(nil, stream[i:i+1])
+		c.onData(stream[i : i+1])
 	}
 	frames := parseServerFrames(t, ft.take())
 	want := []serverFrame{
@@ -139,7 +139,7 @@ func TestServerInitiatedClose(t *testing.T) {
 		t.Fatal("closed before the peer answered")
 	}
 	// The peer sends a message, a ping, then its close.
-	c.OnData(nil, cat(text("in flight"), clientFrame(true, 0, OpPing, nil), closeFrameFor(1001, "ok")))
+	c.onData(cat(text("in flight"), clientFrame(true, 0, OpPing, nil), closeFrameFor(1001, "ok")))
 	if delivered != 0 {
 		t.Fatal("message delivered after Close")
 	}
@@ -149,7 +149,7 @@ func TestServerInitiatedClose(t *testing.T) {
 	if !ft.closed || !ft.noLinger {
 		t.Fatalf("after the peer's close: closed %v, without linger %v; want both", ft.closed, ft.noLinger)
 	}
-	c.OnClose(nil)
+	c.onClosed()
 	if code != 1001 || reason != "ok" {
 		t.Fatalf("OnClose %d %q", code, reason)
 	}

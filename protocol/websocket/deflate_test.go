@@ -127,7 +127,7 @@ func TestDeflateRoundTrip(t *testing.T) {
 		if wire*2 > total {
 			t.Errorf("poor compression: %d of %d bytes", wire, total)
 		}
-		c.OnClose(nil)
+		c.onClosed()
 	}
 }
 

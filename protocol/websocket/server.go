@@ -199,7 +199,7 @@ func (s *Server) Upgrade(w *herdhttp.ResponseWriter, r *herdhttp.Request) bool {
 	c := s.newConn(hc, hc, sub, dp)
 	// Frames written from now on wait in c until the 101 has gone out
 	// (after any earlier pipelined response still open): OnStart.
-	w.Upgrade(c)
+	w.Upgrade(stream{c})
 	if s.OnOpen != nil {
 		s.OnOpen(c, r)
 	}
