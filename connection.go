@@ -47,13 +47,13 @@ type Conn struct {
 	peer        peerAddr
 
 	// Owned by the loop goroutine.
-	in         []byte // the start of a packet not yet complete
-	lastActive int64  // loop clock (unix nanoseconds) of the last read or write progress
+	h          Handler // takes input and the close instead of the protocol, if set
+	in         []byte  // the start of a packet not yet complete
+	lastActive int64   // loop clock (unix nanoseconds) of the last read or write progress
 	// The loop's list of lingering connections, in the order of lingerDue.
 	lingerPrev, lingerNext *Conn
 	lingerDue              int64 // loop clock (unix nanoseconds) to look at the connection again
 	lingerUnsent           int32 // kernel's unsent bytes at the last look, or -1
-	lastDropReport         int64 // loop clock of the last report of drops (reportDrops)
 
 	// state is written under mu and read anywhere.
 	state atomic.Int32
@@ -71,20 +71,36 @@ type Conn struct {
 	// holds counts Holds not yet Released.
 	holds atomic.Int32
 
-	mu         sync.Mutex    // guards what follows, and writes to fd
-	q          *sendQueue    // what waits to be written; nil when nothing does
-	writable   chan struct{} // closed when the queue goes below the high mark (WaitWritable)
-	readOn     bool          // the poller watches reads
-	writeOn    bool          // the poller watches writes
-	userPaused bool          // PauseRecv
-	bpPaused   bool          // paused above the high mark (Write, or Backpressure)
-	drainStop  bool          // a graceful stop waits for a Release: no more input
-	full       bool          // OnBufferFull fired; OnBufferDrain pending
-	peerClosed bool          // the peer ended its side (EOF)
+	mu         sync.Mutex // guards what follows, and writes to fd
+	q          *sendQueue // what waits to be written; nil when nothing does
+	readOn     bool       // the poller watches reads
+	writeOn    bool       // the poller watches writes
+	userPaused bool       // PauseRecv
+	bpPaused   bool       // paused above the high mark (Write, or Backpressure)
+	drainStop  bool       // a graceful stop waits for a Release: no more input
+	full       bool       // OnBufferFull fired; OnBufferDrain pending
+	peerClosed bool       // the peer ended its side (EOF)
 	// lingerListed is owned by the loop; it sits here to keep Conn in a
 	// smaller allocation class (an idle connection's whole cost).
 	lingerListed bool
-	ctx          any
+	// rare holds what few connections need, so that an idle one does not
+	// pay for it; allocated on first use.
+	rare *connRare
+}
+
+// connRare is the part of a Conn that few connections use.
+type connRare struct {
+	ctx            any           // SetContext (under mu)
+	writable       chan struct{} // closed when the queue goes below the high mark (WaitWritable; under mu)
+	lastDropReport int64         // loop clock of the last report of drops (reportDrops; loop-owned)
+}
+
+// rareLocked returns c.rare, allocating it; under mu.
+func (c *Conn) rareLocked() *connRare {
+	if c.rare == nil {
+		c.rare = new(connRare)
+	}
+	return c.rare
 }
 
 // Conn.flags bits.
@@ -102,6 +118,26 @@ const (
 	connLingering       // our side shut down for writing; waiting for the peer's end
 	connClosed          // the descriptor is closed
 )
+
+// Handler takes over a connection's input and its end from the Worker's
+// Protocol and OnMessage: it is how a protocol that keeps state per
+// connection (HTTP, WebSocket) attaches that state to the Conn the loop
+// owns. Its methods run on the connection's loop, and a panic in them
+// closes the connection as one in a callback does.
+type Handler interface {
+	// OnData receives what one read returned; data is valid only during
+	// the call.
+	OnData(c *Conn, data []byte)
+	// OnClose runs once the connection has closed, before the Worker's
+	// OnClose.
+	OnClose(c *Conn)
+}
+
+// SetHandler hands the connection's input and its end to h from the next
+// read on; nil gives them back to the Worker's Protocol and OnMessage.
+// Unlike the other methods, it may only be called on the connection's loop
+// (from OnConnect or another callback).
+func (c *Conn) SetHandler(h Handler) { c.h = h }
 
 // ID is unique among the connections of a Worker.
 func (c *Conn) ID() uint64 { return c.id }
@@ -131,13 +167,16 @@ func (c *Conn) LocalAddr() net.Addr {
 func (c *Conn) Context() any {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.ctx
+	if c.rare == nil {
+		return nil
+	}
+	return c.rare.ctx
 }
 
 // SetContext stores one value of the application's with the connection.
 func (c *Conn) SetContext(v any) {
 	c.mu.Lock()
-	c.ctx = v
+	c.rareLocked().ctx = v
 	c.mu.Unlock()
 }
 
@@ -206,10 +245,11 @@ func (c *Conn) WaitWritable(ctx context.Context) error {
 			c.mu.Unlock()
 			return nil
 		}
-		if c.writable == nil {
-			c.writable = make(chan struct{})
+		r := c.rareLocked()
+		if r.writable == nil {
+			r.writable = make(chan struct{})
 		}
-		ch := c.writable
+		ch := r.writable
 		c.mu.Unlock()
 		select {
 		case <-ch:
@@ -221,9 +261,9 @@ func (c *Conn) WaitWritable(ctx context.Context) error {
 
 // wakeWritersLocked wakes the goroutines in WaitWritable.
 func (c *Conn) wakeWritersLocked() {
-	if c.writable != nil {
-		close(c.writable)
-		c.writable = nil
+	if r := c.rare; r != nil && r.writable != nil {
+		close(r.writable)
+		r.writable = nil
 	}
 }
 

@@ -143,6 +143,10 @@ func (l *Loop) closeConn(c *Conn, err error) {
 	if err != nil && !errors.Is(err, unix.ECONNRESET) && !errors.Is(err, unix.EPIPE) {
 		l.callError(c, err)
 	}
+	if h := c.h; h != nil {
+		c.h = nil
+		l.callConn(h.OnClose, c)
+	}
 	if l.w.OnClose != nil {
 		l.callConn(l.w.OnClose, c)
 	}
@@ -350,14 +354,17 @@ func (l *Loop) reportDrops(c *Conn) {
 		c.dropsPending.Store(0)
 		return
 	}
-	if wait := time.Duration(c.lastDropReport + int64(dropReportInterval) - l.now.UnixNano()); wait > 0 {
+	c.mu.Lock()
+	r := c.rareLocked()
+	c.mu.Unlock()
+	if wait := time.Duration(r.lastDropReport + int64(dropReportInterval) - l.now.UnixNano()); wait > 0 {
 		// Too soon: report later, with whatever accumulates meanwhile
 		// (dropsPending stays above zero, so Send posts no more tasks).
 		l.addTimer(wait, 0, func() { l.reportDrops(c) })
 		return
 	}
 	if n := c.dropsPending.Swap(0); n > 0 {
-		c.lastDropReport = l.now.UnixNano()
+		r.lastDropReport = l.now.UnixNano()
 		l.callError(c, fmt.Errorf("%w (%d message(s))", ErrSendBufferFull, n))
 	}
 }

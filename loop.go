@@ -367,6 +367,11 @@ func readFd(fd int, b []byte) (int, error) {
 // loop's read buffer: a packet that is not complete is copied to the
 // connection's own buffer, the rest is used in place.
 func (l *Loop) deliver(c *Conn, data []byte) {
+	if c.h != nil {
+		l.messagesIn.Add(1)
+		l.callHandler(c, data)
+		return
+	}
 	p := l.w.proto
 	if p == nil {
 		l.messagesIn.Add(1)
@@ -494,6 +499,15 @@ func (l *Loop) recovered(c *Conn, r any) {
 	if c != nil {
 		l.closeConn(c, err)
 	}
+}
+
+func (l *Loop) callHandler(c *Conn, data []byte) {
+	defer func() {
+		if r := recover(); r != nil {
+			l.recovered(c, r)
+		}
+	}()
+	c.h.OnData(c, data)
 }
 
 func (l *Loop) callMessage(c *Conn, msg []byte) {
