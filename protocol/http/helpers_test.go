@@ -31,7 +31,10 @@ type fakeConn struct {
 	pauses   int
 	sends    int // Write calls
 	tasks    []func()
+	handler  herd.Handler // set by an upgrade: the reads after it go there
 }
+
+func (f *fakeConn) SetHandler(h herd.Handler) { f.handler = h }
 
 func (f *fakeConn) Write(b []byte) (int, error) {
 	f.mu.Lock()
@@ -115,7 +118,11 @@ func newHarness(t testing.TB, s *Server) *harness {
 // write to), then runs what was posted.
 func (h *harness) feed(b []byte) {
 	buf := append([]byte(nil), b...)
-	h.cs.onData(buf)
+	if h.f.handler != nil {
+		h.f.handler.OnData(nil, buf)
+	} else {
+		h.cs.onData(buf)
+	}
 	for i := range buf {
 		buf[i] = 0xAA // the read buffer is reused: nothing may keep it
 	}
@@ -123,6 +130,15 @@ func (h *harness) feed(b []byte) {
 }
 
 func (h *harness) feedString(s string) { h.feed([]byte(s)) }
+
+// close is herd closing the connection: the handler it has hears of it.
+func (h *harness) close() {
+	if h.f.handler != nil {
+		h.f.handler.OnClose(nil)
+	} else {
+		h.cs.OnClose(nil)
+	}
+}
 
 // run runs the functions posted to the "loop".
 func (h *harness) run() {

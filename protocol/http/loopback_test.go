@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/seed358e4494/herd"
+	"github.com/seed358e4494/herd/protocol"
 )
 
 func newClient() *nethttp.Client {
@@ -365,8 +366,8 @@ func TestBridgeQueueFull(t *testing.T) {
 }
 
 func TestAttachErrors(t *testing.T) {
-	if err := (&Server{}).Attach(&herd.Worker{Addr: "text://127.0.0.1:0"}); err == nil {
-		t.Fatal("text:// accepted")
+	if err := (&Server{}).Attach(&herd.Worker{Addr: "tcp://127.0.0.1:0", Protocol: protocol.Text{}}); err == nil {
+		t.Fatal("a Worker with a Protocol accepted")
 	}
 	w := &herd.Worker{Addr: "tcp://127.0.0.1:0"}
 	w.OnMessage = func(*herd.Conn, []byte) {}
@@ -379,6 +380,33 @@ func TestAttachErrors(t *testing.T) {
 	}
 	if err := s.Attach(&herd.Worker{Addr: "tcp://127.0.0.1:0"}); err != ErrAttached {
 		t.Fatal(err)
+	}
+}
+
+// Attach leaves the Worker's OnConnect and OnClose to the application, for
+// its bookkeeping: both run for every HTTP connection.
+func TestAttachKeepsBookkeeping(t *testing.T) {
+	var opened, closed atomic.Int32
+	w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 1, Logger: quietLogger(),
+		OnConnect: func(*herd.Conn) { opened.Add(1) },
+		OnClose:   func(*herd.Conn) { closed.Add(1) }}
+	addr := serveOn(t, &Server{Handler: echoHandler}, w)
+	cl := newClient()
+	for i := 0; i < 3; i++ {
+		resp, err := cl.Get("http://" + addr + "/x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		cl.CloseIdleConnections()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for closed.Load() < 3 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if opened.Load() != 3 || closed.Load() != 3 {
+		t.Errorf("OnConnect ran %d times, OnClose %d; want 3 and 3", opened.Load(), closed.Load())
 	}
 }
 

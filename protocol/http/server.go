@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -83,22 +82,24 @@ var (
 	ErrAttached = errors.New("http: server already attached to a worker")
 )
 
-// Attach makes w serve HTTP with s: it installs w.OnConnect, w.OnMessage
-// and w.OnClose, and chains w.OnWorkerStart (s's part runs first) to start
-// one timeout sweep per loop. w must be in raw mode: Attach fails if
-// w.Protocol is set, if w.Addr names a protocol (text://, frame://), or if
-// any of those three callbacks is set already. A Server serves one Worker.
+// Attach makes w serve HTTP with s: each connection the worker accepts is
+// handed to s (herd.Conn.SetHandler) before w.OnConnect, which stays the
+// application's, as w.OnClose does (for bookkeeping: counting, a
+// registry); and w.OnWorkerStart is chained (s's part runs first) to start
+// one timeout sweep per loop. The server takes each connection's raw
+// stream, so Attach fails if w.Protocol is set, or w.OnMessage (it would
+// never run). A Server serves one Worker.
 func (s *Server) Attach(w *herd.Worker) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.attached {
 		return ErrAttached
 	}
-	if w.Protocol != nil || strings.HasPrefix(w.Addr, "text://") || strings.HasPrefix(w.Addr, "frame://") {
-		return errors.New("http: the worker must not have a Protocol (use a tcp:// or unix:// address)")
+	if w.Protocol != nil {
+		return errors.New("http: the worker must not have a Protocol: the server reads the raw stream")
 	}
-	if w.OnConnect != nil || w.OnMessage != nil || w.OnClose != nil {
-		return errors.New("http: the worker's OnConnect, OnMessage or OnClose is already set")
+	if w.OnMessage != nil {
+		return errors.New("http: the worker's OnMessage is set, and would never run: the server takes every connection's input")
 	}
 	if s.MaxHeaderBytes < 0 || s.MaxBodyBytes < 0 {
 		return fmt.Errorf("http: MaxHeaderBytes and MaxBodyBytes must not be negative")
@@ -123,9 +124,13 @@ func (s *Server) Attach(w *herd.Worker) error {
 			prev(l)
 		}
 	}
-	w.OnConnect = s.onConnect
-	w.OnMessage = s.onMessage
-	w.OnClose = s.onClose
+	app := w.OnConnect
+	w.OnConnect = func(c *herd.Conn) {
+		s.onConnect(c)
+		if app != nil {
+			app(c)
+		}
+	}
 	return nil
 }
 
@@ -168,16 +173,16 @@ func (s *Server) logger() *slog.Logger {
 	return slog.Default()
 }
 
-// loopState is the server's part of one loop: its connections and the
-// timeout sweep. Only the loop goroutine touches it.
+// loopState is the server's part of one loop: the connections its timeout
+// sweep looks at. Only the loop goroutine touches it.
 type loopState struct {
 	s     *Server
 	loop  *herd.Loop
-	conns map[uint64]*conn
+	conns []*conn // each knows its slot
 }
 
 func (s *Server) startLoop(l *herd.Loop) {
-	ls := &loopState{s: s, loop: l, conns: make(map[uint64]*conn)}
+	ls := &loopState{s: s, loop: l}
 	s.mu.Lock()
 	var loops []*loopState
 	if p := s.loops.Load(); p != nil {
@@ -210,6 +215,7 @@ func (s *Server) loopState(l *herd.Loop) *loopState {
 	return nil
 }
 
+// onConnect attaches the server's state to a new connection.
 func (s *Server) onConnect(c *herd.Conn) {
 	ls := s.loopState(c.Loop())
 	if ls == nil {
@@ -217,35 +223,52 @@ func (s *Server) onConnect(c *herd.Conn) {
 		return
 	}
 	cs := s.newConn(c, c, nil)
-	ls.conns[c.ID()] = cs
+	ls.add(cs)
+	c.SetHandler(cs)
 }
 
-func (s *Server) onMessage(c *herd.Conn, data []byte) {
-	if ls := s.loopState(c.Loop()); ls != nil {
-		if cs := ls.conns[c.ID()]; cs != nil {
-			cs.onData(data)
-		}
-	}
+func (ls *loopState) add(cs *conn) {
+	cs.ls, cs.slot = ls, len(ls.conns)
+	ls.conns = append(ls.conns, cs)
 }
 
-func (s *Server) onClose(c *herd.Conn) {
-	if ls := s.loopState(c.Loop()); ls != nil {
-		if cs := ls.conns[c.ID()]; cs != nil {
-			delete(ls.conns, c.ID())
-			cs.onClose()
-		}
+// remove takes cs off the sweep's list (it closed, or was upgraded).
+func (ls *loopState) remove(cs *conn) {
+	if cs.ls != ls {
+		return
 	}
+	last := ls.conns[len(ls.conns)-1]
+	ls.conns[cs.slot], last.slot = last, cs.slot
+	ls.conns[len(ls.conns)-1] = nil
+	ls.conns = ls.conns[:len(ls.conns)-1]
+	cs.ls = nil
+}
+
+// OnData implements herd.Handler: one read's worth of input.
+func (cs *conn) OnData(_ *herd.Conn, data []byte) { cs.onData(data) }
+
+// OnClose implements herd.Handler: the connection has closed.
+func (cs *conn) OnClose(*herd.Conn) {
+	if cs.ls != nil {
+		cs.ls.remove(cs)
+	}
+	cs.onClose()
 }
 
 func (ls *loopState) sweep() {
 	now := nowNano()
-	for _, cs := range ls.conns {
-		cs.checkTimeouts(now)
+	// Backwards: a connection that closes on the way leaves the list (the
+	// last one takes its slot), and none is skipped.
+	for i := len(ls.conns) - 1; i >= 0; i-- {
+		if i < len(ls.conns) {
+			ls.conns[i].checkTimeouts(now)
+		}
 	}
 }
 
 // transport is what a conn needs of a *herd.Conn; tests substitute it.
 type transport interface {
+	SetHandler(h herd.Handler)
 	Write(b []byte) (int, error)
 	WaitWritable(ctx context.Context) error
 	SendQueueBytes() int
@@ -274,6 +297,8 @@ func (cs *conn) loopNow() time.Time {
 type conn struct {
 	s    *Server
 	lim  *limits
+	ls   *loopState // the sweep's list it is on, at slot; nil once off it
+	slot int
 	t    transport
 	hc   *herd.Conn
 	post func(func()) bool // nil: hc's loop's Post
@@ -328,10 +353,6 @@ func (cs *conn) postf(f func()) bool {
 
 // onData takes one read's worth of input.
 func (cs *conn) onData(data []byte) {
-	if cs.stream != nil {
-		cs.stream.OnData(cs.hc, data)
-		return
-	}
 	if cs.upgrading != nil {
 		cs.in = append(cs.in, data...)
 		return
@@ -593,6 +614,10 @@ func (cs *conn) resume() {
 func (cs *conn) switchStream(s Stream) {
 	cs.stream = s
 	cs.upgrading = nil
+	if cs.ls != nil {
+		cs.ls.remove(cs) // no more HTTP timeouts
+	}
+	cs.t.SetHandler(s) // the next reads go to s, past this package
 	rest := cs.in
 	cs.in = nil
 	cs.held.Store(false)
@@ -687,7 +712,7 @@ func (cs *conn) onClose() {
 	cs.in = nil
 	switch {
 	case cs.stream != nil:
-		cs.stream.OnClose(cs.hc)
+		// The stream has its own OnClose, which herd calls.
 	case cs.upgrading != nil:
 		// Closed before the 101 could go out: the Stream still hears of it.
 		cs.upgrading.OnClose(cs.hc)

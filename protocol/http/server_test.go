@@ -323,7 +323,7 @@ func TestUpgrade(t *testing.T) {
 	if string(st.data) != "abcGET / HTTP/1.1\r\n" {
 		t.Fatalf("stream got %q", st.data)
 	}
-	h.cs.onClose()
+	h.close()
 	if !st.closed {
 		t.Fatal("OnClose not called")
 	}
