@@ -2,14 +2,17 @@ package herd_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/seed358e4494/herd"
+	"github.com/seed358e4494/herd/protocol"
 )
 
 // A text-protocol echo server on two loops, and one client talking to it.
@@ -218,4 +221,95 @@ func ExampleConn_WaitWritable() {
 	n, err := io.Copy(io.Discard, conn)
 	fmt.Println(n, err)
 	// Output: 1048576 <nil>
+}
+
+// A Worker: the address (its scheme picks the protocol), the loops and how
+// connections reach them, the callbacks; Stats tells how the work spread.
+func ExampleWorker() {
+	w := &herd.Worker{
+		Name:   "upper",
+		Addr:   "text://127.0.0.1:0", // newline-delimited messages
+		Count:  2,                    // event loops (0: one per CPU)
+		Accept: herd.AcceptRoundRobin,
+		OnMessage: func(c *herd.Conn, msg []byte) {
+			c.Send(bytes.ToUpper(msg))
+		},
+	}
+	if err := w.Listen(); err != nil {
+		fmt.Println(err)
+		return
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- w.Run(ctx) }()
+
+	for _, word := range []string{"one", "two"} {
+		conn, _ := net.Dial("tcp", w.ListenAddr().String())
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintln(conn, word)
+		line, _ := bufio.NewReader(conn).ReadString('\n')
+		fmt.Print(line)
+		conn.Close()
+	}
+	st := w.Stats()
+	fmt.Println(st.Mode, len(st.Loops), "loops, accepted:", st.Loops[0].Accepted, st.Loops[1].Accepted)
+	stop()
+	fmt.Println(<-done)
+	// Output:
+	// ONE
+	// TWO
+	// round-robin 2 loops, accepted: 1 1
+	// <nil>
+}
+
+// A broadcast: the connections are kept in OnConnect and OnClose, and a
+// message is encoded once (here with the Frame protocol) and written as it
+// is to each receiver with SendRaw, from any goroutine.
+func Example_broadcast() {
+	var mu sync.Mutex
+	conns := map[*herd.Conn]bool{}
+	joined := make(chan struct{}, 3)
+	w := &herd.Worker{Addr: "frame://127.0.0.1:0", Count: 2,
+		OnConnect: func(c *herd.Conn) {
+			mu.Lock()
+			conns[c] = true
+			mu.Unlock()
+			joined <- struct{}{}
+		},
+		OnClose: func(c *herd.Conn) {
+			mu.Lock()
+			delete(conns, c)
+			mu.Unlock()
+		},
+	}
+	w.Listen()
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	go w.Run(ctx)
+
+	var clients []net.Conn
+	for i := 0; i < 3; i++ {
+		c, _ := net.Dial("tcp", w.ListenAddr().String())
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		defer c.Close()
+		clients = append(clients, c)
+		<-joined
+	}
+
+	frame := protocol.Frame{}.Encode(nil, []byte("news for all")) // encoded once
+	mu.Lock()
+	for c := range conns {
+		c.SendRaw(frame)
+	}
+	mu.Unlock()
+
+	for _, c := range clients {
+		var buf [16]byte
+		n, _ := io.ReadFull(c, buf[:len(frame)])
+		fmt.Printf("%q\n", protocol.Frame{}.Decode(buf[:n]))
+	}
+	// Output:
+	// "news for all"
+	// "news for all"
+	// "news for all"
 }

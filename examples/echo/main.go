@@ -6,7 +6,10 @@
 // Run it and talk to it:
 //
 //	go run ./examples/echo -addr text://127.0.0.1:9000 -count 4 -mode reuseport
-//	nc 127.0.0.1 9000        # type lines; each comes back
+//	go run ./examples/echo -dial 127.0.0.1:9000   # in another terminal: type lines; each comes back
+//
+// (-dial is a minimal client, for machines without nc or telnet: it sends
+// what you type and prints what comes back.)
 //
 // The address scheme picks the protocol: tcp:// echoes raw reads, text://
 // echoes lines, frame:// echoes Workerman frames (4-byte big-endian total
@@ -21,9 +24,11 @@
 // connections out).
 //
 // Send SIGUSR1 to print the per-loop stats table (connections, messages,
-// bytes and wake-ups per loop, and a fairness index) without stopping:
+// bytes and wake-ups per loop, and a fairness index) without stopping; the
+// second line of output gives the command with the server's PID (under go
+// run, $! is the go tool's PID, not the server's):
 //
-//	kill -USR1 $(pgrep -n echo)
+//	kill -USR1 <pid>
 //
 // SIGINT or SIGTERM stops the server gracefully (a second one at once); the
 // stats table is printed once more on the way out.
@@ -36,6 +41,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -47,6 +53,13 @@ import (
 )
 
 func main() {
+	if len(os.Args) == 3 && (os.Args[1] == "-dial" || os.Args[1] == "--dial") {
+		if err := dial(os.Args[2], os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "echo:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr)
 	switch {
 	case err == nil:
@@ -112,6 +125,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	mu.Lock()
 	fmt.Fprintf(stdout, "echo: listening on %s\n", listenURL(w))
+	fmt.Fprintf(stdout, "echo: pid %d; per-loop table: kill -USR1 %d\n", os.Getpid(), os.Getpid())
 	mu.Unlock()
 	err = herd.RunAll(ctx, w)
 	close(done)
@@ -197,4 +211,28 @@ func listenURL(w *herd.Worker) string {
 		return w.Addr
 	}
 	return addrScheme(w.Addr) + "://" + a.String()
+}
+
+// dial is the -dial client: it connects to addr (host:port, or a Unix
+// socket path), sends what in gives, and copies what comes back to out
+// until the server closes or in ends (then it half-closes and waits for
+// the rest of the answers).
+func dial(addr string, in io.Reader, out io.Writer) error {
+	network := "tcp"
+	if strings.HasPrefix(addr, "/") {
+		network = "unix"
+	}
+	c, err := net.Dial(network, addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	go func() {
+		io.Copy(c, in)
+		if cw, ok := c.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+		}
+	}()
+	_, err = io.Copy(out, c)
+	return err
 }

@@ -429,3 +429,27 @@ func TestEchoDropsLogOncePerSecond(t *testing.T) {
 		t.Errorf("%d drop log lines in %v; want 1 to %d\n%s", lines, elapsed, int(elapsed/time.Second)+2, s.stderr)
 	}
 }
+
+// The -dial client: what it reads goes to the server, the echoes come back,
+// and it ends once its input ends and the server has answered.
+func TestDialClient(t *testing.T) {
+	s := startServer(t, "-addr", "text://127.0.0.1:0", "-count", "1")
+	_, addr, _ := strings.Cut(s.url, "://")
+	var out bytes.Buffer
+	done := make(chan error, 1)
+	go func() { done <- dial(addr, strings.NewReader("one\ntwo\n"), &out) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("dial did not end")
+	}
+	if out.String() != "one\ntwo\n" {
+		t.Errorf("got %q", out.String())
+	}
+	if !strings.Contains(s.stdout.String(), fmt.Sprintf("echo: pid %d;", os.Getpid())) {
+		t.Errorf("no pid line in %q", s.stdout.String())
+	}
+}
