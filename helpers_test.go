@@ -13,8 +13,10 @@ import (
 	"log/slog"
 	"net"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -292,4 +294,78 @@ var listenModes = []struct {
 	{"reuseport", true, AcceptShared},
 	{"round-robin", false, AcceptRoundRobin},
 	{"least-conns", false, AcceptLeastConns},
+}
+
+// acceptedConn returns the next server-side connection reported by
+// OnConnect through ch.
+func acceptedConn(t testing.TB, ch <-chan *Conn) *Conn {
+	t.Helper()
+	select {
+	case c := <-ch:
+		return c
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no connection reached OnConnect within 10s")
+		return nil
+	}
+}
+
+// loopsOf waits until every loop of w ran OnWorkerStart (reported through
+// started) and returns them.
+func loopsOf(t testing.TB, w *Worker, started *atomic.Int32) []*Loop {
+	t.Helper()
+	waitFor(t, 10*time.Second, "OnWorkerStart on every loop", func() bool {
+		return int(started.Load()) == w.Count
+	})
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.loops)
+}
+
+// dataMsg is the message number i of sender g in TestSendConcurrentFromGoroutines:
+// its length varies and every byte depends on g and i, so that a torn or
+// interleaved frame does not parse back.
+func dataMsg(g, i int) []byte {
+	head := fmt.Sprintf("d %d %d ", g, i)
+	n := (i*37 + g*11) % 80
+	b := make([]byte, 0, len(head)+n)
+	b = append(b, head...)
+	for k := 0; k < n; k++ {
+		b = append(b, byte('a'+(g+i+k)%26))
+	}
+	return b
+}
+
+// errorLog collects the errors given to OnError.
+type errorLog struct {
+	mu   sync.Mutex
+	errs []error
+}
+
+func (e *errorLog) add(c *Conn, err error) {
+	e.mu.Lock()
+	e.errs = append(e.errs, err)
+	e.mu.Unlock()
+}
+
+func (e *errorLog) list() []error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]error(nil), e.errs...)
+}
+
+// waitError waits until the n-th error (counting from 1) arrives and returns it.
+func (e *errorLog) wait(t testing.TB, n int) error {
+	t.Helper()
+	waitFor(t, 10*time.Second, fmt.Sprintf("OnError call %d", n), func() bool { return len(e.list()) >= n })
+	return e.list()[n-1]
+}
+
+// offsetPayload is n bytes whose value depends on their offset, so that a
+// lost, repeated or reordered stretch does not compare equal.
+func offsetPayload(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i%251) ^ byte(i>>16)
+	}
+	return b
 }

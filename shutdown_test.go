@@ -11,6 +11,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -354,5 +355,136 @@ func TestShutdownWaitsForHold(t *testing.T) {
 	cl.Close()
 	if err := <-stopped; err != nil {
 		t.Fatalf("Shutdown: %v", err)
+	}
+}
+
+// Regression: a second Shutdown on a worker that never ran closed a nil
+// channel and panicked.
+func TestShutdownTwiceNeverRan(t *testing.T) {
+	t.Parallel()
+	shutdownTwice := func(t *testing.T, w *Worker) {
+		t.Helper()
+		for i := 1; i <= 2; i++ {
+			err, panicked := func() (err error, p any) {
+				defer func() { p = recover() }()
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				return w.Shutdown(ctx), nil
+			}()
+			if panicked != nil {
+				t.Fatalf("Shutdown %d panicked: %v", i, panicked)
+			}
+			if err != nil {
+				t.Errorf("Shutdown %d: %v", i, err)
+			}
+		}
+	}
+	t.Run("new", func(t *testing.T) {
+		shutdownTwice(t, &Worker{Addr: "tcp://127.0.0.1:0", Logger: quietLogger()})
+	})
+	t.Run("listened", func(t *testing.T) {
+		w := &Worker{Addr: "tcp://127.0.0.1:0", Count: 1, Logger: quietLogger()}
+		if err := w.Listen(); err != nil {
+			t.Fatal(err)
+		}
+		shutdownTwice(t, w)
+	})
+	for _, addr := range []string{"udp://127.0.0.1:0", "tcp://127.0.0.1:notaport"} {
+		t.Run("run failed "+addr, func(t *testing.T) {
+			w := &Worker{Addr: addr, Count: 1, Logger: quietLogger()}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := w.Run(ctx); err == nil {
+				t.Fatalf("Run(%q) succeeded", addr)
+			}
+			shutdownTwice(t, w)
+			if err := w.Run(ctx); !errors.Is(err, ErrWorkerClosed) {
+				t.Errorf("Run after Shutdown: got %v, want ErrWorkerClosed", err)
+			}
+		})
+	}
+}
+
+// Regression: during a graceful stop the listening socket stayed open until
+// Run returned. The kernel kept completing handshakes that no loop would
+// ever accept: a client connected and then hung. The listener now closes as
+// soon as draining starts, so new connections are refused.
+func TestDrainRefusesNewConns(t *testing.T) {
+	t.Parallel()
+	for _, m := range listenModes {
+		t.Run(m.name, func(t *testing.T) {
+			t.Parallel()
+			w := &Worker{
+				Addr:        "text://127.0.0.1:0",
+				Count:       2,
+				Accept:      m.accept,
+				ReusePort:   m.reusePort,
+				StopTimeout: 10 * time.Second, // the held connection outlives the test's checks
+				OnMessage:   textEcho,
+			}
+			r := startWorker(t, w)
+			held := r.dial(t)
+			hbr := bufio.NewReader(held)
+			echoLine(t, held, hbr, "hold the drain open")
+
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			defer cancel()
+			shut := make(chan error, 1)
+			go func() { shut <- w.Shutdown(ctx) }()
+
+			// Wait (bounded) until the listener is gone.
+			deadline := time.Now().Add(3 * time.Second)
+			var err error
+			for {
+				var c net.Conn
+				c, err = net.DialTimeout("tcp", r.addr, time.Second)
+				if err == nil {
+					c.Close()
+				} else if errors.Is(err, syscall.ECONNREFUSED) {
+					break
+				}
+				// Else a handshake caught by the listener's closing
+				// (reset): try again.
+				if time.Now().After(deadline) {
+					break
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			if err == nil {
+				t.Errorf("%s: connections to %s are still accepted by the kernel 3s into a graceful stop", m.name, r.addr)
+			} else if !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Errorf("%s: dial during the drain: %v, want connection refused", m.name, err)
+			}
+			if c, err := net.DialTimeout("tcp", r.addr, time.Second); err == nil {
+				c.Close()
+				t.Errorf("%s: a new connection during the drain was accepted", m.name)
+			} else if !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Errorf("%s: dial during the drain: %v, want connection refused", m.name, err)
+			}
+			select {
+			case err := <-shut:
+				t.Fatalf("Shutdown returned (%v) while a connection held the drain", err)
+			default:
+			}
+
+			// The held connection is answered with the end of the stream;
+			// closing our side ends the drain.
+			held.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if b, err := hbr.ReadByte(); err != io.EOF {
+				t.Errorf("held connection: got %q, %v; want EOF", b, err)
+			}
+			held.Close()
+			select {
+			case err := <-shut:
+				if err != nil {
+					t.Errorf("Shutdown: %v", err)
+				}
+			case <-time.After(15 * time.Second):
+				t.Fatal("Shutdown did not return after the held connection closed")
+			}
+			if err := r.wait(t); err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		})
 	}
 }
