@@ -7,6 +7,7 @@ package herdtest
 
 import (
 	"context"
+	"io"
 	"testing"
 	"time"
 
@@ -32,4 +33,27 @@ func Run(t testing.TB, w *herd.Worker) string {
 		}
 	})
 	return w.ListenAddr().String()
+}
+
+// Throttle reads from r at about rate bytes per second, in reads of at most
+// 16 KiB: a slow client, for tests of what a server owes.
+func Throttle(r io.Reader, rate int) io.Reader { return &throttled{r: r, rate: rate} }
+
+type throttled struct {
+	r     io.Reader
+	rate  int
+	start time.Time
+	got   int
+}
+
+func (t *throttled) Read(p []byte) (int, error) {
+	if t.start.IsZero() {
+		t.start = time.Now()
+	}
+	n, err := t.r.Read(p[:min(len(p), 16<<10)])
+	t.got += n
+	if ahead := time.Duration(t.got)*time.Second/time.Duration(t.rate) - time.Since(t.start); ahead > 0 {
+		time.Sleep(ahead)
+	}
+	return n, err
 }

@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/seed358e4494/herd/internal/herdtest"
 )
 
 // pattern is n bytes that depend on seed and offset, so that a lost,
@@ -28,26 +30,6 @@ func pattern(seed, n int) []byte {
 		b[i] = byte(i%251) ^ byte(i>>12) ^ byte(seed*31)
 	}
 	return b
-}
-
-// throttled reads from r at about rate bytes per second.
-type throttled struct {
-	r     io.Reader
-	rate  int
-	start time.Time
-	got   int
-}
-
-func (t *throttled) Read(p []byte) (int, error) {
-	if t.start.IsZero() {
-		t.start = time.Now()
-	}
-	n, err := t.r.Read(p[:min(len(p), 16<<10)])
-	t.got += n
-	if ahead := time.Duration(t.got)*time.Second/time.Duration(t.rate) - time.Since(t.start); ahead > 0 {
-		time.Sleep(ahead)
-	}
-	return n, err
 }
 
 // dialSmall connects with small socket buffers, so that a client that
@@ -99,7 +81,7 @@ func TestPipelinedSlowReader(t *testing.T) {
 		}
 	}()
 	time.Sleep(200 * time.Millisecond) // stalled at first
-	br := bufio.NewReader(&throttled{r: c, rate: 8 << 20})
+	br := bufio.NewReader(herdtest.Throttle(c, 8<<20))
 	for i := 0; i < n; i++ {
 		code, body := readResponse(t, br, "POST")
 		if code != 200 || !bytes.Equal(body, pattern(i, size)) {
@@ -193,7 +175,7 @@ func TestStreamsWaitForClient(t *testing.T) {
 	// A bridged file read at 20 MB/s.
 	c2 := dialSmall(t, addr)
 	io.WriteString(c2, "GET /file HTTP/1.1\r\nHost: a\r\n\r\n")
-	code, body = readResponse(t, bufio.NewReader(&throttled{r: c2, rate: 20 << 20}), "GET")
+	code, body = readResponse(t, bufio.NewReader(herdtest.Throttle(c2, 20<<20)), "GET")
 	if code != 200 || !bytes.Equal(body, file) {
 		t.Fatalf("bridged file: status %d, %d of %d bytes", code, len(body), fileSize)
 	}

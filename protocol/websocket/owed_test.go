@@ -23,26 +23,6 @@ import (
 	herdhttp "github.com/seed358e4494/herd/protocol/http"
 )
 
-// slowReader reads at about rate bytes per second.
-type slowReader struct {
-	r     io.Reader
-	rate  int
-	start time.Time
-	got   int
-}
-
-func (s *slowReader) Read(p []byte) (int, error) {
-	if s.start.IsZero() {
-		s.start = time.Now()
-	}
-	n, err := s.r.Read(p[:min(len(p), 16<<10)])
-	s.got += n
-	if ahead := time.Duration(s.got)*time.Second/time.Duration(s.rate) - time.Since(s.start); ahead > 0 {
-		time.Sleep(ahead)
-	}
-	return n, err
-}
-
 // dialWS makes a handshake over a connection with a small receive buffer.
 func dialWS(t *testing.T, addr, extra string) *wsClient {
 	t.Helper()
@@ -123,7 +103,7 @@ func TestSlowReaderGetsEveryEcho(t *testing.T) {
 				w.Flush()
 			}()
 			time.Sleep(100 * time.Millisecond) // stalled at first
-			br := bufio.NewReader(&slowReader{r: c.br, rate: 20 << 20})
+			br := bufio.NewReader(herdtest.Throttle(c.br, 20<<20))
 			ci := &clientInflater{takeover: true}
 			for i, want := range msgs {
 				f, err := readServerFrame(br)
