@@ -261,5 +261,5 @@ func (cs *conn) abortFromAnywhere() {
 	cs.mu.Lock()
 	cs.closed.Store(true)
 	cs.mu.Unlock()
-	cs.t.Abort()
+	cs.c.Abort()
 }

@@ -91,12 +91,20 @@ func (f *fakeConn) ResumeRecv() {
 	f.mu.Unlock()
 }
 
-func (f *fakeConn) post(fn func()) bool {
+func (f *fakeConn) Hold()                {}
+func (f *fakeConn) Release()             {}
+func (f *fakeConn) RemoteAddr() net.Addr { return nil }
+
+// Post and Now make the fake its own loop: posted functions run when the
+// test calls harness.run.
+func (f *fakeConn) Post(fn func()) bool {
 	f.mu.Lock()
 	f.tasks = append(f.tasks, fn)
 	f.mu.Unlock()
 	return true
 }
+
+func (f *fakeConn) Now() time.Time { return time.Now() }
 
 // harness is one connection of a Server, fed by hand.
 type harness struct {
@@ -111,7 +119,7 @@ func newHarness(t testing.TB, s *Server) *harness {
 		s.Logger = quietLogger()
 	}
 	f := &fakeConn{}
-	return &harness{t: t, s: s, f: f, cs: s.newConn(f, nil, f.post)}
+	return &harness{t: t, s: s, f: f, cs: s.newConn(f, f)}
 }
 
 // feed delivers one read, as the loop would (from a buffer the parser may

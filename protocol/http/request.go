@@ -208,17 +208,12 @@ func (r *Request) Close() bool { return r.wantClose }
 
 // Conn is the connection the request came on (nil in tests that run the
 // parser without a network).
-func (r *Request) Conn() *herd.Conn { return r.cs.hc }
+func (r *Request) Conn() *herd.Conn { return r.cs.herdConn() }
 
 // RemoteAddr is the client's address, or nil.
 func (r *Request) RemoteAddr() net.Addr { return r.cs.remote() }
 
-func (cs *conn) remote() net.Addr {
-	if cs.hc == nil {
-		return nil
-	}
-	return cs.hc.RemoteAddr()
-}
+func (cs *conn) remote() net.Addr { return cs.c.RemoteAddr() }
 
 // MethodString is Method as a string (a copy).
 func (r *Request) MethodString() string { return string(r.Method()) }

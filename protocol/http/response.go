@@ -121,7 +121,7 @@ func (cs *conn) newResponse(r *Request) *ResponseWriter {
 		cs.queue = append(cs.queue, w)
 		if len(cs.queue) >= cs.lim.maxInFlight && !cs.held.Load() {
 			cs.held.Store(true)
-			cs.t.PauseRecv()
+			cs.c.PauseRecv()
 		}
 	} else {
 		w.refs = 1
@@ -227,7 +227,7 @@ func (cs *conn) pumpLocked() {
 			if cs.batching {
 				cs.upgradeDone = s
 			} else {
-				cs.postf(func() { cs.switchStream(s) })
+				cs.loop.Post(func() { cs.switchStream(s) })
 			}
 		}
 		cs.releaseLocked(w)
@@ -241,7 +241,7 @@ func (cs *conn) pumpLocked() {
 	}
 	if cs.held.Load() && len(cs.queue) <= cs.lim.maxInFlight/2 && !cs.closed.Load() {
 		cs.held.Store(false)
-		cs.postf(cs.resume)
+		cs.loop.Post(cs.resume)
 	}
 }
 
@@ -249,16 +249,16 @@ func (cs *conn) pumpLocked() {
 // send queue is written out. The responses still in line are dropped.
 func (cs *conn) closeLocked() {
 	if len(cs.wbuf) > 0 && !cs.closed.Load() {
-		cs.t.Write(cs.wbuf)
+		cs.c.Write(cs.wbuf)
 		cs.wbuf = cs.wbuf[:0]
 	}
 	cs.closed.Store(true)
 	if cs.peerDone {
 		// By HTTP the client sends nothing after a Connection: close
 		// request, so waiting for its end of stream buys nothing.
-		cs.t.CloseNoLinger()
+		cs.c.CloseNoLinger()
 	} else {
-		cs.t.Close()
+		cs.c.Close()
 	}
 	rest := cs.queue
 	cs.queue = nil
@@ -303,7 +303,7 @@ func (cs *conn) waitTurn(w *ResponseWriter) error {
 		cs.mu.Unlock()
 		<-ch
 	}
-	if err := cs.t.WaitWritable(context.Background()); err != nil {
+	if err := cs.c.WaitWritable(context.Background()); err != nil {
 		return ErrClosed
 	}
 	return nil
@@ -324,7 +324,7 @@ func (cs *conn) writeLocked(b []byte) {
 		}
 		return
 	}
-	if _, err := cs.t.Write(b); err != nil {
+	if _, err := cs.c.Write(b); err != nil {
 		cs.closed.Store(true) // the connection is closing already
 	}
 }
@@ -562,8 +562,8 @@ func (w *ResponseWriter) Async() {
 		w.refs++
 	}
 	cs.mu.Unlock()
-	if hold && cs.hc != nil {
-		cs.hc.Hold()
+	if hold {
+		cs.c.Hold()
 	}
 }
 
@@ -589,8 +589,8 @@ func (w *ResponseWriter) End() {
 		cs.releaseLocked(w)
 	}
 	cs.mu.Unlock()
-	if async && cs.hc != nil {
-		cs.hc.Release()
+	if async {
+		cs.c.Release()
 	}
 }
 

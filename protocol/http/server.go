@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -222,7 +223,7 @@ func (s *Server) onConnect(c *herd.Conn) {
 		c.Close()
 		return
 	}
-	cs := s.newConn(c, c, nil)
+	cs := s.newConn(c, c.Loop())
 	ls.add(cs)
 	c.SetHandler(cs)
 }
@@ -266,8 +267,10 @@ func (ls *loopState) sweep() {
 	}
 }
 
-// transport is what a conn needs of a *herd.Conn; tests substitute it.
-type transport interface {
+// link is the connection as the server uses it: a *herd.Conn. The
+// package's tests run the parser and the handlers without a network over a
+// fake that implements it.
+type link interface {
 	SetHandler(h herd.Handler)
 	Write(b []byte) (int, error)
 	WaitWritable(ctx context.Context) error
@@ -277,6 +280,16 @@ type transport interface {
 	Abort()
 	PauseRecv()
 	ResumeRecv()
+	Hold()
+	Release()
+	RemoteAddr() net.Addr
+}
+
+// loopLink is the loop as the server uses it: a *herd.Loop (a fake in
+// tests).
+type loopLink interface {
+	Post(f func()) bool
+	Now() time.Time
 }
 
 var epoch = time.Now()
@@ -284,24 +297,14 @@ var epoch = time.Now()
 // nowNano is a monotonic clock in nanoseconds.
 func nowNano() int64 { return int64(time.Since(epoch)) }
 
-// loopNow is the time for work on the loop: the loop's clock, read once per
-// wake-up (time.Now without a loop, in tests). Loop goroutine only.
-func (cs *conn) loopNow() time.Time {
-	if cs.hc != nil {
-		return cs.hc.Loop().Now()
-	}
-	return time.Now()
-}
-
 // conn is the server's state for one connection.
 type conn struct {
 	s    *Server
 	lim  *limits
 	ls   *loopState // the sweep's list it is on, at slot; nil once off it
 	slot int
-	t    transport
-	hc   *herd.Conn
-	post func(func()) bool // nil: hc's loop's Post
+	c    link     // the connection
+	loop loopLink // its loop
 
 	// Owned by the loop goroutine.
 	in        []byte // the start of a request not yet complete
@@ -334,21 +337,20 @@ type conn struct {
 	queueBuf [4]*ResponseWriter // queue's first array (guarded by mu)
 }
 
-func (s *Server) newConn(t transport, hc *herd.Conn, post func(func()) bool) *conn {
+func (s *Server) newConn(c link, l loopLink) *conn {
 	s.resolve()
 	now := nowNano()
-	cs := &conn{s: s, lim: &s.lim, t: t, hc: hc, post: post, lastRead: now, idleFrom: now, stallFrom: now}
+	cs := &conn{s: s, lim: &s.lim, c: c, loop: l, lastRead: now, idleFrom: now, stallFrom: now}
 	cs.queue = cs.queueBuf[:0]
 	cs.p.reset()
 	return cs
 }
 
-// postf runs f on the connection's loop.
-func (cs *conn) postf(f func()) bool {
-	if cs.post != nil {
-		return cs.post(f)
-	}
-	return cs.hc.Loop().Post(f)
+// herdConn is the connection as a *herd.Conn (nil over the tests' fake),
+// for the application's and the Stream's use.
+func (cs *conn) herdConn() *herd.Conn {
+	hc, _ := cs.c.(*herd.Conn)
+	return hc
 }
 
 // onData takes one read's worth of input.
@@ -360,7 +362,7 @@ func (cs *conn) onData(data []byte) {
 	if cs.stopped || cs.closed.Load() {
 		return
 	}
-	t := cs.loopNow()
+	t := cs.loop.Now()
 	now := int64(t.Sub(epoch))
 	cs.lastRead = now
 	cs.beginBatch(t, now)
@@ -403,7 +405,7 @@ func (cs *conn) endBatch() {
 // flushLocked sends what was batched.
 func (cs *conn) flushLocked() {
 	if len(cs.wbuf) > 0 {
-		if _, err := cs.t.Write(cs.wbuf); err != nil {
+		if _, err := cs.c.Write(cs.wbuf); err != nil {
 			cs.closed.Store(true) // the connection is closing already
 		}
 		cs.wbuf = cs.wbuf[:0]
@@ -516,7 +518,7 @@ func (cs *conn) serve(b []byte) {
 		cs.stopped = true
 		cs.upgrading = up
 		if !done {
-			cs.t.PauseRecv()
+			cs.c.PauseRecv()
 		}
 	}
 }
@@ -558,9 +560,7 @@ func (cs *conn) endAfterPanic(w *ResponseWriter) {
 	cs.finishLocked(w)
 	w.panicked = true
 	cs.mu.Unlock()
-	if cs.hc != nil {
-		cs.hc.Release()
-	}
+	cs.c.Release()
 }
 
 // fail answers a request that cannot be served with code and closes the
@@ -591,7 +591,7 @@ func (cs *conn) abort() {
 	cs.closed.Store(true)
 	cs.mu.Unlock()
 	cs.stopped = true
-	cs.t.Abort()
+	cs.c.Abort()
 }
 
 // resume reads on after enough pending responses have gone out.
@@ -599,13 +599,13 @@ func (cs *conn) resume() {
 	if cs.stopped || cs.closed.Load() || cs.stream != nil {
 		return
 	}
-	t := cs.loopNow()
+	t := cs.loop.Now()
 	now := int64(t.Sub(epoch))
 	cs.beginBatch(t, now)
 	cs.process(nil, now)
 	cs.endBatch()
 	if !cs.held.Load() && !cs.stopped {
-		cs.t.ResumeRecv()
+		cs.c.ResumeRecv()
 	}
 }
 
@@ -617,16 +617,16 @@ func (cs *conn) switchStream(s Stream) {
 	if cs.ls != nil {
 		cs.ls.remove(cs) // no more HTTP timeouts
 	}
-	cs.t.SetHandler(s) // the next reads go to s, past this package
+	cs.c.SetHandler(s) // the next reads go to s, past this package
 	rest := cs.in
 	cs.in = nil
 	cs.held.Store(false)
 	if st, ok := s.(StreamStarter); ok {
-		st.OnStart(cs.hc)
+		st.OnStart(cs.herdConn())
 	}
-	cs.t.ResumeRecv()
+	cs.c.ResumeRecv()
 	if len(rest) > 0 {
-		s.OnData(cs.hc, rest)
+		s.OnData(cs.herdConn(), rest)
 	}
 	bufpool.Put(rest)
 }
@@ -674,13 +674,13 @@ func (cs *conn) checkTimeouts(now int64) {
 	}
 	cs.stopped = true
 	cs.closed.Store(true)
-	cs.t.Close()
+	cs.c.Close()
 }
 
 // stalled reports whether the connection's send queue has held bytes
 // without shrinking for longer than IdleTimeout.
 func (cs *conn) stalled(now int64) bool {
-	q := cs.t.SendQueueBytes()
+	q := cs.c.SendQueueBytes()
 	if q == 0 || q < cs.stallQ {
 		cs.stallFrom = now
 	}
@@ -715,6 +715,6 @@ func (cs *conn) onClose() {
 		// The stream has its own OnClose, which herd calls.
 	case cs.upgrading != nil:
 		// Closed before the 101 could go out: the Stream still hears of it.
-		cs.upgrading.OnClose(cs.hc)
+		cs.upgrading.OnClose(cs.herdConn())
 	}
 }

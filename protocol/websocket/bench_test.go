@@ -18,7 +18,7 @@ func (d *discardTransport) Abort()                      {}
 func benchEcho(b *testing.B, msg []byte, dp *deflateParams, fragments int) {
 	s := &Server{OnMessage: func(c *Conn, op OpCode, data []byte) { c.WriteMessage(op, data) }}
 	dt := &discardTransport{}
-	c := s.newConn(nil, dt, "", dp)
+	c := s.newConn(dt, &fakeLoop{}, "", dp)
 	c.started.Store(true)
 	var wire []byte
 	if dp != nil {
@@ -99,7 +99,7 @@ func BenchmarkUnmask(b *testing.B) {
 func BenchmarkBroadcast100(b *testing.B) {
 	conns := make([]*Conn, 100)
 	for i := range conns {
-		conns[i] = (&Server{}).newConn(nil, &discardTransport{}, "", nil)
+		conns[i] = (&Server{}).newConn(&discardTransport{}, &fakeLoop{}, "", nil)
 		conns[i].started.Store(true)
 	}
 	msg := bytes.Repeat([]byte("x"), 256)

@@ -28,13 +28,22 @@ var (
 	ErrDataOpCode = errors.New("websocket: message opcode must be OpText or OpBinary")
 )
 
-// transport is what a Conn needs of its herd.Conn; tests substitute it.
-type transport interface {
+// link is the connection as a Conn uses it: a *herd.Conn (a fake in the
+// package's tests, which run the parser and the writer without a network).
+type link interface {
 	Write(b []byte) (int, error)
 	SendQueueBytes() int
 	Close()
 	CloseNoLinger()
 	Abort()
+}
+
+// loopLink is the connection's loop as a Conn uses it: a *herd.Loop (a
+// fake in tests).
+type loopLink interface {
+	Post(f func()) bool
+	AfterFunc(d time.Duration, f func()) *herd.Timer
+	Every(d time.Duration, f func()) *herd.Timer
 }
 
 // Conn is one WebSocket connection. Its callbacks (the Server's OnOpen,
@@ -43,8 +52,8 @@ type transport interface {
 // write, so frames written concurrently never interleave.
 type Conn struct {
 	srv         *Server
-	hc          *herd.Conn
-	t           transport
+	c           link
+	loop        loopLink
 	subprotocol string
 
 	// Owned by the loop.
@@ -73,7 +82,10 @@ type Conn struct {
 
 // Herd returns the underlying herd connection (remote address, ID, loop,
 // PauseRecv). Writing to it directly would corrupt the WebSocket stream.
-func (c *Conn) Herd() *herd.Conn { return c.hc }
+func (c *Conn) Herd() *herd.Conn {
+	hc, _ := c.c.(*herd.Conn)
+	return hc
+}
 
 // Subprotocol is the subprotocol agreed in the handshake, or "".
 func (c *Conn) Subprotocol() string { return c.subprotocol }
@@ -137,9 +149,7 @@ func (c *Conn) Close(code StatusCode, reason string) error {
 		return ErrClosed
 	}
 	err := c.sendCloseLocked(code, reason)
-	if c.hc != nil {
-		c.closeTimer = c.hc.Loop().AfterFunc(c.srv.closeTimeout(), c.t.Abort)
-	}
+	c.closeTimer = c.loop.AfterFunc(c.srv.closeTimeout(), c.c.Abort)
 	return err
 }
 
@@ -165,14 +175,14 @@ func (c *Conn) write(op OpCode, data []byte) error {
 // message is encoded (so a compressed stream never skips a frame).
 func (c *Conn) admitLocked() error {
 	limit := c.srv.maxQueued()
-	if limit < 0 || c.delivering.Load() || !c.started.Load() || c.t.SendQueueBytes() < limit {
+	if limit < 0 || c.delivering.Load() || !c.started.Load() || c.c.SendQueueBytes() < limit {
 		return nil
 	}
 	c.srv.slowConsumers.Add(1)
 	c.sendCloseLocked(StatusPolicyViolation, slowConsumerReason)
 	// The rest runs on the loop, which owns failCode (and this goroutine
 	// holds wmu, which closeTransport takes).
-	c.hc.Loop().Post(func() {
+	c.loop.Post(func() {
 		if c.failCode == 0 && !c.gotClose {
 			c.failCode, c.failReason = StatusPolicyViolation, slowConsumerReason
 		}
@@ -211,7 +221,7 @@ func (c *Conn) sendLocked(frame []byte) error {
 		c.pending = append(c.pending, frame...)
 		return nil
 	}
-	if _, err := c.t.Write(frame); err != nil {
+	if _, err := c.c.Write(frame); err != nil {
 		return ErrClosed
 	}
 	return nil
@@ -244,7 +254,7 @@ func (c *Conn) startLocked() {
 	}
 	c.started.Store(true)
 	if len(c.pending) > 0 && !c.closed {
-		c.t.Write(c.pending)
+		c.c.Write(c.pending)
 	}
 	c.pending = nil
 }
@@ -258,9 +268,9 @@ func (c *Conn) closeTransport(peerDone bool) {
 	c.startLocked()
 	c.wmu.Unlock()
 	if peerDone {
-		c.t.CloseNoLinger()
+		c.c.CloseNoLinger()
 	} else {
-		c.t.Close()
+		c.c.Close()
 	}
 }
 
@@ -385,7 +395,7 @@ func (c *Conn) tick() {
 		c.rxSeen, c.lastRx = c.rx, now
 	}
 	if t := c.srv.PongTimeout; t > 0 && now.Sub(c.lastRx) > t {
-		c.t.Abort()
+		c.c.Abort()
 		return
 	}
 	if c.srv.PingInterval > 0 {

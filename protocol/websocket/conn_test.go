@@ -203,7 +203,7 @@ func TestConcurrentWrites(t *testing.T) {
 
 func TestPendingUntilStarted(t *testing.T) {
 	ft := &fakeTransport{}
-	c := (&Server{}).newConn(nil, ft, "", nil)
+	c := (&Server{}).newConn(ft, &fakeLoop{}, "", nil)
 	c.WriteText([]byte("early"))
 	if ft.out.Len() != 0 {
 		t.Fatal("sent before the 101")

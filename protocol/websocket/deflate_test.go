@@ -183,7 +183,7 @@ func TestPreparedMessage(t *testing.T) {
 	for i, c := range []*Conn{plain, noCtx, ctx} {
 		c.WritePrepared(pm)
 		c.WritePrepared(pm)
-		frames := parseServerFrames(t, c.t.(*fakeTransport).take())
+		frames := parseServerFrames(t, c.c.(*fakeTransport).take())
 		ci := &clientInflater{takeover: c.defl != nil && c.defl.takeover}
 		for _, f := range frames {
 			p := f.payload

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/seed358e4494/herd"
 )
@@ -166,10 +167,18 @@ func (t *fakeTransport) take() []byte {
 	return b
 }
 
+// fakeLoop stands in for the connection's loop: posted functions are kept
+// (the tests here run no loop), and timers are not started.
+type fakeLoop struct{ posted []func() }
+
+func (l *fakeLoop) Post(f func()) bool                          { l.posted = append(l.posted, f); return true }
+func (l *fakeLoop) AfterFunc(time.Duration, func()) *herd.Timer { return nil }
+func (l *fakeLoop) Every(time.Duration, func()) *herd.Timer     { return nil }
+
 // testConn is a Conn over a fakeTransport, its handshake done.
 func testConn(s *Server, dp *deflateParams) (*Conn, *fakeTransport) {
 	ft := &fakeTransport{}
-	c := s.newConn(nil, ft, "", dp)
+	c := s.newConn(ft, &fakeLoop{}, "", dp)
 	c.started.Store(true)
 	return c, ft
 }

@@ -196,7 +196,7 @@ func (s *Server) Upgrade(w *herdhttp.ResponseWriter, r *herdhttp.Request) bool {
 	w.WriteHeader(101)
 
 	hc := r.Conn()
-	c := s.newConn(hc, hc, sub, dp)
+	c := s.newConn(hc, hc.Loop(), sub, dp)
 	// Frames written from now on wait in c until the 101 has gone out
 	// (after any earlier pipelined response still open): OnStart.
 	w.Upgrade(stream{c})
@@ -209,14 +209,14 @@ func (s *Server) Upgrade(w *herdhttp.ResponseWriter, r *herdhttp.Request) bool {
 			period = s.PongTimeout / 4
 		}
 		c.lastRx = time.Now()
-		c.keepalive = hc.Loop().Every(period, c.tick)
+		c.keepalive = c.loop.Every(period, c.tick)
 	}
 	return true
 }
 
 // newConn makes the Conn of an accepted handshake.
-func (s *Server) newConn(hc *herd.Conn, t transport, sub string, dp *deflateParams) *Conn {
-	c := &Conn{srv: s, hc: hc, t: t, subprotocol: sub}
+func (s *Server) newConn(hc link, l loopLink, sub string, dp *deflateParams) *Conn {
+	c := &Conn{srv: s, c: hc, loop: l, subprotocol: sub}
 	c.p.limit = int64(s.MaxMessageSize)
 	if s.MaxMessageSize == 0 {
 		c.p.limit = DefaultMaxMessageSize
