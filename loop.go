@@ -381,7 +381,7 @@ func (l *Loop) deliver(c *Conn, data []byte) {
 	limit := l.w.maxPkg
 	buf := data
 	if len(c.in) > 0 {
-		c.in = appendInput(c.in, data, limit)
+		c.in = bufpool.AppendInput(c.in, data, 0, limit)
 		buf = c.in
 	}
 	for len(buf) > 0 && c.readable() {
@@ -404,16 +404,7 @@ func (l *Loop) deliver(c *Conn, data []byte) {
 	if c.state.Load() == connClosed {
 		return
 	}
-	switch {
-	case len(buf) == 0:
-		bufpool.Put(c.in)
-		c.in = nil
-	case len(c.in) > 0:
-		// buf is the tail of c.in: move it to the front.
-		c.in = c.in[:copy(c.in, buf)]
-	default:
-		c.in = appendInput(bufpool.Get(len(buf)), buf, limit)
-	}
+	c.in = bufpool.KeepInput(c.in, buf, limit)
 }
 
 // cut frames the first packet of buf with the protocol: its length n and,
@@ -439,17 +430,6 @@ func cut(p protocol.Protocol, buf []byte) (n int, msg []byte, err error) {
 		msg = buf[:0]
 	}
 	return n, msg, nil
-}
-
-// appendInput appends data to the unfinished input in, growing it no
-// further than one read past limit: a packet that never completes holds at
-// most MaxPackageSize plus a read buffer before it is refused.
-func appendInput(in, data []byte, limit int) []byte {
-	if need := len(in) + len(data); need > cap(in) {
-		size := min(max(2*cap(in), need), max(limit+readBufferSize, need))
-		in = append(make([]byte, 0, size), in...)
-	}
-	return append(in, data...)
 }
 
 // Timers: the loop's heap, filled from any goroutine through the task

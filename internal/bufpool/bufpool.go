@@ -59,3 +59,40 @@ func Put(b []byte) {
 	*bp = b[:0]
 	p.Put(bp)
 }
+
+// Unfinished input: the start of a packet (or request) that has not fully
+// arrived waits in a buffer of its connection. The loop's protocols and the
+// HTTP server keep it the same way, here.
+
+// AppendInput appends data to in, the start of an unfinished packet. It
+// grows in by doubling, but to no more than whole when the packet's length
+// is known (whole > 0), and never past limit plus this read: a packet that
+// never completes holds about its limit before it is refused, however it
+// trickles in.
+func AppendInput(in, data []byte, whole, limit int) []byte {
+	need := len(in) + len(data)
+	if need <= cap(in) {
+		return append(in, data...)
+	}
+	size := max(2*cap(in), need)
+	if whole >= need {
+		size = min(size, whole)
+	}
+	size = min(size, max(need, limit+len(data)))
+	return append(append(make([]byte, 0, size), in...), data...)
+}
+
+// KeepInput keeps rest, what a read left unfinished, as a connection's
+// input buffer, given the buffer in it had: rest is either a tail of in
+// (moved to its front) or, when in is empty, of the read buffer (copied to
+// a pooled buffer). Nothing left gives in back to the pool and returns nil.
+func KeepInput(in, rest []byte, limit int) []byte {
+	switch {
+	case len(rest) == 0:
+		Put(in)
+		return nil
+	case len(in) > 0:
+		return in[:copy(in, rest)]
+	}
+	return AppendInput(Get(len(rest)), rest, 0, limit)
+}

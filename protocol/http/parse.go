@@ -548,6 +548,15 @@ func (p *parser) compact(b []byte) int {
 	return p.bodyEnd + n
 }
 
+// whole is the length of the request being read once it is known (a
+// Content-Length body), or 0: its input buffer grows to that and no more.
+func (p *parser) whole() int {
+	if p.phase == phBody && !p.chunked {
+		return p.head + int(p.clen)
+	}
+	return 0
+}
+
 // bodyStarted reports whether bytes of the body have arrived (or the body
 // is empty).
 func (p *parser) bodyStarted(n int) bool { return n > p.head }

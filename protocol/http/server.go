@@ -419,9 +419,8 @@ func (cs *conn) flushLocked() {
 // process parses and serves the requests in cs.in followed by data.
 func (cs *conn) process(data []byte, now int64) {
 	buf := data
-	owned := len(cs.in) > 0
-	if owned {
-		cs.in = cs.appendIn(cs.in, data)
+	if len(cs.in) > 0 {
+		cs.in = bufpool.AppendInput(cs.in, data, cs.p.whole(), cs.lim.header+int(cs.lim.body))
 		buf = cs.in
 	}
 	off := 0
@@ -455,34 +454,7 @@ func (cs *conn) process(data []byte, now int64) {
 	if cs.p.started && len(rest) > 0 {
 		rest = rest[:cs.p.compact(rest)]
 	}
-	switch {
-	case len(rest) == 0:
-		bufpool.Put(cs.in)
-		cs.in = nil
-	case owned:
-		cs.in = cs.in[:copy(cs.in, rest)]
-	default:
-		cs.in = cs.appendIn(bufpool.Get(len(rest)), rest)
-	}
-}
-
-// appendIn appends data to in, the start of an unfinished request. Once
-// the request's length is known (a Content-Length body) the buffer grows
-// to that length and no further, so an upload holds about its own size;
-// otherwise it doubles, up to the request limits plus this read.
-func (cs *conn) appendIn(in, data []byte) []byte {
-	need := len(in) + len(data)
-	if need <= cap(in) {
-		return append(in, data...)
-	}
-	size := max(2*cap(in), need)
-	if p := &cs.p; p.phase == phBody && !p.chunked {
-		if whole := p.head + int(p.clen); whole >= need {
-			size = min(size, whole)
-		}
-	}
-	size = min(size, max(need, cs.lim.header+int(cs.lim.body)+len(data)))
-	return append(append(make([]byte, 0, size), in...), data...)
+	cs.in = bufpool.KeepInput(cs.in, rest, cs.lim.header+int(cs.lim.body))
 }
 
 // serve runs the handler for the complete request b.
