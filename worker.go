@@ -61,8 +61,11 @@ type Worker struct {
 	// which. A unix socket file left by a dead process is replaced; one a
 	// live process listens on is an error.
 	Addr string
-	// Protocol cuts the stream into messages. Nil means the scheme's
-	// protocol, or raw: OnMessage then gets whatever each read returned.
+	// Protocol cuts the stream into messages: one of your own (the built-in
+	// ones have their schemes, text:// and frame://, as in Workerman), on a
+	// tcp:// or unix:// address. Setting it with a scheme that names a
+	// protocol is an error. Nil with tcp:// or unix:// is raw: OnMessage
+	// gets whatever each read returned.
 	Protocol protocol.Protocol
 	// Count is the number of event loops. Zero means runtime.GOMAXPROCS(0).
 	Count int
