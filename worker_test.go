@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
 	"testing"
 	"time"
 )
@@ -88,5 +89,15 @@ func TestRunAfterShutdown(t *testing.T) {
 	}
 	if err := w3.Run(ctx); !errors.Is(err, ErrWorkerClosed) {
 		t.Errorf("Run after Shutdown of a new worker: got %v, want ErrWorkerClosed", err)
+	}
+}
+
+// ReusePort is a listen mode of its own: with another Accept mode it is a
+// contradiction, which Run reports instead of choosing.
+func TestReusePortWithAcceptModeIsAnError(t *testing.T) {
+	w := &Worker{Addr: "tcp://127.0.0.1:0", ReusePort: true, Accept: AcceptLeastConns, Logger: quietLogger()}
+	err := w.Run(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "ReusePort") {
+		t.Fatalf("Run: %v; want an error naming ReusePort", err)
 	}
 }
