@@ -156,16 +156,14 @@ func (c *Conn) Close(code StatusCode, reason string) error {
 func (c *Conn) write(op OpCode, data []byte) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if c.closeSent.Load() || c.closed {
-		return ErrClosed
-	}
 	if err := c.admitLocked(); err != nil {
 		return err
 	}
 	return c.writeLocked(op, data)
 }
 
-// admitLocked decides whether a message may be queued. A reply, written
+// admitLocked decides whether a message may be queued: not once a close
+// frame has gone out (ErrClosed). A reply, written
 // while the loop delivers this connection's input (from OnMessage, or a
 // pong), always is: the core stops reading the connection while its queue
 // is high, so a peer that sends faster than it reads is slowed down. A
@@ -174,6 +172,9 @@ func (c *Conn) write(op OpCode, data []byte) error {
 // slow consumer, and the connection is closed before anything of the
 // message is encoded (so a compressed stream never skips a frame).
 func (c *Conn) admitLocked() error {
+	if c.closeSent.Load() || c.closed {
+		return ErrClosed
+	}
 	limit := c.srv.maxQueued()
 	if limit < 0 || c.delivering.Load() || !c.started.Load() || c.c.SendQueueBytes() < limit {
 		return nil

@@ -53,9 +53,6 @@ func (pm *PreparedMessage) deflatedFrame() []byte {
 func (c *Conn) WritePrepared(pm *PreparedMessage) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if c.closeSent.Load() || c.closed {
-		return ErrClosed
-	}
 	if err := c.admitLocked(); err != nil {
 		return err
 	}
