@@ -122,13 +122,15 @@ func TestLargeResponsesEnd(t *testing.T) {
 	}
 }
 
-// Finding 3: a stream from an Async goroutine stopped at 5 MB, and a
-// bridged file at 50 MB/s got 5 MB: Write and Flush never waited. Now the
-// producer waits for the client, and the queue stays near its high mark.
+// Finding 3: a 200 MB stream from an Async goroutine stopped at 5 MB, and
+// a bridged 50 MB file read at 50 MB/s got 5 MB: Write and Flush never
+// waited. Now the producer waits for the client, and the queue stays near
+// its high mark: the stream arrives whole, unthrottled, and the file whole
+// at 20 MB/s.
 func TestStreamsWaitForClient(t *testing.T) {
 	t.Parallel()
-	const streamSize, fileSize = 64 << 20, 16 << 20
-	file := pattern(3, fileSize)
+	const streamSize, fileSize = 200 << 20, 50 << 20
+	file := bytes.Repeat(pattern(3, 1<<20), fileSize>>20)
 	var peak atomic.Int64
 	mux := nethttp.NewServeMux()
 	mux.HandleFunc("/file", func(w nethttp.ResponseWriter, r *nethttp.Request) {
@@ -342,7 +344,7 @@ func TestSlowUploadTimesOut(t *testing.T) {
 // input buffer doubled). Now an upload's buffer is its Content-Length.
 func TestStalledUploadsBounded(t *testing.T) {
 	t.Parallel()
-	const n, size = 20, 1 << 20
+	const n, size = 50, 1 << 20
 	s := &Server{MaxBodyBytes: size, Handler: bodyEcho}
 	addr := startServer(t, s, 1)
 	head := fmt.Sprintf("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n", size)
