@@ -686,3 +686,27 @@ func TestCloseLingerSlowReader(t *testing.T) {
 		t.Fatalf("after all %d bytes: %d more bytes, %v; want EOF", size, n, err)
 	}
 }
+
+// A connection whose reading is paused still notices that its peer reset
+// it: the poller reports the failure even for a socket it watches for
+// nothing, and the connection closes instead of the loop spinning on it.
+func TestPausedConnNoticesReset(t *testing.T) {
+	t.Parallel()
+	conns := make(chan *Conn, 1)
+	closed := make(chan struct{})
+	w := &Worker{Addr: "tcp://127.0.0.1:0", Count: 1,
+		OnConnect: func(c *Conn) { c.PauseRecv(); conns <- c },
+		OnClose:   func(c *Conn) { close(closed) }}
+	r := startWorker(t, w)
+	cl := r.dial(t)
+	acceptedConn(t, conns)
+	cl.Write([]byte("unread"))
+	cl.(*net.TCPConn).SetLinger(0)
+	cl.Close() // a reset
+	before := w.Stats().Loops[0].Wakeups
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("a paused connection reset by its peer is still open; the loop woke %d times meanwhile", w.Stats().Loops[0].Wakeups-before)
+	}
+}

@@ -284,7 +284,7 @@ func (l *Loop) runTasks() {
 // serve handles one readiness event of a connection.
 func (l *Loop) serve(c *Conn, ev poll.Event) {
 	if ev.Readable {
-		l.read(c)
+		l.read(c, ev.Failed)
 	}
 	if ev.Writable && c.state.Load() != connClosed {
 		f, err := c.flush()
@@ -312,15 +312,17 @@ func (l *Loop) serve(c *Conn, ev poll.Event) {
 
 // read takes what the socket holds, at most one buffer per event so that
 // other connections get their turn (the poller reports the rest again).
-func (l *Loop) read(c *Conn) {
+func (l *Loop) read(c *Conn, failed bool) {
 	st := c.state.Load()
 	if st == connClosed {
 		return
 	}
-	if st == connOpen && c.flags.Load()&(flagRecvPaused|flagBackpressure) != 0 {
+	if st == connOpen && !failed && c.flags.Load()&(flagRecvPaused|flagBackpressure) != 0 {
 		// Paused since the poller reported it: what waits stays in the
 		// kernel, and an end of stream behind it stays unseen until the
-		// input before it has been delivered.
+		// input before it has been delivered. (A failed socket is read:
+		// the poller reports it even when it watches nothing, and its
+		// peer is gone.)
 		return
 	}
 	n, err := readFd(int(c.fd), l.readBuf)

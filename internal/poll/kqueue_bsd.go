@@ -108,6 +108,7 @@ func (p *Poller) Wait(msec int, out []Event) ([]Event, error) {
 			Fd:       int(e.Ident),
 			Readable: e.Filter == unix.EVFILT_READ || failed,
 			Writable: e.Filter == unix.EVFILT_WRITE || failed,
+			Failed:   e.Flags&unix.EV_ERROR != 0,
 		})
 	}
 	return out, nil

@@ -12,5 +12,6 @@ type Event struct {
 	Fd       int
 	Readable bool // data, EOF or an error is waiting: a read will not block
 	Writable bool // the send buffer has room, or the socket failed
+	Failed   bool // an error or a hang-up, reported even for a socket watched for nothing
 	Wake     bool // Wake was called; Fd is meaningless
 }
