@@ -8,15 +8,19 @@ package herd
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/seed358e4494/herd/protocol"
 )
 
 func TestCloseFromGoroutine(t *testing.T) {
@@ -708,5 +712,41 @@ func TestPausedConnNoticesReset(t *testing.T) {
 	case <-closed:
 	case <-time.After(5 * time.Second):
 		t.Fatalf("a paused connection reset by its peer is still open; the loop woke %d times meanwhile", w.Stats().Loops[0].Wakeups-before)
+	}
+}
+
+// A peer that closes both ways (a Unix socket's close) while its reply is
+// still being made under Hold is gone: the connection closes at once, and
+// the late reply learns it (ErrConnClosed), instead of the loop being
+// woken for the hang-up until the Release.
+func TestHeldConnPeerGone(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "s")
+	closed := make(chan struct{})
+	replied := make(chan error, 1)
+	w := &Worker{Addr: "unix://" + path, Count: 1, Protocol: protocol.Text{},
+		OnClose: func(c *Conn) { close(closed) }}
+	w.OnMessage = func(c *Conn, msg []byte) {
+		c.Hold()
+		go func() {
+			defer c.Release()
+			<-closed
+			_, err := c.Write([]byte("late\n"))
+			replied <- err
+		}()
+	}
+	r := startWorker(t, w)
+	cl := r.dial(t)
+	io.WriteString(cl, "q\n")
+	time.Sleep(50 * time.Millisecond) // delivered, held
+	before := w.Stats().Loops[0].Wakeups
+	cl.Close()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("held connection whose peer is gone still open; the loop woke %d times", w.Stats().Loops[0].Wakeups-before)
+	}
+	if err := <-replied; !errors.Is(err, ErrConnClosed) {
+		t.Errorf("late reply: %v, want ErrConnClosed", err)
 	}
 }

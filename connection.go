@@ -572,6 +572,13 @@ func (c *Conn) ResumeRecv() {
 	}
 }
 
+// peerClosedNow reports whether the peer's end of stream has been seen.
+func (c *Conn) peerClosedNow() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.peerClosed
+}
+
 // readable reports whether the loop should deliver input to the connection.
 func (c *Conn) readable() bool {
 	return c.state.Load() == connOpen && c.flags.Load()&(flagRecvPaused|flagBackpressure) == 0

@@ -317,6 +317,13 @@ func (l *Loop) read(c *Conn, failed bool) {
 	if st == connClosed {
 		return
 	}
+	if failed && st == connOpen && c.peerClosedNow() {
+		// Its end of stream was seen (a reply is still being made under
+		// Hold), and now the socket failed or hung up: the peer is gone
+		// both ways, and would be reported again and again.
+		l.closeConn(c, nil)
+		return
+	}
 	if st == connOpen && !failed && c.flags.Load()&(flagRecvPaused|flagBackpressure) != 0 {
 		// Paused since the poller reported it: what waits stays in the
 		// kernel, and an end of stream behind it stays unseen until the
