@@ -77,7 +77,7 @@ type Conn struct {
 	writeOn    bool       // the poller watches writes
 	userPaused bool       // PauseRecv
 	bpPaused   bool       // paused above the high mark (Write, or Backpressure)
-	drainStop  bool       // a graceful stop waits for a Release: no more input
+	drainStop  bool       // no more input: a graceful stop, or the peer's end of stream, waits for a Release
 	full       bool       // OnBufferFull fired; OnBufferDrain pending
 	peerClosed bool       // the peer ended its side (EOF)
 	// lingerListed is owned by the loop; it sits here to keep Conn in a
