@@ -39,6 +39,11 @@ func dialSmall(t testing.TB, addr string) net.Conn {
 	d := net.Dialer{Control: func(network, address string, rc syscall.RawConn) error {
 		return rc.Control(func(fd uintptr) {
 			syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 16<<10)
+			// Loopback's MSS is about 64 KiB, more than the buffer: the
+			// window would open by less than a segment and the server
+			// wait for TCP's persist timer. A real network's MSS keeps a
+			// small buffer flowing.
+			syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_MAXSEG, 1400)
 		})
 	}}
 	c, err := d.Dial("tcp", addr)

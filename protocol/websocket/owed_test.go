@@ -29,6 +29,11 @@ func dialWS(t *testing.T, addr, extra string) *wsClient {
 	d := net.Dialer{Control: func(network, address string, rc syscall.RawConn) error {
 		return rc.Control(func(fd uintptr) {
 			syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 16<<10)
+			// Loopback's MSS is about 64 KiB, more than the buffer: the
+			// window would open by less than a segment and the server
+			// wait for TCP's persist timer (hundreds of ms). A real
+			// network's MSS keeps a small buffer flowing.
+			syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_MAXSEG, 1400)
 		})
 	}}
 	conn, err := d.Dial("tcp", addr)
