@@ -153,13 +153,6 @@ func (r *running) dialSmallBufs(t testing.TB, size int) net.Conn {
 			if serr == nil {
 				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, size)
 			}
-			if serr == nil && network != "unix" {
-				// Loopback's MSS is about 64 KiB, more than such a
-				// buffer: the window would open by less than a segment
-				// and the server wait for TCP's persist timer. A real
-				// network's MSS keeps a small buffer flowing.
-				serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_MAXSEG, 1400)
-			}
 		})
 		if err != nil {
 			return err
