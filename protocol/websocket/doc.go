@@ -24,9 +24,21 @@
 // and must not block: hand slow work to a goroutine. Every Conn method
 // (WriteText, WriteBinary, WriteMessage, WritePrepared, Ping, Close,
 // Context) is safe from any goroutine. Each frame is encoded into one buffer
-// and handed to herd in one SendRaw call, so frames from concurrent writers
-// never interleave. The data given to OnMessage is valid only until it
-// returns.
+// and handed to herd in one herd.Conn.Write call, so frames from concurrent
+// writers never interleave, and none is dropped. The data given to
+// OnMessage is valid only until it returns.
+//
+// # Slow consumers
+//
+// Replies written from OnMessage are never refused: while the client is
+// behind, herd stops reading from it, so a client that sends faster than it
+// reads is slowed down. A message pushed from elsewhere (another goroutine,
+// a timer, Broadcast) to a connection whose send queue holds
+// Server.MaxQueuedBytes or more is not sent: the connection is closed with
+// 1008 (policy violation, reason "slow consumer"), the write returns
+// ErrSlowConsumer and Server.SlowConsumers counts it. That decision is made
+// before the message is compressed, so with permessage-deflate the stream
+// never skips a frame.
 //
 // # What is validated, and the close code each violation gets
 //
