@@ -39,8 +39,9 @@ type Loop struct {
 	now      time.Time
 	draining bool
 	forced   bool
-	hot      bool   // the last sleeping Wait found events
-	turn     uint32 // counts Waits; never 0 once running
+	hot      bool      // the last sleeping Wait found events
+	idleFrom time.Time // when the loop went idle in this wait; zero if it did not
+	turn     uint32    // counts Waits; never 0 once running
 
 	// Lingering connections, oldest first, and the one timer that looks
 	// at them when the oldest is due.
@@ -61,8 +62,10 @@ type Loop struct {
 	// Counters, written by the loop (and by Send for the output ones) and
 	// read by Stats.
 	accepted, closedConns, messagesIn, bytesIn, bytesOut, wakeups, emptyAccepts, dropped, droppedFull atomic.Uint64
-	active, sendQueued                                                                                atomic.Int64
-	_                                                                                                 [64]byte // keep loops' counters off each other's cache lines
+	active, sendQueued, busyNanos                                                                     atomic.Int64
+	exitedAt                                                                                          atomic.Int64 // unix nanoseconds when run ended; 0 while it runs
+	started                                                                                           time.Time    // set before the loop goroutine starts
+	_                                                                                                 [64]byte     // keep loops' counters off each other's cache lines
 }
 
 type taskKind uint8
@@ -144,6 +147,7 @@ func (l *Loop) hasTasks() bool { return l.pending.Load() }
 
 func (l *Loop) run() {
 	defer close(l.exited)
+	defer func() { l.exitedAt.Store(time.Now().UnixNano()) }()
 	if l.w.LockOSThread {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
@@ -173,7 +177,7 @@ func (l *Loop) run() {
 		}
 		l.wakeups.Add(1)
 		l.turn++
-		l.now = time.Now()
+		l.advanceClock()
 		for _, ev := range l.events {
 			switch {
 			case ev.Wake:
@@ -208,6 +212,28 @@ func (l *Loop) run() {
 	l.callLoop(l.w.OnWorkerStop)
 }
 
+// goIdle counts the time since the loop's last wake-up as busy, as it is
+// about to wait (so Stats is current while it sleeps).
+func (l *Loop) goIdle() {
+	l.idleFrom = time.Now()
+	if d := l.idleFrom.Sub(l.now); d > 0 {
+		l.busyNanos.Add(int64(d))
+	}
+}
+
+// advanceClock sets the loop's clock after a wait; a turn that did not go
+// idle (more work was ready at once) was busy all along.
+func (l *Loop) advanceClock() {
+	now := time.Now()
+	if l.idleFrom.IsZero() {
+		if d := now.Sub(l.now); d > 0 {
+			l.busyNanos.Add(int64(d))
+		}
+	}
+	l.idleFrom = time.Time{}
+	l.now = now
+}
+
 // wait fills l.events. After a turn that found work it first looks again
 // without sleeping (a non-blocking system call): under load more is usually
 // ready. If nothing is, an unlocked loop lets other goroutines run before it
@@ -220,13 +246,16 @@ func (l *Loop) wait() error {
 	if l.hot && timeout != 0 {
 		l.events, err = l.poller.Wait(0, l.events)
 		if err != nil || len(l.events) > 0 {
-			return err
+			return err // busy on: no clock read for a turn that does not sleep
 		}
+		l.goIdle()
 		if !l.w.LockOSThread {
 			// Let other goroutines run first. (A locked thread would
 			// have to hand its P over and wait to get it back.)
 			runtime.Gosched()
 		}
+	} else {
+		l.goIdle()
 	}
 	l.sleeping.Store(true)
 	if l.hasTasks() {

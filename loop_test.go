@@ -296,3 +296,35 @@ func TestPanicInOtherCallbacks(t *testing.T) {
 		t.Errorf("active = %d, want 1", s.active)
 	}
 }
+
+// Busy counts the time a loop spends on its work, not the time it waits:
+// a loop whose callbacks spin for half a second is busy for at least that
+// long, an idle loop of the same worker for far less.
+func TestLoopBusyTime(t *testing.T) {
+	t.Parallel()
+	w := &Worker{Addr: "text://127.0.0.1:0", Count: 2, Accept: AcceptRoundRobin}
+	w.OnMessage = func(c *Conn, msg []byte) {
+		for end := time.Now().Add(50 * time.Millisecond); time.Now().Before(end); {
+		}
+		c.Send(msg)
+	}
+	r := startWorker(t, w)
+	c := r.dial(t) // the first connection goes to loop 0
+	br := bufio.NewReader(c)
+	for i := 0; i < 10; i++ {
+		echoLine(t, c, br, "spin")
+	}
+	time.Sleep(200 * time.Millisecond) // both loops idle a while
+	st := w.Stats()
+	hot, idle := st.Loops[0], st.Loops[1]
+	t.Logf("busy: loop 0 %v of %v (%.1f%%), loop 1 %v of %v", hot.Busy, hot.Running, hot.BusyPercent(), idle.Busy, idle.Running)
+	if hot.Busy < 500*time.Millisecond {
+		t.Errorf("loop 0 busy %v after 10 callbacks of 50 ms", hot.Busy)
+	}
+	if idle.Busy > hot.Busy/5 {
+		t.Errorf("idle loop 1 busy %v, loop 0 %v", idle.Busy, hot.Busy)
+	}
+	if hot.Busy > hot.Running || hot.Running <= 0 {
+		t.Errorf("busy %v more than running %v", hot.Busy, hot.Running)
+	}
+}

@@ -5,6 +5,7 @@ package herd
 import (
 	"fmt"
 	"strings"
+	"time"
 )
 
 // Stats is a snapshot of a worker's counters (Workerman's `status`).
@@ -54,11 +55,25 @@ type LoopStats struct {
 	// DroppedFull counts messages Send and SendRaw dropped on a full send
 	// queue (Workerman's drop policy; Write never drops for that).
 	DroppedFull uint64
+	// Busy is the time the loop has spent handling events, tasks and
+	// timers (callbacks included), and Running the time since it started:
+	// Busy/Running is how loaded it is, the figure to scale on when one hot
+	// loop hides in an otherwise idle process. The rest of Running it
+	// waited in the poller (or let other goroutines run).
+	Busy, Running time.Duration
 	// ThreadSwitches is the voluntary context switches of the loop's OS
 	// thread since the loop started: how often it went to sleep. With
 	// Worker.LockOSThread on Linux only (read from /proc: Stats costs a
 	// file read per loop); zero otherwise.
 	ThreadSwitches uint64
+}
+
+// BusyPercent is Busy as a share of Running, in percent.
+func (l LoopStats) BusyPercent() float64 {
+	if l.Running <= 0 {
+		return 0
+	}
+	return 100 * float64(l.Busy) / float64(l.Running)
 }
 
 // jain is Jain's fairness index (Σx)² / (n·Σx²) of one counter over loops.
@@ -80,11 +95,11 @@ func (s Stats) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "worker %q mode=%s rejected=%d fairness: accepted=%.3f messages=%.3f\n",
 		s.Name, s.Mode, s.Rejected, s.AcceptFairness, s.MessageFairness)
-	fmt.Fprintf(&b, "%4s %9s %7s %9s %11s %12s %12s %9s %8s %9s %8s %9s %9s\n",
-		"loop", "accepted", "active", "closed", "messages", "bytes-in", "bytes-out", "wakeups", "empty-acc", "queued", "dropped", "drop-full", "switches")
+	fmt.Fprintf(&b, "%4s %9s %7s %9s %11s %12s %12s %9s %8s %9s %8s %9s %9s %6s\n",
+		"loop", "accepted", "active", "closed", "messages", "bytes-in", "bytes-out", "wakeups", "empty-acc", "queued", "dropped", "drop-full", "switches", "busy%")
 	for _, l := range s.Loops {
-		fmt.Fprintf(&b, "%4d %9d %7d %9d %11d %12d %12d %9d %8d %9d %8d %9d %9d\n",
-			l.Index, l.Accepted, l.Active, l.Closed, l.MessagesIn, l.BytesIn, l.BytesOut, l.Wakeups, l.EmptyAccepts, l.SendQueueBytes, l.Dropped, l.DroppedFull, l.ThreadSwitches)
+		fmt.Fprintf(&b, "%4d %9d %7d %9d %11d %12d %12d %9d %8d %9d %8d %9d %9d %6.1f\n",
+			l.Index, l.Accepted, l.Active, l.Closed, l.MessagesIn, l.BytesIn, l.BytesOut, l.Wakeups, l.EmptyAccepts, l.SendQueueBytes, l.Dropped, l.DroppedFull, l.ThreadSwitches, l.BusyPercent())
 	}
 	return b.String()
 }
@@ -104,7 +119,21 @@ func (l *Loop) stats() LoopStats {
 		Dropped:        l.dropped.Load(),
 		DroppedFull:    l.droppedFull.Load(),
 		ThreadSwitches: l.threadSwitches(),
+		Busy:           time.Duration(l.busyNanos.Load()),
+		Running:        l.running(),
 	}
+}
+
+// running is how long the loop has run (until it exited).
+func (l *Loop) running() time.Duration {
+	if l.started.IsZero() {
+		return 0
+	}
+	end := time.Now()
+	if ns := l.exitedAt.Load(); ns != 0 {
+		end = time.Unix(0, ns)
+	}
+	return end.Sub(l.started)
 }
 
 // threadSwitches is the voluntary context switches of the loop's thread

@@ -446,6 +446,7 @@ func (w *Worker) startLoops() error {
 	}
 	w.listenRefs.Store(refs)
 	for _, l := range w.loops {
+		l.started = time.Now()
 		go l.run()
 	}
 	if w.disp != nil {

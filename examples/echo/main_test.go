@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -151,6 +152,10 @@ func parseStats(t *testing.T, out string) []statsTable {
 		if i >= len(lines) || !strings.Contains(lines[i], "accepted") || !strings.Contains(lines[i], "messages") {
 			t.Fatalf("stats table without its column names:\n%s", out)
 		}
+		swCol := slices.Index(strings.Fields(lines[i]), "switches")
+		if swCol < 0 {
+			t.Fatalf("stats table without a switches column:\n%s", out)
+		}
 		for i+1 < len(lines) {
 			f := strings.Fields(lines[i+1])
 			if len(f) < 5 {
@@ -164,7 +169,7 @@ func parseStats(t *testing.T, out string) []statsTable {
 			if err1 != nil || err2 != nil {
 				t.Fatalf("bad stats row %q", lines[i+1])
 			}
-			sw, err := strconv.ParseUint(f[len(f)-1], 10, 64)
+			sw, err := strconv.ParseUint(f[swCol], 10, 64)
 			if err != nil {
 				t.Fatalf("bad switches in stats row %q", lines[i+1])
 			}
