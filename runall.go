@@ -15,6 +15,10 @@ import (
 // SIGTERM, then stops them all gracefully, each within its StopTimeout; a
 // second signal closes what is left at once. It returns once every worker
 // has stopped, with the errors of those that failed joined.
+//
+// Under a service manager that gives a NOTIFY_SOCKET (systemd's
+// Type=notify), RunAll reports READY=1 once every worker's address is bound
+// and its loops are starting, and STOPPING=1 when the graceful stop begins.
 func RunAll(ctx context.Context, workers ...*Worker) error {
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -41,6 +45,7 @@ func RunAll(ctx context.Context, workers ...*Worker) error {
 	}
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
+	logNotify(workers, notify("READY=1"))
 
 	select {
 	case <-sig:
@@ -49,6 +54,7 @@ func RunAll(ctx context.Context, workers ...*Worker) error {
 	case <-done:
 		return errors.Join(errs...)
 	}
+	logNotify(workers, notify("STOPPING=1"))
 	select {
 	case <-sig:
 		force, cancel := context.WithCancel(context.Background())
@@ -60,4 +66,12 @@ func RunAll(ctx context.Context, workers ...*Worker) error {
 	}
 	<-done
 	return errors.Join(errs...)
+}
+
+// logNotify logs a failed notification to the service manager once, with
+// the first worker's logger.
+func logNotify(workers []*Worker, err error) {
+	if err != nil && len(workers) > 0 {
+		workers[0].logger().Warn("herd: notifying the service manager", "socket", os.Getenv("NOTIFY_SOCKET"), "err", err)
+	}
 }

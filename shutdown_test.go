@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -486,5 +487,48 @@ func TestDrainRefusesNewConns(t *testing.T) {
 				t.Errorf("Run: %v", err)
 			}
 		})
+	}
+}
+
+// Under systemd's Type=notify, RunAll reports READY=1 once the workers are
+// bound, and STOPPING=1 when the graceful stop begins, as datagrams on
+// NOTIFY_SOCKET.
+func TestRunAllNotifiesServiceManager(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "notify")
+	sock, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sock.Close()
+	t.Setenv("NOTIFY_SOCKET", path)
+	next := func() string {
+		sock.SetReadDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, 256)
+		n, err := sock.Read(buf)
+		if err != nil {
+			t.Fatalf("no notification: %v", err)
+		}
+		return string(buf[:n])
+	}
+	w := &Worker{Addr: "text://127.0.0.1:0", Count: 1, Logger: quietLogger(), OnMessage: textEcho}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- RunAll(ctx, w) }()
+	if got := next(); got != "READY=1" {
+		t.Fatalf("first notification %q, want READY=1", got)
+	}
+	c, err := net.DialTimeout("tcp", w.ListenAddr().String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	echoLine(t, c, bufio.NewReader(c), "served once ready")
+	c.Close()
+	cancel()
+	if got := next(); got != "STOPPING=1" {
+		t.Fatalf("notification on stop %q, want STOPPING=1", got)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }
