@@ -105,6 +105,9 @@ func (s Stats) String() string {
 }
 
 func (l *Loop) stats() LoopStats {
+	// DroppedFull before Dropped: send counts a drop in Dropped first, so
+	// the pair read this way never has more full drops than drops.
+	full := l.droppedFull.Load()
 	return LoopStats{
 		Index:          l.index,
 		Accepted:       l.accepted.Load(),
@@ -117,7 +120,7 @@ func (l *Loop) stats() LoopStats {
 		EmptyAccepts:   l.emptyAccepts.Load(),
 		SendQueueBytes: l.sendQueued.Load(),
 		Dropped:        l.dropped.Load(),
-		DroppedFull:    l.droppedFull.Load(),
+		DroppedFull:    full,
 		ThreadSwitches: l.threadSwitches(),
 		Busy:           time.Duration(l.busyNanos.Load()),
 		Running:        l.running(),
