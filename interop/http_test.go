@@ -2,6 +2,7 @@ package interop
 
 import (
 	"bytes"
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptrace"
@@ -35,6 +36,17 @@ func TestNetHTTPClient(t *testing.T) {
 	t.Run("hello", func(t *testing.T) { get(t, "/", 200, "Hello, World!") })
 	t.Run("bridge", func(t *testing.T) { get(t, "/std/gopher", 200, "Hello, gopher, from net/http!\n") })
 	t.Run("not found", func(t *testing.T) { get(t, "/nowhere", 404, "") })
+	t.Run("status", func(t *testing.T) {
+		resp, err := client.Get(base + "/status?format=json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var rep struct{ Workers []struct{ Name string } }
+		if err := json.NewDecoder(resp.Body).Decode(&rep); err != nil || len(rep.Workers) != 1 || rep.Workers[0].Name != "http" {
+			t.Fatalf("GET /status?format=json: %d %+v %v", resp.StatusCode, rep, err)
+		}
+	})
 
 	t.Run("post echo", func(t *testing.T) {
 		body := bytes.Repeat([]byte("herd "), 50_000) // 250 KB

@@ -5,6 +5,7 @@
 //	GET  /             "Hello, World!" from a handler on the event loop
 //	POST /echo         the request body back
 //	GET  /std/{name}   a net/http ServeMux route, served through the bridge
+//	GET  /status       the per-loop table (?format=json for JSON), through the bridge too
 //
 // Run it and try it:
 //
@@ -12,6 +13,7 @@
 //	curl http://127.0.0.1:8080/
 //	curl -d 'some body' http://127.0.0.1:8080/echo
 //	curl http://127.0.0.1:8080/std/gopher
+//	curl http://127.0.0.1:8080/status
 //
 // The first line of output is the bound address (port 0 picks a free one).
 // SIGINT or SIGTERM stops it gracefully.
@@ -29,6 +31,7 @@ import (
 
 	"github.com/seed358e4494/herd"
 	"github.com/seed358e4494/herd/protocol/http"
+	"github.com/seed358e4494/herd/status"
 )
 
 func main() {
@@ -54,6 +57,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(w, "Hello, %s, from net/http!\n", r.PathValue("name"))
 	})
 	std := http.Bridge(mux, 0)
+	var w *herd.Worker // set below; the status route reads its Stats
+	statusRoute := http.Bridge(nethttp.HandlerFunc(func(rw nethttp.ResponseWriter, r *nethttp.Request) {
+		status.Handler(w).ServeHTTP(rw, r)
+	}), 0)
 
 	hello := []byte("Hello, World!")
 	srv := &http.Server{Handler: func(w *http.ResponseWriter, r *http.Request) {
@@ -67,13 +74,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			w.Write(r.Body())
 		case strings.HasPrefix(string(path), "/std/"):
 			std(w, r)
+		case string(path) == "/status":
+			statusRoute(w, r)
 		default:
 			http.Error(w, nethttp.StatusNotFound)
 		}
 	}}
 
 	logger := slog.New(slog.NewTextHandler(stderr, nil))
-	w := &herd.Worker{Name: "http", Addr: *addr, Count: *count, ReusePort: true, Logger: logger}
+	w = &herd.Worker{Name: "http", Addr: *addr, Count: *count, ReusePort: true, Logger: logger}
 	if err := srv.Attach(w); err != nil {
 		return err
 	}

@@ -1,0 +1,83 @@
+//go:build linux || darwin || freebsd
+
+package status
+
+import (
+	"bufio"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/seed358e4494/herd"
+	"github.com/seed358e4494/herd/internal/herdtest"
+)
+
+func TestHandler(t *testing.T) {
+	w := &herd.Worker{Name: "echo", Addr: "text://127.0.0.1:0", Count: 2, Logger: slog.New(slog.DiscardHandler),
+		OnMessage: func(c *herd.Conn, msg []byte) { c.Send(msg) }}
+	addr := herdtest.Run(t, w)
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "hi\n")
+	if l, err := bufio.NewReader(c).ReadString('\n'); err != nil || l != "hi\n" {
+		t.Fatalf("echo %q %v", l, err)
+	}
+	srv := httptest.NewServer(Handler(w))
+	defer srv.Close()
+
+	get := func(url string, accept string) (*http.Response, string) {
+		req, _ := http.NewRequest("GET", url, nil)
+		if accept != "" {
+			req.Header.Set("Accept", accept)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp, string(b)
+	}
+
+	resp, text := get(srv.URL, "")
+	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain") ||
+		!strings.Contains(text, `worker "echo"`) || !strings.Contains(text, "busy%") {
+		t.Fatalf("text: %d %q\n%s", resp.StatusCode, resp.Header.Get("Content-Type"), text)
+	}
+
+	for _, q := range []struct{ url, accept string }{{srv.URL + "?format=json", ""}, {srv.URL, "application/json"}} {
+		resp, body := get(q.url, q.accept)
+		var rep struct {
+			Workers []herd.Stats
+		}
+		if err := json.Unmarshal([]byte(body), &rep); err != nil || resp.Header.Get("Content-Type") != "application/json" {
+			t.Fatalf("json: %v %q\n%s", err, resp.Header.Get("Content-Type"), body)
+		}
+		if len(rep.Workers) != 1 || rep.Workers[0].Name != "echo" || len(rep.Workers[0].Loops) != 2 {
+			t.Fatalf("json report %+v", rep)
+		}
+		var accepted, messages uint64
+		for _, l := range rep.Workers[0].Loops {
+			accepted += l.Accepted
+			messages += l.MessagesIn
+		}
+		if accepted != 1 || messages != 1 {
+			t.Errorf("json: %d accepted, %d messages; want 1 and 1", accepted, messages)
+		}
+	}
+
+	req, _ := http.NewRequest("POST", srv.URL, nil)
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("POST: %v %v", resp, err)
+	}
+}
