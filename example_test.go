@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/seed358e4494/herd"
@@ -262,26 +261,13 @@ func ExampleWorker() {
 	// <nil>
 }
 
-// A broadcast: the connections are kept in OnConnect and OnClose, and a
-// message is encoded once (here with the Frame protocol) and written as it
-// is to each receiver with SendRaw, from any goroutine.
+// A broadcast: the message is encoded once (here with the Frame protocol),
+// and each loop writes it to its own connections, on its own goroutine, as
+// it is (SendRaw): no registry of connections, no lock shared by the loops.
 func Example_broadcast() {
-	var mu sync.Mutex
-	conns := map[*herd.Conn]bool{}
 	joined := make(chan struct{}, 3)
 	w := &herd.Worker{Addr: "frame://127.0.0.1:0", Count: 2,
-		OnConnect: func(c *herd.Conn) {
-			mu.Lock()
-			conns[c] = true
-			mu.Unlock()
-			joined <- struct{}{}
-		},
-		OnClose: func(c *herd.Conn) {
-			mu.Lock()
-			delete(conns, c)
-			mu.Unlock()
-		},
-	}
+		OnConnect: func(c *herd.Conn) { joined <- struct{}{} }}
 	w.Listen()
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
@@ -297,11 +283,14 @@ func Example_broadcast() {
 	}
 
 	frame := protocol.Frame{}.Encode(nil, []byte("news for all")) // encoded once
-	mu.Lock()
-	for c := range conns {
-		c.SendRaw(frame)
+	for _, l := range w.Loops() {
+		l.Post(func() {
+			l.Conns(func(c *herd.Conn) bool {
+				c.SendRaw(frame)
+				return true
+			})
+		})
 	}
-	mu.Unlock()
 
 	for _, c := range clients {
 		var buf [16]byte

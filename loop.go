@@ -118,6 +118,18 @@ func (l *Loop) Index() int { return l.index }
 // called on the loop's goroutine (from its callbacks).
 func (l *Loop) Now() time.Time { return l.now }
 
+// Conns calls f for each open connection of the loop, until f returns
+// false (Workerman's $worker->connections, one loop's share). Like Now, it
+// may only be called on the loop's goroutine: from a callback, or from a
+// function given to Post (see Worker.Loops).
+func (l *Loop) Conns(f func(*Conn) bool) {
+	for _, c := range l.conns {
+		if c != nil && c.state.Load() == connOpen && !f(c) {
+			return
+		}
+	}
+}
+
 // Worker is the worker the loop belongs to.
 func (l *Loop) Worker() *Worker { return l.w }
 

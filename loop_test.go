@@ -328,3 +328,52 @@ func TestLoopBusyTime(t *testing.T) {
 		t.Errorf("busy %v more than running %v", hot.Busy, hot.Running)
 	}
 }
+
+// Worker.Loops and Loop.Conns walk every open connection, each loop its
+// own on its goroutine; Loops is nil before Run and after it returned.
+func TestWalkConnections(t *testing.T) {
+	t.Parallel()
+	conns := make(chan *Conn, 5)
+	w := &Worker{Addr: "tcp://127.0.0.1:0", Count: 2, Accept: AcceptRoundRobin, StopTimeout: 200 * time.Millisecond,
+		OnConnect: func(c *Conn) { conns <- c }}
+	if w.Loops() != nil {
+		t.Fatal("Loops before Run")
+	}
+	r := startWorker(t, w)
+	want := map[*Conn]bool{}
+	for i := 0; i < 5; i++ {
+		r.dial(t)
+		want[acceptedConn(t, conns)] = true
+	}
+	got := map[*Conn]bool{}
+	for _, l := range w.Loops() {
+		onLoop(t, l, func() {
+			l.Conns(func(c *Conn) bool {
+				if c.Loop() != l {
+					t.Errorf("conn %d listed by loop %d, belongs to %d", c.ID(), l.Index(), c.Loop().Index())
+				}
+				got[c] = true
+				return true
+			})
+		})
+	}
+	if len(got) != len(want) {
+		t.Fatalf("walked %d connections, want %d", len(got), len(want))
+	}
+	for c := range want {
+		if !got[c] {
+			t.Errorf("conn %d not walked", c.ID())
+		}
+	}
+	// Stopping early.
+	n := 0
+	onLoop(t, w.Loops()[0], func() { w.Loops()[0].Conns(func(*Conn) bool { n++; return false }) })
+	if n != 1 {
+		t.Errorf("f returning false: %d calls, want 1", n)
+	}
+	r.cancel()
+	r.wait(t)
+	if w.Loops() != nil {
+		t.Error("Loops after Run returned")
+	}
+}

@@ -535,6 +535,19 @@ func (w *Worker) fail(err error) {
 	}()
 }
 
+// Loops returns the worker's loops while it runs (nil before Run and
+// after it returned). With Loop.Post and Loop.Conns it walks every
+// connection without a lock shared by the loops: each loop lists its own,
+// on its own goroutine.
+func (w *Worker) Loops() []*Loop {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.state != stateRunning {
+		return nil
+	}
+	return append([]*Loop(nil), w.loops...)
+}
+
 // Stats returns a snapshot of the worker's counters. Safe from any
 // goroutine, cheap enough to call often.
 func (w *Worker) Stats() Stats {
