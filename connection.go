@@ -8,6 +8,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -138,6 +139,11 @@ type Handler interface {
 // Unlike the other methods, it may only be called on the connection's loop
 // (from OnConnect or another callback).
 func (c *Conn) SetHandler(h Handler) { c.h = h }
+
+// LastActive is when the connection last read something or made progress
+// writing, on its loop's clock. Like Loop.Now, it may only be called on the
+// connection's loop.
+func (c *Conn) LastActive() time.Time { return time.Unix(0, c.lastActive) }
 
 // ID is unique among the connections of a Worker.
 func (c *Conn) ID() uint64 { return c.id }

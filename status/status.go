@@ -3,15 +3,26 @@
 // Package status serves herd workers' per-loop figures over HTTP, as
 // Workerman's `php start.php status` prints them: a text table by default,
 // JSON when asked (?format=json, or an Accept header naming
-// application/json). It reads each Worker's Stats per request and nothing
-// else, so a status request never waits on, or blocks, a loop.
+// application/json). The table reads each Worker's Stats and nothing else.
+//
+// With ?conns=N it also lists up to N open connections (at most
+// MaxListed), as `php start.php connections` does: ID, loop, remote
+// address, time since the connection last read or wrote, and the bytes
+// waiting in its send queue. Each loop lists its own connections on its own
+// goroutine (Loop.Post, Loop.Conns), a few microseconds per connection; the
+// request waits for them at most ListTimeout and never blocks a loop.
+// Per-connection byte counts and ages are not kept: they would add to
+// every idle connection's memory.
 //
 //	http.Handle("/status", status.Handler(w))
 package status
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -30,24 +41,94 @@ func Handler(workers ...*herd.Worker) http.Handler {
 		for i, w := range workers {
 			stats[i] = w.Stats()
 		}
+		var conns []Conn
+		if n, err := strconv.Atoi(r.URL.Query().Get("conns")); err == nil && n > 0 {
+			ctx, cancel := context.WithTimeout(r.Context(), ListTimeout)
+			conns = list(ctx, workers, min(n, MaxListed))
+			cancel()
+		}
 		rw.Header().Set("Cache-Control", "no-store")
 		if wantsJSON(r) {
 			rw.Header().Set("Content-Type", "application/json")
-			json.NewEncoder(rw).Encode(report{Time: time.Now().UTC(), Workers: stats})
+			json.NewEncoder(rw).Encode(report{Time: time.Now().UTC(), Workers: stats, Conns: conns})
 			return
 		}
 		rw.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		for _, s := range stats {
 			rw.Write([]byte(s.String()))
 		}
+		if conns != nil {
+			fmt.Fprintf(rw, "%-8s %10s %5s %-40s %12s %10s\n", "worker", "conn", "loop", "remote", "idle", "queued")
+			for _, c := range conns {
+				fmt.Fprintf(rw, "%-8s %10d %5d %-40s %12s %10d\n", c.Worker, c.ID, c.Loop, c.Remote, c.Idle.Round(time.Millisecond), c.Queued)
+			}
+		}
 	})
 }
 
-// report is the JSON document: a snapshot time and each worker's Stats.
+// Limits of the connection listing.
+const (
+	MaxListed   = 10000
+	ListTimeout = 2 * time.Second
+)
+
+// Conn is one line of the connection listing.
+type Conn struct {
+	Worker string        `json:"worker"`
+	ID     uint64        `json:"id"`
+	Loop   int           `json:"loop"`
+	Remote string        `json:"remote"`
+	Idle   time.Duration `json:"idle_ns"`
+	Queued int           `json:"queued_bytes"`
+}
+
+// report is the JSON document: a snapshot time, each worker's Stats and,
+// if asked for, the connections.
 type report struct {
 	Time    time.Time    `json:"time"`
 	Workers []herd.Stats `json:"workers"`
+	Conns   []Conn       `json:"connections,omitempty"`
 }
+
+// list collects up to max connections, each loop listing its own on its
+// goroutine; loops that have not answered when ctx ends are left out.
+func list(ctx context.Context, workers []*herd.Worker, max int) []Conn {
+	out := []Conn{}
+	for _, w := range workers {
+		for _, l := range w.Loops() {
+			if len(out) >= max {
+				return out
+			}
+			room := max - len(out)
+			got := make(chan []Conn, 1)
+			if !l.Post(func() {
+				var cs []Conn
+				now := l.Now()
+				l.Conns(func(c *herd.Conn) bool {
+					remote := ""
+					if a := c.RemoteAddr(); a != nil {
+						remote = a.String()
+					}
+					cs = append(cs, Conn{Worker: w.Name, ID: c.ID(), Loop: l.Index(), Remote: remote,
+						Idle: max0(now.Sub(c.LastActive())), Queued: c.SendQueueBytes()})
+					return len(cs) < room
+				})
+				got <- cs
+			}) {
+				continue // the loop has stopped
+			}
+			select {
+			case cs := <-got:
+				out = append(out, cs...)
+			case <-ctx.Done():
+				return out
+			}
+		}
+	}
+	return out
+}
+
+func max0(d time.Duration) time.Duration { return max(d, 0) }
 
 func wantsJSON(r *http.Request) bool {
 	if f := r.URL.Query().Get("format"); f != "" {

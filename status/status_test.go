@@ -76,6 +76,44 @@ func TestHandler(t *testing.T) {
 		}
 	}
 
+	// The connection listing: the one client, by its address.
+	resp, body := get(srv.URL+"?format=json&conns=10", "")
+	var rep struct{ Connections []Conn }
+	if err := json.Unmarshal([]byte(body), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Connections) != 1 || rep.Connections[0].Remote != c.LocalAddr().String() || rep.Connections[0].Worker != "echo" {
+		t.Fatalf("listing %+v, want the one client %s", rep.Connections, c.LocalAddr())
+	}
+	if _, text := get(srv.URL+"?conns=1", ""); !strings.Contains(text, c.LocalAddr().String()) {
+		t.Errorf("text listing without the client:\n%s", text)
+	}
+	if _, body := get(srv.URL+"?format=json", ""); strings.Contains(body, "connections") {
+		t.Errorf("connections listed without ?conns")
+	}
+	_ = resp
+	// Bounded: 6 connections, 3 asked for.
+	for i := 0; i < 5; i++ {
+		more, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer more.Close()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for n := int64(0); n < 6 && time.Now().Before(deadline); {
+		n = 0
+		for _, l := range w.Stats().Loops {
+			n += l.Active
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	_, body = get(srv.URL+"?format=json&conns=3", "")
+	rep.Connections = nil
+	if err := json.Unmarshal([]byte(body), &rep); err != nil || len(rep.Connections) != 3 {
+		t.Errorf("conns=3 listed %d (%v)", len(rep.Connections), err)
+	}
+
 	req, _ := http.NewRequest("POST", srv.URL, nil)
 	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusMethodNotAllowed {
 		t.Errorf("POST: %v %v", resp, err)
