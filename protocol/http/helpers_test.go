@@ -91,9 +91,10 @@ func (f *fakeConn) ResumeRecv() {
 	f.mu.Unlock()
 }
 
-func (f *fakeConn) Hold()                {}
-func (f *fakeConn) Release()             {}
-func (f *fakeConn) RemoteAddr() net.Addr { return nil }
+func (f *fakeConn) Hold()                 {}
+func (f *fakeConn) Release()              {}
+func (f *fakeConn) RemoteAddr() net.Addr  { return nil }
+func (f *fakeConn) LastActive() time.Time { return time.Now() }
 
 // Post and Now make the fake its own loop: posted functions run when the
 // test calls harness.run.

@@ -431,3 +431,29 @@ func TestHeadAndAbsoluteForm(t *testing.T) {
 		t.Errorf("Path of GET http://real.example: %q", got)
 	}
 }
+
+// IdleTimeout ends a client that takes nothing of its response, but not
+// one that reads slowly and steadily while an Async producer keeps
+// refilling the queue (the queue's size then says nothing of progress).
+func TestSlowSteadyReaderNotIdle(t *testing.T) {
+	t.Parallel()
+	const size = 4 << 20
+	addr := startServer(t, &Server{IdleTimeout: 200 * time.Millisecond, Handler: func(w *ResponseWriter, r *Request) {
+		w.Async()
+		go func() {
+			defer w.End()
+			chunk := pattern(9, 32<<10)
+			for off := 0; off < size; off += len(chunk) {
+				if _, err := w.Write(chunk); err != nil {
+					return
+				}
+			}
+		}()
+	}}, 1)
+	c := dialSmall(t, addr)
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+	code, body := readResponse(t, bufio.NewReader(herdtest.Throttle(c, 2<<20)), "GET")
+	if code != 200 || len(body) != size {
+		t.Fatalf("status %d, %d of %d bytes: a steady reader was cut off", code, len(body), size)
+	}
+}

@@ -283,6 +283,7 @@ type link interface {
 	Hold()
 	Release()
 	RemoteAddr() net.Addr
+	LastActive() time.Time
 }
 
 // loopLink is the loop as the server uses it: a *herd.Loop (a fake in
@@ -312,8 +313,6 @@ type conn struct {
 	req       Request
 	lastRead  int64
 	reqStart  int64
-	stallQ    int    // send queue at the last sweep (stall check)
-	stallFrom int64  // since when the send queue has not shrunk
 	stopped   bool   // no more requests are read: closing or upgrading
 	upgrading Stream // set once a handler upgraded; bytes then wait in in
 	stream    Stream // the upgraded protocol, once the 101 went out
@@ -340,7 +339,7 @@ type conn struct {
 func (s *Server) newConn(c link, l loopLink) *conn {
 	s.resolve()
 	now := nowNano()
-	cs := &conn{s: s, lim: &s.lim, c: c, loop: l, lastRead: now, idleFrom: now, stallFrom: now}
+	cs := &conn{s: s, lim: &s.lim, c: c, loop: l, lastRead: now, idleFrom: now}
 	cs.queue = cs.queueBuf[:0]
 	cs.p.reset()
 	return cs
@@ -611,10 +610,10 @@ func (cs *conn) checkTimeouts(now int64) {
 	if cs.closed.Load() {
 		return
 	}
-	if lim.idleTime > 0 && cs.stalled(now) {
+	if q, idle := cs.stalled(); q > 0 && lim.idleTime > 0 && idle > time.Duration(lim.idleTime) {
 		// The client has taken nothing of what it is owed for
 		// IdleTimeout: the response cannot be delivered.
-		cs.s.logger().Info("http: client reads nothing of its response; closing", "remote", cs.remote(), "queued", cs.stallQ, "after", time.Duration(now-cs.stallFrom))
+		cs.s.logger().Info("http: client reads nothing of its response; closing", "remote", cs.remote(), "queued", q, "after", idle)
 		cs.abort()
 		return
 	}
@@ -649,15 +648,17 @@ func (cs *conn) checkTimeouts(now int64) {
 	cs.c.Close()
 }
 
-// stalled reports whether the connection's send queue has held bytes
-// without shrinking for longer than IdleTimeout.
-func (cs *conn) stalled(now int64) bool {
-	q := cs.c.SendQueueBytes()
-	if q == 0 || q < cs.stallQ {
-		cs.stallFrom = now
+// stalled gives what the connection's send queue holds and how long ago
+// the connection last made progress (herd counts a read, or any bytes
+// written): with bytes queued, that is how long the client has taken
+// nothing. (The queue's size alone would not tell: a producer refills it
+// as the client reads.)
+func (cs *conn) stalled() (queued int, idle time.Duration) {
+	queued = cs.c.SendQueueBytes()
+	if queued == 0 {
+		return 0, 0
 	}
-	cs.stallQ = q
-	return q > 0 && now-cs.stallFrom > cs.lim.idleTime
+	return queued, cs.loop.Now().Sub(cs.c.LastActive())
 }
 
 // onClose runs once the connection has closed.
