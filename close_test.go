@@ -8,6 +8,7 @@ package herd
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -748,5 +749,38 @@ func TestHeldConnPeerGone(t *testing.T) {
 	}
 	if err := <-replied; !errors.Is(err, ErrConnClosed) {
 		t.Errorf("late reply: %v, want ErrConnClosed", err)
+	}
+}
+
+// A held connection whose reply is queued but whose peer takes nothing of
+// it is not spared by IdleTimeout: it is aborted, and the producer waiting
+// for the peer learns it (ErrConnClosed) instead of waiting for ever.
+func TestIdleTimeoutAbortsStalledHeld(t *testing.T) {
+	t.Parallel()
+	result := make(chan error, 1)
+	w := &Worker{Addr: "tcp://127.0.0.1:0", Count: 1, IdleTimeout: 200 * time.Millisecond}
+	w.OnConnect = func(c *Conn) {
+		c.Hold()
+		go func() {
+			defer c.Release()
+			chunk := make([]byte, 64<<10)
+			for {
+				if err := c.WaitWritable(context.Background()); err != nil {
+					result <- err
+					return
+				}
+				c.Write(chunk)
+			}
+		}()
+	}
+	r := startWorker(t, w)
+	r.dialSmallBufs(t, 4096) // reads nothing
+	select {
+	case err := <-result:
+		if !errors.Is(err, ErrConnClosed) {
+			t.Errorf("producer: %v, want ErrConnClosed", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a held connection whose peer reads nothing was never ended")
 	}
 }

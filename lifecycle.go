@@ -326,9 +326,17 @@ func (l *Loop) startIdleSweep() {
 	l.addTimer(period, period, func() {
 		limit := l.now.Add(-idle).UnixNano()
 		for _, c := range l.conns {
-			if c == nil || c.lastActive >= limit || c.holds.Load() > 0 || c.flags.Load()&flagDrainWait != 0 {
-				// Held: a reply is being made elsewhere, and will be
-				// sent; the connection is not idle.
+			if c == nil || c.lastActive >= limit {
+				continue
+			}
+			if c.holds.Load() > 0 || c.flags.Load()&flagDrainWait != 0 {
+				// Held: a reply is being made elsewhere and will be sent;
+				// the connection is not idle. Unless the reply is already
+				// queued and the peer has taken nothing of it for as long:
+				// then it cannot be delivered.
+				if c.SendQueueBytes() > 0 {
+					c.Abort()
+				}
 				continue
 			}
 			switch c.state.Load() {

@@ -100,7 +100,10 @@ type Worker struct {
 	Backpressure bool
 	// IdleTimeout closes (with Close) connections that have sent nothing
 	// for this long, and aborts closing connections whose queue has not
-	// moved for as long. Zero means never.
+	// moved for as long. A held connection (Conn.Hold) is not idle while
+	// its reply is being made; it is aborted only if that reply is queued
+	// and its peer has taken nothing of it for IdleTimeout. Zero means
+	// never.
 	IdleTimeout time.Duration
 	// MaxConns bounds open connections over all loops; connections beyond
 	// it are closed at once and counted in Stats.Rejected. Zero means no
