@@ -438,7 +438,7 @@ func TestHeadAndAbsoluteForm(t *testing.T) {
 func TestSlowSteadyReaderNotIdle(t *testing.T) {
 	t.Parallel()
 	const size = 4 << 20
-	addr := startServer(t, &Server{IdleTimeout: 200 * time.Millisecond, Handler: func(w *ResponseWriter, r *Request) {
+	addr := startServer(t, &Server{IdleTimeout: 500 * time.Millisecond, Handler: func(w *ResponseWriter, r *Request) {
 		w.Async()
 		go func() {
 			defer w.End()
