@@ -17,7 +17,7 @@
 //     group and the kernel hashes connections over them. Even for many short
 //     connections, with no shared accept queue; blind to load, so a handful
 //     of long-lived connections can land on the same loop. Linux and FreeBSD
-//     only; elsewhere herd falls back to Accept and logs it.
+//     only; elsewhere herd falls back to AcceptShared and logs it.
 //   - AcceptShared: one listening socket in every loop's poller, registered
 //     with EPOLLEXCLUSIVE on Linux so one loop wakes per connection. Cheap and
 //     cache-friendly, but the kernel favours the most recent waiter: work
