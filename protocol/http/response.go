@@ -83,6 +83,7 @@ type ResponseWriter struct {
 	headerSent bool
 	chunked    bool
 	async      bool
+	returned   bool // the handler has returned: after Async, Flush may wait
 	panicked   bool // the handler panicked after Async: End only drops its reference
 	ended      bool
 	finished   bool
@@ -538,8 +539,9 @@ func (w *ResponseWriter) Flush() error {
 	if cs.batching {
 		cs.flushLocked()
 	}
-	// The handler itself runs on the loop, which it must not block.
-	wait := w.async && cs.handling != w
+	// Not while the handler itself runs: on the loop, which it must not
+	// block.
+	wait := w.async && w.returned
 	cs.mu.Unlock()
 	if wait {
 		return cs.waitTurn(w)

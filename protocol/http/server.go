@@ -315,7 +315,6 @@ type conn struct {
 	reqStart  int64
 	stopped   bool   // no more requests are read: closing or upgrading
 	upgrading Stream // set once a handler upgraded; bytes then wait in in
-	stream    Stream // the upgraded protocol, once the 101 went out
 
 	held   atomic.Bool // too many responses pending: reading paused
 	closed atomic.Bool // closing or closed: responses are dropped
@@ -323,7 +322,6 @@ type conn struct {
 	mu          sync.Mutex // guards what follows, and the order of writes
 	queue       []*ResponseWriter
 	moved       chan struct{}   // closed when the line moves on or the connection closes (waitTurn)
-	handling    *ResponseWriter // the response whose handler runs on the loop now
 	wbuf        []byte          // responses batched during one read
 	batching    bool            // the loop is inside onData: writes go to wbuf
 	batchNow    int64           // while batching: the time of the read (nowNano scale)
@@ -467,12 +465,9 @@ func (cs *conn) serve(b []byte) {
 		cs.mu.Unlock()
 	}
 	w := cs.newResponse(r)
-	cs.mu.Lock()
-	cs.handling = w
-	cs.mu.Unlock()
 	cs.call(w, r)
 	cs.mu.Lock()
-	cs.handling = nil
+	w.returned = true
 	if !w.async {
 		cs.finishLocked(w)
 		if w.closeAfter {
@@ -567,7 +562,7 @@ func (cs *conn) abort() {
 
 // resume reads on after enough pending responses have gone out.
 func (cs *conn) resume() {
-	if cs.stopped || cs.closed.Load() || cs.stream != nil {
+	if cs.stopped || cs.closed.Load() { // stopped also once upgraded
 		return
 	}
 	t := cs.loop.Now()
@@ -583,7 +578,6 @@ func (cs *conn) resume() {
 // switchStream hands the connection to an upgraded protocol, with the bytes
 // that arrived after the upgrade request.
 func (cs *conn) switchStream(s Stream) {
-	cs.stream = s
 	cs.upgrading = nil
 	if cs.ls != nil {
 		cs.ls.remove(cs) // no more HTTP timeouts
@@ -603,8 +597,8 @@ func (cs *conn) switchStream(s Stream) {
 }
 
 func (cs *conn) checkTimeouts(now int64) {
-	if cs.stream != nil || cs.upgrading != nil {
-		return
+	if cs.upgrading != nil {
+		return // the new protocol's, from its 101 on
 	}
 	lim := cs.lim
 	if cs.closed.Load() {
@@ -683,11 +677,10 @@ func (cs *conn) onClose() {
 	}
 	bufpool.Put(cs.in)
 	cs.in = nil
-	switch {
-	case cs.stream != nil:
-		// The stream has its own OnClose, which herd calls.
-	case cs.upgrading != nil:
-		// Closed before the 101 could go out: the Stream still hears of it.
+	if cs.upgrading != nil {
+		// Closed before the 101 could go out: the Stream still hears of
+		// it. (Once switched, the Stream is the connection's handler and
+		// herd tells it.)
 		cs.upgrading.OnClose(cs.herdConn())
 	}
 }
