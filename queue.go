@@ -37,23 +37,28 @@ func (q *sendQueue) free() {
 	queuePool.Put(q)
 }
 
-// push copies b to the end of the queue.
+// push copies b to the end of the queue: into the room the last buffer
+// has (never growing it, which would copy it), then into new buffers, of
+// b's size for a queue's first and of bufpool.MaxPooled for the next ones,
+// so that a queue that keeps growing needs few buffers and few iovecs.
 func (q *sendQueue) push(b []byte) {
 	q.n += len(b)
 	if k := len(q.bufs); k > 0 {
 		last := q.bufs[k-1]
-		if cap(last) <= bufpool.MaxPooled {
-			room := bufpool.MaxPooled - len(last)
-			if room > len(b) {
-				room = len(b)
-			}
-			q.bufs[k-1] = append(last, b[:room]...)
-			b = b[room:]
+		if cap(last) <= bufpool.MaxPooled { // not a large sender's own copy
+			m := min(cap(last)-len(last), len(b))
+			q.bufs[k-1] = append(last, b[:m]...)
+			b = b[m:]
 		}
 	}
 	for len(b) > 0 {
-		m := min(len(b), bufpool.MaxPooled)
-		q.bufs = append(q.bufs, append(bufpool.Get(m), b[:m]...))
+		size := bufpool.MaxPooled
+		if len(q.bufs) == 0 {
+			size = min(len(b), size)
+		}
+		buf := bufpool.Get(size)
+		m := min(cap(buf), len(b))
+		q.bufs = append(q.bufs, append(buf, b[:m]...))
 		b = b[m:]
 	}
 }

@@ -985,3 +985,66 @@ func TestDropReportsCoalesced(t *testing.T) {
 		t.Errorf("%d OnError calls for %d drops: reports are not coalesced", calls, drops)
 	}
 }
+
+// The send queue gives back exactly what was pushed, in order, across
+// small pushes, pushes larger than a buffer and owned buffers, written in
+// pieces to a socket that takes a little at a time; and a push never grows
+// (so never copies) the buffer it appends to.
+func TestSendQueueOrder(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[0])
+	defer unix.Close(fds[1])
+	unix.SetNonblock(fds[0], true)
+	unix.SetsockoptInt(fds[0], unix.SOL_SOCKET, unix.SO_SNDBUF, 4096)
+
+	want := offsetPayload(3 << 20)
+	q := newSendQueue()
+	defer q.free()
+	rest := want
+	for i := 0; len(rest) > 0; i++ {
+		n := min(len(rest), []int{1, 100, 5000, 70 << 10, 300 << 10}[i%5])
+		if n == 300<<10 {
+			q.pushOwned(bytes.Clone(rest[:n]))
+		} else {
+			caps := make([]int, len(q.bufs))
+			for j, b := range q.bufs {
+				caps[j] = cap(b)
+			}
+			q.push(rest[:n])
+			for j := range caps {
+				if cap(q.bufs[j]) != caps[j] {
+					t.Fatalf("push %d grew buffer %d from %d to %d bytes", i, j, caps[j], cap(q.bufs[j]))
+				}
+			}
+		}
+		rest = rest[n:]
+	}
+	if q.n != len(want) {
+		t.Fatalf("queue holds %d bytes, want %d", q.n, len(want))
+	}
+	var got []byte
+	buf := make([]byte, 64<<10)
+	for q.n > 0 {
+		if _, err := q.writeTo(fds[0]); err != nil {
+			t.Fatal(err)
+		}
+		n, err := unix.Read(fds[1], buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, buf[:n]...)
+	}
+	for len(got) < len(want) {
+		n, err := unix.Read(fds[1], buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, buf[:n]...)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("bytes out differ from bytes pushed")
+	}
+}
