@@ -428,6 +428,19 @@ func (l *Loop) deliver(c *Conn, data []byte) {
 		l.callMessage(c, data)
 		return
 	}
+	l.deliverFramed(c, p, data)
+}
+
+// deliverFramed cuts data, after what the connection kept of an unfinished
+// packet, into the protocol's messages. A panic in the protocol (Input or
+// Decode; OnMessage recovers its own) closes the connection, as a negative
+// length does: one deferred recover per read, not per message.
+func (l *Loop) deliverFramed(c *Conn, p protocol.Protocol, data []byte) {
+	defer func() {
+		if r := recover(); r != nil {
+			l.closeConn(c, fmt.Errorf("%w: protocol %T: %v", ErrPanic, p, r))
+		}
+	}()
 	limit := l.w.maxPkg
 	buf := data
 	if len(c.in) > 0 {
@@ -435,51 +448,29 @@ func (l *Loop) deliver(c *Conn, data []byte) {
 		buf = c.in
 	}
 	for len(buf) > 0 && c.readable() {
-		n, msg, err := cut(p, buf)
-		if err != nil {
-			l.closeConn(c, err)
+		n, err := p.Input(buf)
+		switch {
+		case err != nil:
+			l.closeConn(c, fmt.Errorf("herd: malformed input: %w", err))
 			return
-		}
-		if n > limit || (n == 0 && len(buf) >= limit) {
+		case n < 0:
+			l.closeConn(c, fmt.Errorf("herd: protocol %T: Input returned a negative length (%d)", p, n))
+			return
+		case n > limit || (n == 0 && len(buf) >= limit):
 			l.closeConn(c, fmt.Errorf("%w (%d bytes, limit %d)", ErrPackageTooLarge, max(n, len(buf)), limit))
 			return
+		case n == 0 || n > len(buf):
+			c.in = bufpool.KeepInput(c.in, buf, limit)
+			return
 		}
-		if msg == nil {
-			break
-		}
+		msg := p.Decode(buf[:n])
 		buf = buf[n:]
 		l.messagesIn.Add(1)
 		l.callMessage(c, msg)
 	}
-	if c.state.Load() == connClosed {
-		return
+	if c.state.Load() != connClosed {
+		c.in = bufpool.KeepInput(c.in, buf, limit)
 	}
-	c.in = bufpool.KeepInput(c.in, buf, limit)
-}
-
-// cut frames the first packet of buf with the protocol: its length n and,
-// when it is complete, its decoded message (never nil then). A panic in the
-// protocol or a negative length is an error, which closes the connection.
-func cut(p protocol.Protocol, buf []byte) (n int, msg []byte, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			n, msg, err = 0, nil, fmt.Errorf("%w: protocol %T: %v", ErrPanic, p, r)
-		}
-	}()
-	n, err = p.Input(buf)
-	switch {
-	case err != nil:
-		return 0, nil, fmt.Errorf("herd: malformed input: %w", err)
-	case n < 0:
-		return 0, nil, fmt.Errorf("herd: protocol %T: Input returned a negative length (%d)", p, n)
-	case n == 0 || n > len(buf):
-		return n, nil, nil
-	}
-	msg = p.Decode(buf[:n])
-	if msg == nil {
-		msg = buf[:0]
-	}
-	return n, msg, nil
 }
 
 // Timers: the loop's heap, filled from any goroutine through the task
