@@ -90,16 +90,16 @@ type report struct {
 	Conns   []Conn       `json:"connections,omitempty"`
 }
 
-// list collects up to max connections, each loop listing its own on its
+// list collects up to limit connections, each loop listing its own on its
 // goroutine; loops that have not answered when ctx ends are left out.
-func list(ctx context.Context, workers []*herd.Worker, max int) []Conn {
+func list(ctx context.Context, workers []*herd.Worker, limit int) []Conn {
 	out := []Conn{}
 	for _, w := range workers {
 		for _, l := range w.Loops() {
-			if len(out) >= max {
+			if len(out) >= limit {
 				return out
 			}
-			room := max - len(out)
+			room := limit - len(out)
 			got := make(chan []Conn, 1)
 			if !l.Post(func() {
 				var cs []Conn
@@ -110,7 +110,7 @@ func list(ctx context.Context, workers []*herd.Worker, max int) []Conn {
 						remote = a.String()
 					}
 					cs = append(cs, Conn{Worker: w.Name, ID: c.ID(), Loop: l.Index(), Remote: remote,
-						Idle: max0(now.Sub(c.LastActive())), Queued: c.SendQueueBytes()})
+						Idle: max(now.Sub(c.LastActive()), 0), Queued: c.SendQueueBytes()})
 					return len(cs) < room
 				})
 				got <- cs
@@ -127,8 +127,6 @@ func list(ctx context.Context, workers []*herd.Worker, max int) []Conn {
 	}
 	return out
 }
-
-func max0(d time.Duration) time.Duration { return max(d, 0) }
 
 func wantsJSON(r *http.Request) bool {
 	if f := r.URL.Query().Get("format"); f != "" {

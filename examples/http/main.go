@@ -57,10 +57,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(w, "Hello, %s, from net/http!\n", r.PathValue("name"))
 	})
 	std := http.Bridge(mux, 0)
-	var w *herd.Worker // set below; the status route reads its Stats
-	statusRoute := http.Bridge(nethttp.HandlerFunc(func(rw nethttp.ResponseWriter, r *nethttp.Request) {
-		status.Handler(w).ServeHTTP(rw, r)
-	}), 0)
+	logger := slog.New(slog.NewTextHandler(stderr, nil))
+	w := &herd.Worker{Name: "http", Addr: *addr, Count: *count, ReusePort: true, Logger: logger}
+	statusRoute := http.Bridge(status.Handler(w), 0)
 
 	hello := []byte("Hello, World!")
 	srv := &http.Server{Handler: func(w *http.ResponseWriter, r *http.Request) {
@@ -81,8 +80,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}}
 
-	logger := slog.New(slog.NewTextHandler(stderr, nil))
-	w = &herd.Worker{Name: "http", Addr: *addr, Count: *count, ReusePort: true, Logger: logger}
 	if err := srv.Attach(w); err != nil {
 		return err
 	}
