@@ -57,3 +57,16 @@ func (t *throttled) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// WaitFor polls cond until it holds, and fails the test if it does not
+// within 10 s.
+func WaitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after 10s waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -363,7 +363,7 @@ func TestStalledUploadsBounded(t *testing.T) {
 		}
 	}
 	var caps []int
-	waitUntil(t, func() bool {
+	herdtest.WaitFor(t, "every upload buffered", func() bool {
 		caps = inputCaps(t, s)
 		full := 0
 		for _, c := range caps {
@@ -395,17 +395,6 @@ func inputCaps(t testing.TB, s *Server) []int {
 		<-done
 	}
 	return caps
-}
-
-func waitUntil(t testing.TB, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 10s")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // Finding 8: HEAD with no body written got Content-Length: 0; an

@@ -172,7 +172,7 @@ func TestBroadcastSlowConsumers(t *testing.T) {
 			}
 		}()
 	}
-	waitFor(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(conns) == readers+stalled })
+	herdtest.WaitFor(t, "every handshake", func() bool { mu.Lock(); defer mu.Unlock(); return len(conns) == readers+stalled })
 	var peak int64
 	for k := 0; k < msgs; k++ {
 		msg := bytes.Repeat([]byte{byte(k)}, size)
@@ -230,16 +230,5 @@ func TestUpgradeWithClose(t *testing.T) {
 	c.send(text("still here"))
 	if f := c.read(); string(f.payload) != "still here" {
 		t.Fatalf("echo %v", f)
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 10s")
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
