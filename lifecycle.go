@@ -91,29 +91,27 @@ func (l *Loop) queueEmptied(c *Conn) {
 func (l *Loop) peerEnded(c *Conn) {
 	c.mu.Lock()
 	c.peerClosed = true
-	if c.state.Load() == connOpen && c.holds.Load() > 0 {
-		c.flags.Or(flagDrainWait)
-		c.drainStop = true
-		c.updateInterestLocked()
-		c.mu.Unlock()
-		if c.holds.Load() > 0 {
-			return // Release posts taskReleased, which closes
-		}
-		c.mu.Lock()
-	}
-	if c.state.Load() == connOpen {
-		c.state.Store(connClosing)
-	}
-	empty := c.queuedLocked() == 0
-	if !empty {
-		c.updateInterestLocked() // stop reading; write out the queue
-	}
 	c.mu.Unlock()
-	if empty {
-		l.closeConn(c, nil)
-	} else if !c.lingerListed {
-		l.watchClose(c)
+	if c.state.Load() == connOpen && l.awaitRelease(c) {
+		return // Release posts taskReleased, which closes
 	}
+	l.beginClose(c)
+}
+
+// awaitRelease stops a held connection's input until its last Release,
+// which posts taskReleased (that closes it). It reports false if no Hold
+// is left: checked again once the flag is up, so that a Release in
+// between is not missed.
+func (l *Loop) awaitRelease(c *Conn) bool {
+	if c.holds.Load() == 0 {
+		return false
+	}
+	c.flags.Or(flagDrainWait)
+	c.mu.Lock()
+	c.drainStop = true
+	c.updateInterestLocked()
+	c.mu.Unlock()
+	return c.holds.Load() > 0
 }
 
 // closeConn closes the descriptor and runs OnError (for err) and OnClose.
@@ -174,18 +172,8 @@ func (l *Loop) drain(force bool) {
 					}
 				}
 			}
-			if c.holds.Load() > 0 {
-				// Work under way elsewhere will still Send: stop reading
-				// and wait for its Release (checked again after the flag
-				// is up, so a Release in between is not missed).
-				c.flags.Or(flagDrainWait)
-				c.mu.Lock()
-				c.drainStop = true
-				c.updateInterestLocked()
-				c.mu.Unlock()
-				if c.holds.Load() > 0 {
-					continue
-				}
+			if l.awaitRelease(c) {
+				continue // work under way elsewhere will still send
 			}
 			l.beginClose(c)
 		}
@@ -206,8 +194,8 @@ func (l *Loop) beginClose(c *Conn) {
 	c.mu.Lock()
 	if c.state.Load() == connOpen {
 		c.state.Store(connClosing)
-		c.updateInterestLocked()
 	}
+	c.updateInterestLocked() // a peer that has ended its side is read no more
 	empty := c.queuedLocked() == 0
 	c.mu.Unlock()
 	if empty {
