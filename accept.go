@@ -192,6 +192,7 @@ func acceptExhausted(err error) bool {
 type dispatcher struct {
 	w            *Worker
 	acc          acceptor
+	loops        atomic.Pointer[[]*Loop] // the loops to hand to (Scale changes them)
 	next         int
 	stopped      atomic.Bool
 	exited       chan struct{}
@@ -242,22 +243,32 @@ func (d *dispatcher) run() {
 	}
 }
 
-// handOff gives an accepted connection to the loop the policy picks.
+func (d *dispatcher) setLoops(loops []*Loop) {
+	loops = append([]*Loop(nil), loops...)
+	d.loops.Store(&loops)
+}
+
+// handOff gives an accepted connection to the loop the policy picks. A
+// loop that Scale took away after the pick no longer takes it: pick again
+// among those that stay.
 func (d *dispatcher) handOff(fd int, peer *peerAddr) {
-	l := d.pick()
-	l.active.Add(1) // counted now, so least-conns sees it before the loop does
-	if !l.post(task{kind: taskConn, fd: fd, peer: *peer}) {
+	for range 4 {
+		l := d.pick()
+		l.active.Add(1) // counted now, so least-conns sees it before the loop does
+		if l.post(task{kind: taskConn, fd: fd, peer: *peer}) {
+			return
+		}
 		l.active.Add(-1)
-		d.w.conns.Add(-1)
-		unix.Close(fd)
 	}
+	d.w.conns.Add(-1) // the worker stops
+	unix.Close(fd)
 }
 
 // pick chooses the loop for the next connection.
 func (d *dispatcher) pick() *Loop {
-	loops := d.w.loops
-	start := d.next
-	d.next = (d.next + 1) % len(loops)
+	loops := *d.loops.Load()
+	start := d.next % len(loops)
+	d.next = (start + 1) % len(loops)
 	if d.w.mode == AcceptRoundRobin {
 		return loops[start]
 	}

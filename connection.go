@@ -36,16 +36,19 @@ func (r SendResult) String() string {
 	return [...]string{"written", "queued", "dropped"}[r]
 }
 
-// Conn is one accepted connection. It belongs to one loop for its whole
-// life; its callbacks run there. Every method is safe from any goroutine.
+// Conn is one accepted connection. It belongs to one loop at a time, and its
+// callbacks run there; Worker.Scale may hand it to another loop when its
+// loop leaves (see LoopMover). Every method is safe from any goroutine.
 type Conn struct {
 	id uint64
 	fd int32
 	// drainedTurn is the loop turn in which a read last emptied the socket
 	// (took less than a full buffer); see queueEmptied.
 	drainedTurn uint32
-	loop        *Loop
-	peer        peerAddr
+	// loop owns the connection; Scale moves it to another (written under mu
+	// by the loop it leaves, read anywhere).
+	loop atomic.Pointer[Loop]
+	peer peerAddr
 
 	// Owned by the loop goroutine.
 	h          Handler // takes input and the close instead of the protocol, if set
@@ -110,6 +113,7 @@ const (
 	flagBackpressure                    // mirrors bpPaused, checked between the messages of one read
 	flagDrainWait                       // a graceful stop waits for the Holds to be Released
 	flagNoLinger                        // CloseNoLinger: the peer sends nothing more
+	flagMoving                          // being handed to another loop (Scale): in no poller (set under mu)
 )
 
 // Connection states. A Conn only moves forward through them.
@@ -148,8 +152,30 @@ func (c *Conn) LastActive() time.Time { return time.Unix(0, c.lastActive) }
 // ID is unique among the connections of a Worker.
 func (c *Conn) ID() uint64 { return c.id }
 
-// Loop is the event loop the connection belongs to.
-func (c *Conn) Loop() *Loop { return c.loop }
+// Loop is the event loop the connection belongs to now. It changes only when
+// Worker.Scale takes that loop away; a goroutine that wants to run
+// something on the connection's loop should use Post, which follows it.
+func (c *Conn) Loop() *Loop { return c.loop.Load() }
+
+// Post runs f on the connection's loop, whichever loop that is when f runs:
+// a connection handed over by Scale takes the functions posted to it along.
+// It reports false, and f never runs, once the worker has stopped.
+func (c *Conn) Post(f func()) bool { return c.post(task{kind: taskFunc, c: c, f: f}) }
+
+// post hands t to the connection's loop. A loop that has left (Scale) no
+// longer takes tasks, and by then the connection belongs to another: try
+// that one.
+func (c *Conn) post(t task) bool {
+	for {
+		l := c.loop.Load()
+		if l.post(t) {
+			return true
+		}
+		if c.loop.Load() == l {
+			return false
+		}
+	}
+}
 
 // RemoteAddr is the peer's address.
 func (c *Conn) RemoteAddr() net.Addr { return c.peer.netAddr() }
@@ -193,7 +219,7 @@ func (c *Conn) SetContext(v any) {
 // MaxSendBufferSize drops the message (Workerman's policy for raw
 // servers); use Write for bytes that must not be dropped.
 func (c *Conn) Send(msg []byte) SendResult {
-	p := c.loop.w.proto
+	p := c.loop.Load().w.proto
 	if p == nil {
 		r, _ := c.send(msg, false)
 		return r
@@ -240,7 +266,7 @@ func (c *Conn) Write(b []byte) (int, error) {
 // output (streamed responses, pushed messages): it must not be called from
 // a callback, since the loop it would wait for is the one it blocks.
 func (c *Conn) WaitWritable(ctx context.Context) error {
-	high := c.loop.w.highWater()
+	high := c.loop.Load().w.highWater()
 	for {
 		c.mu.Lock()
 		switch {
@@ -288,12 +314,12 @@ const largeSend = 4 * bufpool.MaxPooled
 // reading above the high mark instead. ok is false when the connection is
 // closing or closed.
 func (c *Conn) send(data []byte, owed bool) (r SendResult, ok bool) {
-	l := c.loop
 	var owned []byte
 	if len(data) >= largeSend {
 		owned = bytes.Clone(data)
 	}
 	c.mu.Lock()
+	l := c.loop.Load() // under mu: the queue's bytes are counted on the loop that owns it
 	if c.state.Load() != connOpen {
 		c.mu.Unlock()
 		l.dropped.Add(1)
@@ -310,7 +336,7 @@ func (c *Conn) send(data []byte, owed bool) (r SendResult, ok bool) {
 			c.brokenLocked()
 			c.mu.Unlock()
 			l.dropped.Add(1)
-			l.post(task{kind: taskAbort, c: c, err: err})
+			c.post(task{kind: taskAbort, c: c, err: err})
 			return Dropped, false
 		}
 		if len(data) == 0 {
@@ -322,7 +348,7 @@ func (c *Conn) send(data []byte, owed bool) (r SendResult, ok bool) {
 		l.dropped.Add(1)
 		l.droppedFull.Add(1)
 		if c.dropsPending.Add(1) == 1 {
-			l.post(task{kind: taskDropped, c: c})
+			c.post(task{kind: taskDropped, c: c})
 		}
 		return Dropped, true
 	}
@@ -339,7 +365,7 @@ func (c *Conn) send(data []byte, owed bool) (r SendResult, ok bool) {
 	if max := l.w.maxSend; max > 0 && queued >= max && !c.full {
 		c.full = true
 		c.fullPending.Add(1)
-		l.post(task{kind: taskBufferFull, c: c})
+		c.post(task{kind: taskBufferFull, c: c})
 	}
 	if (owed || l.w.Backpressure) && queued >= l.w.highWater() {
 		c.bpPaused = true
@@ -372,9 +398,9 @@ func writeOnce(fd int, b []byte) (int, error) {
 // the OnBufferFull of that full queue is still to run (before
 // OnBufferDrain), and whether Backpressure's pause ended.
 func (c *Conn) flush() (f flushResult, err error) {
-	l := c.loop
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	l := c.loop.Load()
 	if c.state.Load() == connClosed || c.q == nil {
 		return f, nil
 	}
@@ -431,7 +457,7 @@ func (c *Conn) brokenLocked() {
 // dropQueueLocked discards the send queue.
 func (c *Conn) dropQueueLocked() {
 	if c.q != nil {
-		c.loop.sendQueued.Add(-int64(c.q.n))
+		c.loop.Load().sendQueued.Add(-int64(c.q.n))
 		c.q.free()
 		c.q = nil
 	}
@@ -440,8 +466,8 @@ func (c *Conn) dropQueueLocked() {
 // updateInterestLocked tells the poller what the connection waits for now.
 func (c *Conn) updateInterestLocked() {
 	st := c.state.Load()
-	if st == connClosed {
-		return
+	if st == connClosed || c.flags.Load()&flagMoving != 0 {
+		return // a moving connection is registered with its new loop's poller as it is then
 	}
 	// A closing connection keeps reading, and discards what arrives: so
 	// Close and linger need no change of interest, and input left unread
@@ -452,8 +478,9 @@ func (c *Conn) updateInterestLocked() {
 	if read == c.readOn && write == c.writeOn {
 		return
 	}
-	if err := c.loop.poller.Modify(int(c.fd), read, write); err != nil {
-		c.loop.w.logger().Warn("herd: poller modify", "conn", c.id, "err", err)
+	l := c.loop.Load()
+	if err := l.poller.Modify(int(c.fd), read, write); err != nil {
+		l.w.logger().Warn("herd: poller modify", "conn", c.id, "err", err)
 		return
 	}
 	c.readOn, c.writeOn = read, write
@@ -507,7 +534,7 @@ func (c *Conn) close(noLinger bool) {
 	c.state.Store(connClosing)
 	c.updateInterestLocked()
 	c.mu.Unlock()
-	c.loop.post(task{kind: taskClose, c: c})
+	c.post(task{kind: taskClose, c: c})
 }
 
 // Abort closes the connection at once, discarding its send queue
@@ -520,7 +547,7 @@ func (c *Conn) Abort() {
 	}
 	c.brokenLocked()
 	c.mu.Unlock()
-	c.loop.post(task{kind: taskAbort, c: c})
+	c.post(task{kind: taskAbort, c: c})
 }
 
 // Hold tells herd that work for this connection is under way off the loop,
@@ -540,7 +567,7 @@ func (c *Conn) Release() {
 		}
 		if c.holds.CompareAndSwap(h, h-1) {
 			if h == 1 && c.flags.Load()&flagDrainWait != 0 {
-				c.loop.post(task{kind: taskReleased, c: c})
+				c.post(task{kind: taskReleased, c: c})
 			}
 			return
 		}
@@ -569,12 +596,11 @@ func (c *Conn) ResumeRecv() {
 	if was {
 		// Messages already read but held back by the pause are delivered
 		// on the loop; no new input may come to trigger it.
-		l := c.loop
-		l.post(task{kind: taskFunc, f: func() {
+		c.Post(func() {
 			if len(c.in) > 0 && c.readable() {
-				l.deliver(c, nil)
+				c.loop.Load().deliver(c, nil)
 			}
-		}})
+		})
 	}
 }
 

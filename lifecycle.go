@@ -52,7 +52,8 @@ func (l *Loop) register(fd int, peer *peerAddr) {
 		unix.Close(fd)
 		return
 	}
-	c := &Conn{id: l.w.nextID.Add(1), fd: int32(fd), loop: l, peer: *peer, readOn: true, lastActive: l.now.UnixNano()}
+	c := &Conn{id: l.w.nextID.Add(1), fd: int32(fd), peer: *peer, readOn: true, lastActive: l.now.UnixNano()}
+	c.loop.Store(l)
 	for fd >= len(l.conns) {
 		l.conns = append(l.conns, make([]*Conn, len(l.conns)+64)...)
 	}
@@ -156,7 +157,10 @@ func (l *Loop) closeConn(c *Conn, err error) {
 func (l *Loop) drain(force bool) {
 	if !l.draining {
 		l.draining = true
-		l.acc.stop()
+		for _, a := range l.accs {
+			a.stop()
+		}
+		l.accs = nil
 		for _, c := range l.conns {
 			if c == nil || force {
 				continue

@@ -30,8 +30,9 @@ type Loop struct {
 	poller *poll.Poller
 
 	// Owned by the loop goroutine.
-	acc      acceptor // its own listener (fd -1 when connections come from the dispatcher)
-	conns    []*Conn  // by descriptor
+	accs     []*acceptor // its listeners: none when connections come from the dispatcher, more than one after Scale moved some here
+	heirs    []*Loop     // set when the loop leaves (Scale): they take what still comes to it
+	conns    []*Conn     // by descriptor
 	nconns   int
 	readBuf  []byte
 	events   []poll.Event
@@ -79,6 +80,7 @@ const (
 	taskBufferFull
 	taskStop
 	taskReleased
+	taskMoved // a connection handed over by a loop that leaves
 )
 
 // task is work handed to a loop from elsewhere.
@@ -104,8 +106,27 @@ func newLoop(w *Worker, index int) (*Loop, error) {
 		readBuf: make([]byte, readBufferSize),
 		exited:  make(chan struct{}),
 	}
-	l.acc = acceptor{w: w, fd: -1, poller: p, owner: fmt.Sprintf("loop %d", index), take: l.adopt, empty: &l.emptyAccepts, batch: 1}
 	return l, nil
+}
+
+// addListener makes the loop accept on fd, and watches it.
+func (l *Loop) addListener(fd int, exclusive bool) error {
+	a := &acceptor{w: l.w, fd: fd, poller: l.poller, exclusive: exclusive, owner: fmt.Sprintf("loop %d", l.index), take: l.adopt, empty: &l.emptyAccepts, batch: 1}
+	if err := a.watch(); err != nil {
+		return err
+	}
+	l.accs = append(l.accs, a)
+	return nil
+}
+
+// acceptorOf is the loop's acceptor for the listener fd, or nil.
+func (l *Loop) acceptorOf(fd int) *acceptor {
+	for _, a := range l.accs {
+		if a.fd == fd {
+			return a
+		}
+	}
+	return nil
 }
 
 // Index is the loop's position, 0 to Count-1.
@@ -193,13 +214,11 @@ func (l *Loop) run() {
 		for _, ev := range l.events {
 			switch {
 			case ev.Wake:
-			case ev.Fd == l.acc.fd && !l.draining:
-				if l.acc.accept() {
-					l.addTimer(restPeriod, 0, l.acc.resume)
-				}
-			default:
-				if ev.Fd < len(l.conns) && l.conns[ev.Fd] != nil {
-					l.serve(l.conns[ev.Fd], ev)
+			case ev.Fd < len(l.conns) && l.conns[ev.Fd] != nil:
+				l.serve(l.conns[ev.Fd], ev)
+			case !l.draining:
+				if a := l.acceptorOf(ev.Fd); a != nil && a.accept() {
+					l.addTimer(restPeriod, 0, a.resume)
 				}
 			}
 		}
@@ -211,13 +230,19 @@ func (l *Loop) run() {
 	rest := l.tasks
 	l.tasks = nil
 	l.taskMu.Unlock()
-	for _, t := range rest {
-		switch t.kind {
-		case taskConn:
+	for i := range rest {
+		t := &rest[i]
+		switch {
+		case l.forward(t):
+		case t.kind == taskConn:
 			l.active.Add(-1)
 			l.w.conns.Add(-1)
 			unix.Close(t.fd)
-		case taskFunc:
+		case t.kind == taskMoved:
+			// Handed over as the worker stopped, too late to be served.
+			l.moveIn(t.c)
+			l.closeConn(t.c, nil)
+		case t.kind == taskFunc:
 			l.callFunc(t.f) // Post said it would run
 		}
 	}
@@ -287,6 +312,10 @@ func (l *Loop) runTasks() {
 	l.taskMu.Unlock()
 	for i := range tasks {
 		t := &tasks[i]
+		if l.forward(t) {
+			*t = task{}
+			continue
+		}
 		switch t.kind {
 		case taskFunc:
 			l.callFunc(t.f)
@@ -312,6 +341,8 @@ func (l *Loop) runTasks() {
 			l.bufferFull(t.c)
 		case taskStop:
 			l.drain(t.force)
+		case taskMoved:
+			l.moveIn(t.c)
 		case taskReleased:
 			if t.c.holds.Load() == 0 {
 				l.beginClose(t.c)

@@ -13,8 +13,14 @@ type Stats struct {
 	Name string
 	// Mode is how connections reach loops: reuseport, shared, round-robin
 	// or least-conns (after any platform fallback).
-	Mode  string
+	Mode string
+	// Loops are the loops serving now, by Index (Scale adds and takes
+	// away the highest-numbered ones; a loop keeps its Index while it
+	// lives).
 	Loops []LoopStats
+	// LoopsAdded and LoopsRemoved count the loops Scale started and took
+	// away since Run started.
+	LoopsAdded, LoopsRemoved uint64
 	// Rejected counts connections closed at once because MaxConns was
 	// reached.
 	Rejected uint64
@@ -93,8 +99,8 @@ func jain(loops []LoopStats, x func(LoopStats) uint64) float64 {
 // String renders the stats as a table, one row per loop.
 func (s Stats) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "worker %q mode=%s rejected=%d fairness: accepted=%.3f messages=%.3f\n",
-		s.Name, s.Mode, s.Rejected, s.AcceptFairness, s.MessageFairness)
+	fmt.Fprintf(&b, "worker %q mode=%s loops=%d (+%d -%d) rejected=%d fairness: accepted=%.3f messages=%.3f\n",
+		s.Name, s.Mode, len(s.Loops), s.LoopsAdded, s.LoopsRemoved, s.Rejected, s.AcceptFairness, s.MessageFairness)
 	fmt.Fprintf(&b, "%4s %9s %7s %9s %11s %12s %12s %9s %8s %9s %8s %9s %9s %6s\n",
 		"loop", "accepted", "active", "closed", "messages", "bytes-in", "bytes-out", "wakeups", "empty-acc", "queued", "dropped", "drop-full", "switches", "busy%")
 	for _, l := range s.Loops {

@@ -141,28 +141,32 @@ type Worker struct {
 	// out completely.
 	OnBufferDrain func(c *Conn)
 
-	mu         sync.Mutex
-	state      workerState
-	ep         endpoint
-	proto      protocol.Protocol
-	listeners  []int      // one per loop with reuseport, else one
-	mode       AcceptMode // as resolved: acceptReusePort, or Accept
-	exclusive  bool       // shared listeners are registered with EPOLLEXCLUSIVE
-	loops      []*Loop
-	disp       *dispatcher
-	stopping   chan struct{} // closed by Shutdown
-	done       chan struct{} // closed when Run has stopped everything
-	runErr     error
-	log        *slog.Logger
-	nextID     atomic.Uint64
-	conns      atomic.Int64 // open connections over all loops
-	rejected   atomic.Uint64
-	count      int          // loops, Count resolved
-	boundPath  bool         // this worker created the unix socket file
-	listenRefs atomic.Int32 // loops and dispatcher still watching the listeners
-	maxPkg     int
-	maxSend    int
-	stopGrace  time.Duration
+	mu                       sync.Mutex
+	state                    workerState
+	ep                       endpoint
+	proto                    protocol.Protocol
+	listeners                []int      // one per loop with reuseport, else one
+	mode                     AcceptMode // as resolved: acceptReusePort, or Accept
+	exclusive                bool       // shared listeners are registered with EPOLLEXCLUSIVE
+	loops                    []*Loop    // serving now, by Index
+	departing                []*Loop    // left by Scale, not yet exited
+	running                  sync.WaitGroup
+	scaleMu                  sync.Mutex // serializes Scale
+	disp                     *dispatcher
+	stopping                 chan struct{} // closed by Shutdown
+	done                     chan struct{} // closed when Run has stopped everything
+	runErr                   error
+	log                      *slog.Logger
+	nextID                   atomic.Uint64
+	conns                    atomic.Int64 // open connections over all loops
+	rejected                 atomic.Uint64
+	loopsAdded, loopsRemoved atomic.Uint64
+	count                    int          // loops, Count resolved
+	boundPath                bool         // this worker created the unix socket file
+	listenRefs               atomic.Int32 // loops and dispatcher still watching the listeners
+	maxPkg                   int
+	maxSend                  int
+	stopGrace                time.Duration
 }
 
 type workerState int
@@ -380,12 +384,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 	}()
 
-	for _, l := range w.loops {
-		<-l.exited
-	}
-	if w.disp != nil {
-		<-w.disp.exited
-	}
+	w.running.Wait() // every loop, those Scale added too, and the dispatcher
 	w.mu.Lock()
 	w.teardownLocked()
 	err = w.runErr
@@ -399,7 +398,7 @@ func (w *Worker) Run(ctx context.Context) error {
 func (w *Worker) teardownLocked() {
 	w.state = stateClosed
 	w.closeListeners()
-	for _, l := range w.loops {
+	for _, l := range append(w.loops, w.departing...) {
 		l.poller.Close()
 	}
 	if w.disp != nil {
@@ -418,44 +417,51 @@ func (w *Worker) startLoops() error {
 		}
 		w.loops = append(w.loops, l)
 	}
-	switch {
-	case w.mode == acceptReusePort:
-		for i, l := range w.loops {
-			l.acc.fd = w.listeners[i]
+	refs := int32(0)
+	for i, l := range w.loops {
+		var err error
+		switch {
+		case w.mode == acceptReusePort:
+			err = l.addListener(w.listeners[i], false)
+		case w.mode == AcceptShared:
+			err = l.addListener(w.listeners[0], w.exclusive)
 		}
-	case w.mode == AcceptShared:
-		for _, l := range w.loops {
-			l.acc.fd = w.listeners[0]
-			l.acc.exclusive = w.exclusive
+		if err != nil {
+			return err
 		}
-	default:
+		refs += int32(len(l.accs))
+	}
+	if w.mode.dispatched() {
 		d, err := newDispatcher(w, w.listeners[0])
 		if err != nil {
 			return err
 		}
+		d.setLoops(w.loops)
 		w.disp = d
-	}
-	refs := int32(0)
-	if w.disp != nil {
 		refs++
-	}
-	for _, l := range w.loops {
-		if l.acc.fd >= 0 {
-			refs++
-			if err := l.acc.watch(); err != nil {
-				return err
-			}
-		}
 	}
 	w.listenRefs.Store(refs)
 	for _, l := range w.loops {
-		l.started = time.Now()
-		go l.run()
+		w.start(l)
 	}
 	if w.disp != nil {
-		go w.disp.run()
+		w.running.Add(1)
+		go func() {
+			defer w.running.Done()
+			w.disp.run()
+		}()
 	}
 	return nil
+}
+
+// start runs the loop's goroutine. Called with w.mu held.
+func (w *Worker) start(l *Loop) {
+	l.started = time.Now()
+	w.running.Add(1)
+	go func() {
+		defer w.running.Done()
+		l.run()
+	}()
 }
 
 // Shutdown stops the worker gracefully: it stops accepting, reads what each
@@ -513,13 +519,14 @@ func (w *Worker) Shutdown(ctx context.Context) error {
 // stopAll asks the dispatcher and every loop to stop: gracefully, or at once
 // when force is set.
 func (w *Worker) stopAll(force bool) {
+	w.mu.Lock()
+	loops := append(append([]*Loop(nil), w.loops...), w.departing...)
+	w.mu.Unlock()
 	if w.disp != nil {
 		w.disp.stop()
 	}
-	for _, l := range w.loops {
-		if l != nil {
-			l.post(task{kind: taskStop, force: force})
-		}
+	for _, l := range loops {
+		l.post(task{kind: taskStop, force: force})
 	}
 }
 
@@ -557,7 +564,8 @@ func (w *Worker) Stats() Stats {
 	w.mu.Lock()
 	loops, mode, disp := w.loops, w.mode, w.disp
 	w.mu.Unlock()
-	s := Stats{Name: w.Name, Mode: mode.String(), Loops: make([]LoopStats, len(loops)), Rejected: w.rejected.Load()}
+	s := Stats{Name: w.Name, Mode: mode.String(), Loops: make([]LoopStats, len(loops)), Rejected: w.rejected.Load(),
+		LoopsAdded: w.loopsAdded.Load(), LoopsRemoved: w.loopsRemoved.Load()}
 	for i, l := range loops {
 		s.Loops[i] = l.stats()
 	}

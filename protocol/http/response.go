@@ -228,7 +228,7 @@ func (cs *conn) pumpLocked() {
 			if cs.batching {
 				cs.upgradeDone = s
 			} else {
-				cs.loop.Post(func() { cs.switchStream(s) })
+				cs.c.Post(func() { cs.switchStream(s) })
 			}
 		}
 		cs.releaseLocked(w)
@@ -242,7 +242,7 @@ func (cs *conn) pumpLocked() {
 	}
 	if cs.held.Load() && len(cs.queue) <= cs.lim.maxInFlight/2 && !cs.closed.Load() {
 		cs.held.Store(false)
-		cs.loop.Post(cs.resume)
+		cs.c.Post(cs.resume)
 	}
 }
 

@@ -256,6 +256,26 @@ func (cs *conn) OnClose(*herd.Conn) {
 	cs.onClose()
 }
 
+// LeaveLoop implements herd.LoopMover: Worker.Scale hands the connection
+// to another loop, whose sweep takes over its timeouts.
+func (cs *conn) LeaveLoop(*herd.Conn) {
+	if cs.ls != nil {
+		cs.ls.remove(cs)
+		cs.relist = true
+	}
+}
+
+// JoinLoop implements herd.LoopMover.
+func (cs *conn) JoinLoop(c *herd.Conn) {
+	cs.loop = c.Loop()
+	if cs.relist {
+		cs.relist = false
+		if ls := cs.s.loopState(c.Loop()); ls != nil {
+			ls.add(cs)
+		}
+	}
+}
+
 func (ls *loopState) sweep() {
 	now := nowNano()
 	// Backwards: a connection that closes on the way leaves the list (the
@@ -282,14 +302,14 @@ type link interface {
 	ResumeRecv()
 	Hold()
 	Release()
+	Post(f func()) bool // on the connection's loop, wherever Scale moved it
 	RemoteAddr() net.Addr
 	LastActive() time.Time
 }
 
-// loopLink is the loop as the server uses it: a *herd.Loop (a fake in
-// tests).
+// loopLink is the loop as the server uses it, on that loop: a *herd.Loop
+// (a fake in tests).
 type loopLink interface {
-	Post(f func()) bool
 	Now() time.Time
 }
 
@@ -305,7 +325,10 @@ type conn struct {
 	ls   *loopState // the sweep's list it is on, at slot; nil once off it
 	slot int
 	c    link     // the connection
-	loop loopLink // its loop
+	loop loopLink // its loop (Scale may change it: JoinLoop)
+	// relist: the connection was on its loop's sweep list when Scale took
+	// it off that loop; it goes on the new loop's list.
+	relist bool
 
 	// Owned by the loop goroutine.
 	in        []byte // the start of a request not yet complete

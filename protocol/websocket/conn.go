@@ -51,8 +51,10 @@ type loopLink interface {
 // Every method is safe from any goroutine; each frame goes out whole, in one
 // write, so frames written concurrently never interleave.
 type Conn struct {
-	srv         *Server
-	c           link
+	srv *Server
+	c   link
+	// loop is written under wmu (joinLoop, after Scale moved the
+	// connection) and read under wmu or on the loop.
 	loop        loopLink
 	subprotocol string
 
@@ -285,6 +287,37 @@ type stream struct{ c *Conn }
 func (s stream) OnStart(*herd.Conn)               { s.c.start() }
 func (s stream) OnData(_ *herd.Conn, data []byte) { s.c.onData(data) }
 func (s stream) OnClose(*herd.Conn)               { s.c.onClosed() }
+
+// LeaveLoop and JoinLoop implement herd.LoopMover: Worker.Scale hands the
+// connection to another loop, and its timers go along.
+func (s stream) LeaveLoop(*herd.Conn)   { s.c.leaveLoop() }
+func (s stream) JoinLoop(hc *herd.Conn) { s.c.joinLoop(hc.Loop()) }
+
+// leaveLoop stops the connection's timers on the loop it leaves; joinLoop
+// sets them again on the new one (a pending close handshake gets its whole
+// timeout again). The timer fields stay set, as marks, in between.
+func (c *Conn) leaveLoop() {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.keepalive != nil {
+		c.keepalive.Stop()
+	}
+	if c.closeTimer != nil {
+		c.closeTimer.Stop()
+	}
+}
+
+func (c *Conn) joinLoop(l loopLink) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.loop = l
+	if c.keepalive != nil {
+		c.keepalive = l.Every(c.srv.keepalivePeriod(), c.tick)
+	}
+	if c.closeTimer != nil {
+		c.closeTimer = l.AfterFunc(c.srv.closeTimeout(), c.c.Abort)
+	}
+}
 
 // onData parses what the client sent. On the loop.
 func (c *Conn) onData(data []byte) {

@@ -203,15 +203,20 @@ func (s *Server) Upgrade(w *herdhttp.ResponseWriter, r *herdhttp.Request) bool {
 	if s.OnOpen != nil {
 		s.OnOpen(c, r)
 	}
-	if s.PingInterval > 0 || s.PongTimeout > 0 {
-		period := s.PingInterval
-		if period <= 0 {
-			period = s.PongTimeout / 4
-		}
+	if period := s.keepalivePeriod(); period > 0 {
 		c.lastRx = time.Now()
 		c.keepalive = c.loop.Every(period, c.tick)
 	}
 	return true
+}
+
+// keepalivePeriod is how often a connection's keepalive tick runs; zero
+// when there is none.
+func (s *Server) keepalivePeriod() time.Duration {
+	if s.PingInterval > 0 {
+		return s.PingInterval
+	}
+	return s.PongTimeout / 4
 }
 
 // newConn makes the Conn of an accepted handshake.
