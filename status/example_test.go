@@ -33,7 +33,7 @@ func ExampleHandler() {
 	}
 	defer resp.Body.Close()
 	text, _ := io.ReadAll(resp.Body)
-	header, _, _ := strings.Cut(string(text), " rejected")
+	header, _, _ := strings.Cut(string(text), " loops=")
 	fmt.Println(header)
 	// Output: worker "echo" mode=shared
 }
