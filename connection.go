@@ -138,6 +138,30 @@ type Handler interface {
 	OnClose(c *Conn)
 }
 
+// A LoopMover is a Handler that keeps state on its connection's loop, such
+// as timers or a list its loop sweeps. When Worker.Scale hands the
+// connection to another loop, LeaveLoop runs on the loop it leaves (take
+// the connection off what that loop keeps; stop its timers), then JoinLoop
+// on the loop it joins (c.Loop() is the new loop), before any other
+// callback runs for it there. A Handler that keeps no such state needs
+// neither.
+type LoopMover interface {
+	Handler
+	LeaveLoop(c *Conn)
+	JoinLoop(c *Conn)
+}
+
+// A Stopper is a Handler with its own way to end a connection when the
+// worker stops gracefully: a WebSocket server sends a close frame (1001,
+// Going Away), an HTTP server closes once the response in progress is out.
+// Shutdown calls Stop on the connection's loop, after what the peer had
+// sent was delivered, instead of closing the connection itself; the
+// handler then closes it (Shutdown's context still bounds the wait).
+type Stopper interface {
+	Handler
+	Stop(c *Conn)
+}
+
 // SetHandler hands the connection's input and its end to h from the next
 // read on; nil gives them back to the Worker's Protocol and OnMessage.
 // Unlike the other methods, it may only be called on the connection's loop

@@ -176,6 +176,10 @@ func (l *Loop) drain(force bool) {
 					}
 				}
 			}
+			if st, ok := c.h.(Stopper); ok && c.state.Load() == connOpen {
+				l.callConn(st.Stop, c) // the protocol ends it its own way
+				continue
+			}
 			if l.awaitRelease(c) {
 				continue // work under way elsewhere will still send
 			}

@@ -5,6 +5,8 @@ package herd
 import (
 	"net"
 	"os"
+
+	"golang.org/x/sys/unix"
 )
 
 // notify tells the service manager about the process's state through the
@@ -27,4 +29,14 @@ func notify(state string) error {
 	defer c.Close()
 	_, err = c.Write([]byte(state))
 	return err
+}
+
+// monotonicMicros is CLOCK_MONOTONIC in microseconds, which systemd wants
+// with RELOADING=1.
+func monotonicMicros() int64 {
+	var ts unix.Timespec
+	if unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts) != nil {
+		return 0
+	}
+	return ts.Nano() / 1e3
 }

@@ -17,19 +17,6 @@ import (
 // ErrBadCount is returned by Scale for a count below 1.
 var ErrBadCount = errors.New("herd: Scale needs at least one loop")
 
-// A LoopMover is a Handler that keeps state on its connection's loop, such
-// as timers or a list its loop sweeps. When Worker.Scale hands the
-// connection to another loop, LeaveLoop runs on the loop it leaves (take
-// the connection off what that loop keeps; stop its timers), then JoinLoop
-// on the loop it joins (c.Loop() is the new loop), before any other
-// callback runs for it there. A Handler that keeps no such state needs
-// neither.
-type LoopMover interface {
-	Handler
-	LeaveLoop(c *Conn)
-	JoinLoop(c *Conn)
-}
-
 // Scale changes the number of loops to n while the worker serves, in every
 // listen mode, and returns once the change is done (or ctx ends; the change
 // then completes in the background).
@@ -142,7 +129,7 @@ func (w *Worker) departed(l *Loop) {
 // servingLocked reports whether the worker runs and is not stopping: loops
 // may then be added or taken away. Called with w.mu held.
 func (w *Worker) servingLocked() bool {
-	if w.state != stateRunning || w.runErr != nil {
+	if w.state != stateRunning || w.runErr != nil || w.handedOver {
 		return false
 	}
 	select {

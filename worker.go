@@ -162,7 +162,9 @@ type Worker struct {
 	rejected                 atomic.Uint64
 	loopsAdded, loopsRemoved atomic.Uint64
 	count                    int          // loops, Count resolved
-	boundPath                bool         // this worker created the unix socket file
+	boundPath                bool         // this worker owns the unix socket file: it removes it at the end
+	inheritedListeners       bool         // Listen took sockets handed over (upgrade, systemd)
+	handedOver               bool         // the listeners went to an upgrade's child, which owns the socket file now
 	listenRefs               atomic.Int32 // loops and dispatcher still watching the listeners
 	maxPkg                   int
 	maxSend                  int
@@ -208,7 +210,28 @@ func (w *Worker) Listen() error {
 		n = w.count
 	}
 	ep := w.ep
-	for i := 0; i < n; i++ {
+	// Sockets handed over by the process this one upgrades (or by
+	// systemd) come first: connections already in their queues are served.
+	w.listeners = w.takeInherited(ep)
+	if len(w.listeners) > 0 {
+		w.inheritedListeners = true
+		if w.mode != acceptReusePort && len(w.listeners) > 1 {
+			// One listener serves this mode; the others were a ReusePort
+			// group's, and their queues go with them.
+			w.logger().Warn("herd: inherited more listeners than this listen mode uses; closing the rest", "addr", w.Addr, "inherited", len(w.listeners))
+			for _, fd := range w.listeners[1:] {
+				unix.Close(fd)
+			}
+			w.listeners = w.listeners[:1]
+		}
+		sa, err := boundSockaddr(w.listeners[0])
+		if err != nil {
+			w.closeListeners()
+			return err
+		}
+		ep.sa = sa
+	}
+	for i := len(w.listeners); i < n; i++ {
 		fd, err := listen(ep, w.mode == acceptReusePort)
 		if err != nil {
 			w.closeListeners()
@@ -228,7 +251,7 @@ func (w *Worker) Listen() error {
 	}
 	w.state = stateListening
 	w.boundPath = ep.path != ""
-	w.logger().Info("herd: listening", "addr", w.listenAddrLocked(), "loops", w.count, "mode", w.mode.String())
+	w.logger().Info("herd: listening", "addr", w.listenAddrLocked(), "loops", w.count, "mode", w.mode.String(), "inherited", w.inheritedListeners)
 	return nil
 }
 
@@ -329,10 +352,10 @@ func (w *Worker) closeListeners() {
 		unix.Close(fd)
 	}
 	w.listeners = nil
-	if w.boundPath {
+	if w.boundPath && !w.handedOver {
 		os.Remove(w.ep.path)
-		w.boundPath = false
 	}
+	w.boundPath = false
 }
 
 // releaseListener is called by each loop and the dispatcher once it no
@@ -422,7 +445,12 @@ func (w *Worker) startLoops() error {
 		var err error
 		switch {
 		case w.mode == acceptReusePort:
-			err = l.addListener(w.listeners[i], false)
+			// More listeners than loops (inherited from a process that
+			// had more): the extra ones are watched too, so that the
+			// connections the kernel hashes to them are served.
+			for j := i; j < len(w.listeners) && err == nil; j += len(w.loops) {
+				err = l.addListener(w.listeners[j], false)
+			}
 		case w.mode == AcceptShared:
 			err = l.addListener(w.listeners[0], w.exclusive)
 		}

@@ -276,6 +276,41 @@ func (cs *conn) JoinLoop(c *herd.Conn) {
 	}
 }
 
+// drainIdle is how long a connection of a stopping worker may wait for its
+// next request before it is closed: long enough that a client which
+// answers at once (a keep-alive client mid-stream) sends one and gets its
+// response with Connection: close, rather than seeing the connection
+// close under a request it has just sent.
+const drainIdle = 100 * time.Millisecond
+
+// Stop implements herd.Stopper: the worker stops gracefully. The next
+// response says Connection: close and ends the connection; one with no
+// request in progress is closed after drainIdle.
+func (cs *conn) Stop(c *herd.Conn) {
+	cs.draining = true
+	c.Loop().AfterFunc(drainIdle, cs.closeIfIdle)
+}
+
+// closeIfIdle closes a stopping connection with neither a request being
+// read nor a response in line; else looks again later (the response in
+// progress closes it itself).
+func (cs *conn) closeIfIdle() {
+	if cs.closed.Load() || cs.upgrading != nil {
+		return
+	}
+	cs.mu.Lock()
+	idle := len(cs.queue) == 0 && !cs.p.started
+	if idle {
+		cs.closeLocked()
+	}
+	cs.mu.Unlock()
+	if !idle {
+		if hc := cs.herdConn(); hc != nil {
+			hc.Loop().AfterFunc(drainIdle, cs.closeIfIdle)
+		}
+	}
+}
+
 func (ls *loopState) sweep() {
 	now := nowNano()
 	// Backwards: a connection that closes on the way leaves the list (the
@@ -337,6 +372,7 @@ type conn struct {
 	lastRead  int64
 	reqStart  int64
 	stopped   bool   // no more requests are read: closing or upgrading
+	draining  bool   // the worker stops: the next response closes the connection (Stop)
 	upgrading Stream // set once a handler upgraded; bytes then wait in in
 
 	held   atomic.Bool // too many responses pending: reading paused
@@ -488,6 +524,12 @@ func (cs *conn) serve(b []byte) {
 		cs.mu.Unlock()
 	}
 	w := cs.newResponse(r)
+	if cs.draining {
+		// The worker stops: this response tells the client so, and is
+		// the last (the client then opens a connection elsewhere).
+		w.closeAfter = true
+		cs.stopped = true
+	}
 	cs.call(w, r)
 	cs.mu.Lock()
 	w.returned = true

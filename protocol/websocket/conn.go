@@ -288,6 +288,15 @@ func (s stream) OnStart(*herd.Conn)               { s.c.start() }
 func (s stream) OnData(_ *herd.Conn, data []byte) { s.c.onData(data) }
 func (s stream) OnClose(*herd.Conn)               { s.c.onClosed() }
 
+// Stop implements herd.Stopper: the worker stops gracefully, and the peer
+// is told so with a close frame 1001 (Going Away); the closing handshake
+// (bounded by the Server's CloseTimeout) ends the connection.
+func (s stream) Stop(*herd.Conn) {
+	if s.c.Close(StatusGoingAway, "server going away") != nil {
+		s.c.c.Close() // a close was sent already, or the 101 is not out
+	}
+}
+
 // LeaveLoop and JoinLoop implement herd.LoopMover: Worker.Scale hands the
 // connection to another loop, and its timers go along.
 func (s stream) LeaveLoop(*herd.Conn)   { s.c.leaveLoop() }

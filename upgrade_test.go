@@ -1,0 +1,224 @@
+//go:build linux
+
+package herd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The test binary doubles as the new executable of an upgrade: with
+// HERD_TEST_CHILD set, TestMain runs it as that process instead of the
+// tests.
+const envTestChild = "HERD_TEST_CHILD"
+
+func TestMain(m *testing.M) {
+	if mode := os.Getenv(envTestChild); mode != "" {
+		os.Exit(upgradeChild(mode))
+	}
+	os.Exit(m.Run())
+}
+
+// upgradeChild is the new process: it records the descriptors it started
+// with, then serves the parent's worker (same Name and Addr) until SIGTERM.
+// Modes: "serve"; "exit" (exits with status 3 before it is ready); "hang"
+// (never ready).
+func upgradeChild(mode string) int {
+	fds := openDescriptors()
+	report := os.Getenv("HERD_TEST_REPORT")
+	os.WriteFile(report, []byte(fmt.Sprintf("pid %d\n%s", os.Getpid(), strings.Join(fds, "\n"))), 0o644)
+	switch mode {
+	case "exit":
+		return 3
+	case "hang":
+		time.Sleep(time.Minute)
+		return 0
+	}
+	w := &Worker{Name: "up", Addr: os.Getenv("HERD_TEST_ADDR"), Count: 2, ReusePort: true, OnMessage: textEcho,
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	if err := (&Process{Workers: []*Worker{w}}).Run(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "child:", err)
+		return 1
+	}
+	return 0
+}
+
+// openDescriptors describes this process's descriptors above 2 as
+// "fd kind", kind being "listener", "socket" (any other socket) or what
+// /proc says it is.
+func openDescriptors() []string {
+	entries, _ := os.ReadDir("/proc/self/fd")
+	var out []string
+	for _, e := range entries {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil || fd <= 2 {
+			continue
+		}
+		target, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name()))
+		if err != nil {
+			continue // the directory ReadDir read, closed since
+		}
+		kind := target
+		if strings.HasPrefix(target, "socket:") {
+			kind = "socket"
+			if isListener(fd) {
+				kind = "listener"
+			}
+		}
+		out = append(out, fmt.Sprintf("%d %s", fd, kind))
+	}
+	return out
+}
+
+// upgradeFixture runs a Process whose worker the test child serves too.
+type upgradeFixture struct {
+	p      *Process
+	w      *Worker
+	addr   string
+	report string
+	exited chan struct{} // closed when Run returned, with err
+	err    error
+	cancel context.CancelFunc
+}
+
+func startUpgradeFixture(t *testing.T, childMode string) *upgradeFixture {
+	w := &Worker{Name: "up", Addr: "text://127.0.0.1:0", Count: 2, ReusePort: true, OnMessage: textEcho, Logger: quietLogger()}
+	if err := w.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	f := &upgradeFixture{w: w, addr: w.ListenAddr().String(), report: filepath.Join(t.TempDir(), "child"), exited: make(chan struct{})}
+	// The child binds nothing itself: the address it is given is the
+	// parent's Addr (port 0), and it must take the parent's sockets.
+	t.Setenv(envTestChild, childMode)
+	t.Setenv("HERD_TEST_ADDR", w.Addr)
+	t.Setenv("HERD_TEST_REPORT", f.report)
+	f.p = &Process{Workers: []*Worker{w}, Executable: os.Args[0], Args: []string{"-test.run=^$"}, ReadyTimeout: 2 * time.Second, UpgradeGrace: 100 * time.Millisecond}
+	ctx, cancel := context.WithCancel(context.Background())
+	f.cancel = cancel
+	go func() { f.err = f.p.Run(ctx); close(f.exited) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-f.exited:
+		case <-time.After(10 * time.Second):
+			t.Error("the parent did not stop")
+		}
+	})
+	waitFor(t, 5*time.Second, "the process serving", func() bool {
+		f.p.mu.Lock()
+		defer f.p.mu.Unlock()
+		return f.p.serving
+	})
+	return f
+}
+
+// childPID reads the PID the child reported, and its descriptors.
+func (f *upgradeFixture) child(t *testing.T) (int, []string) {
+	b, err := os.ReadFile(f.report)
+	if err != nil {
+		t.Fatalf("no report from the child: %v", err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	pid, _ := strconv.Atoi(strings.TrimPrefix(lines[0], "pid "))
+	return pid, lines[1:]
+}
+
+// TestUpgradeUnderChurn upgrades while clients churn short connections:
+// the new process takes the listening sockets and serves, the old one
+// drains and exits, and not one connection fails. The child starts with
+// the listening sockets only (and the readiness pipe).
+func TestUpgradeUnderChurn(t *testing.T) {
+	f := startUpgradeFixture(t, "serve")
+	ch := startChurn(f.addr, 100, 0)
+	defer ch.end()
+	waitFor(t, 5*time.Second, "traffic", func() bool { return ch.short.Load() > 300 })
+	if err := f.p.Upgrade(context.Background()); err != nil {
+		t.Fatalf("Upgrade: %v", err)
+	}
+	if err := f.p.Upgrade(context.Background()); !errors.Is(err, ErrUpgradeInProgress) && !errors.Is(err, ErrNotServing) {
+		t.Errorf("a second Upgrade of the same process: %v", err)
+	}
+	select {
+	case <-f.exited:
+		if f.err != nil {
+			t.Errorf("the old process's Run: %v", f.err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the old process did not stop after the upgrade")
+	}
+	pid, fds := f.child(t)
+	defer func() {
+		syscall.Kill(pid, syscall.SIGTERM)
+		waitFor(t, 10*time.Second, "the child to exit", func() bool { return syscall.Kill(pid, 0) != nil })
+	}()
+	before := ch.short.Load()
+	waitFor(t, 5*time.Second, "traffic served by the new process", func() bool { return ch.short.Load() > before+300 })
+	for _, err := range ch.end() {
+		t.Error(err)
+	}
+	t.Logf("%d short connections across the upgrade; the child (pid %d) started with: %v", ch.short.Load(), pid, fds)
+	listeners := 0
+	for _, d := range fds {
+		switch kind := strings.SplitN(d, " ", 2)[1]; {
+		case kind == "listener":
+			listeners++
+		case strings.HasPrefix(kind, "pipe:") && strings.HasPrefix(d, "3 "): // the readiness pipe
+		default:
+			t.Errorf("the child inherited descriptor %s", d)
+		}
+	}
+	if listeners != 2 {
+		t.Errorf("the child inherited %d listeners, want the 2 of the ReusePort group", listeners)
+	}
+}
+
+// TestUpgradeFailures: a new process that exits before it is ready, or is
+// never ready, is reported with its exit status, and the old process goes
+// on serving and can upgrade later.
+func TestUpgradeFailures(t *testing.T) {
+	for _, mode := range []string{"exit", "hang"} {
+		t.Run(mode, func(t *testing.T) {
+			f := startUpgradeFixture(t, mode)
+			ch := startChurn(f.addr, 20, 0)
+			defer ch.end()
+			start := time.Now()
+			err := f.p.Upgrade(context.Background())
+			t.Logf("Upgrade after %v: %v", time.Since(start).Round(time.Millisecond), err)
+			switch {
+			case err == nil:
+				t.Fatal("Upgrade succeeded")
+			case mode == "exit" && !strings.Contains(err.Error(), "exit status 3"):
+				t.Errorf("the error does not give the child's exit status: %v", err)
+			case mode == "hang" && !strings.Contains(err.Error(), "not ready"):
+				t.Errorf("the error does not say the child was not ready: %v", err)
+			}
+			before := ch.short.Load()
+			waitFor(t, 5*time.Second, "the old process serving on", func() bool { return ch.short.Load() > before+100 })
+			for _, err := range ch.end() {
+				t.Error(err)
+			}
+			select {
+			case <-f.exited:
+				t.Fatalf("the old process stopped: %v", f.err)
+			default:
+			}
+			if pid, _ := f.child(t); pid > 0 && unix.Kill(pid, 0) == nil {
+				t.Errorf("the failed child %d still runs", pid)
+			}
+		})
+	}
+}
