@@ -135,3 +135,49 @@ func readEcho(c *wsClient, msg string) error {
 		}
 	}
 }
+
+// TestShutdownGoingAway: a graceful stop tells each WebSocket peer with a
+// close frame 1001 (Going Away); a peer that answers it is closed at once,
+// and Shutdown does not wait for its deadline.
+func TestShutdownGoingAway(t *testing.T) {
+	s, closed := echoServer()
+	w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 2, StopTimeout: 5 * time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if err := (&herdhttp.Server{Handler: func(rw *herdhttp.ResponseWriter, r *herdhttp.Request) { s.Upgrade(rw, r) }}).Attach(w); err != nil {
+		t.Fatal(err)
+	}
+	addr := herdtest.Run(t, w)
+	clients := make([]*wsClient, 10)
+	for i := range clients {
+		clients[i] = dial(t, addr, "")
+		clients[i].send(text("hello"))
+		if f := clients[i].read(); f.op != OpText {
+			t.Fatalf("%v", f)
+		}
+	}
+	stopped := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		stopped <- w.Shutdown(ctx)
+	}()
+	for i, c := range clients {
+		f := c.read()
+		if code := closeCodeOf(f); code != StatusGoingAway {
+			t.Fatalf("client %d: %v frame, code %d; want close 1001", i, f.op, code)
+		}
+		c.send(closeFrameFor(StatusGoingAway, ""))
+		c.expectEOF()
+	}
+	if err := <-stopped; err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("Shutdown took %v: it waited for a deadline, not for the closing handshakes", took)
+	}
+	for range clients {
+		if e := waitClose(t, closed); e.code != StatusGoingAway {
+			t.Errorf("OnClose: %+v, want 1001", e)
+		}
+	}
+}
