@@ -178,3 +178,35 @@ func TestCollectorUnderTraffic(t *testing.T) {
 	}
 	t.Logf("%d scrapes while %d messages were echoed", scrapes.Load(), sent.Load())
 }
+
+// Scale changes the set of loop series, and the worker's loop figures say
+// what happened: 1 → 3 → 2 leaves loops 0 and 1, two added, one removed.
+func TestCollectorScale(t *testing.T) {
+	w, addr := echoWorker(t, "echo")
+	herdtest.WaitFor(t, "the worker running", func() bool { return w.Loops() != nil })
+	for _, n := range []int{3, 2} {
+		if err := w.Scale(context.Background(), n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := script(addr, 2, 1); err != nil {
+		t.Fatal(err)
+	}
+	const want = `
+# HELP herd_worker_loops Event loops serving now.
+# TYPE herd_worker_loops gauge
+herd_worker_loops{worker="echo"} 2
+# HELP herd_worker_loops_added_total Loops Scale started.
+# TYPE herd_worker_loops_added_total counter
+herd_worker_loops_added_total{worker="echo"} 2
+# HELP herd_worker_loops_removed_total Loops Scale took away.
+# TYPE herd_worker_loops_removed_total counter
+herd_worker_loops_removed_total{worker="echo"} 1
+`
+	if err := testutil.CollectAndCompare(NewCollector(w), strings.NewReader(want), "herd_worker_loops", "herd_worker_loops_added_total", "herd_worker_loops_removed_total"); err != nil {
+		t.Fatal(err)
+	}
+	if n := testutil.CollectAndCount(NewCollector(w), "herd_loop_busy_seconds_total"); n != 2 {
+		t.Errorf("%d busy series after Scale to 2, want 2", n)
+	}
+}

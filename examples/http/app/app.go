@@ -1,0 +1,82 @@
+//go:build linux || darwin || freebsd
+
+// Package app is the HTTP example server, as a package: examples/http runs
+// it, and so does the prometheus module's variant, which adds /metrics.
+package app
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	nethttp "net/http"
+	"os"
+	"strings"
+
+	"github.com/seed358e4494/herd"
+	"github.com/seed358e4494/herd/protocol/http"
+	"github.com/seed358e4494/herd/status"
+)
+
+// Run parses args as the command's flags and serves until ctx ends or a
+// stop signal arrives (see herd.RunAll; SIGHUP upgrades). routes, if not
+// nil, gives net/http handlers by exact path for the worker, served
+// through the bridge: how the prometheus module's variant of this command
+// adds /metrics.
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer, routes func(*herd.Worker) map[string]nethttp.Handler) error {
+	fs := flag.NewFlagSet("http", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("addr", "tcp://127.0.0.1:8080", "listen address")
+	count := fs.Int("count", 0, "event loops; 0 means one per CPU")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+
+	// Routes people already have, written for net/http, run unchanged
+	// through the bridge (on a bounded pool of goroutines).
+	mux := nethttp.NewServeMux()
+	mux.HandleFunc("GET /std/{name}", func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		fmt.Fprintf(w, "Hello, %s, from net/http!\n", r.PathValue("name"))
+	})
+	std := http.Bridge(mux, 0)
+	logger := slog.New(slog.NewTextHandler(stderr, nil))
+	w := &herd.Worker{Name: "http", Addr: *addr, Count: *count, ReusePort: true, Logger: logger}
+	statusRoute := http.Bridge(status.Handler(w), 0)
+	bridged := map[string]http.Handler{}
+	if routes != nil {
+		for path, h := range routes(w) {
+			bridged[path] = http.Bridge(h, 0)
+		}
+	}
+
+	hello := []byte("Hello, World!")
+	srv := &http.Server{Handler: func(w *http.ResponseWriter, r *http.Request) {
+		path := r.Path()
+		switch {
+		case string(path) == "/":
+			w.Header().Set("Content-Type", "text/plain")
+			w.Write(hello)
+		case string(path) == "/echo" && string(r.Method()) == "POST":
+			w.Header().Set("Content-Type", "application/octet-stream")
+			w.Write(r.Body())
+		case strings.HasPrefix(string(path), "/std/"):
+			std(w, r)
+		case string(path) == "/status":
+			statusRoute(w, r)
+		case bridged[string(path)] != nil:
+			bridged[string(path)](w, r)
+		default:
+			http.Error(w, nethttp.StatusNotFound)
+		}
+	}}
+
+	if err := srv.Attach(w); err != nil {
+		return err
+	}
+	if err := w.Listen(); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "http: listening on http://%s pid %d\n", w.ListenAddr(), os.Getpid())
+	return herd.RunAll(ctx, w)
+}
