@@ -43,7 +43,9 @@ func TestMetricsRoute(t *testing.T) {
 	defer cancel()
 	var out lockedBuffer
 	done := make(chan error, 1)
-	go func() { done <- app.Run(ctx, []string{"-addr", "tcp://127.0.0.1:0", "-count", "2"}, &out, io.Discard, metrics) }()
+	go func() {
+		done <- app.Run(ctx, []string{"-addr", "tcp://127.0.0.1:0", "-count", "2"}, &out, io.Discard, metrics)
+	}()
 	var addr string
 	for deadline := time.Now().Add(10 * time.Second); addr == ""; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
