@@ -1,0 +1,226 @@
+package interop
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// upgradable is examples/http run so that its upgrades can be followed:
+// every generation prints its "listening ... pid N" line on the same
+// stdout, and logs on the same stderr.
+type upgradable struct {
+	t      *testing.T
+	bin    string
+	addr   string
+	pid    int           // the generation serving now
+	lines  chan string   // stdout lines
+	mu     sync.Mutex    // guards stderr
+	stderr []string      // log lines of every generation
+	first  *exec.Cmd     // the first generation, this test's child
+	reaped chan struct{} // closed once the first generation is waited for
+}
+
+func startUpgradable(t *testing.T) *upgradable {
+	u := &upgradable{t: t, bin: filepath.Join(t.TempDir(), "http"), lines: make(chan string, 16), reaped: make(chan struct{})}
+	build := exec.Command("go", "build", "-o", u.bin, "./examples/http")
+	build.Dir = ".."
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building examples/http: %v\n%s", err, out)
+	}
+	// Pipes of our own, not exec's: exec closes its pipes when the first
+	// generation exits, and the later ones write on them still.
+	outR, outW, _ := os.Pipe()
+	errR, errW, _ := os.Pipe()
+	u.first = exec.Command(u.bin, "-addr", "tcp://127.0.0.1:0", "-count", "2")
+	u.first.Stdout, u.first.Stderr = outW, errW
+	if err := u.first.Start(); err != nil {
+		t.Fatal(err)
+	}
+	outW.Close()
+	errW.Close()
+	go func() { u.first.Wait(); close(u.reaped) }()
+	go func() {
+		sc := bufio.NewScanner(outR)
+		for sc.Scan() {
+			u.lines <- sc.Text()
+		}
+	}()
+	go func() {
+		sc := bufio.NewScanner(errR)
+		for sc.Scan() {
+			u.mu.Lock()
+			u.stderr = append(u.stderr, sc.Text())
+			u.mu.Unlock()
+		}
+	}()
+	u.addr, u.pid = u.nextGeneration()
+	t.Cleanup(func() {
+		syscall.Kill(u.pid, syscall.SIGTERM)
+		if !waitGone(u.pid, 15*time.Second) {
+			syscall.Kill(u.pid, syscall.SIGKILL)
+			t.Errorf("examples/http (pid %d) did not stop within 15s of SIGTERM", u.pid)
+		}
+	})
+	return u
+}
+
+var listeningLine = regexp.MustCompile(`listening on http://(\S+) pid (\d+)`)
+
+// nextGeneration waits for a process's "listening" line.
+func (u *upgradable) nextGeneration() (addr string, pid int) {
+	select {
+	case line := <-u.lines:
+		m := listeningLine.FindStringSubmatch(line)
+		if m == nil {
+			u.t.Fatalf("unexpected line from examples/http: %q", line)
+		}
+		pid, _ = strconv.Atoi(m[2])
+		return m[1], pid
+	case <-time.After(30 * time.Second):
+		u.t.Fatal("examples/http printed no listening line within 30s")
+	}
+	return "", 0
+}
+
+// upgrade signals the serving generation, waits for the next one to print
+// its line, and for the old one to exit.
+func (u *upgradable) upgrade() {
+	old := u.pid
+	if err := syscall.Kill(old, syscall.SIGHUP); err != nil {
+		u.t.Fatal(err)
+	}
+	addr, pid := u.nextGeneration()
+	if addr != u.addr {
+		u.t.Fatalf("the new process listens on %s, the old one on %s", addr, u.addr)
+	}
+	u.pid = pid
+	if !waitGone(old, 15*time.Second) {
+		u.t.Fatalf("the old process %d did not exit within 15s of the upgrade", old)
+	}
+}
+
+// waitGone waits until pid has exited (a zombie counts: it serves nothing).
+func waitGone(pid int, d time.Duration) bool {
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return true
+		}
+		// pid (comm) state ...
+		if i := strings.LastIndexByte(string(b), ')'); i > 0 && i+2 < len(b) && b[i+2] == 'Z' {
+			return true
+		}
+	}
+	return false
+}
+
+// logged returns the first log line containing substr, or "".
+func (u *upgradable) logged(substr string) string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for _, l := range u.stderr {
+		if strings.Contains(l, substr) {
+			return l
+		}
+	}
+	return ""
+}
+
+// runWrk runs wrk against the server for d and checks its report: every
+// response 2xx, no socket error. during runs while wrk does.
+func runWrk(t *testing.T, wrk, addr string, d time.Duration, extra []string, during func()) {
+	args := append([]string{"-t", "2", "-c", "50", "-d", d.String(), "--timeout", "5s"}, extra...)
+	cmd := exec.CommandContext(testContext(t, d+60*time.Second), wrk, append(args, "http://"+addr+"/")...)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	during()
+	err := cmd.Wait()
+	t.Logf("wrk %v\n%s", args, out.String())
+	if err != nil {
+		t.Fatalf("wrk: %v", err)
+	}
+	m := regexp.MustCompile(`(\d+) requests in`).FindStringSubmatch(out.String())
+	if m == nil {
+		t.Fatal("no request count in wrk's output")
+	}
+	if n, _ := strconv.Atoi(m[1]); n < 100 {
+		t.Errorf("only %d requests completed", n)
+	}
+	if regexp.MustCompile(`Socket errors|Non-2xx`).MatchString(out.String()) {
+		t.Error("wrk saw socket errors or non-2xx responses")
+	}
+}
+
+// TestUpgradeUnderWrk upgrades examples/http three times (SIGHUP) while
+// wrk loads it with keep-alive requests, then three times under
+// Connection: close: not one socket error or non-2xx response, and each
+// old process exits after draining. Then a new binary that fails to start
+// leaves the old process serving, with the failure in its log.
+func TestUpgradeUnderWrk(t *testing.T) {
+	wrk := tool(t, "wrk")
+	u := startUpgradable(t)
+	for _, tc := range []struct {
+		name  string
+		extra []string
+	}{
+		{"keep-alive", nil},
+		{"connection-close", []string{"-H", "Connection: close"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			runWrk(t, wrk, u.addr, 5*time.Second, tc.extra, func() {
+				for i := 0; i < 3; i++ {
+					time.Sleep(time.Second)
+					old := u.pid
+					u.upgrade()
+					t.Logf("upgrade %d: pid %d → %d", i+1, old, u.pid)
+				}
+			})
+		})
+	}
+	t.Run("failing-binary", func(t *testing.T) {
+		// Replace the file as a deployment does (a new file renamed over
+		// it): the running process's executable path names the new one.
+		saved := u.bin + ".good"
+		if err := os.Link(u.bin, saved); err != nil {
+			t.Fatal(err)
+		}
+		defer os.Rename(saved, u.bin)
+		broken := u.bin + ".broken"
+		if err := os.WriteFile(broken, []byte("#!/bin/sh\necho broken build >&2\nexit 7\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(broken, u.bin); err != nil {
+			t.Fatal(err)
+		}
+		pid := u.pid
+		runWrk(t, wrk, u.addr, 2*time.Second, nil, func() {
+			time.Sleep(500 * time.Millisecond)
+			syscall.Kill(pid, syscall.SIGHUP)
+			deadline := time.Now().Add(10 * time.Second)
+			for u.logged("exit status 7") == "" && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+		})
+		if line := u.logged("exit status 7"); line == "" {
+			t.Error("the old process logged no failed upgrade with the child's exit status")
+		} else {
+			t.Logf("logged: %s", line)
+		}
+		if syscall.Kill(pid, 0) != nil {
+			t.Errorf("the old process %d is gone", pid)
+		}
+	})
+}
