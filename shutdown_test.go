@@ -494,27 +494,12 @@ func TestDrainRefusesNewConns(t *testing.T) {
 // bound, and STOPPING=1 when the graceful stop begins, as datagrams on
 // NOTIFY_SOCKET.
 func TestRunAllNotifiesServiceManager(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "notify")
-	sock, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sock.Close()
-	t.Setenv("NOTIFY_SOCKET", path)
-	next := func() string {
-		sock.SetReadDeadline(time.Now().Add(10 * time.Second))
-		buf := make([]byte, 256)
-		n, err := sock.Read(buf)
-		if err != nil {
-			t.Fatalf("no notification: %v", err)
-		}
-		return string(buf[:n])
-	}
+	next := notifySocket(t)
 	w := &Worker{Addr: "text://127.0.0.1:0", Count: 1, Logger: quietLogger(), OnMessage: textEcho}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- RunAll(ctx, w) }()
-	if got := next(); got != "READY=1" {
+	if got := next(10 * time.Second); got != "READY=1" {
 		t.Fatalf("first notification %q, want READY=1", got)
 	}
 	c, err := net.DialTimeout("tcp", w.ListenAddr().String(), 5*time.Second)
@@ -525,10 +510,32 @@ func TestRunAllNotifiesServiceManager(t *testing.T) {
 	echoLine(t, c, bufio.NewReader(c), "served once ready")
 	c.Close()
 	cancel()
-	if got := next(); got != "STOPPING=1" {
+	if got := next(10 * time.Second); got != "STOPPING=1" {
 		t.Fatalf("notification on stop %q, want STOPPING=1", got)
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// notifySocket sets NOTIFY_SOCKET to a datagram socket of the test's and
+// returns a function that reads the next notification ("" if none comes
+// within d).
+func notifySocket(t *testing.T) func(d time.Duration) string {
+	path := filepath.Join(t.TempDir(), "notify")
+	sock, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sock.Close() })
+	t.Setenv("NOTIFY_SOCKET", path)
+	return func(d time.Duration) string {
+		sock.SetReadDeadline(time.Now().Add(d))
+		buf := make([]byte, 256)
+		n, err := sock.Read(buf)
+		if err != nil {
+			return ""
+		}
+		return string(buf[:n])
 	}
 }

@@ -3,11 +3,14 @@
 package herd
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
@@ -48,6 +51,13 @@ func upgradeChild(mode string) int {
 	}
 	w := &Worker{Name: "up", Addr: os.Getenv("HERD_TEST_ADDR"), Count: 2, ReusePort: true, OnMessage: textEcho,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	if err := w.Listen(); err != nil {
+		fmt.Fprintln(os.Stderr, "child:", err)
+		return 1
+	}
+	f, _ := os.OpenFile(report, os.O_APPEND|os.O_WRONLY, 0)
+	fmt.Fprintf(f, "\ninherited %v", w.inheritedListeners)
+	f.Close()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
 	if err := (&Process{Workers: []*Worker{w}}).Run(ctx); err != nil {
@@ -134,7 +144,13 @@ func (f *upgradeFixture) child(t *testing.T) (int, []string) {
 	}
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 	pid, _ := strconv.Atoi(strings.TrimPrefix(lines[0], "pid "))
-	return pid, lines[1:]
+	var fds []string
+	for _, l := range lines[1:] {
+		if !strings.HasPrefix(l, "inherited ") {
+			fds = append(fds, l)
+		}
+	}
+	return pid, fds
 }
 
 // TestUpgradeUnderChurn upgrades while clients churn short connections:
@@ -142,7 +158,11 @@ func (f *upgradeFixture) child(t *testing.T) (int, []string) {
 // drains and exits, and not one connection fails. The child starts with
 // the listening sockets only (and the readiness pipe).
 func TestUpgradeUnderChurn(t *testing.T) {
+	notified := notifySocket(t)
 	f := startUpgradeFixture(t, "serve")
+	if got := notified(10 * time.Second); got != "READY=1" {
+		t.Fatalf("first notification %q, want READY=1", got)
+	}
 	ch := startChurn(f.addr, 100, 0)
 	defer ch.end()
 	waitFor(t, 5*time.Second, "traffic", func() bool { return ch.short.Load() > 300 })
@@ -161,6 +181,18 @@ func TestUpgradeUnderChurn(t *testing.T) {
 		t.Fatal("the old process did not stop after the upgrade")
 	}
 	pid, fds := f.child(t)
+	// The service manager is told: reloading, then the new main process,
+	// ready. The old process, no longer the main one, says no more, and
+	// the child reported its readiness to the parent, not to systemd.
+	if got := notified(time.Second); !strings.HasPrefix(got, "RELOADING=1\nMONOTONIC_USEC=") {
+		t.Errorf("notification at the upgrade %q, want RELOADING=1 with MONOTONIC_USEC", got)
+	}
+	if got, want := notified(time.Second), fmt.Sprintf("MAINPID=%d\nREADY=1", pid); got != want {
+		t.Errorf("notification once the child is ready %q, want %q", got, want)
+	}
+	if got := notified(200 * time.Millisecond); got != "" {
+		t.Errorf("unexpected notification %q", got)
+	}
 	defer func() {
 		syscall.Kill(pid, syscall.SIGTERM)
 		waitFor(t, 10*time.Second, "the child to exit", func() bool { return syscall.Kill(pid, 0) != nil })
@@ -220,5 +252,48 @@ func TestUpgradeFailures(t *testing.T) {
 				t.Errorf("the failed child %d still runs", pid)
 			}
 		})
+	}
+}
+
+// TestSystemdSocketActivation: a process started the way systemd starts a
+// socket-activated service (the socket on descriptor 3, LISTEN_FDS=1,
+// LISTEN_PID its own PID) serves that socket, without binding anew, for the
+// worker whose address it is bound to.
+func TestSystemdSocketActivation(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	file, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // the duplicate in file stays open, and listening
+	report := filepath.Join(t.TempDir(), "child")
+	// sh's $$ is the PID that exec keeps: LISTEN_PID names the service's
+	// own process, as systemd sets it after fork.
+	cmd := exec.Command("sh", "-c", `LISTEN_PID=$$ exec "$0" -test.run=^$`, os.Args[0])
+	cmd.ExtraFiles = []*os.File{file}
+	cmd.Env = append(os.Environ(), envTestChild+"=serve", "HERD_TEST_ADDR=text://"+addr, "HERD_TEST_REPORT="+report, "LISTEN_FDS=1")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	file.Close()
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	}()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	echoLine(t, c, bufio.NewReader(c), "served on the socket systemd passed")
+	b, _ := os.ReadFile(report)
+	if !strings.Contains(string(b), "inherited true") {
+		t.Errorf("the worker bound a socket of its own; report:\n%s", b)
 	}
 }

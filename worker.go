@@ -215,6 +215,15 @@ func (w *Worker) Listen() error {
 	w.listeners = w.takeInherited(ep)
 	if len(w.listeners) > 0 {
 		w.inheritedListeners = true
+		if w.mode == acceptReusePort {
+			if v, err := unix.GetsockoptInt(w.listeners[0], unix.SOL_SOCKET, soReusePort); err != nil || v == 0 {
+				// No group to join (a socket systemd made without
+				// ReusePort=yes): all loops share it.
+				w.logger().Info("herd: the inherited socket is not in a SO_REUSEPORT group; using shared accept", "addr", w.Addr)
+				w.mode, w.exclusive = AcceptShared, true
+				n = 1
+			}
+		}
 		if w.mode != acceptReusePort && len(w.listeners) > 1 {
 			// One listener serves this mode; the others were a ReusePort
 			// group's, and their queues go with them.
