@@ -204,6 +204,7 @@ func netnsRun(t *testing.T, run string) {
 	if testing.Short() {
 		t.Skip("short mode")
 	}
+	execSelf(t)
 	if _, err := exec.LookPath("unshare"); err != nil {
 		t.Skip("no unshare(1): cannot make a network namespace")
 	}

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -94,6 +95,25 @@ func openDescriptors() []string {
 	return out
 }
 
+// execSelf skips a test that runs this test binary as another process
+// where that cannot be done: under qemu-user without binfmt_misc, the
+// binary is not the host's and exec fails.
+func execSelf(t *testing.T) {
+	execSelfOnce.Do(func() {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), envTestChild+"=")
+		execSelfErr = cmd.Run()
+	})
+	if execSelfErr != nil {
+		t.Skipf("cannot run the test binary as a child process here (emulated?): %v", execSelfErr)
+	}
+}
+
+var (
+	execSelfOnce sync.Once
+	execSelfErr  error
+)
+
 // upgradeFixture runs a Process whose worker the test child serves too.
 type upgradeFixture struct {
 	p      *Process
@@ -106,6 +126,7 @@ type upgradeFixture struct {
 }
 
 func startUpgradeFixture(t *testing.T, childMode string) *upgradeFixture {
+	execSelf(t)
 	w := &Worker{Name: "up", Addr: "text://127.0.0.1:0", Count: 2, ReusePort: true, OnMessage: textEcho, Logger: quietLogger()}
 	if err := w.Listen(); err != nil {
 		t.Fatal(err)
@@ -260,6 +281,7 @@ func TestUpgradeFailures(t *testing.T) {
 // LISTEN_PID its own PID) serves that socket, without binding anew, for the
 // worker whose address it is bound to.
 func TestSystemdSocketActivation(t *testing.T) {
+	execSelf(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

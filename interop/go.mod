@@ -7,6 +7,7 @@ replace github.com/seed358e4494/herd => ../
 require (
 	github.com/chromedp/chromedp v0.14.2
 	github.com/gorilla/websocket v1.5.3
+	go.yaml.in/yaml/v3 v3.0.6
 )
 
 require (

@@ -20,7 +20,7 @@ import (
 )
 
 // Run parses args as the command's flags and serves until ctx ends or a
-// stop signal arrives (see herd.RunAll; SIGHUP upgrades). routes, if not
+// stop signal arrives (see herd.Process; SIGHUP upgrades). routes, if not
 // nil, gives net/http handlers by exact path for the worker, served
 // through the bridge: how the prometheus module's variant of this command
 // adds /metrics.
@@ -29,6 +29,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, routes fu
 	fs.SetOutput(stderr)
 	addr := fs.String("addr", "tcp://127.0.0.1:8080", "listen address")
 	count := fs.Int("count", 0, "event loops; 0 means one per CPU")
+	stopTimeout := fs.Duration("stop-timeout", herd.DefaultStopTimeout, "graceful stop's bound (SIGTERM, and after an upgrade)")
+	grace := fs.Duration("upgrade-grace", 0, "after an upgrade, how long this process serves its connections before it stops")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -41,7 +43,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, routes fu
 	})
 	std := http.Bridge(mux, 0)
 	logger := slog.New(slog.NewTextHandler(stderr, nil))
-	w := &herd.Worker{Name: "http", Addr: *addr, Count: *count, ReusePort: true, Logger: logger}
+	w := &herd.Worker{Name: "http", Addr: *addr, Count: *count, ReusePort: true, StopTimeout: *stopTimeout, Logger: logger}
 	statusRoute := http.Bridge(status.Handler(w), 0)
 	bridged := map[string]http.Handler{}
 	if routes != nil {
@@ -78,5 +80,6 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, routes fu
 		return err
 	}
 	fmt.Fprintf(stdout, "http: listening on http://%s pid %d\n", w.ListenAddr(), os.Getpid())
-	return herd.RunAll(ctx, w)
+	p := &herd.Process{Workers: []*herd.Worker{w}, UpgradeGrace: *grace}
+	return p.Run(ctx)
 }
