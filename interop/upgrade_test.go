@@ -2,6 +2,7 @@ package interop
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -13,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gorilla/websocket"
 )
 
 // upgradable is examples/http run so that its upgrades can be followed:
@@ -30,18 +33,18 @@ type upgradable struct {
 	reaped chan struct{} // closed once the first generation is waited for
 }
 
-func startUpgradable(t *testing.T) *upgradable {
-	u := &upgradable{t: t, bin: filepath.Join(t.TempDir(), "http"), lines: make(chan string, 16), reaped: make(chan struct{})}
-	build := exec.Command("go", "build", "-o", u.bin, "./examples/http")
+func startUpgradable(t *testing.T, name string, args ...string) *upgradable {
+	u := &upgradable{t: t, bin: filepath.Join(t.TempDir(), name), lines: make(chan string, 16), reaped: make(chan struct{})}
+	build := exec.Command("go", "build", "-o", u.bin, "./examples/"+name)
 	build.Dir = ".."
 	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building examples/http: %v\n%s", err, out)
+		t.Fatalf("building examples/%s: %v\n%s", name, err, out)
 	}
 	// Pipes of our own, not exec's: exec closes its pipes when the first
 	// generation exits, and the later ones write on them still.
 	outR, outW, _ := os.Pipe()
 	errR, errW, _ := os.Pipe()
-	u.first = exec.Command(u.bin, "-addr", "tcp://127.0.0.1:0", "-count", "2")
+	u.first = exec.Command(u.bin, append([]string{"-addr", "tcp://127.0.0.1:0", "-count", "2"}, args...)...)
 	u.first.Stdout, u.first.Stderr = outW, errW
 	if err := u.first.Start(); err != nil {
 		t.Fatal(err)
@@ -68,7 +71,7 @@ func startUpgradable(t *testing.T) *upgradable {
 		syscall.Kill(u.pid, syscall.SIGTERM)
 		if !waitGone(u.pid, 15*time.Second) {
 			syscall.Kill(u.pid, syscall.SIGKILL)
-			t.Errorf("examples/http (pid %d) did not stop within 15s of SIGTERM", u.pid)
+			t.Errorf("the example (pid %d) did not stop within 15s of SIGTERM", u.pid)
 		}
 	})
 	return u
@@ -82,12 +85,12 @@ func (u *upgradable) nextGeneration() (addr string, pid int) {
 	case line := <-u.lines:
 		m := listeningLine.FindStringSubmatch(line)
 		if m == nil {
-			u.t.Fatalf("unexpected line from examples/http: %q", line)
+			u.t.Fatalf("unexpected line from the example: %q", line)
 		}
 		pid, _ = strconv.Atoi(m[2])
 		return m[1], pid
 	case <-time.After(30 * time.Second):
-		u.t.Fatal("examples/http printed no listening line within 30s")
+		u.t.Fatal("the example printed no listening line within 30s")
 	}
 	return "", 0
 }
@@ -171,7 +174,7 @@ func runWrk(t *testing.T, wrk, addr string, d time.Duration, extra []string, dur
 // leaves the old process serving, with the failure in its log.
 func TestUpgradeUnderWrk(t *testing.T) {
 	wrk := tool(t, "wrk")
-	u := startUpgradable(t)
+	u := startUpgradable(t, "http")
 	for _, tc := range []struct {
 		name  string
 		extra []string
@@ -223,4 +226,72 @@ func TestUpgradeUnderWrk(t *testing.T) {
 			t.Errorf("the old process %d is gone", pid)
 		}
 	})
+}
+
+// TestUpgradeWebSocket upgrades examples/websocket with WebSocket clients
+// connected: they are served by the old process through the grace period,
+// then get a close frame 1001 (Going Away); new clients reach the new
+// process meanwhile, and the old one exits.
+func TestUpgradeWebSocket(t *testing.T) {
+	const grace = 500 * time.Millisecond
+	u := startUpgradable(t, "websocket", "-upgrade-grace", grace.String())
+	echo := func(c *websocket.Conn, msg string) error {
+		c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if err := c.WriteMessage(websocket.TextMessage, []byte(msg)); err != nil {
+			return err
+		}
+		_, got, err := c.ReadMessage()
+		if err == nil && string(got) != msg {
+			err = fmt.Errorf("echo %q, want %q", got, msg)
+		}
+		return err
+	}
+	dial := func() *websocket.Conn {
+		c, _, err := websocket.DefaultDialer.Dial("ws://"+u.addr+"/echo", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	old := make([]*websocket.Conn, 5)
+	for i := range old {
+		old[i] = dial()
+		if err := echo(old[i], "before"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	oldPID := u.pid
+	syscall.Kill(oldPID, syscall.SIGHUP)
+	_, u.pid = u.nextGeneration()
+	start := time.Now()
+	// Within the grace period the old connections are served, and new
+	// ones reach the new process.
+	for _, c := range old {
+		if err := echo(c, "during the grace period"); err != nil {
+			t.Fatalf("old connection, during the grace period: %v", err)
+		}
+	}
+	fresh := dial()
+	if err := echo(fresh, "new process"); err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range old {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, _, err := c.ReadMessage()
+		var ce *websocket.CloseError
+		if !errors.As(err, &ce) || ce.Code != websocket.CloseGoingAway {
+			t.Errorf("old connection %d: %v, want a close frame 1001", i, err)
+		}
+	}
+	if after := time.Since(start); after < grace/2 {
+		t.Errorf("the close frames came %v after the new process was ready, before the %v grace", after, grace)
+	}
+	if !waitGone(oldPID, 15*time.Second) {
+		t.Fatalf("the old process %d did not exit", oldPID)
+	}
+	if err := echo(fresh, "after the old process left"); err != nil {
+		t.Errorf("the connection to the new process: %v", err)
+	}
 }

@@ -11,8 +11,11 @@
 //
 //	go run ./examples/websocket -addr tcp://127.0.0.1:8081
 //
-// The first line of output is the bound address (port 0 picks a free one).
-// SIGINT or SIGTERM stops it gracefully.
+// The first line of output is the bound address (port 0 picks a free one)
+// and the process ID. SIGINT or SIGTERM stops it gracefully: each peer gets
+// a close frame 1001 (Going Away). SIGHUP upgrades it (see herd.Process):
+// the executable starts again and takes over the listening socket, and the
+// connections of this process get 1001 after -upgrade-grace.
 package main
 
 import (
@@ -79,6 +82,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	addr := fs.String("addr", "tcp://127.0.0.1:8081", "listen address")
 	count := fs.Int("count", 0, "event loops; 0 means one per CPU")
 	ping := fs.Duration("ping", 30*time.Second, "server ping interval (a peer silent for two intervals is closed)")
+	grace := fs.Duration("upgrade-grace", 5*time.Second, "after an upgrade, how long this process serves its connections before it sends them 1001")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -122,6 +126,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := w.Listen(); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "websocket: listening on http://%s\n", w.ListenAddr())
-	return herd.RunAll(ctx, w)
+	fmt.Fprintf(stdout, "websocket: listening on http://%s pid %d\n", w.ListenAddr(), os.Getpid())
+	p := &herd.Process{Workers: []*herd.Worker{w}, UpgradeGrace: *grace}
+	return p.Run(ctx)
 }
