@@ -222,15 +222,14 @@ func (p *Process) logNotify(err error) {
 // returns why (with its exit status if it exited), and this process goes
 // on serving. One upgrade runs at a time: ErrUpgradeInProgress.
 func (p *Process) Upgrade(ctx context.Context) error {
-	if !p.upgrading.CompareAndSwap(false, true) {
-		return ErrUpgradeInProgress
-	}
 	p.mu.Lock()
 	serving, upgraded := p.serving, p.upgraded
 	p.mu.Unlock()
 	if !serving || p.handedOver() {
-		p.upgrading.Store(false)
 		return ErrNotServing
+	}
+	if !p.upgrading.CompareAndSwap(false, true) {
+		return ErrUpgradeInProgress
 	}
 	p.logNotify(notify(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", monotonicMicros())))
 	ctx, cancel := context.WithTimeout(ctx, p.readyTimeout())

@@ -76,9 +76,13 @@ func (p *Poller) Modify(fd int, read, write bool) error {
 	return p.change(ev(fd, unix.EVFILT_READ, onoff(read)), ev(fd, unix.EVFILT_WRITE, onoff(write)))
 }
 
-// Delete stops watching fd.
+// Delete stops watching fd: both filters of a connection (one that moves
+// to another loop must not leave a write filter firing here), the read
+// filter of a listener (which has no write filter: that error is ignored).
 func (p *Poller) Delete(fd int) error {
-	return p.change(ev(fd, unix.EVFILT_READ, unix.EV_DELETE))
+	err := p.change(ev(fd, unix.EVFILT_READ, unix.EV_DELETE))
+	p.change(ev(fd, unix.EVFILT_WRITE, unix.EV_DELETE))
+	return err
 }
 
 // Wait blocks for at most msec milliseconds (-1: no limit).
