@@ -35,9 +35,9 @@ func (w *Worker) listenerFiles() ([]*os.File, error) {
 }
 
 // stopAccepting hands the listening sockets over for good: an upgrade's
-// child accepts from them now. The worker serves the connections it has
-// until it is shut down, and leaves a unix socket's file in place for the
-// child.
+// child accepts from them now. It returns once no loop of this worker
+// watches them any more; the worker serves the connections it has until it
+// is shut down, and leaves a unix socket's file in place for the child.
 func (w *Worker) stopAccepting() {
 	w.mu.Lock()
 	w.handedOver = true
@@ -45,13 +45,19 @@ func (w *Worker) stopAccepting() {
 	w.mu.Unlock()
 	if disp != nil {
 		disp.stop() // it stops watching the listener as it exits
+		<-disp.exited
 	}
 	for _, l := range loops {
-		l.Post(func() {
+		done := make(chan struct{})
+		if !l.Post(func() {
 			for _, a := range l.accs {
 				a.stop()
 			}
 			l.accs = nil
-		})
+			close(done)
+		}) {
+			continue // stopped: it watches nothing
+		}
+		<-done
 	}
 }

@@ -216,9 +216,9 @@ func (p *Process) logNotify(err error) {
 
 // Upgrade starts the new executable, hands it the listening sockets and
 // waits (at most ReadyTimeout, or until ctx ends) for it to report that it
-// is ready. It then returns nil, and this process stops accepting, serves
-// its connections for UpgradeGrace and stops gracefully; Run returns once
-// it has. If the new process does not become ready, Upgrade kills it,
+// is ready. It then stops accepting and returns nil, and this process
+// serves its connections for UpgradeGrace and stops gracefully; Run
+// returns once it has. If the new process does not become ready, Upgrade kills it,
 // returns why (with its exit status if it exited), and this process goes
 // on serving. One upgrade runs at a time: ErrUpgradeInProgress.
 func (p *Process) Upgrade(ctx context.Context) error {
@@ -240,11 +240,11 @@ func (p *Process) Upgrade(ctx context.Context) error {
 		p.upgrading.Store(false)
 		return err
 	}
-	p.logger().Info("herd: upgrade: the new process is ready; this one stops accepting", "pid", pid, "grace", p.UpgradeGrace)
 	p.logNotify(notify(fmt.Sprintf("MAINPID=%d\nREADY=1", pid)))
 	for _, w := range p.Workers {
 		w.stopAccepting()
 	}
+	p.logger().Info("herd: upgrade: the new process is ready and this one accepts no more", "pid", pid, "grace", p.UpgradeGrace)
 	close(upgraded) // upgrading stays set: there is no second upgrade of this process
 	go func() {
 		time.Sleep(p.UpgradeGrace)

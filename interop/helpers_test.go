@@ -55,12 +55,12 @@ func startExample(t *testing.T, name string, args ...string) string {
 	}()
 	select {
 	case line := <-lines:
-		// "<name>: listening on http://127.0.0.1:PORT"
-		f := strings.Fields(line)
-		if len(f) == 0 || !strings.Contains(line, "listening on") {
+		// "<name>: listening on http://127.0.0.1:PORT pid N"
+		_, rest, ok := strings.Cut(line, "listening on ")
+		if !ok {
 			t.Fatalf("unexpected first line from examples/%s: %q", name, line)
 		}
-		addr := f[len(f)-1]
+		addr, _, _ := strings.Cut(rest, " ")
 		if i := strings.Index(addr, "://"); i >= 0 {
 			addr = addr[i+3:]
 		}

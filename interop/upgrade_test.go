@@ -265,6 +265,13 @@ func TestUpgradeWebSocket(t *testing.T) {
 	oldPID := u.pid
 	syscall.Kill(oldPID, syscall.SIGHUP)
 	_, u.pid = u.nextGeneration()
+	// Until the old process says it accepts no more, a new connection may
+	// still land there (both processes accept from the same socket).
+	for deadline := time.Now().Add(10 * time.Second); u.logged("accepts no more") == ""; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the old process never said it accepts no more")
+		}
+	}
 	start := time.Now()
 	// Within the grace period the old connections are served, and new
 	// ones reach the new process.
