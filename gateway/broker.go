@@ -1,0 +1,466 @@
+//go:build linux || darwin || freebsd
+
+package gateway
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"time"
+)
+
+// A Broker connects the nodes of a cluster: publish and subscribe for
+// messages, and presence sets (which clients hold a uid, are in a group,
+// are on a node) whose entries expire unless refreshed, so that a node
+// that dies leaves nothing behind for long. The redis module has one;
+// the gateway calls it from a goroutine of its own, never from a loop.
+type Broker interface {
+	// Subscribe delivers what is published on channels until ctx ends.
+	// It calls deliver on one goroutine, in the order of publication, and
+	// resubscribed after each reconnection (what was published meanwhile
+	// is lost). It keeps trying while the broker is unreachable, and
+	// returns once the first subscription is in place (or ctx ends).
+	Subscribe(ctx context.Context, channels []string, deliver func(channel string, payload []byte), resubscribed func()) error
+	// Publish sends each message to its channel.
+	Publish(ctx context.Context, msgs []Outgoing) error
+	// UpdatePresence adds members to and removes them from presence sets;
+	// an added member expires after ttl unless added again.
+	UpdatePresence(ctx context.Context, ttl time.Duration, changes []PresenceChange) error
+	// Members lists the unexpired members of a presence set.
+	Members(ctx context.Context, key string) ([]string, error)
+	// IsMember reports whether member is in the set, unexpired.
+	IsMember(ctx context.Context, key, member string) (bool, error)
+}
+
+// Outgoing is a message for Broker.Publish.
+type Outgoing struct {
+	Channel string
+	Payload []byte
+}
+
+// PresenceChange is an addition to (In) or removal from a presence set.
+type PresenceChange struct {
+	Key, Member string
+	In          bool
+}
+
+// PresenceTTL is how long a presence entry lives without a refresh; each
+// node refreshes its entries every third of it.
+const PresenceTTL = 30 * time.Second
+
+// Envelope kinds.
+const (
+	kindClient byte = iota + 1
+	kindUid
+	kindGroup
+	kindAll
+	kindUngroup
+	kindClose
+)
+
+// envelope is what one node publishes: who sends it, its place in the
+// sender's numbering of the channel, what it is for, and the message.
+type envelope struct {
+	node    string
+	epoch   uint64 // the sender's start: a new epoch restarts the numbering
+	seq     uint64 // per sender and channel, from 1
+	kind    byte
+	target  string // client ID, uid or group
+	exclude []ClientID
+	payload []byte
+}
+
+// magic starts every envelope; anything else on the channels is foreign.
+const magic = "HGW1"
+
+var errMalformed = errors.New("gateway: malformed message")
+
+// encode is the envelope on the wire: magic, kind, epoch, seq, then
+// length-prefixed node, target and exclusions, then the payload.
+func (e *envelope) encode() []byte {
+	b := make([]byte, 0, len(magic)+1+2*binary.MaxVarintLen64+len(e.node)+len(e.target)+len(e.payload)+16)
+	b = append(b, magic...)
+	b = append(b, e.kind)
+	b = binary.AppendUvarint(b, e.epoch)
+	b = binary.AppendUvarint(b, e.seq)
+	b = appendString(b, e.node)
+	b = appendString(b, e.target)
+	b = binary.AppendUvarint(b, uint64(len(e.exclude)))
+	for _, id := range e.exclude {
+		b = appendString(b, string(id))
+	}
+	return append(b, e.payload...)
+}
+
+func appendString(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+// decodeEnvelope parses what encode made; anything else is errMalformed.
+// The payload aliases b.
+func decodeEnvelope(b []byte) (envelope, error) {
+	var e envelope
+	if !strings.HasPrefix(string(b), magic) || len(b) < len(magic)+1 {
+		return e, errMalformed
+	}
+	b = b[len(magic):]
+	e.kind, b = b[0], b[1:]
+	if e.kind < kindClient || e.kind > kindClose {
+		return e, errMalformed
+	}
+	var ok bool
+	if e.epoch, b, ok = uvarint(b); !ok {
+		return e, errMalformed
+	}
+	if e.seq, b, ok = uvarint(b); !ok {
+		return e, errMalformed
+	}
+	if e.node, b, ok = str(b); !ok || e.node == "" {
+		return e, errMalformed
+	}
+	if e.target, b, ok = str(b); !ok {
+		return e, errMalformed
+	}
+	n, b, ok := uvarint(b)
+	if !ok || n > uint64(len(b)) { // each exclusion takes a byte at least
+		return e, errMalformed
+	}
+	for range n {
+		var id string
+		if id, b, ok = str(b); !ok {
+			return e, errMalformed
+		}
+		e.exclude = append(e.exclude, ClientID(id))
+	}
+	e.payload = b
+	return e, nil
+}
+
+func uvarint(b []byte) (uint64, []byte, bool) {
+	v, n := binary.Uvarint(b)
+	if n <= 0 {
+		return 0, b, false
+	}
+	return v, b[n:], true
+}
+
+func str(b []byte) (string, []byte, bool) {
+	n, b, ok := uvarint(b)
+	if !ok || n > uint64(len(b)) {
+		return "", b, false
+	}
+	return string(b[:n]), b[n:], true
+}
+
+// publishQueue bounds what waits for the broker: beyond it, messages are
+// dropped and counted, so that a slow or absent broker never holds a loop.
+const publishQueue = 8192
+
+// publisher is the gateway's goroutine for the broker: it publishes,
+// keeps presence, and receives.
+type publisher struct {
+	g      *Gateway
+	epoch  uint64
+	jobs   chan job
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	// Owned by the publishing goroutine.
+	seq map[string]uint64 // per channel
+
+	// Owned by the receiving goroutine (the broker's deliver).
+	last map[string]uint64 // per sender node and channel: last seq seen
+	seen map[string]uint64 // per sender node: its epoch
+}
+
+// job is one piece of work for the publishing goroutine: a message to a
+// channel, to a uid's nodes, or a presence change.
+type job struct {
+	channel string
+	uid     string // route by presence to the nodes holding it
+	env     envelope
+	change  *PresenceChange
+}
+
+func newPublisher(g *Gateway) *publisher {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &publisher{g: g, epoch: uint64(time.Now().UnixNano()) ^ rand.Uint64()>>16, jobs: make(chan job, publishQueue),
+		ctx: ctx, cancel: cancel, done: make(chan struct{}), seq: map[string]uint64{}, last: map[string]uint64{}, seen: map[string]uint64{}}
+}
+
+// enqueue queues a job, or drops and counts it when the queue is full.
+func (p *publisher) enqueue(j job) {
+	select {
+	case p.jobs <- j:
+	default:
+		p.g.stats.pubDropped.Add(1)
+	}
+}
+
+func (p *publisher) publish(channel string, e envelope) { p.enqueue(job{channel: channel, env: e}) }
+func (p *publisher) toUid(uid string, e envelope)       { p.enqueue(job{uid: uid, env: e}) }
+func (p *publisher) presence(key string, id ClientID, in bool) {
+	p.enqueue(job{change: &PresenceChange{Key: key, Member: string(id), In: in}})
+}
+
+// start subscribes the node and starts the publishing goroutine.
+func (p *publisher) start() {
+	g := p.g
+	resubscribed := func() {
+		g.stats.resubscribes.Add(1)
+		g.logger().Warn("gateway: reconnected to the broker; messages published meanwhile are lost", "node", g.node)
+		if g.OnGap != nil {
+			g.OnGap("", 0)
+		}
+		p.enqueue(job{}) // an empty job: refresh presence now (the broker may have lost it)
+	}
+	go func() {
+		// Not on the loop that starts first: the broker may be slow or
+		// down, and keeps trying on its own.
+		if err := g.Broker.Subscribe(p.ctx, []string{nodeChannel(g.node), allChannel}, p.receive, resubscribed); err != nil && p.ctx.Err() == nil {
+			g.logger().Error("gateway: subscribing to the broker", "node", g.node, "err", err)
+		}
+	}()
+	go p.run()
+}
+
+func (p *publisher) close() error {
+	p.cancel()
+	<-p.done
+	return nil
+}
+
+// maxBatch bounds the messages published in one call.
+const maxBatch = 256
+
+func (p *publisher) run() {
+	defer close(p.done)
+	refresh := time.NewTicker(PresenceTTL / 3)
+	defer refresh.Stop()
+	var out []Outgoing
+	var changes []PresenceChange
+	for {
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-refresh.C:
+			p.refresh()
+			continue
+		case j := <-p.jobs:
+			out, changes = p.take(j, out[:0], changes[:0])
+		}
+		// Whatever else waits goes in the same round trips.
+	more:
+		for len(out) < maxBatch {
+			select {
+			case j := <-p.jobs:
+				out, changes = p.take(j, out, changes)
+			default:
+				break more
+			}
+		}
+		p.flush(out, changes)
+	}
+}
+
+// take turns a job into messages and presence changes.
+func (p *publisher) take(j job, out []Outgoing, changes []PresenceChange) ([]Outgoing, []PresenceChange) {
+	switch {
+	case j.change != nil:
+		return out, append(changes, *j.change)
+	case j.uid != "" && p.g.UidBroadcast:
+		return p.stamp(out, allChannel, j.env), changes
+	case j.uid != "":
+		for _, node := range p.uidNodes(j.uid) {
+			out = p.stamp(out, nodeChannel(node), j.env)
+		}
+		return out, changes
+	case j.channel != "":
+		return p.stamp(out, j.channel, j.env), changes
+	}
+	p.refresh()
+	return out, changes
+}
+
+// stamp numbers an envelope for channel and adds it to out.
+func (p *publisher) stamp(out []Outgoing, channel string, e envelope) []Outgoing {
+	p.seq[channel]++
+	e.node, e.epoch, e.seq = p.g.node, p.epoch, p.seq[channel]
+	return append(out, Outgoing{Channel: channel, Payload: e.encode()})
+}
+
+// uidNodes are the other nodes where uid is bound, from its presence set.
+func (p *publisher) uidNodes(uid string) []string {
+	ctx, cancel := context.WithTimeout(p.ctx, brokerTimeout)
+	defer cancel()
+	members, err := p.g.Broker.Members(ctx, uidKey(uid))
+	if err != nil {
+		p.g.stats.pubDropped.Add(1)
+		return nil
+	}
+	var nodes []string
+	for _, m := range members {
+		if node := ClientID(m).Node(); node != p.g.node && !contains(nodes, node) {
+			nodes = append(nodes, node)
+		}
+	}
+	if len(nodes) == 0 {
+		p.g.stats.unknown.Add(1)
+	}
+	return nodes
+}
+
+func contains(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// brokerTimeout bounds each call to the broker.
+const brokerTimeout = 2 * time.Second
+
+func (p *publisher) flush(out []Outgoing, changes []PresenceChange) {
+	ctx, cancel := context.WithTimeout(p.ctx, brokerTimeout)
+	defer cancel()
+	if len(changes) > 0 {
+		if err := p.g.Broker.UpdatePresence(ctx, PresenceTTL, changes); err != nil {
+			p.g.logger().Debug("gateway: presence update failed; the next refresh repeats it", "err", err)
+		}
+	}
+	if len(out) > 0 {
+		if err := p.g.Broker.Publish(ctx, out); err != nil {
+			p.g.stats.pubDropped.Add(uint64(len(out)))
+			p.g.logger().Debug("gateway: publish failed", "messages", len(out), "err", err)
+			return
+		}
+		p.g.stats.published.Add(uint64(len(out)))
+	}
+}
+
+// refresh adds every local presence entry again, so that it outlives its
+// TTL and is back after the broker lost it. The loops list their shards'
+// entries; a loop that does not answer in time is refreshed next round.
+func (p *publisher) refresh() {
+	var mu sync.Mutex
+	var changes []PresenceChange
+	var wg sync.WaitGroup
+	for _, s := range p.g.currentView().shards {
+		wg.Add(1)
+		if !s.loop.Post(func() {
+			defer wg.Done()
+			var mine []PresenceChange
+			for _, r := range s.clients {
+				mine = append(mine, PresenceChange{Key: nodeKey(p.g.node), Member: string(r.id), In: true})
+				for uid := range r.uids {
+					mine = append(mine, PresenceChange{Key: uidKey(uid), Member: string(r.id), In: true})
+				}
+				for group := range r.groups {
+					mine = append(mine, PresenceChange{Key: groupKey(group), Member: string(r.id), In: true})
+				}
+			}
+			mu.Lock()
+			changes = append(changes, mine...)
+			mu.Unlock()
+		}) {
+			wg.Done()
+		}
+	}
+	waited := make(chan struct{})
+	go func() { wg.Wait(); close(waited) }()
+	select {
+	case <-waited:
+	case <-time.After(brokerTimeout):
+		return
+	case <-p.ctx.Done():
+		return
+	}
+	for len(changes) > 0 {
+		n := min(len(changes), 4096)
+		ctx, cancel := context.WithTimeout(p.ctx, brokerTimeout)
+		err := p.g.Broker.UpdatePresence(ctx, PresenceTTL, changes[:n])
+		cancel()
+		if err != nil {
+			return
+		}
+		changes = changes[n:]
+	}
+}
+
+// receive handles one message from the broker (on the broker's goroutine):
+// it checks the sender's numbering, then delivers on this node's loops.
+func (p *publisher) receive(channel string, payload []byte) {
+	g := p.g
+	e, err := decodeEnvelope(payload)
+	if err != nil {
+		g.stats.malformed.Add(1)
+		return
+	}
+	if e.node == g.node {
+		return // our own, on the "all" channel
+	}
+	g.stats.received.Add(1)
+	p.checkSeq(channel, &e)
+	e.payload = clone(e.payload)
+	switch e.kind {
+	case kindClient:
+		id := ClientID(e.target)
+		if !g.isLocal(id) {
+			g.stats.malformed.Add(1)
+			return
+		}
+		m := newMessage(e.payload)
+		g.onClient(id, func(s *shard, r *record) { s.deliver(r, m) })
+	case kindClose:
+		if id := ClientID(e.target); g.isLocal(id) {
+			g.onClient(id, func(s *shard, r *record) { r.c.Herd().Close() })
+		}
+	case kindUid:
+		m := newMessage(e.payload)
+		g.local(func(s *shard, v uint64) { s.sendUid(e.target, m, v) })
+	case kindGroup:
+		m := newMessage(e.payload)
+		ex := g.localExclusions(e.exclude)
+		g.local(func(s *shard, v uint64) { s.sendGroup(e.target, m, ex, v) })
+	case kindAll:
+		m := newMessage(e.payload)
+		ex := g.localExclusions(e.exclude)
+		g.local(func(s *shard, v uint64) { s.sendAll(m, ex, v) })
+	case kindUngroup:
+		g.local(func(s *shard, _ uint64) { s.ungroup(e.target) })
+	}
+}
+
+// checkSeq counts the messages of e's sender on channel that never came.
+func (p *publisher) checkSeq(channel string, e *envelope) {
+	key := e.node + "\x00" + channel
+	if p.seen[e.node] != e.epoch {
+		// A sender seen for the first time, or restarted: its numbering
+		// starts here.
+		p.seen[e.node] = e.epoch
+		for k := range p.last {
+			if strings.HasPrefix(k, e.node+"\x00") {
+				delete(p.last, k)
+			}
+		}
+		p.last[key] = e.seq
+		return
+	}
+	last, ok := p.last[key]
+	p.last[key] = max(last, e.seq)
+	if ok && e.seq > last+1 {
+		missed := e.seq - last - 1
+		p.g.stats.gaps.Add(1)
+		p.g.stats.missed.Add(missed)
+		if p.g.OnGap != nil {
+			p.g.OnGap(e.node, missed)
+		}
+	}
+}

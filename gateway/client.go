@@ -1,0 +1,100 @@
+//go:build linux || darwin || freebsd
+
+package gateway
+
+import (
+	"reflect"
+	"sync"
+
+	"github.com/seed358e4494/herd"
+	"github.com/seed358e4494/herd/protocol"
+	"github.com/seed358e4494/herd/protocol/websocket"
+)
+
+// A Client is a connection as the gateway writes to it: a WebSocket
+// connection (WebSocket), or a herd connection with the worker's protocol
+// (Raw).
+type Client interface {
+	// Herd is the underlying connection.
+	Herd() *herd.Conn
+	// deliver writes m, encoded once for all the receivers of a fan-out.
+	deliver(m *message) error
+}
+
+// WebSocket makes a WebSocket connection a gateway client: messages go out
+// as text frames, prepared once per fan-out (websocket.PreparedMessage),
+// and a receiver over its MaxQueuedBytes is closed as a slow consumer
+// rather than holding the others back.
+func WebSocket(c *websocket.Conn) Client { return wsClient{c} }
+
+type wsClient struct{ c *websocket.Conn }
+
+func (w wsClient) Herd() *herd.Conn { return w.c.Herd() }
+
+func (w wsClient) deliver(m *message) error {
+	pm, err := m.prepared()
+	if err != nil {
+		return err
+	}
+	return w.c.WritePrepared(pm)
+}
+
+// Raw makes a herd connection a gateway client: each message is encoded
+// with p (once per fan-out; nil sends the bytes as they are) and sent with
+// SendRaw, which drops it when the connection's send queue is full
+// (Workerman's policy, counted in the worker's Stats).
+func Raw(c *herd.Conn, p protocol.Protocol) Client { return rawClient{c, p} }
+
+type rawClient struct {
+	c *herd.Conn
+	p protocol.Protocol
+}
+
+func (r rawClient) Herd() *herd.Conn { return r.c }
+
+func (r rawClient) deliver(m *message) error {
+	if r.c.SendRaw(m.encoded(r.p)) == herd.Dropped {
+		return errDropped
+	}
+	return nil
+}
+
+// message is one payload on its way to one or many clients, with the
+// encodings made for them, each made once.
+type message struct {
+	data []byte
+
+	pmOnce sync.Once
+	pm     *websocket.PreparedMessage
+	pmErr  error
+
+	encMu   sync.Mutex
+	encType reflect.Type
+	enc     []byte
+}
+
+func newMessage(data []byte) *message { return &message{data: data} }
+
+func (m *message) prepared() (*websocket.PreparedMessage, error) {
+	m.pmOnce.Do(func() { m.pm, m.pmErr = websocket.NewPreparedMessage(websocket.OpText, m.data) })
+	return m.pm, m.pmErr
+}
+
+// encoded is data encoded with p: made once for the first protocol type
+// asked, and for another type (one gateway serving two protocols) each
+// time. Protocols of one type are taken to encode alike.
+func (m *message) encoded(p protocol.Protocol) []byte {
+	if p == nil {
+		return m.data
+	}
+	m.encMu.Lock()
+	defer m.encMu.Unlock()
+	switch {
+	case m.enc == nil:
+		m.encType, m.enc = reflect.TypeOf(p), p.Encode(nil, m.data)
+		return m.enc
+	case m.encType == reflect.TypeOf(p):
+		return m.enc
+	}
+	return p.Encode(nil, m.data)
+}

@@ -1,0 +1,481 @@
+//go:build linux || darwin || freebsd
+
+// Package gateway reaches users wherever they are connected: GatewayWorker's
+// API (bindUid, joinGroup, sendToUid, sendToGroup, sendToAll, sessions) on
+// herd's loops, in one process or across processes and machines.
+//
+// Every connection added to a Gateway gets a ClientID unique in the
+// cluster. Membership (the uids bound to a client, the groups it joined) is
+// kept per loop: each loop owns the records of the clients added on it and
+// changes them on its own goroutine (through Loop.Post), so no lock is
+// shared by the loops. A message to a group or to everyone is encoded once
+// (a WebSocket prepared message) and written by every loop to its own
+// members at the same time; each receiver's slow-consumer policy applies,
+// so one slow reader holds no one back.
+//
+// With no Broker the gateway serves one process and needs no external
+// service. With one (the redis module's), messages for clients on other
+// nodes go through it: to a uid only the nodes that hold it (presence kept
+// in the broker, with expiring entries), to a group or everyone all nodes.
+// Each node numbers what it publishes per channel, with an epoch, so a
+// receiver counts what it missed (pub/sub is at most once) and reports it
+// through OnGap; publishing never blocks a loop: it is queued, and a full
+// queue drops and counts.
+//
+// GatewayWorker → herd:
+//
+//	Gateway::bindUid($client_id, $uid)          g.BindUid(id, uid)
+//	Gateway::unbindUid($client_id, $uid)        g.UnbindUid(id, uid)
+//	Gateway::joinGroup($client_id, $group)      g.JoinGroup(id, group)
+//	Gateway::leaveGroup($client_id, $group)     g.LeaveGroup(id, group)
+//	Gateway::ungroup($group)                    g.Ungroup(group)
+//	Gateway::sendToClient($client_id, $msg)     g.SendToClient(id, msg)
+//	Gateway::sendToUid($uid, $msg)              g.SendToUid(uid, msg)
+//	Gateway::sendToGroup($group, $msg, $ex)     g.SendToGroup(group, msg, ex...)
+//	Gateway::sendToAll($msg, null, $ex)         g.SendToAll(msg, ex...)
+//	Gateway::isOnline($client_id)               g.IsOnline(ctx, id)
+//	Gateway::isUidOnline($uid)                  g.IsUidOnline(ctx, uid)
+//	Gateway::getClientIdByUid($uid)             g.ClientIDsByUid(ctx, uid)
+//	Gateway::getClientIdListByGroup($group)     g.ClientIDsByGroup(ctx, group)
+//	Gateway::getClientCountByGroup($group)      g.GroupCount(ctx, group)
+//	Gateway::setSession / updateSession         g.SetSession / g.UpdateSession
+//	Gateway::getSession($client_id)             g.Session(ctx, id)
+//	Gateway::closeClient($client_id)            g.CloseClient(id)
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/seed358e4494/herd"
+)
+
+// Errors of the gateway.
+var (
+	// ErrNotAttached is returned by queries before Attach's worker runs.
+	ErrNotAttached = errors.New("gateway: not attached to a running worker")
+	errDropped     = errors.New("gateway: message dropped (send queue full)")
+)
+
+// ClientID names a connection across the cluster: the node's name and the
+// connection's ID on that node ("node-7f3"). It does not name the loop: a
+// connection's loop can change (Worker.Scale), its ID cannot.
+type ClientID string
+
+// split parses an ID into its node and connection parts.
+func (id ClientID) split() (node string, conn uint64, ok bool) {
+	i := strings.LastIndexByte(string(id), '-')
+	if i <= 0 {
+		return "", 0, false
+	}
+	conn, err := strconv.ParseUint(string(id[i+1:]), 16, 64)
+	return string(id[:i]), conn, err == nil
+}
+
+// Node is the node part of the ID.
+func (id ClientID) Node() string {
+	node, _, _ := id.split()
+	return node
+}
+
+// A Gateway registers clients and delivers messages to them by client,
+// uid, group or to all. Set its fields, then Attach it to the worker
+// before Run. Its methods are safe from any goroutine; the ones that
+// change membership or send return at once, and their effects on one
+// client happen in the order they were called.
+type Gateway struct {
+	// Node names this process in the cluster; unique per process. Empty
+	// means the host name, the process ID and a random suffix.
+	Node string
+	// Broker carries messages to the other nodes; nil serves this process
+	// only.
+	Broker Broker
+	// Sessions keeps the per-client sessions; nil keeps them in memory.
+	Sessions SessionStore
+	// UidBroadcast publishes SendToUid to every node instead of only to
+	// those where the uid's presence set says it is bound: no lookup per
+	// message, every node woken for each (see the bench module).
+	UidBroadcast bool
+	// OnGap is told when messages from another node were lost in the
+	// broker (missed counts them; 0 after a reconnection, when how many is
+	// not known). It runs on the broker's goroutine.
+	OnGap func(node string, missed uint64)
+	// Logger receives the gateway's logs; nil means slog.Default().
+	Logger *slog.Logger
+
+	node  string
+	w     *herd.Worker
+	mu    sync.Mutex           // serializes changes of view
+	view  atomic.Pointer[view] // the shards of the loops serving now
+	where sync.Map             // connection ID → *shard
+	pub   *publisher
+	stats counters
+}
+
+// Stats counts what the gateway did.
+type Stats struct {
+	Clients        int64  // registered on this node
+	UnknownTargets uint64 // sends and changes for a client, uid or group not found here: no-ops
+	Published      uint64 // messages handed to the broker
+	PublishDropped uint64 // messages the broker could not take (queue full, broker down)
+	Received       uint64 // messages from other nodes
+	Malformed      uint64 // messages from the broker that were not the gateway's, dropped
+	Gaps           uint64 // times a gap was seen in another node's numbering
+	Missed         uint64 // messages those gaps counted
+	Resubscribes   uint64 // reconnections to the broker, each a possible loss
+}
+
+type counters struct {
+	clients                                                                         atomic.Int64
+	unknown, published, pubDropped, received, malformed, gaps, missed, resubscribes atomic.Uint64
+}
+
+// Stats returns the gateway's counters.
+func (g *Gateway) Stats() Stats {
+	s := &g.stats
+	return Stats{Clients: s.clients.Load(), UnknownTargets: s.unknown.Load(), Published: s.published.Load(), PublishDropped: s.pubDropped.Load(),
+		Received: s.received.Load(), Malformed: s.malformed.Load(), Gaps: s.gaps.Load(), Missed: s.missed.Load(), Resubscribes: s.resubscribes.Load()}
+}
+
+func (g *Gateway) logger() *slog.Logger {
+	if g.Logger != nil {
+		return g.Logger
+	}
+	return slog.Default()
+}
+
+// NodeName is the node's name, as resolved by Attach.
+func (g *Gateway) NodeName() string { return g.node }
+
+// Attach makes g serve w's loops: each loop gets its share of the
+// registry when it starts, and hands it to loop 0 when it leaves (Scale).
+// With a Broker, it subscribes the node when the first loop starts. It
+// keeps the worker's own OnWorkerStart and OnWorkerStop, which run after
+// the gateway's part.
+func (g *Gateway) Attach(w *herd.Worker) error {
+	if g.w != nil {
+		return errors.New("gateway: already attached")
+	}
+	g.w = w
+	g.node = g.Node
+	if g.node == "" {
+		host, _ := os.Hostname()
+		var b [3]byte
+		rand.Read(b[:])
+		g.node = fmt.Sprintf("%s.%d.%s", host, os.Getpid(), hex.EncodeToString(b[:]))
+	}
+	if strings.ContainsAny(g.node, " \t\n") {
+		return fmt.Errorf("gateway: node name %q has spaces", g.node)
+	}
+	if g.Sessions == nil {
+		g.Sessions = NewMemorySessions()
+	}
+	if g.Broker != nil {
+		g.pub = newPublisher(g)
+	}
+	start, stop := w.OnWorkerStart, w.OnWorkerStop
+	var once sync.Once
+	w.OnWorkerStart = func(l *herd.Loop) {
+		g.addShard(&shard{g: g, loop: l, clients: map[uint64]*record{}, uids: map[string]map[uint64]*record{}, groups: map[string]map[uint64]*record{}})
+		if g.pub != nil {
+			once.Do(g.pub.start)
+		}
+		if start != nil {
+			start(l)
+		}
+	}
+	w.OnWorkerStop = func(l *herd.Loop) {
+		g.retire(l)
+		if stop != nil {
+			stop(l)
+		}
+	}
+	return nil
+}
+
+// Close stops the gateway's part of the cluster: the broker subscription
+// and the presence refresh. Call it after the worker has stopped.
+func (g *Gateway) Close() error {
+	if g.pub != nil {
+		return g.pub.close()
+	}
+	return nil
+}
+
+// Add registers a client and returns its ID. Call it on the client's loop
+// (OnOpen, OnConnect), and Remove from OnClose.
+func (g *Gateway) Add(c Client) ClientID {
+	hc := c.Herd()
+	id := ClientID(g.node + "-" + strconv.FormatUint(hc.ID(), 16))
+	s := g.shardOf(hc.Loop().Index())
+	if s == nil {
+		return id // not attached: nothing will find it
+	}
+	s.clients[hc.ID()] = &record{id: id, conn: hc.ID(), c: c}
+	g.where.Store(hc.ID(), s)
+	g.stats.clients.Add(1)
+	s.presence(nodeKey(g.node), id, true)
+	return id
+}
+
+// Remove forgets a client (its uids, groups and session). Call it from
+// OnClose.
+func (g *Gateway) Remove(id ClientID) {
+	g.onClient(id, func(s *shard, r *record) {
+		for uid := range r.uids {
+			s.unbind(r, uid)
+		}
+		for group := range r.groups {
+			s.leave(r, group)
+		}
+		delete(s.clients, r.conn)
+		g.where.Delete(r.conn)
+		g.stats.clients.Add(-1)
+		s.presence(nodeKey(g.node), id, false)
+	})
+	g.Sessions.Delete(context.Background(), string(id))
+}
+
+// BindUid binds a uid (a user) to the client; a uid may have several
+// clients (tabs, devices), a client several uids.
+func (g *Gateway) BindUid(id ClientID, uid string) {
+	g.onClient(id, func(s *shard, r *record) { s.bind(r, uid) })
+}
+
+// UnbindUid undoes BindUid.
+func (g *Gateway) UnbindUid(id ClientID, uid string) {
+	g.onClient(id, func(s *shard, r *record) { s.unbind(r, uid) })
+}
+
+// JoinGroup puts the client in a group (a room).
+func (g *Gateway) JoinGroup(id ClientID, group string) {
+	g.onClient(id, func(s *shard, r *record) { s.join(r, group) })
+}
+
+// LeaveGroup takes the client out of a group.
+func (g *Gateway) LeaveGroup(id ClientID, group string) {
+	g.onClient(id, func(s *shard, r *record) { s.leave(r, group) })
+}
+
+// Ungroup empties a group on every node.
+func (g *Gateway) Ungroup(group string) {
+	g.local(func(s *shard, _ uint64) { s.ungroup(group) })
+	g.publish(allChannel, envelope{kind: kindUngroup, target: group})
+}
+
+// CloseClient closes a client's connection, wherever it is.
+func (g *Gateway) CloseClient(id ClientID) {
+	if g.remote(id) {
+		g.publish(nodeChannel(id.Node()), envelope{kind: kindClose, target: string(id)})
+		return
+	}
+	g.onClient(id, func(s *shard, r *record) { r.c.Herd().Close() })
+}
+
+// SendToClient sends msg to one client.
+func (g *Gateway) SendToClient(id ClientID, msg []byte) {
+	if g.remote(id) {
+		g.publish(nodeChannel(id.Node()), envelope{kind: kindClient, target: string(id), payload: msg})
+		return
+	}
+	m := newMessage(clone(msg))
+	g.onClient(id, func(s *shard, r *record) { s.deliver(r, m) })
+}
+
+// SendToUid sends msg to every client bound to uid, on every node.
+func (g *Gateway) SendToUid(uid string, msg []byte) {
+	m := newMessage(clone(msg))
+	g.local(func(s *shard, v uint64) { s.sendUid(uid, m, v) })
+	if g.pub != nil {
+		g.pub.toUid(uid, envelope{kind: kindUid, target: uid, payload: m.data})
+	}
+}
+
+// SendToGroup sends msg to every member of group, on every node, except
+// the clients in exclude.
+func (g *Gateway) SendToGroup(group string, msg []byte, exclude ...ClientID) {
+	m := newMessage(clone(msg))
+	ex := g.localExclusions(exclude)
+	g.local(func(s *shard, v uint64) { s.sendGroup(group, m, ex, v) })
+	g.publish(allChannel, envelope{kind: kindGroup, target: group, exclude: exclude, payload: m.data})
+}
+
+// SendToAll sends msg to every client on every node, except those in
+// exclude.
+func (g *Gateway) SendToAll(msg []byte, exclude ...ClientID) {
+	m := newMessage(clone(msg))
+	ex := g.localExclusions(exclude)
+	g.local(func(s *shard, v uint64) { s.sendAll(m, ex, v) })
+	g.publish(allChannel, envelope{kind: kindAll, exclude: exclude, payload: m.data})
+}
+
+func clone(b []byte) []byte { return append([]byte(nil), b...) }
+
+// isLocal reports whether id names a client of this node.
+func (g *Gateway) isLocal(id ClientID) bool { return id.Node() == g.node }
+
+// remote reports whether id names a client of another node that the
+// broker can reach. (Anything else goes to onClient, which counts what it
+// does not find.)
+func (g *Gateway) remote(id ClientID) bool {
+	node, _, ok := id.split()
+	return ok && node != g.node && g.pub != nil
+}
+
+// localExclusions is the set of this node's connections in exclude.
+func (g *Gateway) localExclusions(exclude []ClientID) map[uint64]bool {
+	if len(exclude) == 0 {
+		return nil
+	}
+	ex := make(map[uint64]bool, len(exclude))
+	for _, id := range exclude {
+		if node, conn, ok := id.split(); ok && node == g.node {
+			ex[conn] = true
+		}
+	}
+	return ex
+}
+
+// onClient runs f on the loop that owns the client's record. An unknown
+// client is a no-op, counted.
+func (g *Gateway) onClient(id ClientID, f func(*shard, *record)) {
+	node, conn, ok := id.split()
+	if !ok || node != g.node {
+		g.stats.unknown.Add(1)
+		return
+	}
+	v, ok := g.where.Load(conn)
+	if !ok {
+		g.stats.unknown.Add(1)
+		return
+	}
+	s := v.(*shard)
+	again := func() { g.onClient(id, f) }
+	posted := s.loop.Post(func() {
+		if cur, _ := g.where.Load(conn); cur != s {
+			again() // moved to another shard meanwhile
+			return
+		}
+		if r := s.clients[conn]; r != nil {
+			f(s, r)
+		} else {
+			g.stats.unknown.Add(1)
+		}
+	})
+	if !posted {
+		g.afterRetire(s, again) // its loop left: the record is on its way to loop 0
+	}
+}
+
+// view is the set of shards a fan-out goes to. Its version grows with
+// each change; a record absorbed from a loop that left carries the
+// version of the view that no longer lists that loop, so that a fan-out
+// made with an older view (which reaches the old shard itself) does not
+// reach it a second time through loop 0.
+type view struct {
+	version uint64
+	shards  []*shard
+}
+
+func (g *Gateway) currentView() *view {
+	if v := g.view.Load(); v != nil {
+		return v
+	}
+	return &view{}
+}
+
+// shardOf is the shard of the loop with that index, or nil.
+func (g *Gateway) shardOf(index int) *shard {
+	for _, s := range g.currentView().shards {
+		if s.loop.Index() == index {
+			return s
+		}
+	}
+	return nil
+}
+
+// addShard lists a new loop's shard (OnWorkerStart).
+func (g *Gateway) addShard(s *shard) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	v := g.currentView()
+	g.view.Store(&view{version: v.version + 1, shards: append(append([]*shard(nil), v.shards...), s)})
+}
+
+// local runs f on every loop's shard, with the view's version.
+func (g *Gateway) local(f func(s *shard, version uint64)) {
+	v := g.currentView()
+	for _, s := range v.shards {
+		if !s.loop.Post(func() { f(s, v.version) }) {
+			// Its loop left: loop 0 runs f on its records once they are
+			// handed over (until then they are no one else's). All of
+			// them: this view reached none of them elsewhere.
+			g.afterRetire(s, func() { f(s, math.MaxUint64) })
+		}
+	}
+}
+
+// afterRetire runs f on loop 0 once s, whose loop no longer takes tasks,
+// has been absorbed there (retire), in the order of the calls: before the
+// absorption f waits in the shard's pending list, which the absorption
+// runs; after it, f is posted to loop 0. When the whole worker stops, f is
+// dropped.
+func (g *Gateway) afterRetire(s *shard, f func()) {
+	s.mu.Lock()
+	if !s.retired {
+		s.pending = append(s.pending, f)
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Unlock()
+	if heir := g.shardOf(0); heir != nil && heir != s {
+		heir.loop.Post(f)
+	}
+}
+
+// retire hands the shard of a loop that leaves to loop 0 (OnWorkerStop):
+// the absorption is queued on loop 0 before the view drops the shard, so
+// that every fan-out made with the new view reaches its records there.
+// When the whole worker stops there is no one to take it.
+func (g *Gateway) retire(l *herd.Loop) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	v := g.currentView()
+	var old, heir *shard
+	rest := make([]*shard, 0, len(v.shards))
+	for _, s := range v.shards {
+		switch {
+		case s.loop == l:
+			old = s
+			continue
+		case s.loop.Index() == 0:
+			heir = s
+		}
+		rest = append(rest, s)
+	}
+	if old == nil {
+		return
+	}
+	next := &view{version: v.version + 1, shards: rest}
+	if heir == nil || !heir.loop.Post(func() { heir.absorb(old, next.version) }) {
+		old.retire() // the worker stops: what waits is dropped
+	}
+	g.view.Store(next)
+}
+
+// publish hands an envelope to the broker, if there is one.
+func (g *Gateway) publish(channel string, e envelope) {
+	if g.pub != nil {
+		g.pub.publish(channel, e)
+	}
+}

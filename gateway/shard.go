@@ -1,0 +1,186 @@
+//go:build linux || darwin || freebsd
+
+package gateway
+
+import (
+	"sync"
+
+	"github.com/seed358e4494/herd"
+)
+
+// shard is one loop's part of the registry: the clients added on that
+// loop, by connection, uid and group. Only that loop's goroutine touches
+// it (after a Scale took the loop away, loop 0's, which absorbed it).
+type shard struct {
+	g       *Gateway
+	loop    *herd.Loop
+	clients map[uint64]*record
+	uids    map[string]map[uint64]*record
+	groups  map[string]map[uint64]*record
+
+	mu      sync.Mutex
+	retired bool     // its loop left and loop 0 took its records
+	pending []func() // work for its records that came after its loop left, before loop 0 took them
+}
+
+// retire marks the shard taken and returns what waited for that.
+func (s *shard) retire() []func() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.retired = true
+	p := s.pending
+	s.pending = nil
+	return p
+}
+
+// record is one client's entry.
+type record struct {
+	id     ClientID
+	conn   uint64
+	since  uint64 // the view version from which this shard holds it (absorbed from a loop that left), else 0
+	c      Client
+	uids   map[string]struct{}
+	groups map[string]struct{}
+}
+
+func (s *shard) bind(r *record, uid string) {
+	if r.uids == nil {
+		r.uids = map[string]struct{}{}
+	}
+	if _, ok := r.uids[uid]; ok {
+		return
+	}
+	r.uids[uid] = struct{}{}
+	add(s.uids, uid, r)
+	s.presence(uidKey(uid), r.id, true)
+}
+
+func (s *shard) unbind(r *record, uid string) {
+	if _, ok := r.uids[uid]; !ok {
+		s.g.stats.unknown.Add(1)
+		return
+	}
+	delete(r.uids, uid)
+	remove(s.uids, uid, r)
+	s.presence(uidKey(uid), r.id, false)
+}
+
+func (s *shard) join(r *record, group string) {
+	if r.groups == nil {
+		r.groups = map[string]struct{}{}
+	}
+	if _, ok := r.groups[group]; ok {
+		return
+	}
+	r.groups[group] = struct{}{}
+	add(s.groups, group, r)
+	s.presence(groupKey(group), r.id, true)
+}
+
+func (s *shard) leave(r *record, group string) {
+	if _, ok := r.groups[group]; !ok {
+		s.g.stats.unknown.Add(1)
+		return
+	}
+	delete(r.groups, group)
+	remove(s.groups, group, r)
+	s.presence(groupKey(group), r.id, false)
+}
+
+func (s *shard) ungroup(group string) {
+	for _, r := range s.groups[group] {
+		delete(r.groups, group)
+		s.presence(groupKey(group), r.id, false)
+	}
+	delete(s.groups, group)
+}
+
+// presence tells the broker, if any, that id joined or left key.
+func (s *shard) presence(key string, id ClientID, in bool) {
+	if s.g.pub != nil {
+		s.g.pub.presence(key, id, in)
+	}
+}
+
+func add(m map[string]map[uint64]*record, key string, r *record) {
+	set := m[key]
+	if set == nil {
+		set = map[uint64]*record{}
+		m[key] = set
+	}
+	set[r.conn] = r
+}
+
+func remove(m map[string]map[uint64]*record, key string, r *record) {
+	if set := m[key]; set != nil {
+		delete(set, r.conn)
+		if len(set) == 0 {
+			delete(m, key)
+		}
+	}
+}
+
+// deliver writes m to one client. A receiver that is gone or too slow
+// costs the sender nothing: its connection's own policy applies.
+func (s *shard) deliver(r *record, m *message) {
+	r.c.deliver(m)
+}
+
+// The fan-outs deliver to the shard's records that the sender's view (of
+// that version) reached here: not to those absorbed since, which it
+// reached in the shard they came from.
+
+func (s *shard) sendUid(uid string, m *message, version uint64) {
+	for _, r := range s.uids[uid] {
+		if r.since <= version {
+			s.deliver(r, m)
+		}
+	}
+}
+
+func (s *shard) sendGroup(group string, m *message, exclude map[uint64]bool, version uint64) {
+	for conn, r := range s.groups[group] {
+		if !exclude[conn] && r.since <= version {
+			s.deliver(r, m)
+		}
+	}
+}
+
+func (s *shard) sendAll(m *message, exclude map[uint64]bool, version uint64) {
+	for conn, r := range s.clients {
+		if !exclude[conn] && r.since <= version {
+			s.deliver(r, m)
+		}
+	}
+}
+
+// absorb takes the records of a shard whose loop left; the view without
+// that loop has the given version.
+func (s *shard) absorb(old *shard, version uint64) {
+	for conn, r := range old.clients {
+		r.since = version
+		s.clients[conn] = r
+		s.g.where.Store(conn, s)
+	}
+	for uid, set := range old.uids {
+		for _, r := range set {
+			add(s.uids, uid, r)
+		}
+	}
+	for group, set := range old.groups {
+		for _, r := range set {
+			add(s.groups, group, r)
+		}
+	}
+	for _, f := range old.retire() {
+		f()
+	}
+}
+
+// uidKey and groupKey name presence sets in the broker.
+func uidKey(uid string) string       { return "u:" + uid }
+func groupKey(group string) string   { return "g:" + group }
+func nodeKey(node string) string     { return "n:" + node }
+func nodeChannel(node string) string { return "node:" + node }
+
+const allChannel = "all"
