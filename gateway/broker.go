@@ -18,12 +18,13 @@ import (
 // that dies leaves nothing behind for long. The redis module has one;
 // the gateway calls it from a goroutine of its own, never from a loop.
 type Broker interface {
-	// Subscribe delivers what is published on channels until ctx ends.
-	// It calls deliver on one goroutine, in the order of publication, and
-	// resubscribed after each reconnection (what was published meanwhile
-	// is lost). It keeps trying while the broker is unreachable, and
-	// returns once the first subscription is in place (or ctx ends).
-	Subscribe(ctx context.Context, channels []string, deliver func(channel string, payload []byte), resubscribed func()) error
+	// Subscribe delivers what is published on channels until ctx ends,
+	// then returns. It calls deliver on one goroutine, in the order of
+	// publication, and subscribed once all the channels are subscribed:
+	// with again false the first time, true after each reconnection (what
+	// was published meanwhile is lost). It keeps trying while the broker
+	// is unreachable.
+	Subscribe(ctx context.Context, channels []string, deliver func(channel string, payload []byte), subscribed func(again bool)) error
 	// Publish sends each message to its channel.
 	Publish(ctx context.Context, msgs []Outgoing) error
 	// UpdatePresence adds members to and removes them from presence sets;
@@ -163,12 +164,13 @@ const publishQueue = 8192
 // publisher is the gateway's goroutine for the broker: it publishes,
 // keeps presence, and receives.
 type publisher struct {
-	g      *Gateway
-	epoch  uint64
-	jobs   chan job
-	ctx    context.Context
-	cancel context.CancelFunc
-	done   chan struct{}
+	g         *Gateway
+	epoch     uint64
+	jobs      chan job
+	ctx       context.Context
+	cancel    context.CancelFunc
+	done      chan struct{}
+	readyOnce sync.Once
 
 	// Owned by the publishing goroutine.
 	seq map[string]uint64 // per channel
@@ -211,7 +213,11 @@ func (p *publisher) presence(key string, id ClientID, in bool) {
 // start subscribes the node and starts the publishing goroutine.
 func (p *publisher) start() {
 	g := p.g
-	resubscribed := func() {
+	subscribed := func(again bool) {
+		if !again {
+			p.readyOnce.Do(func() { close(g.ready) })
+			return
+		}
 		g.stats.resubscribes.Add(1)
 		g.logger().Warn("gateway: reconnected to the broker; messages published meanwhile are lost", "node", g.node)
 		if g.OnGap != nil {
@@ -222,7 +228,7 @@ func (p *publisher) start() {
 	go func() {
 		// Not on the loop that starts first: the broker may be slow or
 		// down, and keeps trying on its own.
-		if err := g.Broker.Subscribe(p.ctx, []string{nodeChannel(g.node), allChannel}, p.receive, resubscribed); err != nil && p.ctx.Err() == nil {
+		if err := g.Broker.Subscribe(p.ctx, []string{nodeChannel(g.node), allChannel}, p.receive, subscribed); err != nil && p.ctx.Err() == nil {
 			g.logger().Error("gateway: subscribing to the broker", "node", g.node, "err", err)
 		}
 	}()

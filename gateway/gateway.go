@@ -119,6 +119,7 @@ type Gateway struct {
 	view  atomic.Pointer[view] // the shards of the loops serving now
 	where sync.Map             // connection ID → *shard
 	pub   *publisher
+	ready chan struct{} // closed once the node receives what other nodes publish
 	stats counters
 }
 
@@ -180,8 +181,11 @@ func (g *Gateway) Attach(w *herd.Worker) error {
 	if g.Sessions == nil {
 		g.Sessions = NewMemorySessions()
 	}
+	g.ready = make(chan struct{})
 	if g.Broker != nil {
 		g.pub = newPublisher(g)
+	} else {
+		close(g.ready)
 	}
 	start, stop := w.OnWorkerStart, w.OnWorkerStop
 	var once sync.Once
@@ -202,6 +206,11 @@ func (g *Gateway) Attach(w *herd.Worker) error {
 	}
 	return nil
 }
+
+// Ready is closed once the node receives what the other nodes publish
+// (at once without a Broker). Messages published to it before are not
+// received.
+func (g *Gateway) Ready() <-chan struct{} { return g.ready }
 
 // Close stops the gateway's part of the cluster: the broker subscription
 // and the presence refresh. Call it after the worker has stopped.

@@ -1,0 +1,153 @@
+//go:build linux || darwin || freebsd
+
+// Package redis connects herd gateways through Redis: a gateway.Broker
+// over Redis pub/sub with presence in sorted sets, and a
+// gateway.SessionStore in Redis hashes, so that several processes and
+// machines serve one set of users (Workerman's Channel and
+// GatewayWorker's register, in one Redis).
+//
+// It uses github.com/redis/go-redis/v9. Against github.com/redis/rueidis
+// the gateway's workload (pipelined PUBLISH of small messages, received
+// by a subscriber) ran at the same rate, bounded by redis-server itself
+// (bench module: BenchmarkRedisClients); go-redis was chosen for its
+// pub/sub, whose Receive reports every (re)subscription, which is how a
+// node learns it was cut off, and because it is the client most Go
+// programs already use.
+//
+// Keys and channels start with Prefix ("herd:" by default): channels
+// herd:node:<name> and herd:all; presence sets herd:p:u:<uid>,
+// herd:p:g:<group> and herd:p:n:<node>, sorted sets whose scores are
+// expiry times; sessions herd:s:<key>, hashes.
+package redis
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/seed358e4494/herd/gateway"
+)
+
+// DefaultPrefix starts every key and channel when Prefix is empty.
+const DefaultPrefix = "herd:"
+
+// Broker is a gateway.Broker on Redis.
+type Broker struct {
+	// Client is the Redis client. Its pub/sub connection is its own.
+	Client *goredis.Client
+	// Prefix starts every key and channel; empty means DefaultPrefix.
+	Prefix string
+}
+
+var _ gateway.Broker = (*Broker)(nil)
+
+func (b *Broker) prefix() string {
+	if b.Prefix == "" {
+		return DefaultPrefix
+	}
+	return b.Prefix
+}
+
+// Subscribe implements gateway.Broker. go-redis reconnects and
+// resubscribes on its own; each time all the channels are subscribed
+// again, subscribed(true) runs.
+func (b *Broker) Subscribe(ctx context.Context, channels []string, deliver func(string, []byte), subscribed func(again bool)) error {
+	p := b.prefix()
+	names := make([]string, len(channels))
+	for i, c := range channels {
+		names[i] = p + c
+	}
+	ps := b.Client.Subscribe(ctx, names...)
+	defer ps.Close()
+	confirmed, rounds := 0, 0
+	backoff := 10 * time.Millisecond
+	for {
+		msg, err := ps.Receive(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			// Redis is unreachable: the next Receive reconnects. Do not
+			// spin meanwhile.
+			confirmed = 0
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				return nil
+			}
+			backoff = min(2*backoff, time.Second)
+			continue
+		}
+		backoff = 10 * time.Millisecond
+		switch m := msg.(type) {
+		case *goredis.Subscription:
+			if m.Kind != "subscribe" {
+				continue
+			}
+			if confirmed++; confirmed == len(names) {
+				subscribed(rounds > 0)
+				rounds++
+			}
+		case *goredis.Message:
+			deliver(strings.TrimPrefix(m.Channel, p), []byte(m.Payload))
+		}
+	}
+}
+
+// Publish implements gateway.Broker: one pipeline.
+func (b *Broker) Publish(ctx context.Context, msgs []gateway.Outgoing) error {
+	p := b.prefix()
+	_, err := b.Client.Pipelined(ctx, func(pipe goredis.Pipeliner) error {
+		for _, m := range msgs {
+			pipe.Publish(ctx, p+m.Channel, m.Payload)
+		}
+		return nil
+	})
+	return err
+}
+
+func (b *Broker) presenceKey(key string) string { return b.prefix() + "p:" + key }
+
+// UpdatePresence implements gateway.Broker: members are scored with their
+// expiry time; a set whose members all stopped refreshing expires as a
+// whole, and expired members are trimmed as sets are written.
+func (b *Broker) UpdatePresence(ctx context.Context, ttl time.Duration, changes []gateway.PresenceChange) error {
+	now := time.Now()
+	expiry := float64(now.Add(ttl).UnixMilli())
+	trimmed := map[string]bool{}
+	_, err := b.Client.Pipelined(ctx, func(pipe goredis.Pipeliner) error {
+		for _, c := range changes {
+			key := b.presenceKey(c.Key)
+			if !c.In {
+				pipe.ZRem(ctx, key, c.Member)
+				continue
+			}
+			pipe.ZAdd(ctx, key, goredis.Z{Score: expiry, Member: c.Member})
+			if !trimmed[key] {
+				trimmed[key] = true
+				pipe.ZRemRangeByScore(ctx, key, "-inf", strconv.FormatInt(now.UnixMilli(), 10))
+				pipe.PExpire(ctx, key, 2*ttl)
+			}
+		}
+		return nil
+	})
+	return err
+}
+
+// Members implements gateway.Broker.
+func (b *Broker) Members(ctx context.Context, key string) ([]string, error) {
+	return b.Client.ZRangeByScore(ctx, b.presenceKey(key), &goredis.ZRangeBy{Min: "(" + strconv.FormatInt(time.Now().UnixMilli(), 10), Max: "+inf"}).Result()
+}
+
+// IsMember implements gateway.Broker.
+func (b *Broker) IsMember(ctx context.Context, key, member string) (bool, error) {
+	score, err := b.Client.ZScore(ctx, b.presenceKey(key), member).Result()
+	if errors.Is(err, goredis.Nil) {
+		return false, nil
+	}
+	return err == nil && score > float64(time.Now().UnixMilli()), err
+}
