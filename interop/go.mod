@@ -1,12 +1,16 @@
 module github.com/seed358e4494/herd/interop
 
-go 1.24.0
+go 1.26.0
 
-replace github.com/seed358e4494/herd => ../
+replace (
+	github.com/seed358e4494/herd => ../
+	github.com/seed358e4494/herd/redis => ../redis
+)
 
 require (
 	github.com/chromedp/chromedp v0.14.2
 	github.com/gorilla/websocket v1.5.3
+	github.com/seed358e4494/herd/redis v0.0.0-00010101000000-000000000000
 	go.yaml.in/yaml/v3 v3.0.6
 )
 
@@ -17,5 +21,5 @@ require (
 	github.com/gobwas/httphead v0.1.0 // indirect
 	github.com/gobwas/pool v0.2.1 // indirect
 	github.com/gobwas/ws v1.4.0 // indirect
-	golang.org/x/sys v0.34.0 // indirect
+	golang.org/x/sys v0.48.0 // indirect
 )

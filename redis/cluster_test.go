@@ -20,7 +20,7 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
-	"github.com/seed358e4494/herd/redis/internal/redistest"
+	"github.com/seed358e4494/herd/redis/redistest"
 )
 
 var (
