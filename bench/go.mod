@@ -1,13 +1,17 @@
 module github.com/seed358e4494/herd/bench
 
-go 1.24.0
+go 1.26.0
 
-replace github.com/seed358e4494/herd => ../
+replace (
+	github.com/seed358e4494/herd => ../
+	github.com/seed358e4494/herd/redis => ../redis
+)
 
 require (
 	github.com/panjf2000/gnet/v2 v2.9.4
 	github.com/seed358e4494/herd v0.0.0-00010101000000-000000000000
-	golang.org/x/sys v0.38.0
+	github.com/seed358e4494/herd/redis v0.0.0-00010101000000-000000000000
+	golang.org/x/sys v0.48.0
 )
 
 require (

@@ -30,8 +30,9 @@ type Broker interface {
 	// UpdatePresence adds members to and removes them from presence sets;
 	// an added member expires after ttl unless added again.
 	UpdatePresence(ctx context.Context, ttl time.Duration, changes []PresenceChange) error
-	// Members lists the unexpired members of a presence set.
-	Members(ctx context.Context, key string) ([]string, error)
+	// Members lists the unexpired members of each presence set, in one
+	// round trip.
+	Members(ctx context.Context, keys []string) ([][]string, error)
 	// IsMember reports whether member is in the set, unexpired.
 	IsMember(ctx context.Context, key, member string) (bool, error)
 }
@@ -248,8 +249,7 @@ func (p *publisher) run() {
 	defer close(p.done)
 	refresh := time.NewTicker(PresenceTTL / 3)
 	defer refresh.Stop()
-	var out []Outgoing
-	var changes []PresenceChange
+	var batch []job
 	for {
 		select {
 		case <-p.ctx.Done():
@@ -258,39 +258,47 @@ func (p *publisher) run() {
 			p.refresh()
 			continue
 		case j := <-p.jobs:
-			out, changes = p.take(j, out[:0], changes[:0])
+			batch = append(batch[:0], j)
 		}
 		// Whatever else waits goes in the same round trips.
 	more:
-		for len(out) < maxBatch {
+		for len(batch) < maxBatch {
 			select {
 			case j := <-p.jobs:
-				out, changes = p.take(j, out, changes)
+				batch = append(batch, j)
 			default:
 				break more
 			}
 		}
-		p.flush(out, changes)
+		p.handle(batch)
 	}
 }
 
-// take turns a job into messages and presence changes.
-func (p *publisher) take(j job, out []Outgoing, changes []PresenceChange) ([]Outgoing, []PresenceChange) {
-	switch {
-	case j.change != nil:
-		return out, append(changes, *j.change)
-	case j.uid != "" && p.g.UidBroadcast:
-		return p.stamp(out, allChannel, j.env), changes
-	case j.uid != "":
-		for _, node := range p.uidNodes(j.uid) {
-			out = p.stamp(out, nodeChannel(node), j.env)
+// handle publishes a batch of jobs: the presence lookups of its messages
+// to uids in one round trip, then the messages in the order they came
+// (one subscriber receives them in that order, whatever their channels),
+// then the presence changes.
+func (p *publisher) handle(batch []job) {
+	nodes := p.uidNodes(batch)
+	var out []Outgoing
+	var changes []PresenceChange
+	for _, j := range batch {
+		switch {
+		case j.change != nil:
+			changes = append(changes, *j.change)
+		case j.uid != "" && p.g.UidBroadcast:
+			out = p.stamp(out, allChannel, j.env)
+		case j.uid != "":
+			for _, node := range nodes[j.uid] {
+				out = p.stamp(out, nodeChannel(node), j.env)
+			}
+		case j.channel != "":
+			out = p.stamp(out, j.channel, j.env)
+		default:
+			p.refresh()
 		}
-		return out, changes
-	case j.channel != "":
-		return p.stamp(out, j.channel, j.env), changes
 	}
-	p.refresh()
-	return out, changes
+	p.flush(out, changes)
 }
 
 // stamp numbers an envelope for channel and adds it to out.
@@ -300,23 +308,46 @@ func (p *publisher) stamp(out []Outgoing, channel string, e envelope) []Outgoing
 	return append(out, Outgoing{Channel: channel, Payload: e.encode()})
 }
 
-// uidNodes are the other nodes where uid is bound, from its presence set.
-func (p *publisher) uidNodes(uid string) []string {
-	ctx, cancel := context.WithTimeout(p.ctx, brokerTimeout)
-	defer cancel()
-	members, err := p.g.Broker.Members(ctx, uidKey(uid))
-	if err != nil {
-		p.g.stats.pubDropped.Add(1)
+// uidNodes gives, for each uid the batch sends to, the other nodes where
+// it is bound, from its presence set (one round trip for the batch). A uid
+// bound nowhere else is counted as an unknown target there.
+func (p *publisher) uidNodes(batch []job) map[string][]string {
+	if p.g.UidBroadcast {
 		return nil
 	}
-	var nodes []string
-	for _, m := range members {
-		if node := ClientID(m).Node(); node != p.g.node && !contains(nodes, node) {
-			nodes = append(nodes, node)
+	var uids, keys []string
+	for _, j := range batch {
+		if j.uid != "" && !contains(uids, j.uid) {
+			uids = append(uids, j.uid)
+			keys = append(keys, uidKey(j.uid))
 		}
 	}
-	if len(nodes) == 0 {
-		p.g.stats.unknown.Add(1)
+	if len(keys) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(p.ctx, brokerTimeout)
+	defer cancel()
+	members, err := p.g.Broker.Members(ctx, keys)
+	if err != nil {
+		p.g.logger().Debug("gateway: presence lookup failed", "err", err)
+		members = make([][]string, len(keys)) // sent nowhere: counted as dropped below
+	}
+	nodes := make(map[string][]string, len(uids))
+	for i, uid := range uids {
+		var ns []string
+		for _, m := range members[i] {
+			if node := ClientID(m).Node(); node != p.g.node && !contains(ns, node) {
+				ns = append(ns, node)
+			}
+		}
+		if len(ns) == 0 {
+			if err != nil {
+				p.g.stats.pubDropped.Add(1)
+			} else {
+				p.g.stats.unknown.Add(1)
+			}
+		}
+		nodes[uid] = ns
 	}
 	return nodes
 }

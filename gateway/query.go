@@ -61,11 +61,11 @@ func (g *Gateway) members(ctx context.Context, key string, local func(*shard) []
 	if err != nil || g.Broker == nil {
 		return sorted(out), err
 	}
-	remote, err := g.Broker.Members(ctx, key)
+	remote, err := g.Broker.Members(ctx, []string{key})
 	if err != nil {
 		return sorted(out), err
 	}
-	for _, m := range remote {
+	for _, m := range remote[0] {
 		if id := ClientID(m); id.Node() != g.node {
 			out = append(out, id)
 		}

@@ -138,9 +138,24 @@ func (b *Broker) UpdatePresence(ctx context.Context, ttl time.Duration, changes 
 	return err
 }
 
-// Members implements gateway.Broker.
-func (b *Broker) Members(ctx context.Context, key string) ([]string, error) {
-	return b.Client.ZRangeByScore(ctx, b.presenceKey(key), &goredis.ZRangeBy{Min: "(" + strconv.FormatInt(time.Now().UnixMilli(), 10), Max: "+inf"}).Result()
+// Members implements gateway.Broker: one pipeline.
+func (b *Broker) Members(ctx context.Context, keys []string) ([][]string, error) {
+	now := "(" + strconv.FormatInt(time.Now().UnixMilli(), 10)
+	cmds := make([]*goredis.StringSliceCmd, len(keys))
+	_, err := b.Client.Pipelined(ctx, func(pipe goredis.Pipeliner) error {
+		for i, k := range keys {
+			cmds[i] = pipe.ZRangeByScore(ctx, b.presenceKey(k), &goredis.ZRangeBy{Min: now, Max: "+inf"})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([][]string, len(keys))
+	for i, c := range cmds {
+		out[i] = c.Val()
+	}
+	return out, nil
 }
 
 // IsMember implements gateway.Broker.

@@ -86,6 +86,14 @@ func (s *Server) Stop(t testing.TB) {
 	s.cmd = nil
 }
 
+// PID is the server process's ID (0 while stopped).
+func (s *Server) PID() int {
+	if s.cmd == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
+
 // Restart starts the server again on the same port, empty.
 func (s *Server) Restart(t testing.TB) {
 	t.Helper()

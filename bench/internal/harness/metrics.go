@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -104,6 +105,15 @@ func (h *Hist) Add(d time.Duration) {
 		d = 0
 	}
 	h.Counts[histIndex(uint64(d))]++
+}
+
+// AddConcurrent records one sample; safe with other AddConcurrent calls
+// (not with Quantile or Merge).
+func (h *Hist) AddConcurrent(d time.Duration) {
+	if d < 0 {
+		d = 0
+	}
+	atomic.AddUint64(&h.Counts[histIndex(uint64(d))], 1)
 }
 
 // Merge adds o's samples to h.

@@ -4,7 +4,7 @@
 // bench module: a text:// worker (one command or message per line) whose
 // connections are gateway clients, joined to other nodes through Redis.
 //
-//	node -addr tcp://127.0.0.1:0 -redis 127.0.0.1:6379 -node a
+//	node -addr tcp://127.0.0.1:0 -redis 127.0.0.1:6379 -node a [-count N] [-uid-broadcast]
 //
 // It prints "node <name> listening on <host:port> pid <pid>". Each line a
 // client sends is a command; what the gateway delivers to the client
@@ -43,16 +43,17 @@ func main() {
 	redisAddr := flag.String("redis", "", "Redis address; empty: this process alone")
 	name := flag.String("node", "", "node name")
 	count := flag.Int("count", 0, "event loops")
+	uidBroadcast := flag.Bool("uid-broadcast", false, "publish SendToUid to every node (no presence lookup)")
 	flag.Parse()
-	if err := run(*addr, *redisAddr, *name, *count); err != nil {
+	if err := run(*addr, *redisAddr, *name, *count, *uidBroadcast); err != nil {
 		fmt.Fprintln(os.Stderr, "node:", err)
 		os.Exit(1)
 	}
 }
 
-func run(addr, redisAddr, name string, count int) error {
+func run(addr, redisAddr, name string, count int, uidBroadcast bool) error {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	g := &gateway.Gateway{Node: name, Logger: logger}
+	g := &gateway.Gateway{Node: name, Logger: logger, UidBroadcast: uidBroadcast}
 	if redisAddr != "" {
 		rdb := goredis.NewClient(&goredis.Options{Addr: redisAddr, MaxRetries: -1, DialTimeout: time.Second})
 		defer rdb.Close()
