@@ -27,10 +27,10 @@ import (
 	"log/slog"
 	nethttp "net/http"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/seed358e4494/herd"
+	"github.com/seed358e4494/herd/gateway"
 	"github.com/seed358e4494/herd/protocol/http"
 	"github.com/seed358e4494/herd/protocol/websocket"
 )
@@ -45,37 +45,6 @@ func main() {
 	}
 }
 
-// room is the set of chat connections. Joins and leaves come from every
-// loop, so it has a lock; a message is encoded once for all members.
-type room struct {
-	mu      sync.Mutex
-	members map[*websocket.Conn]struct{}
-}
-
-func (r *room) join(c *websocket.Conn) {
-	r.mu.Lock()
-	r.members[c] = struct{}{}
-	r.mu.Unlock()
-}
-
-func (r *room) leave(c *websocket.Conn) {
-	r.mu.Lock()
-	delete(r.members, c)
-	r.mu.Unlock()
-}
-
-func (r *room) broadcast(op websocket.OpCode, data []byte) {
-	pm, err := websocket.NewPreparedMessage(op, data)
-	if err != nil {
-		return
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for c := range r.members {
-		c.WritePrepared(pm)
-	}
-}
-
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("websocket", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -86,6 +55,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	logger := slog.New(slog.NewTextHandler(stderr, nil))
 
 	echo := &websocket.Server{
 		Compression:  true,
@@ -94,12 +64,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			c.WriteMessage(op, data)
 		},
 	}
-	chat := &room{members: make(map[*websocket.Conn]struct{})}
+	// The room is a gateway group: each loop keeps its own members, and a
+	// message is encoded once and written by every loop to its share.
+	// (examples/chat does the same across processes.)
+	g := &gateway.Gateway{Logger: logger}
 	chatServer := &websocket.Server{
 		PingInterval: *ping,
-		OnOpen:       func(c *websocket.Conn, r *http.Request) { chat.join(c) },
-		OnMessage:    func(c *websocket.Conn, op websocket.OpCode, data []byte) { chat.broadcast(op, data) },
-		OnClose:      func(c *websocket.Conn, code websocket.StatusCode, reason string) { chat.leave(c) },
+		OnOpen: func(c *websocket.Conn, r *http.Request) {
+			id := g.Add(gateway.WebSocket(c))
+			c.SetContext(id)
+			g.JoinGroup(id, "chat")
+		},
+		OnMessage: func(c *websocket.Conn, op websocket.OpCode, data []byte) { g.SendToGroup("chat", data) },
+		OnClose: func(c *websocket.Conn, code websocket.StatusCode, reason string) {
+			if id, ok := c.Context().(gateway.ClientID); ok {
+				g.Remove(id)
+			}
+		},
 	}
 
 	srv := &http.Server{Handler: func(w *http.ResponseWriter, r *http.Request) {
@@ -116,11 +97,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}}
 
-	logger := slog.New(slog.NewTextHandler(stderr, nil))
 	// A few long-lived connections: least-connections dispatch spreads
 	// them over the loops, which a reuseport hash does not promise.
 	w := &herd.Worker{Name: "websocket", Addr: *addr, Count: *count, Accept: herd.AcceptLeastConns, Logger: logger}
 	if err := srv.Attach(w); err != nil {
+		return err
+	}
+	if err := g.Attach(w); err != nil {
 		return err
 	}
 	if err := w.Listen(); err != nil {
