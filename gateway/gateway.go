@@ -113,14 +113,15 @@ type Gateway struct {
 	// Logger receives the gateway's logs; nil means slog.Default().
 	Logger *slog.Logger
 
-	node  string
-	w     *herd.Worker
-	mu    sync.Mutex           // serializes changes of view
-	view  atomic.Pointer[view] // the shards of the loops serving now
-	where sync.Map             // connection ID → *shard
-	pub   *publisher
-	ready chan struct{} // closed once the node receives what other nodes publish
-	stats counters
+	node   string
+	w      *herd.Worker
+	mu     sync.Mutex           // serializes changes of view
+	view   atomic.Pointer[view] // the shards of the loops serving now
+	where  sync.Map             // connection ID → *shard
+	counts memberCounts         // members on this node, per uid and group
+	pub    *publisher
+	ready  chan struct{} // closed once the node receives what other nodes publish
+	stats  counters
 }
 
 // Stats counts what the gateway did.
@@ -303,6 +304,10 @@ func (g *Gateway) SendToClient(id ClientID, msg []byte) {
 
 // SendToUid sends msg to every client bound to uid, on every node.
 func (g *Gateway) SendToUid(uid string, msg []byte) {
+	if g.pub == nil && !g.counts.has(uidKey(uid)) {
+		g.stats.unknown.Add(1)
+		return
+	}
 	m := newMessage(clone(msg))
 	g.local(func(s *shard, v uint64) { s.sendUid(uid, m, v) })
 	if g.pub != nil {
@@ -313,6 +318,10 @@ func (g *Gateway) SendToUid(uid string, msg []byte) {
 // SendToGroup sends msg to every member of group, on every node, except
 // the clients in exclude.
 func (g *Gateway) SendToGroup(group string, msg []byte, exclude ...ClientID) {
+	if g.pub == nil && !g.counts.has(groupKey(group)) {
+		g.stats.unknown.Add(1)
+		return
+	}
 	m := newMessage(clone(msg))
 	ex := g.localExclusions(exclude)
 	g.local(func(s *shard, v uint64) { s.sendGroup(group, m, ex, v) })

@@ -175,9 +175,14 @@ func TestGatewayOneNode(t *testing.T) {
 	if got := g.Stats().UnknownTargets - before; got != 4 {
 		t.Errorf("%d unknown targets counted, want 4", got)
 	}
+	before = g.Stats().UnknownTargets
 	g.SendToUid("nobody", []byte("x")) // no one bound: no one gets it
+	g.SendToGroup("no such room", []byte("x"))
 	for _, c := range []*lineClient{alice1, alice2, bob} {
 		c.expectNothing(t)
+	}
+	if got := g.Stats().UnknownTargets - before; got != 2 {
+		t.Errorf("%d unknown uid and group counted, want 2", got)
 	}
 
 	g.Ungroup("room")
@@ -243,6 +248,9 @@ func TestGatewayChurnLeavesNothing(t *testing.T) {
 	})
 	if len(left) > 0 {
 		t.Errorf("left behind: %s", strings.Join(left, "; "))
+	}
+	if n := g.counts.len(); n != 0 {
+		t.Errorf("member counts left for %d uids and groups", n)
 	}
 	if n := g.Sessions.(*MemorySessions).Len(); n != 1 {
 		t.Errorf("%d sessions, want 1 (the client that stays)", n)

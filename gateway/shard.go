@@ -52,6 +52,7 @@ func (s *shard) bind(r *record, uid string) {
 	}
 	r.uids[uid] = struct{}{}
 	add(s.uids, uid, r)
+	s.g.counts.change(uidKey(uid), 1)
 	s.presence(uidKey(uid), r.id, true)
 }
 
@@ -62,6 +63,7 @@ func (s *shard) unbind(r *record, uid string) {
 	}
 	delete(r.uids, uid)
 	remove(s.uids, uid, r)
+	s.g.counts.change(uidKey(uid), -1)
 	s.presence(uidKey(uid), r.id, false)
 }
 
@@ -74,6 +76,7 @@ func (s *shard) join(r *record, group string) {
 	}
 	r.groups[group] = struct{}{}
 	add(s.groups, group, r)
+	s.g.counts.change(groupKey(group), 1)
 	s.presence(groupKey(group), r.id, true)
 }
 
@@ -84,6 +87,7 @@ func (s *shard) leave(r *record, group string) {
 	}
 	delete(r.groups, group)
 	remove(s.groups, group, r)
+	s.g.counts.change(groupKey(group), -1)
 	s.presence(groupKey(group), r.id, false)
 }
 
@@ -91,6 +95,7 @@ func (s *shard) ungroup(group string) {
 	for _, r := range s.groups[group] {
 		delete(r.groups, group)
 		s.presence(groupKey(group), r.id, false)
+		s.g.counts.change(groupKey(group), -1)
 	}
 	delete(s.groups, group)
 }
@@ -184,3 +189,37 @@ func nodeKey(node string) string     { return "n:" + node }
 func nodeChannel(node string) string { return "node:" + node }
 
 const allChannel = "all"
+
+// memberCounts counts, per uid and group, the members on this node over
+// all loops, so that a send to a uid or group no one here holds is known
+// at once (a no-op, counted, where there is no other node to try). Only
+// membership changes touch it.
+type memberCounts struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (m *memberCounts) change(key string, d int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.n == nil {
+		m.n = map[string]int{}
+	}
+	if v := m.n[key] + d; v > 0 {
+		m.n[key] = v
+	} else {
+		delete(m.n, key)
+	}
+}
+
+func (m *memberCounts) has(key string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.n[key] > 0
+}
+
+func (m *memberCounts) len() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.n)
+}
