@@ -6,12 +6,13 @@
 // machines serve one set of users (Workerman's Channel and
 // GatewayWorker's register, in one Redis).
 //
-// It uses github.com/redis/go-redis/v9. Against github.com/redis/rueidis
-// the gateway's workload (pipelined PUBLISH of small messages, received
-// by a subscriber) ran at the same rate, bounded by redis-server itself
-// (bench module: BenchmarkRedisClients); go-redis was chosen for its
-// pub/sub, whose Receive reports every (re)subscription, which is how a
-// node learns it was cut off, and because it is the client most Go
+// It uses github.com/redis/go-redis/v9. On the gateway's workload
+// (pipelined PUBLISH of small messages, received by a subscriber),
+// github.com/redis/rueidis was 7% faster at the median, within the noise
+// of the two (bench module: BenchmarkRedisClients; figures in
+// bench/README.md), both bounded by redis-server. go-redis was chosen
+// because its pub/sub Receive reports every (re)subscription, which is how
+// a node learns it was cut off, and because it is the client most Go
 // programs already use.
 //
 // Keys and channels start with Prefix ("herd:" by default): channels
