@@ -43,52 +43,38 @@ type record struct {
 	groups map[string]struct{}
 }
 
-func (s *shard) bind(r *record, uid string) {
-	if r.uids == nil {
-		r.uids = map[string]struct{}{}
-	}
-	if _, ok := r.uids[uid]; ok {
-		return
-	}
-	r.uids[uid] = struct{}{}
-	add(s.uids, uid, r)
-	s.g.counts.change(uidKey(uid), 1)
-	s.presence(uidKey(uid), r.id, true)
-}
-
-func (s *shard) unbind(r *record, uid string) {
-	if _, ok := r.uids[uid]; !ok {
-		s.g.stats.unknown.Add(1)
-		return
-	}
-	delete(r.uids, uid)
-	remove(s.uids, uid, r)
-	s.g.counts.change(uidKey(uid), -1)
-	s.presence(uidKey(uid), r.id, false)
-}
-
+func (s *shard) bind(r *record, uid string)   { s.enter(s.uids, &r.uids, uidKey(uid), uid, r) }
+func (s *shard) unbind(r *record, uid string) { s.exit(s.uids, r.uids, uidKey(uid), uid, r) }
 func (s *shard) join(r *record, group string) {
-	if r.groups == nil {
-		r.groups = map[string]struct{}{}
+	s.enter(s.groups, &r.groups, groupKey(group), group, r)
+}
+func (s *shard) leave(r *record, group string) { s.exit(s.groups, r.groups, groupKey(group), group, r) }
+
+// enter puts r in index under name (a uid or a group), and name in r's own
+// set; the node's count and the broker's presence set (key) follow.
+func (s *shard) enter(index map[string]map[uint64]*record, own *map[string]struct{}, key, name string, r *record) {
+	if *own == nil {
+		*own = map[string]struct{}{}
 	}
-	if _, ok := r.groups[group]; ok {
+	if _, ok := (*own)[name]; ok {
 		return
 	}
-	r.groups[group] = struct{}{}
-	add(s.groups, group, r)
-	s.g.counts.change(groupKey(group), 1)
-	s.presence(groupKey(group), r.id, true)
+	(*own)[name] = struct{}{}
+	add(index, name, r)
+	s.g.counts.change(key, 1)
+	s.presence(key, r.id, true)
 }
 
-func (s *shard) leave(r *record, group string) {
-	if _, ok := r.groups[group]; !ok {
+// exit undoes enter; a name r does not have is counted as unknown.
+func (s *shard) exit(index map[string]map[uint64]*record, own map[string]struct{}, key, name string, r *record) {
+	if _, ok := own[name]; !ok {
 		s.g.stats.unknown.Add(1)
 		return
 	}
-	delete(r.groups, group)
-	remove(s.groups, group, r)
-	s.g.counts.change(groupKey(group), -1)
-	s.presence(groupKey(group), r.id, false)
+	delete(own, name)
+	remove(index, name, r)
+	s.g.counts.change(key, -1)
+	s.presence(key, r.id, false)
 }
 
 func (s *shard) ungroup(group string) {

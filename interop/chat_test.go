@@ -72,7 +72,6 @@ func startProcess(t *testing.T, name string, args ...string) (*exec.Cmd, chan st
 // HAProxy: two tabs land on different nodes and see each other's messages
 // in one room; a private message reaches only its recipient.
 func TestChatBehindHAProxy(t *testing.T) {
-	chromium := tool(t, "chromium", "/usr/bin/chromium")
 	haproxy := tool(t, "haproxy", "/usr/sbin/haproxy")
 	r := redistest.Start(t)
 
@@ -129,28 +128,7 @@ func TestChatBehindHAProxy(t *testing.T) {
 		}
 	}
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(chromium),
-		chromedp.NoSandbox,
-		chromedp.DisableGPU,
-		chromedp.NoFirstRun,
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-quic", true),
-		// Three tabs, one in front: the others must not be throttled.
-		chromedp.Flag("disable-background-timer-throttling", true),
-		chromedp.Flag("disable-renderer-backgrounding", true),
-		chromedp.Flag("disable-backgrounding-occluded-windows", true),
-		chromedp.UserDataDir(t.TempDir()),
-	)
-	alloc, cancel := chromedp.NewExecAllocator(testContext(t, 90*time.Second), opts...)
-	defer cancel()
-	browser, cancelBrowser := chromedp.NewContext(alloc)
-	defer cancelBrowser()
-	if err := chromedp.Run(browser); err != nil {
-		t.Fatalf("starting Chromium: %v", err)
-	}
+	browser := chromiumBrowser(t, 90*time.Second)
 	url := "http://" + front + "/"
 	poll := func(tab context.Context, what, js string) {
 		t.Helper()

@@ -11,22 +11,9 @@ import (
 // headless Chromium and checks that a message typed in one appears in the
 // other.
 func TestChromiumChat(t *testing.T) {
-	chromium := tool(t, "chromium", "/usr/bin/chromium")
+	browser := chromiumBrowser(t, 60*time.Second)
 	addr := startExample(t, "websocket")
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(chromium),
-		chromedp.NoSandbox,
-		chromedp.DisableGPU,
-		chromedp.NoFirstRun,
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-quic", true),
-		chromedp.UserDataDir(t.TempDir()),
-	)
-	alloc, cancel := chromedp.NewExecAllocator(testContext(t, 60*time.Second), opts...)
-	defer cancel()
-	tab1, cancel1 := chromedp.NewContext(alloc)
+	tab1, cancel1 := chromedp.NewContext(browser)
 	defer cancel1()
 	url := "http://" + addr + "/"
 	connected := `document.getElementById('status').textContent === 'connected'`

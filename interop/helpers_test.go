@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/chromedp/chromedp"
 )
 
 // startExample builds examples/<name>, runs it on a free loopback port and
@@ -94,4 +96,33 @@ func testContext(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// chromiumBrowser starts headless Chromium for the test (its profile in a
+// temporary directory) and returns the browser's context; each
+// chromedp.NewContext of it is a tab. Background tabs are not throttled.
+func chromiumBrowser(t *testing.T, timeout time.Duration) context.Context {
+	chromium := tool(t, "chromium", "/usr/bin/chromium")
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chromium),
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.NoFirstRun,
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-background-timer-throttling", true),
+		chromedp.Flag("disable-renderer-backgrounding", true),
+		chromedp.Flag("disable-backgrounding-occluded-windows", true),
+		chromedp.UserDataDir(t.TempDir()),
+	)
+	alloc, cancel := chromedp.NewExecAllocator(testContext(t, timeout), opts...)
+	t.Cleanup(cancel)
+	browser, cancelBrowser := chromedp.NewContext(alloc)
+	t.Cleanup(cancelBrowser)
+	if err := chromedp.Run(browser); err != nil {
+		t.Fatalf("starting Chromium: %v", err)
+	}
+	return browser
 }
