@@ -207,6 +207,7 @@ func TestUidAcrossNodes(t *testing.T) {
 	bob1.send("bind bob")
 	bob2.send("bind bob")
 	sender.ask("online bob", func(s string) bool { return strings.HasPrefix(s, "online bob true") })
+	sender.ask("alive "+bob1.id, func(s string) bool { return strings.HasPrefix(s, "alive "+bob1.id+" true") })
 	// Wait until node a sees both of bob's clients (one is on node b).
 	for i := 0; ; i++ {
 		sender.send("touid bob probe%d", i)
@@ -221,6 +222,11 @@ func TestUidAcrossNodes(t *testing.T) {
 	bob2.quiet()
 	other.quiet()
 	sender.quiet()
+
+	gone := other.id
+	other.conn.Close()
+	sender.ask("alive "+gone, func(s string) bool { return strings.HasPrefix(s, "alive "+gone+" false") })
+	other = b.connect(t)
 
 	before := sender.stat("unknown")
 	sender.send("touid nobody x")

@@ -12,7 +12,7 @@
 //
 //	bind U | unbind U | join G | leave G | ungroup G | close ID
 //	touid U TEXT | togroup G TEXT | togroupx G TEXT (not to the sender) | toall TEXT | toclient ID TEXT
-//	id | online U | count G | set K V | get | stats
+//	id | online U | alive ID | count G | set K V | get | stats
 //
 // The queries answer with a line that starts with the command's name.
 package main
@@ -130,6 +130,11 @@ func command(g *gateway.Gateway, c *herd.Conn, self gateway.ClientID, line strin
 		query(func(ctx context.Context) {
 			on, err := g.IsUidOnline(ctx, arg)
 			reply("online %s %v %v", arg, on, err)
+		})
+	case "alive":
+		query(func(ctx context.Context) {
+			on, err := g.IsOnline(ctx, gateway.ClientID(arg))
+			reply("alive %s %v %v", arg, on, err)
 		})
 	case "count":
 		query(func(ctx context.Context) {
