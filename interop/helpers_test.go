@@ -103,6 +103,17 @@ func testContext(t *testing.T, d time.Duration) context.Context {
 // chromedp.NewContext of it is a tab. Background tabs are not throttled.
 func chromiumBrowser(t *testing.T, timeout time.Duration) context.Context {
 	chromium := tool(t, "chromium", "/usr/bin/chromium")
+	// The profile is removed last, and again while Chromium's last
+	// writes land (t.TempDir fails the test when they race its removal).
+	profile, err := os.MkdirTemp("", "herd-chromium")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for i := 0; os.RemoveAll(profile) != nil && i < 50; i++ {
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(chromium),
 		chromedp.NoSandbox,
@@ -115,7 +126,7 @@ func chromiumBrowser(t *testing.T, timeout time.Duration) context.Context {
 		chromedp.Flag("disable-background-timer-throttling", true),
 		chromedp.Flag("disable-renderer-backgrounding", true),
 		chromedp.Flag("disable-backgrounding-occluded-windows", true),
-		chromedp.UserDataDir(t.TempDir()),
+		chromedp.UserDataDir(profile),
 	)
 	alloc, cancel := chromedp.NewExecAllocator(testContext(t, timeout), opts...)
 	t.Cleanup(cancel)
