@@ -71,7 +71,9 @@ const maxAcceptBatch = 64
 // one to take.
 type acceptor struct {
 	w         *Worker
-	fd        int // the listening socket; -1: none (dispatched loops, or stopped)
+	loop      *Loop // nil for the dispatcher
+	fd        int   // the listening socket; -1: none (dispatched loops, or stopped)
+	datagram  bool  // a udp:// worker's socket: receive datagrams, not connections
 	poller    *poll.Poller
 	exclusive bool   // registered with EPOLLEXCLUSIVE
 	owner     string // for logs: "loop 3", "dispatcher"
@@ -95,6 +97,10 @@ func (a *acceptor) watch() error { return a.poller.AddListener(a.fd, a.exclusive
 // out of descriptors, in which case the listener rests: the caller calls
 // resume after restPeriod.
 func (a *acceptor) accept() (rested bool) {
+	if a.datagram {
+		a.receive()
+		return false
+	}
 	n := 0
 	for a.batch == 0 || n < a.batch {
 		fd, peer, err := accept(a.fd, &a.buf)

@@ -79,7 +79,7 @@ func (w *Worker) takeInherited(ep endpoint) []int {
 	if got, ok := inherited.byKey[w.listenKey()]; ok {
 		delete(inherited.byKey, w.listenKey())
 		for _, fd := range got {
-			if isListener(fd) {
+			if isListener(fd) || (ep.network == "udp" && isDatagram(fd)) {
 				fds = append(fds, fd)
 			}
 		}
@@ -88,7 +88,7 @@ func (w *Worker) takeInherited(ep endpoint) []int {
 		want := sockaddrString(ep.sa)
 		rest := inherited.systemd[:0]
 		for _, fd := range inherited.systemd {
-			if sa, err := unix.Getsockname(fd); err == nil && sockaddrString(sa) == want && isListener(fd) {
+			if sa, err := unix.Getsockname(fd); err == nil && sockaddrString(sa) == want && (isListener(fd) || (ep.network == "udp" && isDatagram(fd))) {
 				fds = append(fds, fd)
 			} else {
 				rest = append(rest, fd)
@@ -101,6 +101,12 @@ func (w *Worker) takeInherited(ep endpoint) []int {
 		unix.SetNonblock(fd, true)
 	}
 	return fds
+}
+
+// isDatagram reports whether fd is a datagram socket.
+func isDatagram(fd int) bool {
+	v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	return err == nil && v == unix.SOCK_DGRAM
 }
 
 // isListener reports whether fd is a listening stream socket.

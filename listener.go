@@ -17,7 +17,7 @@ import (
 
 // endpoint is a parsed Worker.Addr.
 type endpoint struct {
-	network string // "tcp" or "unix"
+	network string // "tcp", "udp" or "unix"
 	sa      unix.Sockaddr
 	domain  int
 	path    string // unix socket path, removed on shutdown
@@ -35,6 +35,14 @@ func parseAddr(addr string) (endpoint, error) {
 	}
 	var ep endpoint
 	switch scheme {
+	case "udp", "udp4", "udp6":
+		ua, err := net.ResolveUDPAddr(scheme, rest)
+		if err != nil {
+			return ep, fmt.Errorf("herd: address %q: %w", addr, err)
+		}
+		ep, err = inetEndpoint(addr, scheme == "udp6", ua.IP, ua.Port, ua.Zone)
+		ep.network = "udp"
+		return ep, err
 	case "tcp", "tcp4", "tcp6":
 	case "text":
 		ep.proto = protocol.Text{}
@@ -48,7 +56,7 @@ func parseAddr(addr string) (endpoint, error) {
 		ep.sa = &unix.SockaddrUnix{Name: rest}
 		return ep, nil
 	default:
-		return ep, fmt.Errorf("herd: address %q: unknown scheme %q (want tcp, text, frame or unix)", addr, scheme)
+		return ep, fmt.Errorf("herd: address %q: unknown scheme %q (want tcp, text, frame, unix or udp)", addr, scheme)
 	}
 	network := "tcp"
 	if scheme == "tcp4" || scheme == "tcp6" {
@@ -58,32 +66,45 @@ func parseAddr(addr string) (endpoint, error) {
 	if err != nil {
 		return ep, fmt.Errorf("herd: address %q: %w", addr, err)
 	}
-	ep.network = "tcp"
-	if ip4 := ta.IP.To4(); ip4 != nil || (ta.IP == nil && network != "tcp6") {
-		sa := &unix.SockaddrInet4{Port: ta.Port}
+	inet, err := inetEndpoint(addr, network == "tcp6", ta.IP, ta.Port, ta.Zone)
+	inet.proto = ep.proto
+	inet.network = "tcp"
+	return inet, err
+}
+
+// inetEndpoint is an IPv4 or IPv6 address to bind; an empty host binds
+// every IPv4 address unless v6 is asked.
+func inetEndpoint(addr string, v6 bool, ip net.IP, port int, zone string) (endpoint, error) {
+	var ep endpoint
+	if ip4 := ip.To4(); ip4 != nil || (ip == nil && !v6) {
+		sa := &unix.SockaddrInet4{Port: port}
 		if ip4 != nil {
 			copy(sa.Addr[:], ip4)
 		}
 		ep.domain, ep.sa = unix.AF_INET, sa
-	} else {
-		sa := &unix.SockaddrInet6{Port: ta.Port}
-		copy(sa.Addr[:], ta.IP.To16())
-		if ta.Zone != "" {
-			ifi, err := net.InterfaceByName(ta.Zone)
-			if err != nil {
-				return ep, fmt.Errorf("herd: address %q: zone: %w", addr, err)
-			}
-			sa.ZoneId = uint32(ifi.Index)
-		}
-		ep.domain, ep.sa = unix.AF_INET6, sa
+		return ep, nil
 	}
+	sa := &unix.SockaddrInet6{Port: port}
+	copy(sa.Addr[:], ip.To16())
+	if zone != "" {
+		ifi, err := net.InterfaceByName(zone)
+		if err != nil {
+			return ep, fmt.Errorf("herd: address %q: zone: %w", addr, err)
+		}
+		sa.ZoneId = uint32(ifi.Index)
+	}
+	ep.domain, ep.sa = unix.AF_INET6, sa
 	return ep, nil
 }
 
 // listen opens a non-blocking listening socket. With reusePort it joins the
 // address's SO_REUSEPORT group (SO_REUSEPORT_LB on FreeBSD).
 func listen(ep endpoint, reusePort bool) (int, error) {
-	fd, err := unix.Socket(ep.domain, unix.SOCK_STREAM, 0)
+	sotype := unix.SOCK_STREAM
+	if ep.network == "udp" {
+		sotype = unix.SOCK_DGRAM
+	}
+	fd, err := unix.Socket(ep.domain, sotype, 0)
 	if err != nil {
 		return -1, fmt.Errorf("herd: socket: %w", err)
 	}
@@ -95,14 +116,16 @@ func listen(ep endpoint, reusePort bool) (int, error) {
 	if err := unix.SetNonblock(fd, true); err != nil {
 		return fail("set non-blocking", err)
 	}
-	if ep.network == "tcp" {
+	if ep.network != "unix" {
 		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
 			return fail("SO_REUSEADDR", err)
 		}
 		// As Go's net package does: small messages go out at once. Set
 		// on the listener, accepted sockets inherit it (see register).
-		if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
-			return fail("TCP_NODELAY", err)
+		if ep.network == "tcp" {
+			if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
+				return fail("TCP_NODELAY", err)
+			}
 		}
 		if reusePort {
 			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, soReusePort, 1); err != nil {
@@ -119,6 +142,12 @@ func listen(ep endpoint, reusePort bool) (int, error) {
 	}
 	if err != nil {
 		return fail("bind", err)
+	}
+	if ep.network == "udp" {
+		// A burst waits in the socket rather than being dropped: ask for
+		// 4 MiB (the kernel grants up to net.core.rmem_max).
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
+		return fd, nil
 	}
 	if err := unix.Listen(fd, listenBacklog()); err != nil {
 		return fail("listen", err)

@@ -35,6 +35,7 @@ type Loop struct {
 	conns    []*Conn     // by descriptor
 	nconns   int
 	readBuf  []byte
+	pkt      Packet // the one OnPacket is running for
 	events   []poll.Event
 	timers   timerHeap
 	now      time.Time
@@ -49,6 +50,7 @@ type Loop struct {
 	lingerHead, lingerTail *Conn
 	lingerTimer            *Timer
 
+	datagramFd  atomic.Int64  // a udp:// worker's socket for SendTo; -1: none
 	sleeping    atomic.Bool   // in or about to enter poller.Wait
 	tid         atomic.Int64  // the OS thread the loop is locked to; 0 once it exited
 	switchBase  uint64        // the thread's voluntary switches when the loop started
@@ -62,11 +64,11 @@ type Loop struct {
 
 	// Counters, written by the loop (and by Send for the output ones) and
 	// read by Stats.
-	accepted, closedConns, messagesIn, bytesIn, bytesOut, wakeups, emptyAccepts, dropped, droppedFull atomic.Uint64
-	active, sendQueued, busyNanos                                                                     atomic.Int64
-	exitedAt                                                                                          atomic.Int64 // unix nanoseconds when run ended; 0 while it runs
-	started                                                                                           time.Time    // set before the loop goroutine starts
-	_                                                                                                 [64]byte     // keep loops' counters off each other's cache lines
+	accepted, closedConns, messagesIn, bytesIn, bytesOut, wakeups, emptyAccepts, dropped, droppedFull, oversize atomic.Uint64
+	active, sendQueued, busyNanos                                                                               atomic.Int64
+	exitedAt                                                                                                    atomic.Int64 // unix nanoseconds when run ended; 0 while it runs
+	started                                                                                                     time.Time    // set before the loop goroutine starts
+	_                                                                                                           [64]byte     // keep loops' counters off each other's cache lines
 }
 
 type taskKind uint8
@@ -106,16 +108,23 @@ func newLoop(w *Worker, index int) (*Loop, error) {
 		readBuf: make([]byte, readBufferSize),
 		exited:  make(chan struct{}),
 	}
+	l.datagramFd.Store(-1)
 	return l, nil
 }
 
 // addListener makes the loop accept on fd, and watches it.
 func (l *Loop) addListener(fd int, exclusive bool) error {
-	a := &acceptor{w: l.w, fd: fd, poller: l.poller, exclusive: exclusive, owner: fmt.Sprintf("loop %d", l.index), take: l.adopt, empty: &l.emptyAccepts, batch: 1}
+	a := &acceptor{w: l.w, loop: l, fd: fd, poller: l.poller, exclusive: exclusive, owner: fmt.Sprintf("loop %d", l.index), take: l.adopt, empty: &l.emptyAccepts, batch: 1}
+	if l.w.ep.network == "udp" {
+		a.datagram, a.batch = true, maxAcceptBatch
+	}
 	if err := a.watch(); err != nil {
 		return err
 	}
 	l.accs = append(l.accs, a)
+	if a.datagram {
+		l.datagramFd.Store(int64(fd))
+	}
 	return nil
 }
 

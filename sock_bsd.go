@@ -7,6 +7,7 @@ package herd
 // sock_darwin.go and sock_freebsd.go.
 
 import (
+	"net"
 	"runtime"
 
 	"golang.org/x/sys/unix"
@@ -21,8 +22,45 @@ var reusePortBalances = runtime.GOOS == "freebsd"
 // TCP_NODELAY itself.
 const nodelayInherited = false
 
-// acceptBuf is the Linux accept's address buffer; unix.Accept needs none.
-type acceptBuf struct{}
+// acceptBuf holds a datagram's sender (recvFrom); unix.Accept needs no
+// buffer.
+type acceptBuf struct{ sa unix.Sockaddr }
+
+// set makes a hold addr, for sendTo.
+func (b *acceptBuf) set(addr *net.UDPAddr) {
+	if ip4 := addr.IP.To4(); ip4 != nil {
+		b.sa = &unix.SockaddrInet4{Port: addr.Port, Addr: [4]byte(ip4)}
+		return
+	}
+	sa := &unix.SockaddrInet6{Port: addr.Port}
+	copy(sa.Addr[:], addr.IP.To16())
+	if addr.Zone != "" {
+		if ifi, err := net.InterfaceByName(addr.Zone); err == nil {
+			sa.ZoneId = uint32(ifi.Index)
+		}
+	}
+	b.sa = sa
+}
+
+// peer is the address recvFrom left.
+func (b *acceptBuf) peer() peerAddr { return peerFromSockaddr(b.sa) }
+
+// recvFrom reads one datagram into p and leaves its sender's address in a.
+// It returns more than len(p) when the datagram did not fit.
+func recvFrom(fd int, p []byte, a *acceptBuf) (int, error) {
+	n, _, flags, sa, err := unix.Recvmsg(fd, p, nil, 0)
+	if err != nil {
+		return 0, err
+	}
+	a.sa = sa
+	if flags&unix.MSG_TRUNC != 0 {
+		n = len(p) + 1
+	}
+	return n, nil
+}
+
+// sendTo sends p as one datagram to the address in a.
+func sendTo(fd int, p []byte, a *acceptBuf) error { return unix.Sendto(fd, p, 0, a.sa) }
 
 // accept takes one connection and makes it non-blocking and close-on-exec.
 // darwin has no accept4; the window before FD_CLOEXEC is set only matters to

@@ -5,6 +5,7 @@ package herd
 // unsent.
 
 import (
+	"net"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -130,4 +131,55 @@ func unreadBytes(fd int) int {
 		return -1
 	}
 	return n
+}
+
+// recvFrom reads one datagram into p and leaves its sender's address in a.
+// It returns the datagram's whole length (MSG_TRUNC): more than len(p) when
+// it did not fit.
+func recvFrom(fd int, p []byte, a *acceptBuf) (int, error) {
+	a.n = unix.SizeofSockaddrAny
+	n, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)),
+		unix.MSG_TRUNC, uintptr(unsafe.Pointer(&a.rsa)), uintptr(unsafe.Pointer(&a.n)))
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+// sendTo sends p as one datagram to the address in a, as recvFrom left it.
+func sendTo(fd int, p []byte, a *acceptBuf) error {
+	var ptr unsafe.Pointer
+	if len(p) > 0 {
+		ptr = unsafe.Pointer(&p[0])
+	}
+	_, _, e := unix.Syscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(ptr), uintptr(len(p)), 0,
+		uintptr(unsafe.Pointer(&a.rsa)), uintptr(a.n))
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+// set makes a hold addr, for sendTo.
+func (b *acceptBuf) set(addr *net.UDPAddr) {
+	if ip4 := addr.IP.To4(); ip4 != nil {
+		pp := (*unix.RawSockaddrInet4)(unsafe.Pointer(&b.rsa))
+		*pp = unix.RawSockaddrInet4{Family: unix.AF_INET}
+		port := (*[2]byte)(unsafe.Pointer(&pp.Port))
+		port[0], port[1] = byte(addr.Port>>8), byte(addr.Port)
+		copy(pp.Addr[:], ip4)
+		b.n = unix.SizeofSockaddrInet4
+		return
+	}
+	pp := (*unix.RawSockaddrInet6)(unsafe.Pointer(&b.rsa))
+	*pp = unix.RawSockaddrInet6{Family: unix.AF_INET6}
+	port := (*[2]byte)(unsafe.Pointer(&pp.Port))
+	port[0], port[1] = byte(addr.Port>>8), byte(addr.Port)
+	copy(pp.Addr[:], addr.IP.To16())
+	if addr.Zone != "" {
+		if ifi, err := net.InterfaceByName(addr.Zone); err == nil {
+			pp.Scope_id = uint32(ifi.Index)
+		}
+	}
+	b.n = unix.SizeofSockaddrInet6
 }

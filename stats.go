@@ -61,6 +61,10 @@ type LoopStats struct {
 	// DroppedFull counts messages Send and SendRaw dropped on a full send
 	// queue (Workerman's drop policy; Write never drops for that).
 	DroppedFull uint64
+	// Oversize counts datagrams (udp://) dropped on receipt: larger than
+	// MaxPackageSize, or not one whole message of the Protocol. Datagrams a
+	// reply could not send count in Dropped.
+	Oversize uint64
 	// Busy is the time the loop has spent handling events, tasks and
 	// timers (callbacks included), and Running the time since it started:
 	// Busy/Running is how loaded it is, the figure to scale on when one hot
@@ -127,6 +131,7 @@ func (l *Loop) stats() LoopStats {
 		SendQueueBytes: l.sendQueued.Load(),
 		Dropped:        l.dropped.Load(),
 		DroppedFull:    full,
+		Oversize:       l.oversize.Load(),
 		ThreadSwitches: l.threadSwitches(),
 		Busy:           time.Duration(l.busyNanos.Load()),
 		Running:        l.running(),

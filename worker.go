@@ -140,6 +140,10 @@ type Worker struct {
 	// OnBufferDrain runs when a send queue that was full has been written
 	// out completely.
 	OnBufferDrain func(c *Conn)
+	// OnPacket receives each datagram of a udp:// worker, decoded by the
+	// Protocol if there is one (one datagram is one message). p and msg
+	// are valid only until it returns; p.Reply answers the sender.
+	OnPacket func(p *Packet, msg []byte)
 
 	mu                       sync.Mutex
 	state                    workerState
@@ -247,7 +251,7 @@ func (w *Worker) Listen() error {
 			return err
 		}
 		w.listeners = append(w.listeners, fd)
-		if i == 0 && ep.network == "tcp" {
+		if i == 0 && ep.network != "unix" {
 			// Port 0: the other members of the group bind the port the
 			// first one got.
 			sa, err := boundSockaddr(fd)
@@ -312,6 +316,20 @@ func (w *Worker) configure() error {
 		return fmt.Errorf("herd: ReusePort and Accept %s are two listen modes; set one", w.Accept)
 	}
 	w.mode = w.Accept
+	if ep.network == "udp" {
+		if w.Accept != AcceptShared {
+			return fmt.Errorf("herd: a udp:// worker has no connections to dispatch (Accept %s)", w.Accept)
+		}
+		// A socket per loop, the kernel choosing a datagram's loop by
+		// its addresses; one shared socket where groups are not balanced.
+		if reusePortBalances {
+			w.mode = acceptReusePort
+		}
+		w.exclusive = w.mode == AcceptShared
+		w.stopping = make(chan struct{})
+		w.done = make(chan struct{})
+		return nil
+	}
 	if w.ReusePort {
 		switch {
 		case ep.network != "tcp":
@@ -350,6 +368,9 @@ func (w *Worker) listenAddrLocked() Addr {
 	sa, err := boundSockaddr(w.listeners[0])
 	if err != nil {
 		return nil
+	}
+	if w.ep.network == "udp" {
+		return udpAddr(peerFromSockaddr(sa))
 	}
 	return netAddr(sa)
 }

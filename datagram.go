@@ -1,0 +1,138 @@
+//go:build linux || darwin || freebsd
+
+package herd
+
+// udp:// workers: a datagram socket per loop (a SO_REUSEPORT group, so the
+// kernel picks a datagram's loop by hashing its addresses), read on the
+// loop like a listener, each datagram handed to OnPacket.
+
+import (
+	"errors"
+	"fmt"
+	"net"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrNotDatagram is returned by Loop.SendTo on a worker that is not
+// udp://.
+var ErrNotDatagram = errors.New("herd: not a udp:// worker")
+
+// Packet is one datagram a udp:// worker received, as OnPacket sees it
+// (Workerman's UdpConnection). It is valid only during OnPacket.
+type Packet struct {
+	l    *Loop
+	fd   int
+	from *acceptBuf
+}
+
+// Loop is the loop that received the datagram.
+func (p *Packet) Loop() *Loop { return p.l }
+
+// RemoteAddr is the sender's address (a *net.UDPAddr).
+func (p *Packet) RemoteAddr() net.Addr { return udpAddr(p.from.peer()) }
+
+// Reply sends b back to the sender as one datagram, from the socket that
+// received it, encoded with the worker's Protocol if it has one
+// (Workerman's $connection->send). A datagram the kernel has no room for
+// is dropped: the error says so, and Stats counts it.
+func (p *Packet) Reply(b []byte) error {
+	return p.l.sendDatagram(p.fd, b, p.from)
+}
+
+// SendTo sends b as one datagram to addr (a *net.UDPAddr, or any net.Addr
+// whose String is host:port) from one of the loop's sockets, encoded with
+// the worker's Protocol if it has one. Safe from any goroutine.
+func (l *Loop) SendTo(addr net.Addr, b []byte) error {
+	fd := l.datagramFd.Load()
+	if fd < 0 || l.w.ep.network != "udp" {
+		return ErrNotDatagram
+	}
+	ua, err := net.ResolveUDPAddr("udp", addr.String())
+	if err != nil {
+		return fmt.Errorf("herd: SendTo %v: %w", addr, err)
+	}
+	to := &acceptBuf{}
+	to.set(ua)
+	return l.sendDatagram(int(fd), b, to)
+}
+
+func (l *Loop) sendDatagram(fd int, b []byte, to *acceptBuf) error {
+	if p := l.w.proto; p != nil {
+		b = p.Encode(nil, b)
+	}
+	for {
+		err := sendTo(fd, b, to)
+		switch err {
+		case nil:
+			l.bytesOut.Add(uint64(len(b)))
+			return nil
+		case unix.EINTR:
+			continue
+		}
+		l.dropped.Add(1)
+		if err == unix.EAGAIN || err == unix.ENOBUFS {
+			return fmt.Errorf("herd: datagram dropped: %w", err)
+		}
+		return fmt.Errorf("herd: sendto: %w", err)
+	}
+}
+
+// receive reads what a datagram socket holds, at most one batch (the
+// poller reports the rest again), and hands each datagram to OnPacket.
+func (a *acceptor) receive() {
+	l := a.loop
+	n := 0
+	for a.batch == 0 || n < a.batch {
+		size, err := recvFrom(a.fd, l.readBuf, &a.buf)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			if n == 0 && err == unix.EAGAIN {
+				a.empty.Add(1)
+			}
+			return
+		}
+		n++
+		l.bytesIn.Add(uint64(min(size, len(l.readBuf))))
+		if size > len(l.readBuf) || size > l.w.maxPkg {
+			l.oversize.Add(1)
+			continue
+		}
+		l.messagesIn.Add(1)
+		l.packet(a.fd, &a.buf, l.readBuf[:size])
+	}
+}
+
+// packet runs OnPacket for one datagram, decoded by the worker's Protocol
+// if it has one (a datagram is one message; one the protocol does not
+// frame whole is dropped and counted).
+func (l *Loop) packet(fd int, from *acceptBuf, data []byte) {
+	if p := l.w.proto; p != nil {
+		n, err := p.Input(data)
+		if err != nil || n != len(data) {
+			l.oversize.Add(1)
+			return
+		}
+		data = p.Decode(data)
+	}
+	if l.w.OnPacket == nil {
+		return
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			l.recovered(nil, r)
+		}
+	}()
+	l.pkt = Packet{l: l, fd: fd, from: from}
+	l.w.OnPacket(&l.pkt, data)
+}
+
+// udpAddr converts a datagram's sender for the API.
+func udpAddr(p peerAddr) net.Addr {
+	if a, ok := p.netAddr().(*net.TCPAddr); ok {
+		return &net.UDPAddr{IP: a.IP, Port: a.Port, Zone: a.Zone}
+	}
+	return nil
+}
