@@ -260,7 +260,7 @@ func TestAddressErrors(t *testing.T) {
 		w    *Worker
 		want string
 	}{
-		{&Worker{Addr: "udp://127.0.0.1:0"}, "unknown scheme"},
+		{&Worker{Addr: "sctp://127.0.0.1:0"}, "unknown scheme"},
 		{&Worker{Addr: "text://127.0.0.1:0", Protocol: protocol.Frame{}}, "Protocol"},
 		{&Worker{Addr: "frame://127.0.0.1:0", Protocol: protocol.Text{}}, "Protocol"},
 		{&Worker{Addr: "unix://"}, "unix"},

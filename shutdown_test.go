@@ -390,7 +390,7 @@ func TestShutdownTwiceNeverRan(t *testing.T) {
 		}
 		shutdownTwice(t, w)
 	})
-	for _, addr := range []string{"udp://127.0.0.1:0", "tcp://127.0.0.1:notaport"} {
+	for _, addr := range []string{"sctp://127.0.0.1:0", "tcp://127.0.0.1:notaport"} {
 		t.Run("run failed "+addr, func(t *testing.T) {
 			w := &Worker{Addr: addr, Count: 1, Logger: quietLogger()}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
