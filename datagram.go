@@ -34,10 +34,16 @@ func (p *Packet) RemoteAddr() net.Addr { return udpAddr(p.from.peer()) }
 
 // Reply sends b back to the sender as one datagram, from the socket that
 // received it, encoded with the worker's Protocol if it has one
-// (Workerman's $connection->send). A datagram the kernel has no room for
-// is dropped: the error says so, and Stats counts it.
+// (Workerman's $connection->send). It does not keep b. On Linux the
+// replies of one batch of datagrams go out together, with one sendmmsg
+// once the batch's OnPacket calls have returned; a datagram the kernel
+// has no room for is dropped and counted in Stats (Dropped), and Reply
+// reports an error only for what it could tell at once.
 func (p *Packet) Reply(b []byte) error {
-	return p.l.sendDatagram(p.fd, b, p.from)
+	if enc := p.l.w.proto; enc != nil {
+		b = enc.Encode(nil, b)
+	}
+	return p.l.reply(p.fd, b, p.from)
 }
 
 // SendTo sends b as one datagram to addr (a *net.UDPAddr, or any net.Addr
@@ -54,13 +60,14 @@ func (l *Loop) SendTo(addr net.Addr, b []byte) error {
 	}
 	to := &acceptBuf{}
 	to.set(ua)
-	return l.sendDatagram(int(fd), b, to)
-}
-
-func (l *Loop) sendDatagram(fd int, b []byte, to *acceptBuf) error {
 	if p := l.w.proto; p != nil {
 		b = p.Encode(nil, b)
 	}
+	return l.sendDatagram(int(fd), b, to)
+}
+
+// sendDatagram sends b (encoded) to the address in to, at once.
+func (l *Loop) sendDatagram(fd int, b []byte, to *acceptBuf) error {
 	for {
 		err := sendTo(fd, b, to)
 		switch err {
@@ -75,33 +82,6 @@ func (l *Loop) sendDatagram(fd int, b []byte, to *acceptBuf) error {
 			return fmt.Errorf("herd: datagram dropped: %w", err)
 		}
 		return fmt.Errorf("herd: sendto: %w", err)
-	}
-}
-
-// receive reads what a datagram socket holds, at most one batch (the
-// poller reports the rest again), and hands each datagram to OnPacket.
-func (a *acceptor) receive() {
-	l := a.loop
-	n := 0
-	for a.batch == 0 || n < a.batch {
-		size, err := recvFrom(a.fd, l.readBuf, &a.buf)
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err != nil:
-			if n == 0 && err == unix.EAGAIN {
-				a.empty.Add(1)
-			}
-			return
-		}
-		n++
-		l.bytesIn.Add(uint64(min(size, len(l.readBuf))))
-		if size > len(l.readBuf) || size > l.w.maxPkg {
-			l.oversize.Add(1)
-			continue
-		}
-		l.messagesIn.Add(1)
-		l.packet(a.fd, &a.buf, l.readBuf[:size])
 	}
 }
 

@@ -35,7 +35,8 @@ type Loop struct {
 	conns    []*Conn     // by descriptor
 	nconns   int
 	readBuf  []byte
-	pkt      Packet // the one OnPacket is running for
+	pkt      Packet      // the one OnPacket is running for
+	dg       *dgramBatch // udp:// buffers (Linux: recvmmsg, sendmmsg), made on first use
 	events   []poll.Event
 	timers   timerHeap
 	now      time.Time
