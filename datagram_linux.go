@@ -91,6 +91,7 @@ func (a *acceptor) receive() {
 			a.buf.rsa, a.buf.n = b.from[i], m.hdr.Namelen
 			l.packet(a.fd, &a.buf, b.bufs[i*b.seg:i*b.seg+size])
 		}
+		b.flush(l) // this round's replies go before the next round is read
 		if n < len(b.in) {
 			return // the socket is empty
 		}
