@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"strings"
 	"time"
@@ -301,4 +302,39 @@ func Example_broadcast() {
 	// "news for all"
 	// "news for all"
 	// "news for all"
+}
+
+// Scale changes the number of loops while the worker serves: a leaving
+// loop hands its listening socket and its open connections to the loops
+// that stay.
+func ExampleWorker_Scale() {
+	w := &herd.Worker{Addr: "text://127.0.0.1:0", Count: 4, ReusePort: true, Logger: slog.New(slog.DiscardHandler),
+		OnMessage: func(c *herd.Conn, msg []byte) { c.Send(msg) }}
+	w.Listen()
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	go w.Run(ctx)
+	for w.Loops() == nil {
+		time.Sleep(time.Millisecond)
+	}
+	w.Scale(context.Background(), 1)
+	fmt.Println("loops:", len(w.Stats().Loops))
+	w.Scale(context.Background(), 3)
+	s := w.Stats()
+	fmt.Println("loops:", len(s.Loops), "added:", s.LoopsAdded, "removed:", s.LoopsRemoved)
+	// Output:
+	// loops: 1
+	// loops: 3 added: 2 removed: 3
+}
+
+// A Process runs workers as one program: SIGINT and SIGTERM stop it
+// gracefully, and SIGHUP upgrades it to the executable now at its path,
+// which takes over the listening sockets while this process drains.
+func ExampleProcess() {
+	w := &herd.Worker{Name: "echo", Addr: "text://0.0.0.0:9000", ReusePort: true,
+		OnMessage: func(c *herd.Conn, msg []byte) { c.Send(msg) }}
+	p := &herd.Process{Workers: []*herd.Worker{w}, UpgradeGrace: 5 * time.Second}
+	if err := p.Run(context.Background()); err != nil {
+		fmt.Println(err)
+	}
 }

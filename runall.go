@@ -169,6 +169,9 @@ func (p *Process) Run(ctx context.Context) error {
 			return errors.Join(errs...)
 		}
 	}
+	p.mu.Lock()
+	p.serving = false // no upgrade of a process that stops
+	p.mu.Unlock()
 	if !p.handedOver() {
 		p.logNotify(notify("STOPPING=1"))
 	}

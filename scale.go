@@ -40,7 +40,9 @@ var ErrBadCount = errors.New("herd: Scale needs at least one loop")
 // Loop numbers are stable: a loop keeps its Index while it lives, and
 // Stats lists the loops of the moment (LoopsAdded and LoopsRemoved count
 // the changes). Calls to Scale are serialized. It returns ErrBadCount for
-// n < 1, and ErrWorkerClosed when the worker is not running or is stopping.
+// n < 1, and ErrWorkerClosed when the worker is not running, is stopping,
+// or has handed its listeners to an upgrade. Scale waits for the loops, so
+// a callback must not call it directly: use go w.Scale(ctx, n).
 func (w *Worker) Scale(ctx context.Context, n int) error {
 	if n < 1 {
 		return fmt.Errorf("%w (got %d)", ErrBadCount, n)
