@@ -21,6 +21,7 @@
 //	herd_loop_send_queue_bytes             gauge
 //	herd_loop_dropped_messages_total       counter, label reason: full (the send queue was full), closed (sent to a closing connection)
 //	herd_loop_busy_seconds_total           counter: time spent working; its rate is the loop's load, the figure to scale on
+//	herd_loop_oversize_datagrams_total     counter: udp:// datagrams dropped on receipt (over MaxPackageSize, or not one message)
 //
 // Per worker (label worker): herd_worker_loops (the loops serving now),
 // herd_worker_loops_added_total and herd_worker_loops_removed_total
@@ -68,13 +69,14 @@ var (
 	descQueued     = prometheus.NewDesc("herd_loop_send_queue_bytes", "Bytes waiting in the loop's send queues.", loopLabels, nil)
 	descDropped    = prometheus.NewDesc("herd_loop_dropped_messages_total", "Messages not sent, by reason: full (send queue full), closed (connection closing).", append(loopLabels, "reason"), nil)
 	descBusy       = prometheus.NewDesc("herd_loop_busy_seconds_total", "Time the loop spent handling events, tasks and timers.", loopLabels, nil)
+	descOversize   = prometheus.NewDesc("herd_loop_oversize_datagrams_total", "Datagrams (udp://) dropped on receipt: over MaxPackageSize, or not one whole message.", loopLabels, nil)
 	descLoops      = prometheus.NewDesc("herd_worker_loops", "Event loops serving now.", workerLabels, nil)
 	descAdded      = prometheus.NewDesc("herd_worker_loops_added_total", "Loops Scale started.", workerLabels, nil)
 	descRemoved    = prometheus.NewDesc("herd_worker_loops_removed_total", "Loops Scale took away.", workerLabels, nil)
 	descRejected   = prometheus.NewDesc("herd_worker_connections_rejected_total", "Connections closed at once because MaxConns was reached.", workerLabels, nil)
 	descAccFair    = prometheus.NewDesc("herd_worker_accept_fairness", "Jain's index of accepted connections over the loops (1: even).", workerLabels, nil)
 	descMsgFair    = prometheus.NewDesc("herd_worker_message_fairness", "Jain's index of messages over the loops (1: even).", workerLabels, nil)
-	allDescs       = []*prometheus.Desc{descAccepted, descClosed, descActive, descMessages, descBytesIn, descBytesOut, descWakeups, descEmpty, descQueued, descDropped, descBusy, descLoops, descAdded, descRemoved, descRejected, descAccFair, descMsgFair}
+	allDescs       = []*prometheus.Desc{descAccepted, descClosed, descActive, descMessages, descBytesIn, descBytesOut, descWakeups, descEmpty, descQueued, descDropped, descBusy, descOversize, descLoops, descAdded, descRemoved, descRejected, descAccFair, descMsgFair}
 	counter, gauge = prometheus.CounterValue, prometheus.GaugeValue
 )
 
@@ -106,6 +108,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			m(descDropped, counter, float64(l.DroppedFull), "full")
 			m(descDropped, counter, float64(l.Dropped-min(l.DroppedFull, l.Dropped)), "closed")
 			m(descBusy, counter, l.Busy.Seconds())
+			m(descOversize, counter, float64(l.Oversize))
 		}
 		ch <- prometheus.MustNewConstMetric(descLoops, gauge, float64(len(s.Loops)), s.Name)
 		ch <- prometheus.MustNewConstMetric(descAdded, counter, float64(s.LoopsAdded), s.Name)
