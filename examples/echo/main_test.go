@@ -405,9 +405,9 @@ func TestFlags(t *testing.T) {
 }
 
 func TestRunBadAddress(t *testing.T) {
-	err := run(context.Background(), []string{"-addr", "udp://127.0.0.1:0"}, io.Discard, io.Discard)
+	err := run(context.Background(), []string{"-addr", "sctp://127.0.0.1:0"}, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "scheme") {
-		t.Fatalf("run with a udp address: %v; want an unknown scheme error", err)
+		t.Fatalf("run with an sctp address: %v; want an unknown scheme error", err)
 	}
 }
 
