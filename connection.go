@@ -97,6 +97,7 @@ type connRare struct {
 	ctx            any           // SetContext (under mu)
 	writable       chan struct{} // closed when the queue goes below the high mark (WaitWritable; under mu)
 	lastDropReport int64         // loop clock of the last report of drops (reportDrops; loop-owned)
+	tls            *tlsState     // set once, before flagTLS, when the worker serves TLS
 }
 
 // rareLocked returns c.rare, allocating it; under mu.
@@ -114,6 +115,8 @@ const (
 	flagDrainWait                       // a graceful stop waits for the Holds to be Released
 	flagNoLinger                        // CloseNoLinger: the peer sends nothing more
 	flagMoving                          // being handed to another loop (Scale): in no poller (set under mu)
+	flagTLS                             // rare.tls is set: a TLS connection
+	flagHandshaking                     // its TLS handshake is under way: no OnConnect yet, nor OnClose
 )
 
 // Connection states. A Conn only moves forward through them.
@@ -338,6 +341,15 @@ const largeSend = 4 * bufpool.MaxPooled
 // reading above the high mark instead. ok is false when the connection is
 // closing or closed.
 func (c *Conn) send(data []byte, owed bool) (r SendResult, ok bool) {
+	if t := c.tlsOf(); t != nil {
+		return c.sendTLS(t, data, owed)
+	}
+	return c.sendBytes(data, owed)
+}
+
+// sendBytes is send for bytes that go on the wire as they are: a plain
+// connection's, or a TLS connection's records.
+func (c *Conn) sendBytes(data []byte, owed bool) (r SendResult, ok bool) {
 	var owned []byte
 	if len(data) >= largeSend {
 		owned = bytes.Clone(data)
@@ -547,6 +559,7 @@ func (c *Conn) Close() { c.close(false) }
 func (c *Conn) CloseNoLinger() { c.close(true) }
 
 func (c *Conn) close(noLinger bool) {
+	c.closeNotify()
 	c.mu.Lock()
 	if c.state.Load() != connOpen {
 		c.mu.Unlock()
@@ -620,11 +633,7 @@ func (c *Conn) ResumeRecv() {
 	if was {
 		// Messages already read but held back by the pause are delivered
 		// on the loop; no new input may come to trigger it.
-		c.Post(func() {
-			if len(c.in) > 0 && c.readable() {
-				c.loop.Load().deliver(c, nil)
-			}
-		})
+		c.Post(func() { c.loop.Load().resumeInput(c) })
 	}
 }
 

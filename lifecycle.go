@@ -60,6 +60,13 @@ func (l *Loop) register(fd int, peer *peerAddr) {
 	l.conns[fd] = c
 	l.nconns++
 	l.accepted.Add(1)
+	if l.w.TLS != nil {
+		if l.plainBuf == nil {
+			l.plainBuf = make([]byte, readBufferSize)
+		}
+		l.startTLS(c) // OnConnect once the handshake is done
+		return
+	}
 	if l.w.OnConnect != nil {
 		l.callConn(l.w.OnConnect, c)
 	}
@@ -139,6 +146,12 @@ func (l *Loop) closeConn(c *Conn, err error) {
 	l.w.conns.Add(-1)
 	bufpool.Put(c.in)
 	c.in = nil
+	if t := c.tlsOf(); t != nil {
+		t.pipe.Close() // a handshake under way ends
+		if c.flags.Load()&flagHandshaking != 0 {
+			return // OnConnect never ran: neither OnError nor OnClose
+		}
+	}
 	if err != nil && !errors.Is(err, unix.ECONNRESET) && !errors.Is(err, unix.EPIPE) {
 		l.callError(c, err)
 	}
@@ -199,6 +212,7 @@ func (l *Loop) drain(force bool) {
 // beginClose stops input and closes the connection once its queue is
 // written (at once if it is empty).
 func (l *Loop) beginClose(c *Conn) {
+	c.closeNotify()
 	c.mu.Lock()
 	if c.state.Load() == connOpen {
 		c.state.Store(connClosing)

@@ -35,6 +35,7 @@ type Loop struct {
 	conns    []*Conn     // by descriptor
 	nconns   int
 	readBuf  []byte
+	plainBuf []byte      // TLS plaintext, made on first use
 	pkt      Packet      // the one OnPacket is running for
 	dg       *dgramBatch // udp:// buffers (Linux: recvmmsg, sendmmsg), made on first use
 	events   []poll.Event
@@ -65,11 +66,11 @@ type Loop struct {
 
 	// Counters, written by the loop (and by Send for the output ones) and
 	// read by Stats.
-	accepted, closedConns, messagesIn, bytesIn, bytesOut, wakeups, emptyAccepts, dropped, droppedFull, oversize atomic.Uint64
-	active, sendQueued, busyNanos                                                                               atomic.Int64
-	exitedAt                                                                                                    atomic.Int64 // unix nanoseconds when run ended; 0 while it runs
-	started                                                                                                     time.Time    // set before the loop goroutine starts
-	_                                                                                                           [64]byte     // keep loops' counters off each other's cache lines
+	accepted, closedConns, messagesIn, bytesIn, bytesOut, wakeups, emptyAccepts, dropped, droppedFull, oversize, tlsHandshakes, tlsFailed atomic.Uint64
+	active, sendQueued, busyNanos                                                                                                         atomic.Int64
+	exitedAt                                                                                                                              atomic.Int64 // unix nanoseconds when run ended; 0 while it runs
+	started                                                                                                                               time.Time    // set before the loop goroutine starts
+	_                                                                                                                                     [64]byte     // keep loops' counters off each other's cache lines
 }
 
 type taskKind uint8
@@ -381,10 +382,10 @@ func (l *Loop) serve(c *Conn, ev poll.Event) {
 		if f.drained && l.w.OnBufferDrain != nil && c.state.Load() != connClosed {
 			l.callConn(l.w.OnBufferDrain, c)
 		}
-		if f.resumed && len(c.in) > 0 && c.readable() {
+		if f.resumed {
 			// Input read before the pause is delivered now: no new
 			// input may come to trigger it.
-			l.deliver(c, nil)
+			l.resumeInput(c)
 		}
 		if f.emptied {
 			l.queueEmptied(c)
@@ -424,6 +425,10 @@ func (l *Loop) read(c *Conn, failed bool) {
 		if n < len(l.readBuf) {
 			c.drainedTurn = l.turn
 		}
+		if t := c.tlsOf(); t != nil {
+			l.feedTLS(c, t, l.readBuf[:n])
+			return
+		}
 		l.deliver(c, l.readBuf[:n])
 		return
 	}
@@ -451,6 +456,18 @@ func readFd(fd int, b []byte) (int, error) {
 			n = 0
 		}
 		return n, err
+	}
+}
+
+// resumeInput delivers what was read before a pause, once the connection
+// may be read again: what its protocol kept, and a TLS connection's
+// plaintext and ciphertext waiting in crypto/tls and its pipe.
+func (l *Loop) resumeInput(c *Conn) {
+	if len(c.in) > 0 && c.readable() {
+		l.deliver(c, nil)
+	}
+	if t := c.tlsOf(); t != nil && c.flags.Load()&flagHandshaking == 0 {
+		l.readTLS(c, t)
 	}
 }
 

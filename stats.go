@@ -65,6 +65,9 @@ type LoopStats struct {
 	// MaxPackageSize, or not one whole message of the Protocol. Datagrams a
 	// reply could not send count in Dropped.
 	Oversize uint64
+	// TLSHandshakes and TLSFailed count the TLS handshakes that completed
+	// and the TLS connections that failed (a bad handshake or record).
+	TLSHandshakes, TLSFailed uint64
 	// Busy is the time the loop has spent handling events, tasks and
 	// timers (callbacks included), and Running the time since it started:
 	// Busy/Running is how loaded it is, the figure to scale on when one hot
@@ -132,6 +135,8 @@ func (l *Loop) stats() LoopStats {
 		Dropped:        l.dropped.Load(),
 		DroppedFull:    full,
 		Oversize:       l.oversize.Load(),
+		TLSHandshakes:  l.tlsHandshakes.Load(),
+		TLSFailed:      l.tlsFailed.Load(),
 		ThreadSwitches: l.threadSwitches(),
 		Busy:           time.Duration(l.busyNanos.Load()),
 		Running:        l.running(),

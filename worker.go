@@ -4,6 +4,7 @@ package herd
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -117,6 +118,24 @@ type Worker struct {
 	// Logger receives the worker's logs. Nil means slog.Default().
 	Logger *slog.Logger
 
+	// TLS, when set, serves TLS on every connection (https, wss, or a
+	// protocol of your own over TLS), with crypto/tls: the handshake runs
+	// off the loop, OnConnect runs once it is done, and from then on the
+	// loop decrypts what arrives and encrypts what is sent, with no
+	// goroutine per connection. A graceful close sends close_notify. A
+	// failed handshake closes the connection, is counted in Stats
+	// (TLSFailed) and logged at debug level; OnConnect, OnError and
+	// OnClose do not run for it. Set NextProtos to "http/1.1" for ALPN,
+	// and GetCertificate to reload certificates without a restart.
+	TLS *tls.Config
+	// HandshakeTimeout bounds a TLS handshake from the accept; zero means
+	// DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
+	// MaxHandshakes bounds the TLS handshakes in progress (each takes a
+	// goroutine while it runs); the others wait their turn within their
+	// HandshakeTimeout. Zero means DefaultMaxHandshakes.
+	MaxHandshakes int
+
 	// Callbacks. All run on the loop that owns the connection and must not
 	// block it; hand long work to a goroutine, which may call Send.
 	// A callback that panics closes its connection; the loop goes on.
@@ -165,6 +184,8 @@ type Worker struct {
 	conns                    atomic.Int64 // open connections over all loops
 	rejected                 atomic.Uint64
 	loopsAdded, loopsRemoved atomic.Uint64
+	hsOnce                   sync.Once
+	hs                       *handshaker
 	count                    int          // loops, Count resolved
 	boundPath                bool         // this worker owns the unix socket file: it removes it at the end
 	inheritedListeners       bool         // Listen took sockets handed over (upgrade, systemd)

@@ -1,0 +1,237 @@
+//go:build linux
+
+package herd_test
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/seed358e4494/herd"
+	"github.com/seed358e4494/herd/internal/herdtest"
+	"github.com/seed358e4494/herd/protocol"
+)
+
+// tlsEcho runs a TLS echo worker: raw (each read's plaintext back), or
+// with a protocol.
+func tlsEcho(t *testing.T, p protocol.Protocol, tune func(*herd.Worker)) (*herd.Worker, string, *tls.Config) {
+	srv, cli := herdtest.TLSConfigs(t)
+	w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 2, Protocol: p, TLS: srv, Logger: slog.New(slog.DiscardHandler),
+		OnMessage: func(c *herd.Conn, msg []byte) { c.Send(msg) }}
+	if tune != nil {
+		tune(w)
+	}
+	return w, herdtest.Run(t, w), cli
+}
+
+func dialTLS(t *testing.T, addr string, cfg *tls.Config) *tls.Conn {
+	t.Helper()
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	return c
+}
+
+// TestTLSEcho: TLS 1.2 and 1.3 clients of crypto/tls get back what they
+// send: lines, a client writing one byte at a time, and 1 MiB (records of
+// 16 KiB and more, both ways).
+func TestTLSEcho(t *testing.T) {
+	w, addr, cli := tlsEcho(t, protocol.Text{}, nil)
+	for _, v := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+		t.Run(tls.VersionName(v), func(t *testing.T) {
+			cfg := cli.Clone()
+			cfg.MinVersion, cfg.MaxVersion = v, v
+			c := dialTLS(t, addr, cfg)
+			if got := c.ConnectionState().Version; got != v {
+				t.Fatalf("negotiated %s", tls.VersionName(got))
+			}
+			br := bufio.NewReader(c)
+			for i := range 3 {
+				line := fmt.Sprintf("line %d\n", i)
+				io.WriteString(c, line)
+				if got, err := br.ReadString('\n'); got != line || err != nil {
+					t.Fatalf("echo %q, %v", got, err)
+				}
+			}
+			// One byte per write: one record per byte.
+			for _, b := range []byte("byte by byte\n") {
+				c.Write([]byte{b})
+			}
+			if got, err := br.ReadString('\n'); got != "byte by byte\n" || err != nil {
+				t.Fatalf("echo %q, %v", got, err)
+			}
+			// 1 MiB in one line: many 16 KiB records each way.
+			big := make([]byte, 1<<20)
+			rand.Read(big)
+			for i := range big {
+				if big[i] == '\n' {
+					big[i] = 'x'
+				}
+			}
+			go func() { c.Write(append(big, '\n')) }()
+			got, err := br.ReadBytes('\n')
+			if err != nil || !bytes.Equal(got[:len(got)-1], big) {
+				t.Fatalf("1 MiB echo: %d bytes, %v", len(got), err)
+			}
+		})
+	}
+	var done uint64
+	for _, l := range w.Stats().Loops {
+		done += l.TLSHandshakes
+	}
+	if done != 2 {
+		t.Errorf("%d handshakes counted, want 2", done)
+	}
+}
+
+// TestTLSBadClients: garbage instead of a ClientHello, an SSLv2-looking
+// hello, a version the server does not take, and a client that dribbles
+// its hello past the handshake timeout: each is closed and counted; no
+// callback runs for them; the goroutines they took are gone after.
+func TestTLSBadClients(t *testing.T) {
+	var connects, closes atomic.Int32
+	w, addr, cli := tlsEcho(t, nil, func(w *herd.Worker) {
+		w.HandshakeTimeout = 300 * time.Millisecond
+		w.TLS.MinVersion = tls.VersionTLS13
+		w.OnConnect = func(*herd.Conn) { connects.Add(1) }
+		w.OnClose = func(*herd.Conn) { closes.Add(1) }
+	})
+	baseline := settledGoroutines(t, w, addr, cli)
+	herdtest.WaitFor(t, "the warm-up client closed", func() bool { return closes.Load() == 1 })
+	connects.Store(0)
+	closes.Store(0)
+	expectClosed := func(name string, c net.Conn) {
+		t.Helper()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.Copy(io.Discard, c); err != nil && !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("%s: %v, want the connection closed", name, err)
+		}
+	}
+	for _, junk := range [][]byte{[]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), {0x80, 0x2e, 0x01, 0x00, 0x02}} {
+		c, _ := net.Dial("tcp", addr)
+		c.Write(junk)
+		expectClosed(fmt.Sprintf("%q", junk), c)
+		c.Close()
+	}
+	old := cli.Clone()
+	old.MaxVersion = tls.VersionTLS12
+	if c, err := tls.Dial("tcp", addr, old); err == nil {
+		c.Close()
+		t.Error("a TLS 1.2 client got through MinVersion TLS 1.3")
+	}
+	start := time.Now()
+	slow, _ := net.Dial("tcp", addr)
+	slow.Write([]byte{0x16, 0x03}) // the first bytes of a record, then nothing
+	expectClosed("a dribbling client", slow)
+	if took := time.Since(start); took < 250*time.Millisecond || took > 3*time.Second {
+		t.Errorf("the dribbling client was closed after %v, want about the 300ms timeout", took)
+	}
+	slow.Close()
+	herdtest.WaitFor(t, "the failed handshakes counted", func() bool {
+		var failed uint64
+		for _, l := range w.Stats().Loops {
+			failed += l.TLSFailed
+		}
+		return failed == 4
+	})
+	if connects.Load() != 0 || closes.Load() != 0 {
+		t.Errorf("OnConnect ran %d times, OnClose %d, for connections that never completed a handshake", connects.Load(), closes.Load())
+	}
+	waitGoroutines(t, baseline)
+}
+
+// TestTLSParallelHandshakes: 1,000 handshakes at once, through a pool of
+// 16: all complete, and then no handshake goroutine is left.
+func TestTLSParallelHandshakes(t *testing.T) {
+	w, addr, cli := tlsEcho(t, protocol.Text{}, func(w *herd.Worker) { w.MaxHandshakes = 16 })
+	baseline := settledGoroutines(t, w, addr, cli)
+	const n = 1000
+	var wg sync.WaitGroup
+	var failed atomic.Int32
+	conns := make(chan net.Conn, n)
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", addr, cli)
+			if err != nil {
+				failed.Add(1)
+				return
+			}
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			io.WriteString(c, "hi\n")
+			if got, err := bufio.NewReader(c).ReadString('\n'); got != "hi\n" || err != nil {
+				failed.Add(1)
+			}
+			conns <- c
+		}()
+	}
+	wg.Wait()
+	close(conns)
+	for c := range conns {
+		c.Close()
+	}
+	if f := failed.Load(); f != 0 {
+		t.Errorf("%d of %d TLS clients failed", f, n)
+	}
+	waitGoroutines(t, baseline)
+}
+
+// TestTLSCloseNotify: a graceful close sends close_notify, which the
+// client reads as a clean end of stream.
+func TestTLSCloseNotify(t *testing.T) {
+	_, addr, cli := tlsEcho(t, protocol.Text{}, func(w *herd.Worker) {
+		w.OnMessage = func(c *herd.Conn, msg []byte) {
+			c.Send(append(msg, " bye"...))
+			c.Close()
+		}
+	})
+	c := dialTLS(t, addr, cli)
+	io.WriteString(c, "hello\n")
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != "hello bye\n" {
+		t.Fatalf("got %q, %v; want the reply then a clean end (close_notify)", got, err)
+	}
+}
+
+// waitGoroutines waits until no more goroutines run than baseline, and
+// shows the others if some stay.
+func waitGoroutines(t *testing.T, baseline int) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); runtime.NumGoroutine() > baseline; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines, %d before:\n%s", runtime.NumGoroutine(), baseline, buf[:runtime.Stack(buf, true)])
+		}
+	}
+}
+
+// settledGoroutines is the goroutine count once the worker runs and has
+// served one TLS client (whose handshake goroutine has come and gone).
+func settledGoroutines(t *testing.T, w *herd.Worker, addr string, cli *tls.Config) int {
+	t.Helper()
+	herdtest.WaitFor(t, "the loops", func() bool { return w.Loops() != nil })
+	cfg := cli.Clone()
+	cfg.MinVersion = tls.VersionTLS13
+	c := dialTLS(t, addr, cfg)
+	io.WriteString(c, "warm-up\n")
+	bufio.NewReader(c).ReadString('\n')
+	c.Close()
+	time.Sleep(100 * time.Millisecond)
+	return runtime.NumGoroutine()
+}
