@@ -70,6 +70,9 @@ func (p *tlsPipe) Read(b []byte) (int, error) {
 	}
 	n := copy(b, p.in)
 	p.in = p.in[:copy(p.in, p.in[n:])]
+	if len(p.in) == 0 && cap(p.in) > 4<<10 {
+		p.in = nil // an idle connection keeps no buffer of its own here
+	}
 	return n, nil
 }
 

@@ -101,7 +101,7 @@ func testContext(t *testing.T, d time.Duration) context.Context {
 // chromiumBrowser starts headless Chromium for the test (its profile in a
 // temporary directory) and returns the browser's context; each
 // chromedp.NewContext of it is a tab. Background tabs are not throttled.
-func chromiumBrowser(t *testing.T, timeout time.Duration) context.Context {
+func chromiumBrowser(t *testing.T, timeout time.Duration, extra ...chromedp.ExecAllocatorOption) context.Context {
 	chromium := tool(t, "chromium", "/usr/bin/chromium")
 	// The profile is removed last, and again while Chromium's last
 	// writes land (t.TempDir fails the test when they race its removal).
@@ -128,6 +128,7 @@ func chromiumBrowser(t *testing.T, timeout time.Duration) context.Context {
 		chromedp.Flag("disable-backgrounding-occluded-windows", true),
 		chromedp.UserDataDir(profile),
 	)
+	opts = append(opts, extra...)
 	alloc, cancel := chromedp.NewExecAllocator(testContext(t, timeout), opts...)
 	t.Cleanup(cancel)
 	browser, cancelBrowser := chromedp.NewContext(alloc)

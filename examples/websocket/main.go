@@ -31,6 +31,7 @@ import (
 
 	"github.com/seed358e4494/herd"
 	"github.com/seed358e4494/herd/gateway"
+	"github.com/seed358e4494/herd/internal/selfsigned"
 	"github.com/seed358e4494/herd/protocol/http"
 	"github.com/seed358e4494/herd/protocol/websocket"
 )
@@ -51,6 +52,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	addr := fs.String("addr", "tcp://127.0.0.1:8081", "listen address")
 	count := fs.Int("count", 0, "event loops; 0 means one per CPU")
 	ping := fs.Duration("ping", 30*time.Second, "server ping interval (a peer silent for two intervals is closed)")
+	useTLS := fs.Bool("tls", false, "serve TLS (https, wss); without -cert and -key, with a self-signed certificate made at start")
+	certFile := fs.String("cert", "", "TLS certificate (PEM); implies -tls")
+	keyFile := fs.String("key", "", "TLS key (PEM)")
 	grace := fs.Duration("upgrade-grace", 5*time.Second, "after an upgrade, how long this process serves its connections before it sends them 1001")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -100,6 +104,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// A few long-lived connections: least-connections dispatch spreads
 	// them over the loops, which a reuseport hash does not promise.
 	w := &herd.Worker{Name: "websocket", Addr: *addr, Count: *count, Accept: herd.AcceptLeastConns, Logger: logger}
+	scheme, fingerprint := "http", ""
+	if *useTLS || *certFile != "" || *keyFile != "" {
+		cfg, fp, err := selfsigned.Config(*certFile, *keyFile)
+		if err != nil {
+			return err
+		}
+		w.TLS, scheme, fingerprint = cfg, "https", fp
+	}
 	if err := srv.Attach(w); err != nil {
 		return err
 	}
@@ -109,7 +121,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := w.Listen(); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "websocket: listening on http://%s pid %d\n", w.ListenAddr(), os.Getpid())
+	fmt.Fprintf(stdout, "websocket: listening on %s://%s pid %d\n", scheme, w.ListenAddr(), os.Getpid())
+	if fingerprint != "" {
+		fmt.Fprintf(stdout, "websocket: self-signed certificate, SHA-256 fingerprint %s (wss://)\n", fingerprint)
+	}
 	p := &herd.Process{Workers: []*herd.Worker{w}, UpgradeGrace: *grace}
 	return p.Run(ctx)
 }

@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/seed358e4494/herd"
+	"github.com/seed358e4494/herd/internal/selfsigned"
 	"github.com/seed358e4494/herd/protocol/http"
 	"github.com/seed358e4494/herd/status"
 )
@@ -29,6 +30,9 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, routes fu
 	fs.SetOutput(stderr)
 	addr := fs.String("addr", "tcp://127.0.0.1:8080", "listen address")
 	count := fs.Int("count", 0, "event loops; 0 means one per CPU")
+	useTLS := fs.Bool("tls", false, "serve TLS (https, wss); without -cert and -key, with a self-signed certificate made at start")
+	certFile := fs.String("cert", "", "TLS certificate (PEM); implies -tls")
+	keyFile := fs.String("key", "", "TLS key (PEM)")
 	stopTimeout := fs.Duration("stop-timeout", herd.DefaultStopTimeout, "graceful stop's bound (SIGTERM, and after an upgrade)")
 	grace := fs.Duration("upgrade-grace", 0, "after an upgrade, how long this process serves its connections before it stops")
 	if err := fs.Parse(args); err != nil {
@@ -44,6 +48,10 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, routes fu
 	std := http.Bridge(mux, 0)
 	logger := slog.New(slog.NewTextHandler(stderr, nil))
 	w := &herd.Worker{Name: "http", Addr: *addr, Count: *count, ReusePort: true, StopTimeout: *stopTimeout, Logger: logger}
+	scheme, fingerprint, err := tlsSetup(w, *useTLS, *certFile, *keyFile)
+	if err != nil {
+		return err
+	}
 	statusRoute := http.Bridge(status.Handler(w), 0)
 	bridged := map[string]http.Handler{}
 	if routes != nil {
@@ -79,7 +87,25 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, routes fu
 	if err := w.Listen(); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "http: listening on http://%s pid %d\n", w.ListenAddr(), os.Getpid())
+	fmt.Fprintf(stdout, "http: listening on %s://%s pid %d\n", scheme, w.ListenAddr(), os.Getpid())
+	if fingerprint != "" {
+		fmt.Fprintf(stdout, "http: self-signed certificate, SHA-256 fingerprint %s\n", fingerprint)
+	}
 	p := &herd.Process{Workers: []*herd.Worker{w}, UpgradeGrace: *grace}
 	return p.Run(ctx)
+}
+
+// tlsSetup gives w a TLS configuration when asked (-tls, or -cert and
+// -key), with a self-signed certificate when given none, and returns the
+// URL scheme to print and the self-signed certificate's fingerprint.
+func tlsSetup(w *herd.Worker, on bool, certFile, keyFile string) (scheme, fingerprint string, err error) {
+	if !on && certFile == "" && keyFile == "" {
+		return "http", "", nil
+	}
+	cfg, fingerprint, err := selfsigned.Config(certFile, keyFile)
+	if err != nil {
+		return "", "", err
+	}
+	w.TLS = cfg
+	return "https", fingerprint, nil
 }
