@@ -25,6 +25,9 @@ func TestMain(m *testing.M) {
 	if harness.IsClient() {
 		os.Exit(harness.ClientMain())
 	}
+	if kind := os.Getenv(envTLSServer); kind != "" {
+		os.Exit(tlsServerMain(kind))
+	}
 	os.Exit(m.Run())
 }
 
