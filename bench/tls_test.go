@@ -160,12 +160,13 @@ func get(c *tls.Conn, br *bufio.Reader, path string) error {
 }
 
 func BenchmarkTLS(b *testing.B) {
+	parent := b // the servers live as long as it: b.Run calls a sub-benchmark several times
 	for _, kind := range []string{"herd", "net-http"} {
 		var child *tlsChild
 		for _, mode := range []string{"keepalive", "handshake"} {
 			b.Run(kind+"/"+mode, func(b *testing.B) {
 				if child == nil {
-					child = startTLSChild(b, kind)
+					child = startTLSChild(parent, kind)
 				}
 				conns := 50
 				if mode == "handshake" {
