@@ -104,13 +104,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// A few long-lived connections: least-connections dispatch spreads
 	// them over the loops, which a reuseport hash does not promise.
 	w := &herd.Worker{Name: "websocket", Addr: *addr, Count: *count, Accept: herd.AcceptLeastConns, Logger: logger}
-	scheme, fingerprint := "http", ""
-	if *useTLS || *certFile != "" || *keyFile != "" {
-		cfg, fp, err := selfsigned.Config(*certFile, *keyFile)
-		if err != nil {
-			return err
-		}
-		w.TLS, scheme, fingerprint = cfg, "https", fp
+	scheme, fingerprint, err := selfsigned.Setup(w, *useTLS, *certFile, *keyFile)
+	if err != nil {
+		return err
 	}
 	if err := srv.Attach(w); err != nil {
 		return err

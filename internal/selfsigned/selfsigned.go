@@ -17,6 +17,8 @@ import (
 	"net"
 	"strings"
 	"time"
+
+	"github.com/seed358e4494/herd"
 )
 
 // Certificate makes a new self-signed certificate and returns it with its
@@ -66,4 +68,20 @@ func Config(certFile, keyFile string) (cfg *tls.Config, fingerprint string, err 
 		return nil, "", err
 	}
 	return &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}}, fingerprint, nil
+}
+
+// Setup gives w a TLS configuration when asked (on, or a certificate and
+// key given), with a self-signed certificate when given none, and returns
+// the URL scheme to show (http or https) and the self-signed
+// certificate's fingerprint (empty otherwise).
+func Setup(w *herd.Worker, on bool, certFile, keyFile string) (scheme, fingerprint string, err error) {
+	if !on && certFile == "" && keyFile == "" {
+		return "http", "", nil
+	}
+	cfg, fingerprint, err := Config(certFile, keyFile)
+	if err != nil {
+		return "", "", err
+	}
+	w.TLS = cfg
+	return "https", fingerprint, nil
 }

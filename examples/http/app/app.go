@@ -48,7 +48,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, routes fu
 	std := http.Bridge(mux, 0)
 	logger := slog.New(slog.NewTextHandler(stderr, nil))
 	w := &herd.Worker{Name: "http", Addr: *addr, Count: *count, ReusePort: true, StopTimeout: *stopTimeout, Logger: logger}
-	scheme, fingerprint, err := tlsSetup(w, *useTLS, *certFile, *keyFile)
+	scheme, fingerprint, err := selfsigned.Setup(w, *useTLS, *certFile, *keyFile)
 	if err != nil {
 		return err
 	}
@@ -93,19 +93,4 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, routes fu
 	}
 	p := &herd.Process{Workers: []*herd.Worker{w}, UpgradeGrace: *grace}
 	return p.Run(ctx)
-}
-
-// tlsSetup gives w a TLS configuration when asked (-tls, or -cert and
-// -key), with a self-signed certificate when given none, and returns the
-// URL scheme to print and the self-signed certificate's fingerprint.
-func tlsSetup(w *herd.Worker, on bool, certFile, keyFile string) (scheme, fingerprint string, err error) {
-	if !on && certFile == "" && keyFile == "" {
-		return "http", "", nil
-	}
-	cfg, fingerprint, err := selfsigned.Config(certFile, keyFile)
-	if err != nil {
-		return "", "", err
-	}
-	w.TLS = cfg
-	return "https", fingerprint, nil
 }
