@@ -14,10 +14,14 @@ import (
 	"github.com/seed358e4494/herd"
 )
 
-// Run binds w, runs it until the test ends (then stops it and waits, at
+// Run binds w (over TLS when OverTLS), runs it until the test ends (then stops it and waits, at
 // most 10s, for Run to return) and gives its listening address.
 func Run(t testing.TB, w *herd.Worker) string {
 	t.Helper()
+	if OverTLS() && w.TLS == nil {
+		w.TLS, _ = SharedTLS()
+		w.TLS.NextProtos = []string{"http/1.1"}
+	}
 	if err := w.Listen(); err != nil {
 		t.Fatal(err)
 	}

@@ -255,6 +255,9 @@ func serveOn(t testing.TB, s *Server, w *herd.Worker) string {
 func dial(t testing.TB, addr string) net.Conn {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
+	if err == nil {
+		c, err = herdtest.Client(c) // over TLS when the tests run over TLS
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"github.com/seed358e4494/herd/internal/herdtest"
 	"io"
 	"net"
 	nethttp "net/http"
@@ -24,7 +25,7 @@ import (
 func newClient() *nethttp.Client {
 	return &nethttp.Client{
 		Timeout:   10 * time.Second,
-		Transport: &nethttp.Transport{MaxIdleConnsPerHost: 4, DisableCompression: true},
+		Transport: &nethttp.Transport{MaxIdleConnsPerHost: 4, DisableCompression: true, DialContext: herdtest.DialContext},
 	}
 }
 

@@ -47,6 +47,9 @@ func dialSmall(t testing.TB, addr string) net.Conn {
 		})
 	}}
 	c, err := d.Dial("tcp", addr)
+	if err == nil {
+		c, err = herdtest.Client(c)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -284,6 +287,9 @@ func TestBridgeHalfClose(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			c, err := net.Dial("tcp", addr)
+			if err == nil {
+				c, err = herdtest.Client(c)
+			}
 			if err != nil {
 				t.Error(err)
 				failed.Add(1)
@@ -292,7 +298,7 @@ func TestBridgeHalfClose(t *testing.T) {
 			defer c.Close()
 			c.SetDeadline(time.Now().Add(20 * time.Second))
 			io.WriteString(c, "GET /std/gopher HTTP/1.1\r\nHost: a\r\n\r\nGET /sync HTTP/1.1\r\nHost: a\r\n\r\n")
-			c.(*net.TCPConn).CloseWrite()
+			herdtest.CloseWrite(c)
 			br := bufio.NewReader(c)
 			for _, want := range []string{"gopher", "sync"} {
 				resp, err := nethttp.ReadResponse(br, nil)

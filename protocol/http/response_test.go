@@ -2,6 +2,7 @@ package http
 
 import (
 	"errors"
+	"github.com/seed358e4494/herd/internal/herdtest"
 	"io"
 	"net"
 	nethttp "net/http"
@@ -132,6 +133,9 @@ func TestNonReadingClientAborted(t *testing.T) {
 		})
 	}}
 	c, err := d.Dial("tcp", addr)
+	if err == nil {
+		c, err = herdtest.Client(c)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

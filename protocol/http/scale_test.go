@@ -38,7 +38,7 @@ func TestScaleKeepAlive(t *testing.T) {
 	w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 4, Logger: quietLogger()}
 	addr := serveOn(t, s, w)
 	client := &nethttp.Client{
-		Transport: &nethttp.Transport{MaxIdleConnsPerHost: 64},
+		Transport: &nethttp.Transport{MaxIdleConnsPerHost: 64, DialContext: herdtest.DialContext},
 		Timeout:   10 * time.Second,
 	}
 	defer client.CloseIdleConnections()

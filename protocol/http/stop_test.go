@@ -43,6 +43,9 @@ func TestShutdownEndsKeepAlive(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			c, err := net.Dial("tcp", addr)
+			if err == nil {
+				c, err = herdtest.Client(c)
+			}
 			if err != nil {
 				fail(err)
 				return
@@ -71,6 +74,9 @@ func TestShutdownEndsKeepAlive(t *testing.T) {
 		}()
 	}
 	idle, err := net.Dial("tcp", addr)
+	if err == nil {
+		idle, err = herdtest.Client(idle)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -46,6 +46,9 @@ type wsClient struct {
 func rawRequest(t *testing.T, addr, req string) (*wsClient, *nethttp.Response) {
 	t.Helper()
 	conn, err := net.Dial("tcp", addr)
+	if err == nil {
+		conn, err = herdtest.Client(conn) // over TLS when the tests run over TLS
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

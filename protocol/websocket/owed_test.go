@@ -37,6 +37,9 @@ func dialWS(t *testing.T, addr, extra string) *wsClient {
 		})
 	}}
 	conn, err := d.Dial("tcp", addr)
+	if err == nil {
+		conn, err = herdtest.Client(conn)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package websocket
 
 import (
 	"bufio"
+	"github.com/seed358e4494/herd/internal/herdtest"
 	"io"
 	"net"
 	nethttp "net/http"
@@ -29,6 +30,9 @@ func TestFramesWaitFor101BehindAsync(t *testing.T) {
 		ws.Upgrade(w, r)
 	})
 	conn, err := net.Dial("tcp", addr)
+	if err == nil {
+		conn, err = herdtest.Client(conn)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
