@@ -55,8 +55,11 @@ func tlsServerMain(kind string) int {
 	gc := func() { runtime.GC(); debug.FreeOSMemory() }
 	var addr string
 	switch kind {
-	case "herd":
+	case "herd", "herd-plain":
 		w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 2, TLS: cfg, MaxConns: 20000, Logger: slog.New(slog.DiscardHandler)}
+		if kind == "herd-plain" {
+			w.TLS = nil // the same server over plain TCP: what TLS costs
+		}
 		srv := &herdhttp.Server{Handler: func(rw *herdhttp.ResponseWriter, r *herdhttp.Request) {
 			if string(r.Path()) == "/gc" {
 				gc()
@@ -145,8 +148,8 @@ func tlsClientConfig() *tls.Config {
 	return &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13, NextProtos: []string{"http/1.1"}, ClientSessionCache: nil}
 }
 
-// get sends one request on a TLS connection and reads the response.
-func get(c *tls.Conn, br *bufio.Reader, path string) error {
+// get sends one request on a connection and reads the response.
+func get(c net.Conn, br *bufio.Reader, path string) error {
 	if _, err := io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
 		return err
 	}
@@ -161,9 +164,13 @@ func get(c *tls.Conn, br *bufio.Reader, path string) error {
 
 func BenchmarkTLS(b *testing.B) {
 	parent := b // the servers live as long as it: b.Run calls a sub-benchmark several times
-	for _, kind := range []string{"herd", "net-http"} {
+	for _, kind := range []string{"herd", "net-http", "herd-plain"} {
 		var child *tlsChild
-		for _, mode := range []string{"keepalive", "handshake"} {
+		modes := []string{"keepalive", "handshake"}
+		if kind == "herd-plain" {
+			modes = modes[:1] // the row TLS's cost per request is read against
+		}
+		for _, mode := range modes {
 			b.Run(kind+"/"+mode, func(b *testing.B) {
 				if child == nil {
 					child = startTLSChild(parent, kind)
@@ -182,7 +189,7 @@ func BenchmarkTLS(b *testing.B) {
 					wg.Add(1)
 					go func() {
 						defer wg.Done()
-						var c *tls.Conn
+						var c net.Conn
 						var br *bufio.Reader
 						for next.Add(1) <= int64(b.N) {
 							if c == nil || mode == "handshake" {
@@ -190,7 +197,12 @@ func BenchmarkTLS(b *testing.B) {
 									c.Close()
 								}
 								var err error
-								if c, err = tls.Dial("tcp", child.addr, tlsClientConfig()); err != nil {
+								if kind == "herd-plain" {
+									c, err = net.Dial("tcp", child.addr)
+								} else {
+									c, err = tls.Dial("tcp", child.addr, tlsClientConfig())
+								}
+								if err != nil {
 									failed.Add(1)
 									c = nil
 									continue
