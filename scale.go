@@ -376,8 +376,8 @@ func (l *Loop) moveIn(c *Conn) {
 		if !l.awaitRelease(c) {
 			l.beginClose(c)
 		}
-	case len(c.in) > 0 && c.readable():
-		l.deliver(c, nil)
+	default:
+		l.resumeInput(c) // what was read, or decrypted, before the move
 	}
 }
 

@@ -144,13 +144,15 @@ func (l *Loop) startTLS(c *Conn) {
 // handshakeDone runs on the connection's loop once its handshake ended.
 func (l *Loop) handshakeDone(c *Conn, err error) {
 	t := c.tlsOf()
-	if c.state.Load() == connClosed {
-		return
-	}
 	if err != nil {
+		// Counted even when the connection closed first (its peer gave
+		// up, which is what ended the handshake).
 		l.tlsFailed.Add(1)
 		l.w.logger().Debug("herd: TLS handshake failed", "conn", c.id, "remote", c.RemoteAddr(), "err", err)
 		l.closeConn(c, nil) // no OnConnect ran: no OnClose either (flagHandshaking)
+		return
+	}
+	if c.state.Load() == connClosed {
 		return
 	}
 	l.tlsHandshakes.Add(1)
