@@ -177,7 +177,7 @@ type publisher struct {
 	seq map[string]uint64 // per channel
 
 	// Owned by the receiving goroutine (the broker's deliver).
-	last map[string]uint64 // per sender node and channel: last seq seen
+	last map[seqKey]uint64 // per sender node and channel: last seq seen
 	seen map[string]uint64 // per sender node: its epoch
 }
 
@@ -193,7 +193,7 @@ type job struct {
 func newPublisher(g *Gateway) *publisher {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &publisher{g: g, epoch: uint64(time.Now().UnixNano()) ^ rand.Uint64()>>16, jobs: make(chan job, publishQueue),
-		ctx: ctx, cancel: cancel, done: make(chan struct{}), seq: map[string]uint64{}, last: map[string]uint64{}, seen: map[string]uint64{}}
+		ctx: ctx, cancel: cancel, done: make(chan struct{}), seq: map[string]uint64{}, last: map[seqKey]uint64{}, seen: map[string]uint64{}}
 }
 
 // enqueue queues a job, or drops and counts it when the queue is full.
@@ -386,37 +386,22 @@ func (p *publisher) flush(out []Outgoing, changes []PresenceChange) {
 // TTL and is back after the broker lost it. The loops list their shards'
 // entries; a loop that does not answer in time is refreshed next round.
 func (p *publisher) refresh() {
-	var mu sync.Mutex
-	var changes []PresenceChange
-	var wg sync.WaitGroup
-	for _, s := range p.g.currentView().shards {
-		wg.Add(1)
-		if !s.loop.Post(func() {
-			defer wg.Done()
-			var mine []PresenceChange
-			for _, r := range s.clients {
-				mine = append(mine, PresenceChange{Key: nodeKey(p.g.node), Member: string(r.id), In: true})
-				for uid := range r.uids {
-					mine = append(mine, PresenceChange{Key: uidKey(uid), Member: string(r.id), In: true})
-				}
-				for group := range r.groups {
-					mine = append(mine, PresenceChange{Key: groupKey(group), Member: string(r.id), In: true})
-				}
+	ctx, cancel := context.WithTimeout(p.ctx, brokerTimeout)
+	changes, err := gather(ctx, p.g, func(s *shard) []PresenceChange {
+		var mine []PresenceChange
+		for _, r := range s.clients {
+			mine = append(mine, PresenceChange{Key: nodeKey(p.g.node), Member: string(r.id), In: true})
+			for uid := range r.uids {
+				mine = append(mine, PresenceChange{Key: uidKey(uid), Member: string(r.id), In: true})
 			}
-			mu.Lock()
-			changes = append(changes, mine...)
-			mu.Unlock()
-		}) {
-			wg.Done()
+			for group := range r.groups {
+				mine = append(mine, PresenceChange{Key: groupKey(group), Member: string(r.id), In: true})
+			}
 		}
-	}
-	waited := make(chan struct{})
-	go func() { wg.Wait(); close(waited) }()
-	select {
-	case <-waited:
-	case <-time.After(brokerTimeout):
-		return
-	case <-p.ctx.Done():
+		return mine
+	})
+	cancel()
+	if err != nil {
 		return
 	}
 	for len(changes) > 0 {
@@ -445,7 +430,6 @@ func (p *publisher) receive(channel string, payload []byte) {
 	}
 	g.stats.received.Add(1)
 	p.checkSeq(channel, &e)
-	e.payload = clone(e.payload)
 	switch e.kind {
 	case kindClient:
 		id := ClientID(e.target)
@@ -454,7 +438,7 @@ func (p *publisher) receive(channel string, payload []byte) {
 			return
 		}
 		m := newMessage(e.payload)
-		g.onClient(id, func(s *shard, r *record) { s.deliver(r, m) })
+		g.onClient(id, func(s *shard, r *record) { r.c.deliver(m) })
 	case kindClose:
 		if id := ClientID(e.target); g.isLocal(id) {
 			g.onClient(id, func(s *shard, r *record) { r.c.Herd().Close() })
@@ -477,13 +461,13 @@ func (p *publisher) receive(channel string, payload []byte) {
 
 // checkSeq counts the messages of e's sender on channel that never came.
 func (p *publisher) checkSeq(channel string, e *envelope) {
-	key := e.node + "\x00" + channel
+	key := seqKey{e.node, channel}
 	if p.seen[e.node] != e.epoch {
 		// A sender seen for the first time, or restarted: its numbering
 		// starts here.
 		p.seen[e.node] = e.epoch
 		for k := range p.last {
-			if strings.HasPrefix(k, e.node+"\x00") {
+			if k.node == e.node {
 				delete(p.last, k)
 			}
 		}
@@ -501,3 +485,6 @@ func (p *publisher) checkSeq(channel string, e *envelope) {
 		}
 	}
 }
+
+// seqKey names one sender's numbering on one channel.
+type seqKey struct{ node, channel string }

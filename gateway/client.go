@@ -3,8 +3,10 @@
 package gateway
 
 import (
+	"bytes"
 	"reflect"
 	"sync"
+	"sync/atomic"
 
 	"github.com/seed358e4494/herd"
 	"github.com/seed358e4494/herd/protocol"
@@ -18,7 +20,9 @@ type Client interface {
 	// Herd is the underlying connection.
 	Herd() *herd.Conn
 	// deliver writes m, encoded once for all the receivers of a fan-out.
-	deliver(m *message) error
+	// A receiver that is gone or too slow costs the sender nothing: its
+	// connection's own policy applies.
+	deliver(m *message)
 }
 
 // WebSocket makes a WebSocket connection a gateway client: messages go out
@@ -31,12 +35,10 @@ type wsClient struct{ c *websocket.Conn }
 
 func (w wsClient) Herd() *herd.Conn { return w.c.Herd() }
 
-func (w wsClient) deliver(m *message) error {
-	pm, err := m.prepared()
-	if err != nil {
-		return err
+func (w wsClient) deliver(m *message) {
+	if pm, err := m.prepared(); err == nil {
+		w.c.WritePrepared(pm)
 	}
-	return w.c.WritePrepared(pm)
 }
 
 // Raw makes a herd connection a gateway client: each message is encoded
@@ -52,12 +54,7 @@ type rawClient struct {
 
 func (r rawClient) Herd() *herd.Conn { return r.c }
 
-func (r rawClient) deliver(m *message) error {
-	if r.c.SendRaw(m.encoded(r.p)) == herd.Dropped {
-		return errDropped
-	}
-	return nil
-}
+func (r rawClient) deliver(m *message) { r.c.SendRaw(m.encoded(r.p)) }
 
 // message is one payload on its way to one or many clients, with the
 // encodings made for them, each made once.
@@ -68,12 +65,17 @@ type message struct {
 	pm     *websocket.PreparedMessage
 	pmErr  error
 
-	encMu   sync.Mutex
-	encType reflect.Type
-	enc     []byte
+	enc atomic.Pointer[encoding] // Raw clients' encoding, set by the first
 }
 
-func newMessage(data []byte) *message { return &message{data: data} }
+type encoding struct {
+	t reflect.Type
+	b []byte
+}
+
+// newMessage copies data: the senders' buffers are theirs again once the
+// call returns, and the message travels on to other goroutines.
+func newMessage(data []byte) *message { return &message{data: bytes.Clone(data)} }
 
 func (m *message) prepared() (*websocket.PreparedMessage, error) {
 	m.pmOnce.Do(func() { m.pm, m.pmErr = websocket.NewPreparedMessage(websocket.OpText, m.data) })
@@ -81,20 +83,21 @@ func (m *message) prepared() (*websocket.PreparedMessage, error) {
 }
 
 // encoded is data encoded with p: made once for the first protocol type
-// asked, and for another type (one gateway serving two protocols) each
-// time. Protocols of one type are taken to encode alike.
+// asked (loops that race may each make it once; one wins), and for another
+// type (one gateway serving two protocols) each time. Protocols of one
+// type are taken to encode alike.
 func (m *message) encoded(p protocol.Protocol) []byte {
 	if p == nil {
 		return m.data
 	}
-	m.encMu.Lock()
-	defer m.encMu.Unlock()
-	switch {
-	case m.enc == nil:
-		m.encType, m.enc = reflect.TypeOf(p), p.Encode(nil, m.data)
-		return m.enc
-	case m.encType == reflect.TypeOf(p):
-		return m.enc
+	t := reflect.TypeOf(p)
+	if e := m.enc.Load(); e != nil {
+		if e.t == t {
+			return e.b
+		}
+		return p.Encode(nil, m.data)
 	}
-	return p.Encode(nil, m.data)
+	e := &encoding{t: t, b: p.Encode(nil, m.data)}
+	m.enc.CompareAndSwap(nil, e)
+	return e.b
 }

@@ -52,19 +52,13 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 
 	"github.com/seed358e4494/herd"
-)
-
-// Errors of the gateway.
-var (
-	// ErrNotAttached is returned by queries before Attach's worker runs.
-	ErrNotAttached = errors.New("gateway: not attached to a running worker")
-	errDropped     = errors.New("gateway: message dropped (send queue full)")
 )
 
 // ClientID names a connection across the cluster: the node's name and the
@@ -253,7 +247,24 @@ func (g *Gateway) Remove(id ClientID) {
 		g.stats.clients.Add(-1)
 		s.presence(nodeKey(g.node), id, false)
 	})
-	g.Sessions.Delete(context.Background(), string(id))
+	g.deleteSession(string(id))
+}
+
+// deleteSession drops a departed client's session without holding up the
+// caller (OnClose, on the loop): a store in this process's memory at
+// once, any other off the loop, within brokerTimeout.
+func (g *Gateway) deleteSession(key string) {
+	if m, ok := g.Sessions.(*MemorySessions); ok {
+		m.Delete(context.Background(), key)
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), brokerTimeout)
+		defer cancel()
+		if err := g.Sessions.Delete(ctx, key); err != nil {
+			g.logger().Debug("gateway: deleting a session", "key", key, "err", err)
+		}
+	}()
 }
 
 // BindUid binds a uid (a user) to the client; a uid may have several
@@ -294,12 +305,12 @@ func (g *Gateway) CloseClient(id ClientID) {
 
 // SendToClient sends msg to one client.
 func (g *Gateway) SendToClient(id ClientID, msg []byte) {
+	m := newMessage(msg)
 	if g.remote(id) {
-		g.publish(nodeChannel(id.Node()), envelope{kind: kindClient, target: string(id), payload: msg})
+		g.publish(nodeChannel(id.Node()), envelope{kind: kindClient, target: string(id), payload: m.data})
 		return
 	}
-	m := newMessage(clone(msg))
-	g.onClient(id, func(s *shard, r *record) { s.deliver(r, m) })
+	g.onClient(id, func(s *shard, r *record) { r.c.deliver(m) })
 }
 
 // SendToUid sends msg to every client bound to uid, on every node.
@@ -308,7 +319,7 @@ func (g *Gateway) SendToUid(uid string, msg []byte) {
 		g.stats.unknown.Add(1)
 		return
 	}
-	m := newMessage(clone(msg))
+	m := newMessage(msg)
 	g.local(func(s *shard, v uint64) { s.sendUid(uid, m, v) })
 	if g.pub != nil {
 		g.pub.toUid(uid, envelope{kind: kindUid, target: uid, payload: m.data})
@@ -322,22 +333,20 @@ func (g *Gateway) SendToGroup(group string, msg []byte, exclude ...ClientID) {
 		g.stats.unknown.Add(1)
 		return
 	}
-	m := newMessage(clone(msg))
+	m := newMessage(msg)
 	ex := g.localExclusions(exclude)
 	g.local(func(s *shard, v uint64) { s.sendGroup(group, m, ex, v) })
-	g.publish(allChannel, envelope{kind: kindGroup, target: group, exclude: exclude, payload: m.data})
+	g.publish(allChannel, envelope{kind: kindGroup, target: group, exclude: slices.Clone(exclude), payload: m.data})
 }
 
 // SendToAll sends msg to every client on every node, except those in
 // exclude.
 func (g *Gateway) SendToAll(msg []byte, exclude ...ClientID) {
-	m := newMessage(clone(msg))
+	m := newMessage(msg)
 	ex := g.localExclusions(exclude)
 	g.local(func(s *shard, v uint64) { s.sendAll(m, ex, v) })
-	g.publish(allChannel, envelope{kind: kindAll, exclude: exclude, payload: m.data})
+	g.publish(allChannel, envelope{kind: kindAll, exclude: slices.Clone(exclude), payload: m.data})
 }
-
-func clone(b []byte) []byte { return append([]byte(nil), b...) }
 
 // isLocal reports whether id names a client of this node.
 func (g *Gateway) isLocal(id ClientID) bool { return id.Node() == g.node }
@@ -378,10 +387,9 @@ func (g *Gateway) onClient(id ClientID, f func(*shard, *record)) {
 		return
 	}
 	s := v.(*shard)
-	again := func() { g.onClient(id, f) }
 	posted := s.loop.Post(func() {
 		if cur, _ := g.where.Load(conn); cur != s {
-			again() // moved to another shard meanwhile
+			g.onClient(id, f) // moved to another shard meanwhile
 			return
 		}
 		if r := s.clients[conn]; r != nil {
@@ -391,7 +399,8 @@ func (g *Gateway) onClient(id ClientID, f func(*shard, *record)) {
 		}
 	})
 	if !posted {
-		g.afterRetire(s, again) // its loop left: the record is on its way to loop 0
+		// Its loop left: the record is on its way to loop 0.
+		g.afterRetire(s, func() { g.onClient(id, f) })
 	}
 }
 

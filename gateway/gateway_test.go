@@ -232,7 +232,7 @@ func TestGatewayChurnLeavesNothing(t *testing.T) {
 	herdtest.WaitFor(t, "the short clients gone", func() bool { return g.Stats().Clients == 1 })
 	syncGateway(t, g)
 	var left []string
-	g.gather(ctx, func(s *shard) []ClientID {
+	gather(ctx, g, func(s *shard) []ClientID {
 		for uid := range s.uids {
 			left = append(left, "uid "+uid)
 		}
@@ -249,7 +249,10 @@ func TestGatewayChurnLeavesNothing(t *testing.T) {
 	if len(left) > 0 {
 		t.Errorf("left behind: %s", strings.Join(left, "; "))
 	}
-	if n := g.counts.len(); n != 0 {
+	g.counts.mu.Lock()
+	counted := len(g.counts.n)
+	g.counts.mu.Unlock()
+	if n := counted; n != 0 {
 		t.Errorf("member counts left for %d uids and groups", n)
 	}
 	if n := g.Sessions.(*MemorySessions).Len(); n != 1 {

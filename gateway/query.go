@@ -57,7 +57,7 @@ func ids(set map[uint64]*record) []ClientID {
 // members gathers a set's members: this node's from its loops (the truth
 // of the moment), the other nodes' from the broker's presence set.
 func (g *Gateway) members(ctx context.Context, key string, local func(*shard) []ClientID) ([]ClientID, error) {
-	out, err := g.gather(ctx, local)
+	out, err := gather(ctx, g, local)
 	if err != nil || g.Broker == nil {
 		return sorted(out), err
 	}
@@ -80,9 +80,9 @@ func sorted(ids []ClientID) []ClientID {
 
 // gather runs f on every loop's shard and joins the results; it waits at
 // most until ctx ends, and never blocks a loop.
-func (g *Gateway) gather(ctx context.Context, f func(*shard) []ClientID) ([]ClientID, error) {
+func gather[T any](ctx context.Context, g *Gateway, f func(*shard) []T) ([]T, error) {
 	var mu sync.Mutex
-	var out []ClientID
+	var out []T
 	var wg sync.WaitGroup
 	for _, s := range g.currentView().shards {
 		wg.Add(1)

@@ -61,7 +61,7 @@ func (s *shard) enter(index map[string]map[uint64]*record, own *map[string]struc
 	}
 	(*own)[name] = struct{}{}
 	add(index, name, r)
-	s.g.counts.change(key, 1)
+	s.count(key, 1)
 	s.presence(key, r.id, true)
 }
 
@@ -73,17 +73,26 @@ func (s *shard) exit(index map[string]map[uint64]*record, own map[string]struct{
 	}
 	delete(own, name)
 	remove(index, name, r)
-	s.g.counts.change(key, -1)
+	s.count(key, -1)
 	s.presence(key, r.id, false)
 }
 
 func (s *shard) ungroup(group string) {
+	key := groupKey(group)
 	for _, r := range s.groups[group] {
 		delete(r.groups, group)
-		s.presence(groupKey(group), r.id, false)
-		s.g.counts.change(groupKey(group), -1)
+		s.presence(key, r.id, false)
+		s.count(key, -1)
 	}
 	delete(s.groups, group)
+}
+
+// count keeps the node's member counts, which only a gateway without a
+// broker reads (with one, another node may hold the uid or group).
+func (s *shard) count(key string, d int) {
+	if s.g.pub == nil {
+		s.g.counts.change(key, d)
+	}
 }
 
 // presence tells the broker, if any, that id joined or left key.
@@ -111,12 +120,6 @@ func remove(m map[string]map[uint64]*record, key string, r *record) {
 	}
 }
 
-// deliver writes m to one client. A receiver that is gone or too slow
-// costs the sender nothing: its connection's own policy applies.
-func (s *shard) deliver(r *record, m *message) {
-	r.c.deliver(m)
-}
-
 // The fan-outs deliver to the shard's records that the sender's view (of
 // that version) reached here: not to those absorbed since, which it
 // reached in the shard they came from.
@@ -124,7 +127,7 @@ func (s *shard) deliver(r *record, m *message) {
 func (s *shard) sendUid(uid string, m *message, version uint64) {
 	for _, r := range s.uids[uid] {
 		if r.since <= version {
-			s.deliver(r, m)
+			r.c.deliver(m)
 		}
 	}
 }
@@ -132,7 +135,7 @@ func (s *shard) sendUid(uid string, m *message, version uint64) {
 func (s *shard) sendGroup(group string, m *message, exclude map[uint64]bool, version uint64) {
 	for conn, r := range s.groups[group] {
 		if !exclude[conn] && r.since <= version {
-			s.deliver(r, m)
+			r.c.deliver(m)
 		}
 	}
 }
@@ -140,7 +143,7 @@ func (s *shard) sendGroup(group string, m *message, exclude map[uint64]bool, ver
 func (s *shard) sendAll(m *message, exclude map[uint64]bool, version uint64) {
 	for conn, r := range s.clients {
 		if !exclude[conn] && r.since <= version {
-			s.deliver(r, m)
+			r.c.deliver(m)
 		}
 	}
 }
@@ -178,8 +181,8 @@ const allChannel = "all"
 
 // memberCounts counts, per uid and group, the members on this node over
 // all loops, so that a send to a uid or group no one here holds is known
-// at once (a no-op, counted, where there is no other node to try). Only
-// membership changes touch it.
+// at once: a no-op, counted, where there is no other node to try. It is
+// kept only without a broker; membership changes write it, sends read it.
 type memberCounts struct {
 	mu sync.Mutex
 	n  map[string]int
@@ -202,10 +205,4 @@ func (m *memberCounts) has(key string) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.n[key] > 0
-}
-
-func (m *memberCounts) len() int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return len(m.n)
 }

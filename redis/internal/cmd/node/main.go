@@ -26,7 +26,6 @@ import (
 	"os/signal"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -61,17 +60,9 @@ func run(addr, redisAddr, name string, count int, uidBroadcast bool) error {
 		g.Sessions = &herdredis.Sessions{Client: rdb}
 	}
 	w := &herd.Worker{Name: "node", Addr: addr, Protocol: protocol.Text{}, Count: count, Logger: logger}
-	var ids sync.Map // *herd.Conn → gateway.ClientID
-	w.OnConnect = func(c *herd.Conn) { ids.Store(c, g.Add(gateway.Raw(c, protocol.Text{}))) }
-	w.OnClose = func(c *herd.Conn) {
-		if id, ok := ids.LoadAndDelete(c); ok {
-			g.Remove(id.(gateway.ClientID))
-		}
-	}
-	w.OnMessage = func(c *herd.Conn, msg []byte) {
-		v, _ := ids.Load(c)
-		command(g, c, v.(gateway.ClientID), string(msg))
-	}
+	w.OnConnect = func(c *herd.Conn) { c.SetContext(g.Add(gateway.Raw(c, protocol.Text{}))) }
+	w.OnClose = func(c *herd.Conn) { g.Remove(c.Context().(gateway.ClientID)) }
+	w.OnMessage = func(c *herd.Conn, msg []byte) { command(g, c, c.Context().(gateway.ClientID), string(msg)) }
 	if err := g.Attach(w); err != nil {
 		return err
 	}
