@@ -10,6 +10,7 @@ type discardTransport struct{ n int }
 func (d *discardTransport) Write(b []byte) (int, error) { d.n += len(b); return len(b), nil }
 func (d *discardTransport) SendQueueBytes() int         { return 0 }
 func (d *discardTransport) Close()                      {}
+func (d *discardTransport) Post(func()) bool            { return true }
 func (d *discardTransport) CloseNoLinger()              {}
 func (d *discardTransport) Abort()                      {}
 

@@ -36,12 +36,12 @@ type link interface {
 	Close()
 	CloseNoLinger()
 	Abort()
+	Post(f func()) bool // on the connection's loop, wherever Scale moved it
 }
 
 // loopLink is the connection's loop as a Conn uses it: a *herd.Loop (a
 // fake in tests).
 type loopLink interface {
-	Post(f func()) bool
 	AfterFunc(d time.Duration, f func()) *herd.Timer
 	Every(d time.Duration, f func()) *herd.Timer
 }
@@ -185,7 +185,7 @@ func (c *Conn) admitLocked() error {
 	c.sendCloseLocked(StatusPolicyViolation, slowConsumerReason)
 	// The rest runs on the loop, which owns failCode (and this goroutine
 	// holds wmu, which closeTransport takes).
-	c.loop.Post(func() {
+	c.c.Post(func() {
 		if c.failCode == 0 && !c.gotClose {
 			c.failCode, c.failReason = StatusPolicyViolation, slowConsumerReason
 		}

@@ -133,6 +133,7 @@ func ones(n, size int) []int {
 
 // fakeTransport stands in for a herd.Conn.
 type fakeTransport struct {
+	posted   []func() // kept: the tests here run no loop
 	mu       sync.Mutex
 	out      bytes.Buffer
 	closed   bool
@@ -157,7 +158,8 @@ func (t *fakeTransport) CloseNoLinger() {
 	t.closed, t.noLinger = true, true
 	t.mu.Unlock()
 }
-func (t *fakeTransport) Abort() { t.mu.Lock(); t.aborted = true; t.mu.Unlock() }
+func (t *fakeTransport) Abort()             { t.mu.Lock(); t.aborted = true; t.mu.Unlock() }
+func (t *fakeTransport) Post(f func()) bool { t.posted = append(t.posted, f); return true }
 
 func (t *fakeTransport) take() []byte {
 	t.mu.Lock()
@@ -167,11 +169,9 @@ func (t *fakeTransport) take() []byte {
 	return b
 }
 
-// fakeLoop stands in for the connection's loop: posted functions are kept
-// (the tests here run no loop), and timers are not started.
-type fakeLoop struct{ posted []func() }
+// fakeLoop stands in for the connection's loop: timers are not started.
+type fakeLoop struct{}
 
-func (l *fakeLoop) Post(f func()) bool                          { l.posted = append(l.posted, f); return true }
 func (l *fakeLoop) AfterFunc(time.Duration, func()) *herd.Timer { return nil }
 func (l *fakeLoop) Every(time.Duration, func()) *herd.Timer     { return nil }
 
