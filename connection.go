@@ -381,11 +381,7 @@ func (c *Conn) sendBytes(data []byte, owed bool) (r SendResult, ok bool) {
 		}
 	} else if max := l.w.maxSend; !owed && max > 0 && queued >= max {
 		c.mu.Unlock()
-		l.dropped.Add(1)
-		l.droppedFull.Add(1)
-		if c.dropsPending.Add(1) == 1 {
-			c.post(task{kind: taskDropped, c: c})
-		}
+		c.droppedFull(l)
 		return Dropped, true
 	}
 	if c.q == nil {
@@ -410,6 +406,16 @@ func (c *Conn) sendBytes(data []byte, owed bool) (r SendResult, ok bool) {
 	c.updateInterestLocked()
 	c.mu.Unlock()
 	return Queued, true
+}
+
+// droppedFull counts a message dropped on a full send queue, and asks the
+// loop to report it (one task for a burst of drops).
+func (c *Conn) droppedFull(l *Loop) {
+	l.dropped.Add(1)
+	l.droppedFull.Add(1)
+	if c.dropsPending.Add(1) == 1 {
+		c.post(task{kind: taskDropped, c: c})
+	}
 }
 
 // writeOnce is one write(2): what the socket does not take now is queued.

@@ -50,10 +50,7 @@ func (w *Worker) stopAccepting() {
 	for _, l := range loops {
 		done := make(chan struct{})
 		if !l.Post(func() {
-			for _, a := range l.accs {
-				a.stop()
-			}
-			l.accs = nil
+			l.stopAcceptors()
 			close(done)
 		}) {
 			continue // stopped: it watches nothing

@@ -170,10 +170,7 @@ func (l *Loop) closeConn(c *Conn, err error) {
 func (l *Loop) drain(force bool) {
 	if !l.draining {
 		l.draining = true
-		for _, a := range l.accs {
-			a.stop()
-		}
-		l.accs = nil
+		l.stopAcceptors()
 		for _, c := range l.conns {
 			if c == nil || force {
 				continue
@@ -207,6 +204,14 @@ func (l *Loop) drain(force bool) {
 			}
 		}
 	}
+}
+
+// stopAcceptors stops watching the loop's listeners for good.
+func (l *Loop) stopAcceptors() {
+	for _, a := range l.accs {
+		a.stop()
+	}
+	l.accs = nil
 }
 
 // beginClose stops input and closes the connection once its queue is

@@ -133,20 +133,7 @@ func unreadBytes(fd int) int {
 	return n
 }
 
-// recvFrom reads one datagram into p and leaves its sender's address in a.
-// It returns the datagram's whole length (MSG_TRUNC): more than len(p) when
-// it did not fit.
-func recvFrom(fd int, p []byte, a *acceptBuf) (int, error) {
-	a.n = unix.SizeofSockaddrAny
-	n, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)),
-		unix.MSG_TRUNC, uintptr(unsafe.Pointer(&a.rsa)), uintptr(unsafe.Pointer(&a.n)))
-	if e != 0 {
-		return 0, e
-	}
-	return int(n), nil
-}
-
-// sendTo sends p as one datagram to the address in a, as recvFrom left it.
+// sendTo sends p as one datagram to the address in a (as recvmmsg or set left it).
 func sendTo(fd int, p []byte, a *acceptBuf) error {
 	var ptr unsafe.Pointer
 	if len(p) > 0 {

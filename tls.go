@@ -41,7 +41,8 @@ type tlsPipe struct {
 	c      *Conn
 	mu     sync.Mutex
 	fed    sync.Cond // signalled when in grows or the pipe closes
-	in     []byte
+	in     []byte    // in[off:] is what crypto/tls has not read yet
+	off    int
 	block  bool // during the handshake: Read waits for the loop
 	closed bool
 }
@@ -59,7 +60,7 @@ func (wouldBlock) Temporary() bool { return true }
 func (p *tlsPipe) Read(b []byte) (int, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for len(p.in) == 0 {
+	for p.off == len(p.in) {
 		switch {
 		case p.closed:
 			return 0, io.EOF
@@ -68,10 +69,15 @@ func (p *tlsPipe) Read(b []byte) (int, error) {
 		}
 		p.fed.Wait()
 	}
-	n := copy(b, p.in)
-	p.in = p.in[:copy(p.in, p.in[n:])]
-	if len(p.in) == 0 && cap(p.in) > 4<<10 {
-		p.in = nil // an idle connection keeps no buffer of its own here
+	n := copy(b, p.in[p.off:])
+	p.off += n
+	if p.off == len(p.in) {
+		// All read: start again at the front, and an idle connection
+		// keeps no large buffer of its own here.
+		p.in, p.off = p.in[:0], 0
+		if cap(p.in) > 4<<10 {
+			p.in = nil
+		}
 	}
 	return n, nil
 }
@@ -94,7 +100,7 @@ func (p *tlsPipe) feed(b []byte) {
 func (p *tlsPipe) Close() error {
 	p.mu.Lock()
 	p.closed = true
-	p.in = nil
+	p.in, p.off = nil, 0
 	p.mu.Unlock()
 	p.fed.Broadcast()
 	return nil
@@ -216,11 +222,7 @@ func (c *Conn) sendTLS(t *tlsState, data []byte, owed bool) (SendResult, bool) {
 		return Dropped, false
 	}
 	if max := l.w.maxSend; !owed && max > 0 && c.SendQueueBytes() >= max {
-		l.dropped.Add(1)
-		l.droppedFull.Add(1)
-		if c.dropsPending.Add(1) == 1 {
-			c.post(task{kind: taskDropped, c: c})
-		}
+		c.droppedFull(l)
 		return Dropped, true
 	}
 	if _, err := t.conn.Write(data); err != nil {
