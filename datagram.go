@@ -54,16 +54,19 @@ func (l *Loop) SendTo(addr net.Addr, b []byte) error {
 	if fd < 0 || l.w.ep.network != "udp" {
 		return ErrNotDatagram
 	}
-	ua, err := net.ResolveUDPAddr("udp", addr.String())
-	if err != nil {
-		return fmt.Errorf("herd: SendTo %v: %w", addr, err)
+	ua, ok := addr.(*net.UDPAddr)
+	if !ok {
+		var err error
+		if ua, err = net.ResolveUDPAddr("udp", addr.String()); err != nil {
+			return fmt.Errorf("herd: SendTo %v: %w", addr, err)
+		}
 	}
-	to := &acceptBuf{}
+	var to acceptBuf
 	to.set(ua)
 	if p := l.w.proto; p != nil {
 		b = p.Encode(nil, b)
 	}
-	return l.sendDatagram(int(fd), b, to)
+	return l.sendDatagram(int(fd), b, &to)
 }
 
 // sendDatagram sends b (encoded) to the address in to, at once.

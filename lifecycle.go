@@ -54,11 +54,7 @@ func (l *Loop) register(fd int, peer *peerAddr) {
 	}
 	c := &Conn{id: l.w.nextID.Add(1), fd: int32(fd), peer: *peer, readOn: true, lastActive: l.now.UnixNano()}
 	c.loop.Store(l)
-	for fd >= len(l.conns) {
-		l.conns = append(l.conns, make([]*Conn, len(l.conns)+64)...)
-	}
-	l.conns[fd] = c
-	l.nconns++
+	l.attach(c)
 	l.accepted.Add(1)
 	if l.w.TLS != nil {
 		if l.plainBuf == nil {
@@ -70,6 +66,16 @@ func (l *Loop) register(fd int, peer *peerAddr) {
 	if l.w.OnConnect != nil {
 		l.callConn(l.w.OnConnect, c)
 	}
+}
+
+// attach puts c in the loop's table of connections, by descriptor.
+func (l *Loop) attach(c *Conn) {
+	fd := int(c.fd)
+	for fd >= len(l.conns) {
+		l.conns = append(l.conns, make([]*Conn, len(l.conns)+64)...)
+	}
+	l.conns[fd] = c
+	l.nconns++
 }
 
 // queueEmptied finishes a Close, an EOF or a graceful stop waiting on the

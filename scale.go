@@ -346,11 +346,7 @@ func (l *Loop) handOver(c *Conn, to *Loop) {
 // delivered is delivered.
 func (l *Loop) moveIn(c *Conn) {
 	fd := int(c.fd)
-	for fd >= len(l.conns) {
-		l.conns = append(l.conns, make([]*Conn, len(l.conns)+64)...)
-	}
-	l.conns[fd] = c
-	l.nconns++
+	l.attach(c)
 	c.drainedTurn = 0
 	c.mu.Lock()
 	c.flags.And(^flagMoving)
