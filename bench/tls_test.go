@@ -5,16 +5,10 @@ package bench
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	nethttp "net/http"
 	"os"
@@ -29,6 +23,7 @@ import (
 	"time"
 
 	"github.com/seed358e4494/herd"
+	"github.com/seed358e4494/herd/internal/selfsigned"
 	herdhttp "github.com/seed358e4494/herd/protocol/http"
 )
 
@@ -45,7 +40,7 @@ const envTLSServer = "HERD_BENCH_TLS_SERVER"
 
 // tlsServerMain is the child: it serves until stdin closes.
 func tlsServerMain(kind string) int {
-	cert, err := benchCert()
+	cert, _, err := selfsigned.Certificate()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -88,21 +83,6 @@ func tlsServerMain(kind string) int {
 	fmt.Printf("%s %d\n", addr, os.Getpid())
 	io.Copy(io.Discard, os.Stdin)
 	return 0
-}
-
-func benchCert() (tls.Certificate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "bench"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
 }
 
 // tlsChild is a running server child.

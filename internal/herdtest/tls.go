@@ -2,55 +2,42 @@ package herdtest
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/seed358e4494/herd/internal/selfsigned"
 )
 
 // TLSConfigs makes a self-signed ECDSA P-256 certificate for 127.0.0.1 and
-// localhost, and returns a server configuration that presents it and a
-// client configuration that trusts it.
+// localhost (internal/selfsigned, as the examples serve), and returns a
+// server configuration that presents it and a client configuration that
+// trusts it.
 func TLSConfigs(t testing.TB) (server, client *tls.Config) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	server, client, err := configs()
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "herd test"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-		DNSNames:              []string{"localhost"},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	return server, client
+}
+
+func configs() (server, client *tls.Config, err error) {
+	cert, _, err := selfsigned.Certificate()
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
-	cert, err := x509.ParseCertificate(der)
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	server = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key, Leaf: cert}}}
-	client = &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}
-	return server, client
+	pool.AddCert(leaf)
+	return &tls.Config{Certificates: []tls.Certificate{cert}}, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}, nil
 }
 
 // OverTLS reports whether the tests run over TLS (HERD_TEST_TLS set): Run
@@ -66,7 +53,12 @@ var shared struct {
 // SharedTLS is one pair of configurations (see TLSConfigs) for the whole
 // test binary.
 func SharedTLS() (server, client *tls.Config) {
-	shared.once.Do(func() { shared.server, shared.client = TLSConfigs(panicTB{}) })
+	shared.once.Do(func() {
+		var err error
+		if shared.server, shared.client, err = configs(); err != nil {
+			panic(err) // no test can run over TLS without it
+		}
+	})
 	return shared.server.Clone(), shared.client.Clone()
 }
 
@@ -107,10 +99,3 @@ func CloseWrite(c net.Conn) error {
 	}
 	return nil
 }
-
-// panicTB lets TLSConfigs run outside a test: a failure there panics.
-type panicTB struct{ testing.TB }
-
-func (panicTB) Helper()                   {}
-func (panicTB) Fatal(args ...any)         { panic(fmt.Sprint(args...)) }
-func (panicTB) Fatalf(f string, a ...any) { panic(fmt.Sprintf(f, a...)) }
