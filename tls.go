@@ -15,6 +15,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -293,12 +294,13 @@ func (h *handshaker) run() {
 		h.jobs[0] = handshakeJob{}
 		h.jobs = h.jobs[1:]
 		h.mu.Unlock()
-		ctx, cancel := context.WithDeadline(context.Background(), j.t.deadline)
-		err := j.t.conn.HandshakeContext(ctx)
-		if err == nil && ctx.Err() != nil {
-			err = ctx.Err()
+		// The deadline closes the pipe, which ends the handshake's read: no
+		// context, and so no watcher goroutine, per handshake.
+		timer := time.AfterFunc(time.Until(j.t.deadline), func() { j.t.pipe.Close() })
+		err := j.t.conn.Handshake()
+		if !timer.Stop() {
+			err = fmt.Errorf("herd: TLS handshake: %w", context.DeadlineExceeded)
 		}
-		cancel()
 		c := j.c
 		c.Post(func() { c.loop.Load().handshakeDone(c, err) })
 	}
