@@ -35,12 +35,7 @@ func TestSystemdUnit(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "herd-http")
-	build := exec.Command("go", "build", "-o", bin, "./examples/http")
-	build.Dir = ".."
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building examples/http: %v\n%s", err, out)
-	}
+	bin := buildExample(t, "http")
 	local := bytes.ReplaceAll(unit, []byte("/usr/local/bin/herd-http"), []byte(bin))
 	path := filepath.Join(dir, "herd-http.service")
 	if err := os.WriteFile(path, local, 0o644); err != nil {

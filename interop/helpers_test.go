@@ -14,47 +14,25 @@ import (
 	"github.com/chromedp/chromedp"
 )
 
+// buildExample builds examples/<name> (of the core module) into a
+// temporary directory and returns the binary's path.
+func buildExample(t *testing.T, name string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), name)
+	build := exec.Command("go", "build", "-o", bin, "./examples/"+name)
+	build.Dir = ".."
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building examples/%s: %v\n%s", name, err, out)
+	}
+	return bin
+}
+
 // startExample builds examples/<name>, runs it on a free loopback port and
 // returns the host:port it printed. The server is stopped with SIGTERM (then
 // killed) when the test ends.
 func startExample(t *testing.T, name string, args ...string) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), name)
-	build := exec.Command("go", "build", "-o", bin, "./examples/"+name)
-	build.Dir = ".." // the examples belong to the core module
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building examples/%s: %v\n%s", name, err, out)
-	}
-	cmd := exec.Command(bin, append([]string{"-addr", "tcp://127.0.0.1:0"}, args...)...)
-	cmd.Stderr = os.Stderr
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-			t.Error("example did not stop within 10s of SIGTERM")
-		}
-	})
-	lines := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		if sc.Scan() {
-			lines <- sc.Text()
-		}
-		for sc.Scan() { // keep the pipe drained
-		}
-	}()
+	_, lines := startProcess(t, buildExample(t, name), append([]string{"-addr", "tcp://127.0.0.1:0"}, args...)...)
 	select {
 	case line := <-lines:
 		// "<name>: listening on http://127.0.0.1:PORT pid N"
@@ -137,4 +115,41 @@ func chromiumBrowser(t *testing.T, timeout time.Duration, extra ...chromedp.Exec
 		t.Fatalf("starting Chromium: %v", err)
 	}
 	return browser
+}
+
+// startProcess runs a command until the test ends (SIGTERM, then SIGKILL),
+// its stderr on the test's; it returns the command and its stdout lines.
+func startProcess(t *testing.T, name string, args ...string) (*exec.Cmd, chan string) {
+	cmd := exec.Command(name, args...)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+			t.Errorf("%s (pid %d) did not stop within 10s of SIGTERM", name, cmd.Process.Pid)
+		}
+	})
+	lines := make(chan string, 64)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			select {
+			case lines <- sc.Text():
+			default:
+			}
+		}
+	}()
+	return cmd, lines
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -34,12 +33,7 @@ type upgradable struct {
 }
 
 func startUpgradable(t *testing.T, name string, args ...string) *upgradable {
-	u := &upgradable{t: t, bin: filepath.Join(t.TempDir(), name), lines: make(chan string, 16), reaped: make(chan struct{})}
-	build := exec.Command("go", "build", "-o", u.bin, "./examples/"+name)
-	build.Dir = ".."
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building examples/%s: %v\n%s", name, err, out)
-	}
+	u := &upgradable{t: t, bin: buildExample(t, name), lines: make(chan string, 16), reaped: make(chan struct{})}
 	// Pipes of our own, not exec's: exec closes its pipes when the first
 	// generation exits, and the later ones write on them still.
 	outR, outW, _ := os.Pipe()
