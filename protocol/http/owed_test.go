@@ -432,8 +432,11 @@ func TestHeadAndAbsoluteForm(t *testing.T) {
 // refilling the queue (the queue's size then says nothing of progress).
 func TestSlowSteadyReaderNotIdle(t *testing.T) {
 	t.Parallel()
-	const size = 4 << 20
-	addr := startServer(t, &Server{IdleTimeout: 500 * time.Millisecond, Handler: func(w *ResponseWriter, r *Request) {
+	// 8 MiB at 2 MB/s: the queue is never empty for about 4 s, four
+	// times the IdleTimeout, and a loaded CI machine's pause of under a
+	// second does not look like a stall.
+	const size = 8 << 20
+	addr := startServer(t, &Server{IdleTimeout: time.Second, Handler: func(w *ResponseWriter, r *Request) {
 		w.Async()
 		go func() {
 			defer w.End()
