@@ -98,6 +98,9 @@ type connRare struct {
 	writable       chan struct{} // closed when the queue goes below the high mark (WaitWritable; under mu)
 	lastDropReport int64         // loop clock of the last report of drops (reportDrops; loop-owned)
 	tls            *tlsState     // set once, before flagTLS, when the worker serves TLS
+	dial           *dialState    // set once, before flagDialed, for a connection the loop dialed
+	waiter         *Conn         // paused until this queue is low again (Pipe; under mu)
+	piped          *Conn         // the other connection of its Pipe (under mu)
 }
 
 // rareLocked returns c.rare, allocating it; under mu.
@@ -117,6 +120,11 @@ const (
 	flagMoving                          // being handed to another loop (Scale): in no poller (set under mu)
 	flagTLS                             // rare.tls is set: a TLS connection
 	flagHandshaking                     // its TLS handshake is under way: no OnConnect yet, nor OnClose
+	flagDialed                          // rare.dial is set: the loop dialed it, and its Dialer serves it
+	flagConnecting                      // dialed, not yet connected: writes queue; no OnConnect yet, nor OnClose
+	flagWriteShut                       // CloseWrite: our side ends once the queue is written (set under mu)
+	flagLinkPaused                      // not read until the connection it forwards to drains (Pipe; set under mu)
+	flagSelfEnd                         // Close or Abort was called: a Dialer does not reconnect
 )
 
 // Connection states. A Conn only moves forward through them.
@@ -163,6 +171,17 @@ type LoopMover interface {
 type Stopper interface {
 	Handler
 	Stop(c *Conn)
+}
+
+// An EndHandler is a Handler that decides itself what the peer's end of
+// stream (its half-close) means: OnEnd runs on the loop instead of the
+// close that would otherwise follow, and the connection stays open, read
+// no more, for what this side still has to send (until Close, or
+// CloseWrite, which then closes). A proxy passes the end on this way
+// (Pipe does).
+type EndHandler interface {
+	Handler
+	OnEnd(c *Conn)
 }
 
 // SetHandler hands the connection's input and its end to h from the next
@@ -247,13 +266,16 @@ func (c *Conn) SetContext(v any) {
 // servers); use Write for bytes that must not be dropped.
 func (c *Conn) Send(msg []byte) SendResult {
 	p := c.loop.Load().w.proto
+	if d := c.dialer(); d != nil {
+		p = d.Protocol
+	}
 	if p == nil {
-		r, _ := c.send(msg, false)
+		r, _ := c.send(msg, sendDroppable)
 		return r
 	}
 	bp := encodePool.Get().(*[]byte)
 	*bp = p.Encode((*bp)[:0], msg)
-	r, _ := c.send(*bp, false)
+	r, _ := c.send(*bp, sendDroppable)
 	if cap(*bp) <= bufpool.MaxPooled {
 		encodePool.Put(bp)
 	}
@@ -263,7 +285,7 @@ func (c *Conn) Send(msg []byte) SendResult {
 // SendRaw writes b as it is, bypassing the protocol's Encode. Like Send, it
 // drops b when the send queue is full.
 func (c *Conn) SendRaw(b []byte) SendResult {
-	r, _ := c.send(b, false)
+	r, _ := c.send(b, sendDroppable)
 	return r
 }
 
@@ -281,7 +303,7 @@ func (c *Conn) SendRaw(b []byte) SendResult {
 // ErrConnClosed (nothing of b sent) once the connection is closing or
 // closed. It does not keep b.
 func (c *Conn) Write(b []byte) (int, error) {
-	if _, ok := c.send(b, true); !ok {
+	if _, ok := c.send(b, sendOwed); !ok {
 		return 0, ErrConnClosed
 	}
 	return len(b), nil
@@ -337,32 +359,46 @@ const largeSend = 4 * bufpool.MaxPooled
 // call, so a large send never holds the connection for long), and queues
 // what the socket does not take. Writing on the caller's goroutine (under
 // the connection's lock) spares a hand-off to the loop and lets Send say
-// whether the bytes were written. owed: never drop on a full queue, pause
-// reading above the high mark instead. ok is false when the connection is
+// whether the bytes were written. ok is false when the connection is
 // closing or closed.
-func (c *Conn) send(data []byte, owed bool) (r SendResult, ok bool) {
+func (c *Conn) send(data []byte, mode sendMode) (r SendResult, ok bool) {
 	if t := c.tlsOf(); t != nil {
-		return c.sendTLS(t, data, owed)
+		return c.sendTLS(t, data, mode)
 	}
-	return c.sendBytes(data, owed)
+	return c.sendBytes(data, mode)
 }
+
+// sendMode says what a send does when the queue is long.
+type sendMode uint8
+
+const (
+	// sendDroppable drops the message on a full queue (Send, SendRaw).
+	sendDroppable sendMode = iota
+	// sendOwed never drops, and stops reading this connection above the
+	// high mark (Write): a peer that does not read its replies stops being
+	// read.
+	sendOwed
+	// sendForward never drops and leaves this connection's reading alone:
+	// the sender pauses the connection the bytes come from (Pipe).
+	sendForward
+)
 
 // sendBytes is send for bytes that go on the wire as they are: a plain
 // connection's, or a TLS connection's records.
-func (c *Conn) sendBytes(data []byte, owed bool) (r SendResult, ok bool) {
+func (c *Conn) sendBytes(data []byte, mode sendMode) (r SendResult, ok bool) {
 	var owned []byte
 	if len(data) >= largeSend {
 		owned = bytes.Clone(data)
 	}
 	c.mu.Lock()
 	l := c.loop.Load() // under mu: the queue's bytes are counted on the loop that owns it
-	if c.state.Load() != connOpen {
+	if c.state.Load() != connOpen || c.flags.Load()&flagWriteShut != 0 {
 		c.mu.Unlock()
 		l.dropped.Add(1)
 		return Dropped, false
 	}
 	queued := c.queuedLocked()
-	if queued == 0 {
+	if queued == 0 && c.flags.Load()&flagConnecting == 0 {
 		n, err := writeOnce(int(c.fd), data)
 		if n > 0 {
 			l.bytesOut.Add(uint64(n))
@@ -379,7 +415,7 @@ func (c *Conn) sendBytes(data []byte, owed bool) (r SendResult, ok bool) {
 			c.mu.Unlock()
 			return Written, true
 		}
-	} else if max := l.w.maxSend; !owed && max > 0 && queued >= max {
+	} else if max := l.w.maxSend; mode == sendDroppable && max > 0 && queued >= max {
 		c.mu.Unlock()
 		c.droppedFull(l)
 		return Dropped, true
@@ -399,7 +435,7 @@ func (c *Conn) sendBytes(data []byte, owed bool) (r SendResult, ok bool) {
 		c.fullPending.Add(1)
 		c.post(task{kind: taskBufferFull, c: c})
 	}
-	if (owed || l.w.Backpressure) && queued >= l.w.highWater() {
+	if (mode == sendOwed || (mode == sendDroppable && l.w.Backpressure)) && queued >= l.w.highWater() {
 		c.bpPaused = true
 		c.flags.Or(flagBackpressure)
 	}
@@ -459,6 +495,9 @@ func (c *Conn) flush() (f flushResult, err error) {
 	if left == 0 {
 		c.q.free()
 		c.q = nil
+		if c.flags.Load()&flagWriteShut != 0 {
+			c.shutWriteLocked()
+		}
 		f.emptied = true
 		f.drained = c.full
 		c.full = false
@@ -472,6 +511,9 @@ func (c *Conn) flush() (f flushResult, err error) {
 	if left < l.w.highWater() {
 		c.wakeWritersLocked()
 	}
+	if left <= l.w.lowWater() {
+		f.waiter = c.takeWaiterLocked()
+	}
 	if c.bpPaused && left <= l.w.lowWater() {
 		c.bpPaused = false
 		c.flags.And(^flagBackpressure)
@@ -483,6 +525,7 @@ func (c *Conn) flush() (f flushResult, err error) {
 
 type flushResult struct {
 	emptied, drained, fullFirst, resumed bool
+	waiter                               *Conn // to resume: it waited for this queue to drain (Pipe)
 }
 
 // brokenLocked forgets the queue of a connection whose socket failed or
@@ -508,14 +551,16 @@ func (c *Conn) dropQueueLocked() {
 // updateInterestLocked tells the poller what the connection waits for now.
 func (c *Conn) updateInterestLocked() {
 	st := c.state.Load()
-	if st == connClosed || c.flags.Load()&flagMoving != 0 {
-		return // a moving connection is registered with its new loop's poller as it is then
+	if st == connClosed || c.flags.Load()&(flagMoving|flagConnecting) != 0 {
+		// A moving connection is registered with its new loop's poller as
+		// it is then; a connecting one when it has connected.
+		return
 	}
 	// A closing connection keeps reading, and discards what arrives: so
 	// Close and linger need no change of interest, and input left unread
 	// cannot make the final close reset the connection. Once the peer has
 	// ended its side there is nothing more to read.
-	read := (st != connOpen && !c.peerClosed) || (st == connOpen && !c.userPaused && !c.bpPaused && !c.drainStop)
+	read := !c.peerClosed && (st != connOpen || (!c.userPaused && !c.bpPaused && !c.drainStop && c.flags.Load()&flagLinkPaused == 0))
 	write := c.q != nil
 	if read == c.readOn && write == c.writeOn {
 		return
@@ -565,6 +610,7 @@ func (c *Conn) Close() { c.close(false) }
 func (c *Conn) CloseNoLinger() { c.close(true) }
 
 func (c *Conn) close(noLinger bool) {
+	c.flags.Or(flagSelfEnd)
 	c.closeNotify()
 	c.mu.Lock()
 	if c.state.Load() != connOpen {
@@ -583,6 +629,7 @@ func (c *Conn) close(noLinger bool) {
 // Abort closes the connection at once, discarding its send queue
 // (Workerman's destroy).
 func (c *Conn) Abort() {
+	c.flags.Or(flagSelfEnd)
 	c.mu.Lock()
 	if c.state.Load() == connClosed {
 		c.mu.Unlock()
@@ -652,5 +699,47 @@ func (c *Conn) peerClosedNow() bool {
 
 // readable reports whether the loop should deliver input to the connection.
 func (c *Conn) readable() bool {
-	return c.state.Load() == connOpen && c.flags.Load()&(flagRecvPaused|flagBackpressure) == 0
+	return c.state.Load() == connOpen && c.flags.Load()&(flagRecvPaused|flagBackpressure|flagLinkPaused) == 0
+}
+
+// CloseWrite ends this side of the stream once the send queue is written
+// (a TCP half-close: shutdown(2) for writing; a TLS connection sends
+// close_notify first), and goes on reading: the peer learns that nothing
+// more comes, and may still answer. What is sent after it is dropped
+// (Write returns ErrConnClosed). If the peer has already ended its side,
+// CloseWrite is Close. The peer's end of stream, when it comes, closes
+// the connection as usual, unless the Handler is an EndHandler.
+func (c *Conn) CloseWrite() {
+	c.mu.Lock()
+	if c.state.Load() != connOpen || c.flags.Load()&flagWriteShut != 0 {
+		c.mu.Unlock()
+		return
+	}
+	if c.peerClosed {
+		c.mu.Unlock()
+		c.Close()
+		return
+	}
+	c.mu.Unlock()
+	c.closeNotify()
+	c.mu.Lock()
+	c.flags.Or(flagWriteShut)
+	if c.q == nil && c.flags.Load()&flagConnecting == 0 && c.state.Load() == connOpen {
+		c.shutWriteLocked()
+	}
+	c.mu.Unlock()
+}
+
+// shutWriteLocked half-closes the socket; under mu, as writes are.
+func (c *Conn) shutWriteLocked() {
+	unix.Shutdown(int(c.fd), unix.SHUT_WR)
+}
+
+// shutWrite half-closes the socket.
+func (c *Conn) shutWrite() {
+	c.mu.Lock()
+	if c.state.Load() != connClosed {
+		c.shutWriteLocked()
+	}
+	c.mu.Unlock()
 }

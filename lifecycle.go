@@ -105,7 +105,12 @@ func (l *Loop) queueEmptied(c *Conn) {
 func (l *Loop) peerEnded(c *Conn) {
 	c.mu.Lock()
 	c.peerClosed = true
+	c.updateInterestLocked()
 	c.mu.Unlock()
+	if e, ok := c.h.(EndHandler); ok && c.state.Load() == connOpen {
+		l.callConn(e.OnEnd, c)
+		return
+	}
 	if c.state.Load() == connOpen && l.awaitRelease(c) {
 		return // Release posts taskReleased, which closes
 	}
@@ -138,7 +143,14 @@ func (l *Loop) closeConn(c *Conn, err error) {
 	c.dropQueueLocked()
 	c.state.Store(connClosed)
 	c.wakeWritersLocked()
+	waiter := c.takeWaiterLocked()
 	c.mu.Unlock()
+	if waiter != nil {
+		l.unlink(waiter) // it waits for this queue no more
+	}
+	if c.fd < 0 {
+		return // a dial still looking up its address: connect finds it closed
+	}
 	// Every write happens under c.mu with the state open, so no other
 	// goroutine can be using the descriptor now.
 	unix.Close(int(c.fd))
@@ -149,7 +161,10 @@ func (l *Loop) closeConn(c *Conn, err error) {
 	l.nconns--
 	l.active.Add(-1)
 	l.closedConns.Add(1)
-	l.w.conns.Add(-1)
+	dialed := c.flags.Load()&flagDialed != 0
+	if !dialed {
+		l.w.conns.Add(-1)
+	}
 	bufpool.Put(c.in)
 	c.in = nil
 	if t := c.tlsOf(); t != nil {
@@ -158,6 +173,17 @@ func (l *Loop) closeConn(c *Conn, err error) {
 			return // OnConnect never ran: neither OnError nor OnClose
 		}
 	}
+	if dialed && c.flags.Load()&flagConnecting != 0 {
+		// OnConnect never ran: the Dialer hears of the failure through
+		// OnError only. A Handler (a Pipe set up early) is told of the
+		// close, so that it can end what it joined to the connection.
+		l.dialEnded(c, false, err)
+		if h := c.h; h != nil {
+			c.h = nil
+			l.callConn(h.OnClose, c)
+		}
+		return
+	}
 	if err != nil && !errors.Is(err, unix.ECONNRESET) && !errors.Is(err, unix.EPIPE) {
 		l.callError(c, err)
 	}
@@ -165,7 +191,12 @@ func (l *Loop) closeConn(c *Conn, err error) {
 		c.h = nil
 		l.callConn(h.OnClose, c)
 	}
-	if l.w.OnClose != nil {
+	if dialed {
+		if f := c.rare.dial.d.OnClose; f != nil {
+			l.callConn(f, c)
+		}
+		l.dialEnded(c, true, nil)
+	} else if l.w.OnClose != nil {
 		l.callConn(l.w.OnClose, c)
 	}
 }
@@ -179,6 +210,10 @@ func (l *Loop) drain(force bool) {
 		l.stopAcceptors()
 		for _, c := range l.conns {
 			if c == nil || force {
+				continue
+			}
+			if c.flags.Load()&flagConnecting != 0 {
+				l.closeConn(c, nil) // not connected yet: nothing to finish
 				continue
 			}
 			if c.state.Load() == connOpen && c.receiving() {
@@ -347,8 +382,8 @@ func (l *Loop) startIdleSweep() {
 	l.addTimer(period, period, func() {
 		limit := l.now.Add(-idle).UnixNano()
 		for _, c := range l.conns {
-			if c == nil || c.lastActive >= limit {
-				continue
+			if c == nil || c.lastActive >= limit || c.flags.Load()&flagConnecting != 0 {
+				continue // a connect has its own timeout
 			}
 			if c.holds.Load() > 0 || c.flags.Load()&flagDrainWait != 0 {
 				// Held: a reply is being made elsewhere and will be sent;
@@ -405,7 +440,29 @@ func (l *Loop) bufferFull(c *Conn) {
 		return
 	}
 	c.fullPending.Add(-1)
-	if c.state.Load() != connClosed && l.w.OnBufferFull != nil {
-		l.callConn(l.w.OnBufferFull, c)
+	if c.state.Load() != connClosed {
+		l.bufferFullNow(c)
+	}
+}
+
+// bufferFullNow runs OnBufferFull.
+func (l *Loop) bufferFullNow(c *Conn) {
+	f := l.w.OnBufferFull
+	if d := c.dialer(); d != nil {
+		f = d.OnBufferFull
+	}
+	if f != nil {
+		l.callConn(f, c)
+	}
+}
+
+// bufferDrained runs OnBufferDrain.
+func (l *Loop) bufferDrained(c *Conn) {
+	f := l.w.OnBufferDrain
+	if d := c.dialer(); d != nil {
+		f = d.OnBufferDrain
+	}
+	if f != nil {
+		l.callConn(f, c)
 	}
 }

@@ -66,11 +66,11 @@ type Loop struct {
 
 	// Counters, written by the loop (and by Send for the output ones) and
 	// read by Stats.
-	accepted, closedConns, messagesIn, bytesIn, bytesOut, wakeups, emptyAccepts, dropped, droppedFull, oversize, tlsHandshakes, tlsFailed atomic.Uint64
-	active, sendQueued, busyNanos                                                                                                         atomic.Int64
-	exitedAt                                                                                                                              atomic.Int64 // unix nanoseconds when run ended; 0 while it runs
-	started                                                                                                                               time.Time    // set before the loop goroutine starts
-	_                                                                                                                                     [64]byte     // keep loops' counters off each other's cache lines
+	accepted, closedConns, messagesIn, bytesIn, bytesOut, wakeups, emptyAccepts, dropped, droppedFull, oversize, tlsHandshakes, tlsFailed, dialed, dialFailed atomic.Uint64
+	active, sendQueued, busyNanos                                                                                                                             atomic.Int64
+	exitedAt                                                                                                                                                  atomic.Int64 // unix nanoseconds when run ended; 0 while it runs
+	started                                                                                                                                                   time.Time    // set before the loop goroutine starts
+	_                                                                                                                                                         [64]byte     // keep loops' counters off each other's cache lines
 }
 
 type taskKind uint8
@@ -339,7 +339,9 @@ func (l *Loop) runTasks() {
 				l.register(t.fd, &t.peer)
 			}
 		case taskClose:
-			if t.c.queueEmpty() {
+			if t.c.flags.Load()&flagConnecting != 0 {
+				// The connect's end finishes the close.
+			} else if t.c.queueEmpty() {
 				l.queueEmptied(t.c)
 			} else if !t.c.lingerListed {
 				l.watchClose(t.c)
@@ -366,6 +368,10 @@ func (l *Loop) runTasks() {
 
 // serve handles one readiness event of a connection.
 func (l *Loop) serve(c *Conn, ev poll.Event) {
+	if c.flags.Load()&flagConnecting != 0 {
+		l.connected(c, ev.Failed)
+		return
+	}
 	if ev.Readable {
 		l.read(c, ev.Failed)
 	}
@@ -376,11 +382,14 @@ func (l *Loop) serve(c *Conn, ev poll.Event) {
 			return
 		}
 		c.lastActive = l.now.UnixNano()
-		if f.fullFirst && l.w.OnBufferFull != nil {
-			l.callConn(l.w.OnBufferFull, c)
+		if f.fullFirst {
+			l.bufferFullNow(c)
 		}
-		if f.drained && l.w.OnBufferDrain != nil && c.state.Load() != connClosed {
-			l.callConn(l.w.OnBufferDrain, c)
+		if f.drained && c.state.Load() != connClosed {
+			l.bufferDrained(c)
+		}
+		if f.waiter != nil {
+			l.unlink(f.waiter)
 		}
 		if f.resumed {
 			// Input read before the pause is delivered now: no new
@@ -481,6 +490,9 @@ func (l *Loop) deliver(c *Conn, data []byte) {
 		return
 	}
 	p := l.w.proto
+	if d := c.dialer(); d != nil {
+		p = d.Protocol
+	}
 	if p == nil {
 		l.messagesIn.Add(1)
 		l.callMessage(c, data)
@@ -595,8 +607,12 @@ func (l *Loop) callMessage(c *Conn, msg []byte) {
 			l.recovered(c, r)
 		}
 	}()
-	if l.w.OnMessage != nil {
-		l.w.OnMessage(c, msg)
+	f := l.w.OnMessage
+	if d := c.dialer(); d != nil {
+		f = d.OnMessage
+	}
+	if f != nil {
+		f(c, msg)
 	}
 }
 
@@ -610,7 +626,11 @@ func (l *Loop) callConn(f func(*Conn), c *Conn) {
 }
 
 func (l *Loop) callError(c *Conn, err error) {
-	if l.w.OnError == nil {
+	f := l.w.OnError
+	if d := c.dialer(); d != nil {
+		f = d.OnError
+	}
+	if f == nil {
 		l.w.logger().Debug("herd: connection error", "conn", c.id, "err", err)
 		return
 	}
@@ -619,7 +639,7 @@ func (l *Loop) callError(c *Conn, err error) {
 			l.w.logger().Error("herd: OnError panicked", "loop", l.index, "panic", r, "stack", string(debug.Stack()))
 		}
 	}()
-	l.w.OnError(c, err)
+	f(c, err)
 }
 
 func (l *Loop) callLoop(f func(*Loop)) {

@@ -276,7 +276,11 @@ func (l *Loop) leave(heirs []*Loop) {
 	l.accs = nil
 	for _, c := range l.conns {
 		if c != nil && c.state.Load() == connOpen && !c.lingerListed {
-			l.handOver(c, leastActive(heirs))
+			to := leastActive(heirs)
+			if b := c.pipedTo(); b != nil && b.Loop() != l {
+				to = b.Loop() // a pipe's two connections stay together
+			}
+			l.handOver(c, to)
 		}
 	}
 }
@@ -315,6 +319,9 @@ func (l *Loop) handOver(c *Conn, to *Loop) {
 			return // LeaveLoop closed it
 		}
 	}
+	if c.flags.Load()&flagConnecting != 0 {
+		c.rare.dial.timer.Stop() // the loop it joins arms it again
+	}
 	c.mu.Lock()
 	l.poller.Delete(int(c.fd))
 	c.flags.Or(flagMoving)
@@ -352,10 +359,16 @@ func (l *Loop) moveIn(c *Conn) {
 	c.flags.And(^flagMoving)
 	c.readOn, c.writeOn = false, false
 	err := l.poller.Add(fd, false)
-	if err == nil {
+	switch {
+	case err == nil && c.flags.Load()&flagConnecting != 0:
+		err = l.poller.Modify(fd, false, true) // as connect registers it
+	case err == nil:
 		c.updateInterestLocked()
 	}
 	c.mu.Unlock()
+	if err == nil && c.flags.Load()&flagConnecting != 0 {
+		l.armConnectTimeout(c)
+	}
 	if err != nil {
 		l.closeConn(c, fmt.Errorf("herd: scale: register moved connection: %w", err))
 		return

@@ -38,8 +38,14 @@ type Stats struct {
 type LoopStats struct {
 	Index    int
 	Accepted uint64 // connections taken on
-	Active   int64  // connections open now
-	Closed   uint64 // connections closed
+	// Dialed counts the connections the loop dialed (Loop.Dial), and
+	// DialFailed those of them that never connected.
+	Dialed, DialFailed uint64
+	// Active counts the connections open now, accepted and dialed (those
+	// still connecting too); Closed those that closed, failed dials
+	// included: Accepted + Dialed = Active + Closed.
+	Active int64
+	Closed uint64
 	// MessagesIn counts messages given to OnMessage (reads, without a
 	// protocol).
 	MessagesIn uint64
@@ -124,6 +130,8 @@ func (l *Loop) stats() LoopStats {
 	return LoopStats{
 		Index:          l.index,
 		Accepted:       l.accepted.Load(),
+		Dialed:         l.dialed.Load(),
+		DialFailed:     l.dialFailed.Load(),
 		Active:         l.active.Load(),
 		Closed:         l.closedConns.Load(),
 		MessagesIn:     l.messagesIn.Load(),

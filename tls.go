@@ -84,7 +84,7 @@ func (p *tlsPipe) Read(b []byte) (int, error) {
 }
 
 func (p *tlsPipe) Write(b []byte) (int, error) {
-	if _, ok := p.c.sendBytes(b, true); !ok {
+	if _, ok := p.c.sendBytes(b, sendOwed); !ok {
 		return 0, ErrConnClosed
 	}
 	return len(b), nil
@@ -216,13 +216,13 @@ func (c *Conn) closeNotify() {
 // sendTLS encrypts data into the send queue. A Send that finds the queue
 // full is dropped here, as plaintext, before anything is encrypted, so
 // the TLS stream never skips a record.
-func (c *Conn) sendTLS(t *tlsState, data []byte, owed bool) (SendResult, bool) {
+func (c *Conn) sendTLS(t *tlsState, data []byte, mode sendMode) (SendResult, bool) {
 	l := c.loop.Load()
 	if c.state.Load() != connOpen || c.flags.Load()&flagHandshaking != 0 {
 		l.dropped.Add(1)
 		return Dropped, false
 	}
-	if max := l.w.maxSend; !owed && max > 0 && c.SendQueueBytes() >= max {
+	if max := l.w.maxSend; mode == sendDroppable && max > 0 && c.SendQueueBytes() >= max {
 		c.droppedFull(l)
 		return Dropped, true
 	}

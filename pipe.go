@@ -1,0 +1,214 @@
+//go:build linux || darwin || freebsd
+
+package herd
+
+import (
+	"errors"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// PipeOptions are Pipe's optional settings.
+type PipeOptions struct {
+	// AToB and BToA, if set, are added the bytes forwarded each way as
+	// they go (per-backend figures of a balancer, say).
+	AToB, BToA *atomic.Uint64
+	// OnDone runs on the loop once both connections have closed, with the
+	// bytes forwarded each way, and clean true if both peers ended their
+	// streams (nothing was cut short by a reset, an error or a close).
+	OnDone func(aToB, bToA uint64, clean bool)
+}
+
+// ErrNotSameLoop is returned by Pipe for connections on different loops.
+var ErrNotSameLoop = errors.New("herd: Pipe: the connections are on different loops")
+
+// Pipe forwards what each connection receives to the other, as it comes,
+// until both have ended (Workerman's pipe, both ways). It takes over both
+// connections' input and their ends (as their Handler), and:
+//
+//   - holds back: while the connection it writes to has more than the
+//     high mark queued (see Write), the one it reads from is not read,
+//     until that queue is down to an eighth; so a peer that does not read
+//     makes its counterpart wait, and the proxy holds at most about the
+//     high mark per direction;
+//   - passes a half-close on: when one peer ends its stream, the other
+//     connection's write side is shut down once what was forwarded is
+//     written (CloseWrite), and the other direction goes on; once both
+//     peers have ended, both connections close;
+//   - passes an abort on: a connection that closes before both ends were
+//     seen (a reset, an error, IdleTimeout, Close or Abort on either)
+//     aborts the other with a reset (RST for TCP), so its peer does not
+//     take a cut stream for a whole one.
+//
+// a and b must be open and on the same loop, and Pipe must run there: in a
+// callback of either, such as a dialed connection's OnConnect (Loop.Dial
+// dials on the calling loop). Input that a had already read and not
+// delivered is forwarded first.
+func Pipe(a, b *Conn, o *PipeOptions) error {
+	l := a.Loop()
+	if b.Loop() != l {
+		return ErrNotSameLoop
+	}
+	p := &pipe{}
+	if o != nil {
+		p.opt = *o
+	}
+	p.a = pipeEnd{p: p, other: b, count: p.opt.AToB}
+	p.b = pipeEnd{p: p, other: a, count: p.opt.BToA}
+	if p.a.count == nil {
+		p.a.count = new(atomic.Uint64)
+	}
+	if p.b.count == nil {
+		p.b.count = new(atomic.Uint64)
+	}
+	a.SetHandler(&p.a)
+	b.SetHandler(&p.b)
+	a.mu.Lock()
+	a.rareLocked().piped = b
+	a.mu.Unlock()
+	b.mu.Lock()
+	b.rareLocked().piped = a
+	b.mu.Unlock()
+	for _, c := range []*Conn{a, b} {
+		if c.state.Load() != connOpen {
+			l.closeConn(c, nil) // its OnClose ends the pipe
+			return nil
+		}
+	}
+	if len(a.in) > 0 {
+		in := a.in
+		a.in = nil
+		p.a.OnData(a, in)
+	}
+	if len(b.in) > 0 {
+		in := b.in
+		b.in = nil
+		p.b.OnData(b, in)
+	}
+	return nil
+}
+
+type pipe struct {
+	a, b   pipeEnd
+	opt    PipeOptions
+	closed int // connections closed, of two
+}
+
+// pipeEnd is the Handler of one connection of a pipe: it forwards to
+// other.
+type pipeEnd struct {
+	p     *pipe
+	other *Conn
+	count *atomic.Uint64
+	n     uint64 // bytes forwarded from this end
+	ended bool   // this connection's peer ended its stream
+}
+
+func (e *pipeEnd) OnData(c *Conn, data []byte) {
+	if _, ok := e.other.send(data, sendForward); !ok {
+		return // the other side is gone; its close ends this one
+	}
+	e.n += uint64(len(data))
+	e.count.Add(uint64(len(data)))
+	l := c.Loop()
+	if e.other.Loop() == l {
+		e.other.lastActive = l.now.UnixNano() // forwarding to it is activity
+	}
+	if e.other.SendQueueBytes() >= l.w.highWater() {
+		c.waitFor(e.other)
+	}
+}
+
+func (e *pipeEnd) OnEnd(c *Conn) {
+	e.ended = true
+	e.other.CloseWrite()
+	if e.peerEnd().ended {
+		c.Close() // both ways done: nothing more to forward
+	}
+}
+
+func (e *pipeEnd) OnClose(c *Conn) {
+	p := e.p
+	clean := p.a.ended && p.b.ended
+	if !clean {
+		e.other.reset()
+	}
+	if p.closed++; p.closed == 2 && p.opt.OnDone != nil {
+		p.opt.OnDone(p.a.n, p.b.n, clean)
+	}
+}
+
+// peerEnd is the pipe's other end.
+func (e *pipeEnd) peerEnd() *pipeEnd {
+	if e == &e.p.a {
+		return &e.p.b
+	}
+	return &e.p.a
+}
+
+// waitFor stops reading c until dst's queue is down to the low mark. The
+// pause comes first and the registration second, under dst's lock with
+// the queue looked at again, so that a drain in between (on another loop)
+// cannot be missed.
+func (c *Conn) waitFor(dst *Conn) {
+	c.mu.Lock()
+	c.flags.Or(flagLinkPaused)
+	c.updateInterestLocked()
+	c.mu.Unlock()
+	dst.mu.Lock()
+	wait := dst.state.Load() != connClosed && dst.queuedLocked() > dst.loop.Load().w.lowWater()
+	if wait {
+		dst.rareLocked().waiter = c
+	}
+	dst.mu.Unlock()
+	if !wait {
+		c.Loop().unlink(c)
+	}
+}
+
+// pipedTo is the connection c is piped to, or nil.
+func (c *Conn) pipedTo() *Conn {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.rare == nil {
+		return nil
+	}
+	return c.rare.piped
+}
+
+// takeWaiterLocked returns the connection waiting for this one's queue to
+// drain, if any, and forgets it; under mu.
+func (c *Conn) takeWaiterLocked() *Conn {
+	if c.rare == nil || c.rare.waiter == nil {
+		return nil
+	}
+	w := c.rare.waiter
+	c.rare.waiter = nil
+	return w
+}
+
+// unlink resumes reading c, which waited for another connection's queue;
+// l is the loop that saw the queue drain.
+func (l *Loop) unlink(c *Conn) {
+	c.mu.Lock()
+	c.flags.And(^flagLinkPaused)
+	c.updateInterestLocked()
+	c.mu.Unlock()
+	if c.Loop() == l {
+		l.resumeInput(c)
+	} else {
+		c.Post(func() { c.Loop().resumeInput(c) })
+	}
+}
+
+// reset aborts the connection with a TCP reset (SO_LINGER zero), so that
+// its peer sees an abort, not an end of stream.
+func (c *Conn) reset() {
+	c.mu.Lock()
+	if c.state.Load() != connClosed && c.fd >= 0 {
+		unix.SetsockoptLinger(int(c.fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	}
+	c.mu.Unlock()
+	c.Abort()
+}

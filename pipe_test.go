@@ -1,0 +1,384 @@
+//go:build linux || darwin || freebsd
+
+package herd
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// pipeProxy is a worker that pipes each connection to backend, dialed
+// from the client's loop once the client is accepted, and records what
+// each pipe reported when done.
+type pipeProxy struct {
+	*running
+	done    chan pipeResult
+	failed  atomic.Int32 // dials that failed
+	backend string
+}
+
+type pipeResult struct {
+	aToB, bToA uint64
+	clean      bool
+}
+
+func startPipeProxy(t *testing.T, backend string, count int) *pipeProxy {
+	t.Helper()
+	p := &pipeProxy{done: make(chan pipeResult, 4096), backend: backend}
+	w := &Worker{Addr: "tcp://127.0.0.1:0", Count: count}
+	w.OnConnect = func(client *Conn) {
+		client.PauseRecv() // until the backend is there: its input waits in the kernel
+		d := &Dialer{
+			OnConnect: func(b *Conn) {
+				if err := Pipe(client, b, &PipeOptions{OnDone: func(ab, ba uint64, clean bool) {
+					p.done <- pipeResult{ab, ba, clean}
+				}}); err != nil {
+					t.Errorf("Pipe: %v", err)
+				}
+				client.ResumeRecv()
+			},
+			OnError: func(_ *Conn, err error) {
+				p.failed.Add(1)
+				client.reset()
+			},
+		}
+		client.Loop().Dial(context.Background(), p.backend, d)
+	}
+	p.running = startWorker(t, w)
+	return p
+}
+
+func (p *pipeProxy) result(t *testing.T) pipeResult {
+	t.Helper()
+	select {
+	case r := <-p.done:
+		return r
+	case <-time.After(20 * time.Second):
+		t.Fatal("no pipe ended within 20s")
+		return pipeResult{}
+	}
+}
+
+// serveEach accepts on ln and runs f for each connection on a goroutine.
+func serveEach(t *testing.T, f func(c *net.TCPConn)) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				f(c.(*net.TCPConn))
+			}()
+		}
+	}()
+	return ln
+}
+
+// stream is n pseudo-random bytes from seed, written in chunks of
+// random sizes.
+func writeStream(w io.Writer, seed uint64, n int) error {
+	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	buf := make([]byte, 256<<10)
+	for n > 0 {
+		k := min(n, 1+r.IntN(len(buf)))
+		for i := range buf[:k] {
+			buf[i] = byte(r.Uint32())
+		}
+		if _, err := w.Write(buf[:k]); err != nil {
+			return err
+		}
+		n -= k
+	}
+	return nil
+}
+
+func streamSum(seed uint64, n int) [32]byte {
+	h := sha256.New()
+	writeStream(h, seed, n)
+	return [32]byte(h.Sum(nil))
+}
+
+// readSum reads to the end of stream and returns its length and hash.
+func readSum(r io.Reader) (int64, [32]byte, error) {
+	h := sha256.New()
+	n, err := io.Copy(h, r)
+	return n, [32]byte(h.Sum(nil)), err
+}
+
+// Half-close orders for TestPipeBytesExact: who ends its side when.
+const (
+	bothAtOnce  = iota // both send at the same time, each ends when done
+	clientFirst        // the backend answers only after the client's end
+	backendFirst       // the client sends only after the backend's end
+	orders
+)
+
+// TestPipeBytesExact sends 100 MB each way through piped connections (25
+// MB each way on each of 4; 4 MB in -short), in random half-close orders,
+// and checks every byte, each pipe's counts and that each ended clean.
+func TestPipeBytesExact(t *testing.T) {
+	size, conns := 25<<20, 4
+	if testing.Short() {
+		size = 1 << 20
+	}
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	order := func(i int) int { return int((seed + uint64(i)) % orders) }
+	type got struct {
+		n   int64
+		sum [32]byte
+		err error
+	}
+	backendGot := make(chan got, conns)
+	var idx atomic.Int32
+	ln := serveEach(t, func(c *net.TCPConn) {
+		// The client says which connection this is in its first 4 bytes.
+		var head [4]byte
+		if _, err := io.ReadFull(c, head[:]); err != nil {
+			backendGot <- got{err: err}
+			return
+		}
+		i := int(head[0])
+		var wg sync.WaitGroup
+		send := func() {
+			writeStream(c, seed+100+uint64(i), size)
+			c.CloseWrite()
+		}
+		switch order(i) {
+		case bothAtOnce:
+			wg.Add(1)
+			go func() { defer wg.Done(); send() }()
+		case backendFirst:
+			send()
+		}
+		n, sum, err := readSum(c)
+		backendGot <- got{n, sum, err}
+		if order(i) == clientFirst {
+			send()
+		}
+		wg.Wait()
+	})
+	p := startPipeProxy(t, ln.Addr().String(), 2)
+	var wg sync.WaitGroup
+	clientGot := make([]got, conns)
+	for i := 0; i < conns; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := net.Dial("tcp", p.addr)
+			if err != nil {
+				clientGot[i].err = err
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(60 * time.Second))
+			tc := c.(*net.TCPConn)
+			tc.Write([]byte{byte(i), 0, 0, 0})
+			send := func() {
+				writeStream(tc, seed+uint64(i), size)
+				tc.CloseWrite()
+			}
+			var sw sync.WaitGroup
+			if order(i) != backendFirst {
+				sw.Add(1)
+				go func() { defer sw.Done(); send() }()
+			}
+			n, sum, err := readSum(tc)
+			clientGot[i] = got{n, sum, err}
+			if order(i) == backendFirst {
+				send()
+			}
+			sw.Wait()
+		}()
+		idx.Add(1)
+	}
+	wg.Wait()
+	for i := 0; i < conns; i++ {
+		g := clientGot[i]
+		if g.err != nil || g.n != int64(size) || g.sum != streamSum(seed+100+uint64(i), size) {
+			t.Errorf("client %d (order %d): got %d bytes (want %d), intact %v, err %v", i, order(i), g.n, size, g.sum == streamSum(seed+100+uint64(i), size), g.err)
+		}
+	}
+	sums := map[[32]byte]bool{}
+	for i := 0; i < conns; i++ {
+		sums[streamSum(seed+uint64(i), size+4)] = false // never matches: the header is not part of the stream
+		sums[streamSum(seed+uint64(i), size)] = true
+	}
+	for i := 0; i < conns; i++ {
+		g := <-backendGot
+		if g.err != nil || g.n != int64(size) || !sums[g.sum] {
+			t.Errorf("a backend connection got %d bytes (want %d), intact %v, err %v", g.n, size, sums[g.sum], g.err)
+		}
+	}
+	for i := 0; i < conns; i++ {
+		r := p.result(t)
+		if !r.clean || r.aToB != uint64(size+4) || r.bToA != uint64(size) {
+			t.Errorf("pipe reported %d bytes to the backend (want %d), %d back (want %d), clean %v", r.aToB, size+4, r.bToA, size, r.clean)
+		}
+	}
+	waitFor(t, 5*time.Second, "no connection left", func() bool { return sumStats(p.w).active == 0 })
+}
+
+// TestPipeStalledClient: a client that reads nothing while the backend
+// streams 64 MB; the proxy holds a bounded amount (its high mark and a
+// read or two), then delivers everything once the client reads.
+func TestPipeStalledClient(t *testing.T) {
+	const size = 64 << 20
+	ln := serveEach(t, func(c *net.TCPConn) {
+		writeStream(c, 7, size)
+		c.CloseWrite()
+		io.Copy(io.Discard, c)
+	})
+	p := startPipeProxy(t, ln.Addr().String(), 1)
+	c := p.dialSmallBufs(t, 64<<10)
+	time.Sleep(300 * time.Millisecond) // the client reads nothing
+	var peak int64
+	for i := 0; i < 20; i++ {
+		peak = max(peak, sumStats(p.w).queued)
+		time.Sleep(10 * time.Millisecond)
+	}
+	bound := int64(p.w.highWater() + 2*readBufferSize)
+	if peak == 0 || peak > bound {
+		t.Fatalf("the proxy queued %d bytes for a stalled client; want some, at most %d", peak, bound)
+	}
+	t.Logf("queued for the stalled client: %d bytes (bound %d)", peak, bound)
+	c.(*net.TCPConn).CloseWrite()
+	n, sum, err := readSum(c)
+	if err != nil || n != size || sum != streamSum(7, size) {
+		t.Fatalf("got %d bytes of %d, intact %v, err %v", n, size, sum == streamSum(7, size), err)
+	}
+	if r := p.result(t); !r.clean || r.bToA != size {
+		t.Fatalf("pipe result %+v", r)
+	}
+}
+
+// TestPipeAbortPassesOn: a backend that resets mid-stream resets the
+// client's connection (it is not left open, nor ended as if whole); and a
+// client that resets resets the backend's.
+func TestPipeAbortPassesOn(t *testing.T) {
+	t.Run("backend resets", func(t *testing.T) {
+		ln := serveEach(t, func(c *net.TCPConn) {
+			writeStream(c, 1, 1<<20)
+			time.Sleep(50 * time.Millisecond)
+			c.SetLinger(0) // close with a reset
+		})
+		p := startPipeProxy(t, ln.Addr().String(), 1)
+		c := p.dial(t)
+		n, _, err := readSum(c)
+		if !isReset(err) {
+			t.Fatalf("client read %d bytes, then %v; want a reset", n, err)
+		}
+		if n != 1<<20 {
+			t.Fatalf("client read %d bytes before the reset; want the %d sent", n, 1<<20)
+		}
+		if r := p.result(t); r.clean {
+			t.Fatalf("pipe reported clean after a reset")
+		}
+	})
+	t.Run("client resets", func(t *testing.T) {
+		backendErr := make(chan error, 1)
+		ln := serveEach(t, func(c *net.TCPConn) {
+			_, _, err := readSum(c)
+			backendErr <- err
+		})
+		p := startPipeProxy(t, ln.Addr().String(), 1)
+		c := p.dial(t)
+		c.Write(make([]byte, 1000))
+		time.Sleep(50 * time.Millisecond)
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+		select {
+		case err := <-backendErr:
+			if !isReset(err) {
+				t.Fatalf("backend saw %v; want a reset", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the backend's connection was left open")
+		}
+	})
+	t.Run("backend refuses", func(t *testing.T) {
+		p := startPipeProxy(t, refusedAddr(t), 1)
+		start := time.Now()
+		// The reset may come before the client's connect has been
+		// reported done: then the dial fails with it.
+		c, err := net.DialTimeout("tcp", p.addr, 5*time.Second)
+		if err == nil {
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			_, err = c.Read(make([]byte, 1))
+		}
+		if !isReset(err) {
+			t.Fatalf("client got %v; want a reset", err)
+		}
+		if took := time.Since(start); took > 5*time.Second || p.failed.Load() != 1 {
+			t.Fatalf("closed after %v, failed dials %d", took, p.failed.Load())
+		}
+	})
+}
+
+// TestPipeConcurrent: 1,000 proxied connections at once, each echoing 10
+// lines through the pipe.
+func TestPipeConcurrent(t *testing.T) {
+	n := 1000
+	if testing.Short() {
+		n = 100
+	}
+	ln := lineEchoServer(t, "tcp", "127.0.0.1:0")
+	p := startPipeProxy(t, ln.Addr().String(), 2)
+	var wg sync.WaitGroup
+	var failures atomic.Int32
+	conns := make([]net.Conn, n)
+	for i := range conns {
+		c, err := net.DialTimeout("tcp", p.addr, 5*time.Second)
+		if err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		conns[i] = c
+		defer c.Close()
+	}
+	for i, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.SetDeadline(time.Now().Add(30 * time.Second))
+			br := bufio.NewReader(c)
+			for j := 0; j < 10; j++ {
+				line := fmt.Sprintf("conn %d line %d\n", i, j)
+				if _, err := c.Write([]byte(line)); err != nil {
+					failures.Add(1)
+					return
+				}
+				got, err := br.ReadString('\n')
+				if err != nil || got != line {
+					failures.Add(1)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if f := failures.Load(); f != 0 {
+		t.Fatalf("%d of %d connections failed", f, n)
+	}
+	s := sumStats(p.w)
+	if s.active != int64(2*n) {
+		t.Fatalf("active %d; want %d (each client and its backend)", s.active, 2*n)
+	}
+}
