@@ -124,9 +124,9 @@ func readSum(r io.Reader) (int64, [32]byte, error) {
 
 // Half-close orders for TestPipeBytesExact: who ends its side when.
 const (
-	bothAtOnce  = iota // both send at the same time, each ends when done
-	clientFirst        // the backend answers only after the client's end
-	backendFirst       // the client sends only after the backend's end
+	bothAtOnce   = iota // both send at the same time, each ends when done
+	clientFirst         // the backend answers only after the client's end
+	backendFirst        // the client sends only after the backend's end
 	orders
 )
 
