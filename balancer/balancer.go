@@ -1,0 +1,281 @@
+package balancer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/seed358e4494/herd"
+)
+
+// Defaults for the zero values of Balancer's fields.
+const (
+	DefaultConnectTimeout = 5 * time.Second
+	DefaultRetries        = 2
+	DefaultRise           = 2
+	DefaultFall           = 3
+	DefaultEjectFor       = 10 * time.Second
+	MaxWeight             = 10000
+)
+
+// Backend is a server the balancer forwards to.
+type Backend struct {
+	// Addr is "host:port" (tcp://, tcp4://, tcp6:// also), or
+	// unix:///path; see herd.Loop.Dial.
+	Addr string
+	// Weight is the backend's share relative to the others'; zero means
+	// 1. The algorithms that ignore weights say so.
+	Weight int
+}
+
+// Balancer forwards each connection a herd Worker accepts to one of its
+// Backends, chosen by Algorithm, and pipes the two together on the
+// client's loop (herd.Pipe: backpressure both ways, half-close and aborts
+// passed on). Configure it, then Attach it to a Worker before the Worker
+// runs; its fields must not change after.
+//
+// Faults: a backend that refuses or does not connect within
+// ConnectTimeout is counted against it, and the connection is tried on
+// another backend, up to Retries times; Fall failures in a row (connects
+// of proxied connections and active checks alike) mark the backend down.
+// A client for which no backend is left is closed at once. The Worker's
+// IdleTimeout closes a proxied connection in which neither side has
+// sent anything for that long (a backend that accepts and never answers).
+type Balancer struct {
+	Backends  []Backend
+	Algorithm Algorithm // zero: RoundRobin
+	// ConnectTimeout bounds each connect to a backend; zero means
+	// DefaultConnectTimeout.
+	ConnectTimeout time.Duration
+	// Retries is how many other backends a connection is tried on after a
+	// failed connect; zero means DefaultRetries, negative none.
+	Retries int
+	// Health configures active checks and ejection.
+	Health HealthCheck
+	// SlowStart, if set, is how long a backend that comes back up takes
+	// to reach its full weight: its weight grows from a tenth to whole
+	// over that time, so that a cold server is not flooded at once.
+	SlowStart time.Duration
+	// ProxyProtocol, 1 or 2, sends the PROXY protocol header of that
+	// version to each backend before the client's bytes, so that backends
+	// see the client's address; 0 sends none.
+	ProxyProtocol int
+	// Logger receives state changes (backend up and down) at Info; nil
+	// means slog.Default().
+	Logger *slog.Logger
+
+	mu       sync.Mutex // guards attached
+	attached bool
+	backends []*backend
+	picker   picker
+	retries  int
+	noServer atomic.Uint64 // clients closed because no backend was left
+	stop     context.CancelFunc
+	ctx      context.Context
+}
+
+// HealthCheck configures how backends are found up or down.
+type HealthCheck struct {
+	// Interval between active checks of each backend; zero means no
+	// active checks (then only failed connects of proxied connections
+	// mark a backend down, for EjectFor).
+	Interval time.Duration
+	// Timeout bounds one check; zero means Interval.
+	Timeout time.Duration
+	// Rise is how many checks in a row must pass to mark a down backend
+	// up, and Fall how many failures in a row mark it down; zero means
+	// DefaultRise and DefaultFall (HAProxy's).
+	Rise, Fall int
+	// HTTPPath, if set, makes each check an HTTP/1.0 GET of that path
+	// that must answer 2xx or 3xx; otherwise a check is a TCP connect.
+	HTTPPath string
+	// EjectFor is how long a backend marked down by failed connects stays
+	// down when there are no active checks; zero means DefaultEjectFor.
+	EjectFor time.Duration
+}
+
+// Attach makes w a balancer: it sets w's OnConnect and OnClose (and runs
+// the active checks on w's loop 0, from OnWorkerStart to OnWorkerStop,
+// wrapping those callbacks if w has them). It checks the configuration.
+func (b *Balancer) Attach(w *herd.Worker) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.attached {
+		return errors.New("balancer: already attached to a worker")
+	}
+	if len(b.Backends) == 0 {
+		return errors.New("balancer: no backends")
+	}
+	alg := b.Algorithm
+	if alg == "" {
+		alg = RoundRobin
+	}
+	p, err := newPicker(alg)
+	if err != nil {
+		return err
+	}
+	if b.ProxyProtocol < 0 || b.ProxyProtocol > 2 {
+		return fmt.Errorf("balancer: ProxyProtocol %d (want 0, 1 or 2)", b.ProxyProtocol)
+	}
+	h := &b.Health
+	if h.Interval < 0 || h.Timeout < 0 || h.Rise < 0 || h.Fall < 0 || b.ConnectTimeout < 0 || b.SlowStart < 0 {
+		return errors.New("balancer: durations and counts must not be negative")
+	}
+	b.picker = p
+	b.retries = b.Retries
+	if b.retries == 0 {
+		b.retries = DefaultRetries
+	}
+	b.backends = make([]*backend, len(b.Backends))
+	seen := map[string]bool{}
+	for i, cfg := range b.Backends {
+		if seen[cfg.Addr] {
+			return fmt.Errorf("balancer: backend %q listed twice", cfg.Addr)
+		}
+		seen[cfg.Addr] = true
+		if cfg.Weight < 0 || cfg.Weight > MaxWeight {
+			return fmt.Errorf("balancer: backend %q: weight %d (want 0 to %d)", cfg.Addr, cfg.Weight, MaxWeight)
+		}
+		be, err := b.newBackend(i, cfg)
+		if err != nil {
+			return err
+		}
+		b.backends[i] = be
+	}
+	b.ctx, b.stop = context.WithCancel(context.Background())
+	b.attached = true
+
+	w.OnConnect = b.onConnect
+	w.OnClose = b.onClose
+	start, stop := w.OnWorkerStart, w.OnWorkerStop
+	w.OnWorkerStart = func(l *herd.Loop) {
+		if start != nil {
+			start(l)
+		}
+		if l.Index() == 0 {
+			b.startChecks(l)
+		}
+	}
+	w.OnWorkerStop = func(l *herd.Loop) {
+		if l.Index() == 0 {
+			b.stop()
+		}
+		if stop != nil {
+			stop(l)
+		}
+	}
+	return nil
+}
+
+func (b *Balancer) logger() *slog.Logger {
+	if b.Logger != nil {
+		return b.Logger
+	}
+	return slog.Default()
+}
+
+// session is one client connection on its way to a backend.
+type session struct {
+	b       *Balancer
+	client  *herd.Conn
+	key     uint64
+	tried   []bool // by backend index
+	retries int
+	be      *backend   // the backend being dialed
+	dialing *herd.Conn // its connection, until it connects
+	piped   bool
+}
+
+func (s *session) ok(be *backend) bool {
+	return be.usable() && !s.tried[be.index]
+}
+
+func (b *Balancer) onConnect(client *herd.Conn) {
+	client.PauseRecv() // until a backend is connected: input waits in the kernel
+	s := &session{b: b, client: client, tried: make([]bool, len(b.backends))}
+	if a, ok := client.RemoteAddr().(*net.TCPAddr); ok {
+		s.key = hashAddr(a.IP)
+	}
+	client.SetContext(s)
+	b.next(s)
+}
+
+// onClose ends a session whose client left before it was piped.
+func (b *Balancer) onClose(client *herd.Conn) {
+	s, _ := client.Context().(*session)
+	if s != nil && !s.piped && s.dialing != nil {
+		s.dialing.Abort()
+	}
+}
+
+// next dials the session's next backend, or closes the client if none is
+// left.
+func (b *Balancer) next(s *session) {
+	be := b.picker.pick(b.backends, s.key, s.ok)
+	if be == nil {
+		b.noServer.Add(1)
+		s.client.Close()
+		return
+	}
+	s.tried[be.index] = true
+	s.be = be
+	be.active.Add(1)
+	c, err := s.client.Loop().Dial(b.ctx, be.addr, be.dialer)
+	if err != nil { // the address was checked at Attach
+		b.dialFailed(s, be, err)
+		return
+	}
+	s.dialing = c
+	c.SetContext(s)
+	if v := b.ProxyProtocol; v != 0 {
+		c.Write(appendProxyHeader(nil, v, s.client.RemoteAddr(), s.client.LocalAddr()))
+	}
+}
+
+// connected pipes a session's client to the backend it connected to.
+func (b *Balancer) connected(c *herd.Conn) {
+	s := c.Context().(*session)
+	be := s.be
+	be.connectOK()
+	s.dialing = nil
+	err := herd.Pipe(s.client, c, &herd.PipeOptions{
+		AToB:   &be.bytesIn,
+		BToA:   &be.bytesOut,
+		OnDone: func(uint64, uint64, bool) { be.active.Add(-1) },
+	})
+	if errors.Is(err, herd.ErrNotSameLoop) {
+		// Worker.Scale moved the client while this connected: dial again
+		// from where it is now (not the backend's fault).
+		c.Abort()
+		s.tried[be.index] = false
+		be.active.Add(-1)
+		s.client.Post(func() { b.next(s) })
+		return
+	}
+	be.total.Add(1)
+	s.piped = true
+	s.client.ResumeRecv()
+}
+
+// dialFailed counts a failed connect against its backend and tries the
+// session on another.
+func (b *Balancer) dialFailed(s *session, be *backend, err error) {
+	s.dialing = nil
+	be.active.Add(-1)
+	be.connectErrors.Add(1)
+	b.failed(be, err)
+	if s.client.Context() == nil {
+		return
+	}
+	if s.retries++; s.retries > b.retries {
+		b.noServer.Add(1)
+		s.client.Close()
+		return
+	}
+	b.next(s)
+}
