@@ -128,7 +128,7 @@ func (be *backend) state() State {
 type BackendStats struct {
 	Addr            string
 	Weight          int
-	EffectiveWeight int // Weight, less during slow start; 0 while down or draining
+	EffectiveWeight float64 // Weight, less during slow start; 0 while down or draining
 	State           State
 	Active          int64  // proxied connections open now (or connecting)
 	Total           uint64 // proxied connections it took (connected)
@@ -158,7 +158,7 @@ func (b *Balancer) Stats() Stats {
 		s.Backends = append(s.Backends, BackendStats{
 			Addr:            be.addr,
 			Weight:          be.weight,
-			EffectiveWeight: int(be.effWeight.Load()),
+			EffectiveWeight: float64(be.effWeight.Load()) / weightScale,
 			State:           be.state(),
 			Active:          be.active.Load(),
 			Total:           be.total.Load(),
