@@ -101,6 +101,7 @@ type connRare struct {
 	dial           *dialState    // set once, before flagDialed, for a connection the loop dialed
 	waiter         *Conn         // paused until this queue is low again (Pipe; under mu)
 	piped          *Conn         // the other connection of its Pipe (under mu)
+	kp             *kernelPipe   // bytes spliced for this connection, not yet written (Pipe with Splice; under mu)
 }
 
 // rareLocked returns c.rare, allocating it; under mu.
@@ -479,10 +480,20 @@ func (c *Conn) flush() (f flushResult, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	l := c.loop.Load()
-	if c.state.Load() == connClosed || c.q == nil {
+	kp := c.kernelPipeLocked()
+	if c.state.Load() == connClosed || (c.q == nil && kp == nil) {
 		return f, nil
 	}
-	n, err := c.q.writeTo(int(c.fd))
+	var n int
+	if kp != nil {
+		// What was spliced came before anything queued since.
+		n, err = kp.writeTo(int(c.fd))
+	}
+	if c.q != nil && err == nil && (kp == nil || kp.n == 0) {
+		var m int
+		m, err = c.q.writeTo(int(c.fd))
+		n += m
+	}
 	if n > 0 {
 		l.bytesOut.Add(uint64(n))
 		l.sendQueued.Add(-int64(n))
@@ -491,10 +502,12 @@ func (c *Conn) flush() (f flushResult, err error) {
 		c.brokenLocked()
 		return f, err
 	}
-	left := c.q.n
+	left := c.queuedLocked()
 	if left == 0 {
-		c.q.free()
-		c.q = nil
+		if c.q != nil {
+			c.q.free()
+			c.q = nil
+		}
 		if c.flags.Load()&flagWriteShut != 0 {
 			c.shutWriteLocked()
 		}
@@ -511,7 +524,7 @@ func (c *Conn) flush() (f flushResult, err error) {
 	if left < l.w.highWater() {
 		c.wakeWritersLocked()
 	}
-	if left <= l.w.lowWater() {
+	if left <= l.w.lowWater() && (kp == nil || kp.n == 0) {
 		f.waiter = c.takeWaiterLocked()
 	}
 	if c.bpPaused && left <= l.w.lowWater() {
@@ -546,6 +559,13 @@ func (c *Conn) dropQueueLocked() {
 		c.q.free()
 		c.q = nil
 	}
+	if kp := c.kernelPipeLocked(); kp != nil && kp.n > 0 {
+		// Its bytes cannot be taken back out: the pipe goes, not to the
+		// loop's pool (this may not be the loop's goroutine).
+		c.loop.Load().sendQueued.Add(-int64(kp.n))
+		c.rare.kp = nil
+		kp.close()
+	}
 }
 
 // updateInterestLocked tells the poller what the connection waits for now.
@@ -561,7 +581,7 @@ func (c *Conn) updateInterestLocked() {
 	// cannot make the final close reset the connection. Once the peer has
 	// ended its side there is nothing more to read.
 	read := !c.peerClosed && (st != connOpen || (!c.userPaused && !c.bpPaused && !c.drainStop && c.flags.Load()&flagLinkPaused == 0))
-	write := c.q != nil
+	write := c.q != nil || (c.rare != nil && c.rare.kp != nil && c.rare.kp.n > 0)
 	if read == c.readOn && write == c.writeOn {
 		return
 	}
@@ -575,10 +595,14 @@ func (c *Conn) updateInterestLocked() {
 
 // queuedLocked is the number of bytes waiting in the send queue.
 func (c *Conn) queuedLocked() int {
-	if c.q == nil {
-		return 0
+	n := 0
+	if c.q != nil {
+		n = c.q.n
 	}
-	return c.q.n
+	if c.rare != nil && c.rare.kp != nil {
+		n += c.rare.kp.n
+	}
+	return n
 }
 
 // SendQueueBytes is the number of bytes waiting in the send queue.
@@ -724,7 +748,7 @@ func (c *Conn) CloseWrite() {
 	c.closeNotify()
 	c.mu.Lock()
 	c.flags.Or(flagWriteShut)
-	if c.q == nil && c.flags.Load()&flagConnecting == 0 && c.state.Load() == connOpen {
+	if c.queuedLocked() == 0 && c.flags.Load()&flagConnecting == 0 && c.state.Load() == connOpen {
 		c.shutWriteLocked()
 	}
 	c.mu.Unlock()

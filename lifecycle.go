@@ -144,7 +144,14 @@ func (l *Loop) closeConn(c *Conn, err error) {
 	c.state.Store(connClosed)
 	c.wakeWritersLocked()
 	waiter := c.takeWaiterLocked()
+	kp := c.kernelPipeLocked()
+	if kp != nil {
+		c.rare.kp = nil
+	}
 	c.mu.Unlock()
+	if kp != nil {
+		l.putPipe(kp)
+	}
 	if waiter != nil {
 		l.unlink(waiter) // it waits for this queue no more
 	}

@@ -35,9 +35,10 @@ type Loop struct {
 	conns    []*Conn     // by descriptor
 	nconns   int
 	readBuf  []byte
-	plainBuf []byte      // TLS plaintext, made on first use
-	pkt      Packet      // the one OnPacket is running for
-	dg       *dgramBatch // udp:// buffers (Linux: recvmmsg, sendmmsg), made on first use
+	plainBuf []byte        // TLS plaintext, made on first use
+	pipes    []*kernelPipe // empty kernel pipes kept for Pipe's splicing
+	pkt      Packet        // the one OnPacket is running for
+	dg       *dgramBatch   // udp:// buffers (Linux: recvmmsg, sendmmsg), made on first use
 	events   []poll.Event
 	timers   timerHeap
 	now      time.Time
@@ -66,11 +67,11 @@ type Loop struct {
 
 	// Counters, written by the loop (and by Send for the output ones) and
 	// read by Stats.
-	accepted, closedConns, messagesIn, bytesIn, bytesOut, wakeups, emptyAccepts, dropped, droppedFull, oversize, tlsHandshakes, tlsFailed, dialed, dialFailed atomic.Uint64
-	active, sendQueued, busyNanos                                                                                                                             atomic.Int64
-	exitedAt                                                                                                                                                  atomic.Int64 // unix nanoseconds when run ended; 0 while it runs
-	started                                                                                                                                                   time.Time    // set before the loop goroutine starts
-	_                                                                                                                                                         [64]byte     // keep loops' counters off each other's cache lines
+	accepted, closedConns, messagesIn, bytesIn, bytesOut, wakeups, emptyAccepts, dropped, droppedFull, oversize, tlsHandshakes, tlsFailed, dialed, dialFailed, spliced atomic.Uint64
+	active, sendQueued, busyNanos                                                                                                                                      atomic.Int64
+	exitedAt                                                                                                                                                           atomic.Int64 // unix nanoseconds when run ended; 0 while it runs
+	started                                                                                                                                                            time.Time    // set before the loop goroutine starts
+	_                                                                                                                                                                  [64]byte     // keep loops' counters off each other's cache lines
 }
 
 type taskKind uint8
@@ -192,6 +193,7 @@ func (l *Loop) hasTasks() bool { return l.pending.Load() }
 func (l *Loop) run() {
 	defer close(l.exited)
 	defer func() { l.exitedAt.Store(time.Now().UnixNano()) }()
+	defer l.closePipes()
 	if l.w.LockOSThread {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
@@ -422,6 +424,9 @@ func (l *Loop) read(c *Conn, failed bool) {
 		// input before it has been delivered. (A failed socket is read:
 		// the poller reports it even when it watches nothing, and its
 		// peer is gone.)
+		return
+	}
+	if e, ok := c.h.(*pipeEnd); ok && e.splice && st == connOpen && l.spliceRead(c, e) {
 		return
 	}
 	n, err := readFd(int(c.fd), l.readBuf)

@@ -18,6 +18,13 @@ type PipeOptions struct {
 	// bytes forwarded each way, and clean true if both peers ended their
 	// streams (nothing was cut short by a reset, an error or a close).
 	OnDone func(aToB, bToA uint64, clean bool)
+	// Splice moves the bytes with splice(2) through a kernel pipe per
+	// direction, without copying them through user space (Linux; ignored
+	// elsewhere and for TLS connections). It costs two descriptors per
+	// direction while bytes are in flight (empty pipes are pooled per
+	// loop), and pays off for bulk transfers more than for small messages:
+	// see bench/README.md.
+	Splice bool
 }
 
 // ErrNotSameLoop is returned by Pipe for connections on different loops.
@@ -54,8 +61,9 @@ func Pipe(a, b *Conn, o *PipeOptions) error {
 	if o != nil {
 		p.opt = *o
 	}
-	p.a = pipeEnd{p: p, other: b, count: p.opt.AToB}
-	p.b = pipeEnd{p: p, other: a, count: p.opt.BToA}
+	splice := p.opt.Splice && spliceSupported && a.tlsOf() == nil && b.tlsOf() == nil
+	p.a = pipeEnd{p: p, other: b, count: p.opt.AToB, splice: splice}
+	p.b = pipeEnd{p: p, other: a, count: p.opt.BToA, splice: splice}
 	if p.a.count == nil {
 		p.a.count = new(atomic.Uint64)
 	}
@@ -98,11 +106,12 @@ type pipe struct {
 // pipeEnd is the Handler of one connection of a pipe: it forwards to
 // other.
 type pipeEnd struct {
-	p     *pipe
-	other *Conn
-	count *atomic.Uint64
-	n     uint64 // bytes forwarded from this end
-	ended bool   // this connection's peer ended its stream
+	p      *pipe
+	other  *Conn
+	count  *atomic.Uint64
+	n      uint64 // bytes forwarded from this end
+	ended  bool   // this connection's peer ended its stream
+	splice bool   // move the bytes with splice(2)
 }
 
 func (e *pipeEnd) OnData(c *Conn, data []byte) {
@@ -157,7 +166,8 @@ func (c *Conn) waitFor(dst *Conn) {
 	c.updateInterestLocked()
 	c.mu.Unlock()
 	dst.mu.Lock()
-	wait := dst.state.Load() != connClosed && dst.queuedLocked() > dst.loop.Load().w.lowWater()
+	kp := dst.kernelPipeLocked()
+	wait := dst.state.Load() != connClosed && (dst.queuedLocked() > dst.loop.Load().w.lowWater() || (kp != nil && kp.n > 0))
 	if wait {
 		dst.rareLocked().waiter = c
 	}
@@ -175,6 +185,15 @@ func (c *Conn) pipedTo() *Conn {
 		return nil
 	}
 	return c.rare.piped
+}
+
+// kernelPipeLocked is the kernel pipe holding bytes spliced for c, or nil;
+// under mu.
+func (c *Conn) kernelPipeLocked() *kernelPipe {
+	if c.rare == nil {
+		return nil
+	}
+	return c.rare.kp
 }
 
 // takeWaiterLocked returns the connection waiting for this one's queue to

@@ -31,7 +31,7 @@ type pipeResult struct {
 	clean      bool
 }
 
-func startPipeProxy(t *testing.T, backend string, count int) *pipeProxy {
+func startPipeProxy(t *testing.T, backend string, count int, splice bool) *pipeProxy {
 	t.Helper()
 	p := &pipeProxy{done: make(chan pipeResult, 4096), backend: backend}
 	w := &Worker{Addr: "tcp://127.0.0.1:0", Count: count}
@@ -39,7 +39,7 @@ func startPipeProxy(t *testing.T, backend string, count int) *pipeProxy {
 		client.PauseRecv() // until the backend is there: its input waits in the kernel
 		d := &Dialer{
 			OnConnect: func(b *Conn) {
-				if err := Pipe(client, b, &PipeOptions{OnDone: func(ab, ba uint64, clean bool) {
+				if err := Pipe(client, b, &PipeOptions{Splice: splice, OnDone: func(ab, ba uint64, clean bool) {
 					p.done <- pipeResult{ab, ba, clean}
 				}}); err != nil {
 					t.Errorf("Pipe: %v", err)
@@ -133,7 +133,9 @@ const (
 // TestPipeBytesExact sends 100 MB each way through piped connections (25
 // MB each way on each of 4; 4 MB in -short), in random half-close orders,
 // and checks every byte, each pipe's counts and that each ended clean.
-func TestPipeBytesExact(t *testing.T) {
+func TestPipeBytesExact(t *testing.T) { bothWays(t, testPipeBytesExact) }
+
+func testPipeBytesExact(t *testing.T, splice bool) {
 	size, conns := 25<<20, 4
 	if testing.Short() {
 		size = 1 << 20
@@ -175,7 +177,7 @@ func TestPipeBytesExact(t *testing.T) {
 		}
 		wg.Wait()
 	})
-	p := startPipeProxy(t, ln.Addr().String(), 2)
+	p := startPipeProxy(t, ln.Addr().String(), 2, splice)
 	var wg sync.WaitGroup
 	clientGot := make([]got, conns)
 	for i := 0; i < conns; i++ {
@@ -234,19 +236,30 @@ func TestPipeBytesExact(t *testing.T) {
 		}
 	}
 	waitFor(t, 5*time.Second, "no connection left", func() bool { return sumStats(p.w).active == 0 })
+	var spliced, in uint64
+	for _, l := range p.w.Stats().Loops {
+		spliced += l.Spliced
+		in += l.BytesIn
+	}
+	t.Logf("spliced %d of %d bytes read", spliced, in)
+	if splice && spliced < in*9/10 || !splice && spliced != 0 {
+		t.Fatalf("spliced %d of %d bytes read (splice %v)", spliced, in, splice)
+	}
 }
 
 // TestPipeStalledClient: a client that reads nothing while the backend
 // streams 64 MB; the proxy holds a bounded amount (its high mark and a
 // read or two), then delivers everything once the client reads.
-func TestPipeStalledClient(t *testing.T) {
+func TestPipeStalledClient(t *testing.T) { bothWays(t, testPipeStalledClient) }
+
+func testPipeStalledClient(t *testing.T, splice bool) {
 	const size = 64 << 20
 	ln := serveEach(t, func(c *net.TCPConn) {
 		writeStream(c, 7, size)
 		c.CloseWrite()
 		io.Copy(io.Discard, c)
 	})
-	p := startPipeProxy(t, ln.Addr().String(), 1)
+	p := startPipeProxy(t, ln.Addr().String(), 1, splice)
 	c := p.dialSmallBufs(t, 64<<10)
 	time.Sleep(300 * time.Millisecond) // the client reads nothing
 	var peak int64
@@ -272,14 +285,16 @@ func TestPipeStalledClient(t *testing.T) {
 // TestPipeAbortPassesOn: a backend that resets mid-stream resets the
 // client's connection (it is not left open, nor ended as if whole); and a
 // client that resets resets the backend's.
-func TestPipeAbortPassesOn(t *testing.T) {
+func TestPipeAbortPassesOn(t *testing.T) { bothWays(t, testPipeAbortPassesOn) }
+
+func testPipeAbortPassesOn(t *testing.T, splice bool) {
 	t.Run("backend resets", func(t *testing.T) {
 		ln := serveEach(t, func(c *net.TCPConn) {
 			writeStream(c, 1, 1<<20)
 			time.Sleep(50 * time.Millisecond)
 			c.SetLinger(0) // close with a reset
 		})
-		p := startPipeProxy(t, ln.Addr().String(), 1)
+		p := startPipeProxy(t, ln.Addr().String(), 1, splice)
 		c := p.dial(t)
 		n, _, err := readSum(c)
 		if !isReset(err) {
@@ -298,7 +313,7 @@ func TestPipeAbortPassesOn(t *testing.T) {
 			_, _, err := readSum(c)
 			backendErr <- err
 		})
-		p := startPipeProxy(t, ln.Addr().String(), 1)
+		p := startPipeProxy(t, ln.Addr().String(), 1, splice)
 		c := p.dial(t)
 		c.Write(make([]byte, 1000))
 		time.Sleep(50 * time.Millisecond)
@@ -314,7 +329,7 @@ func TestPipeAbortPassesOn(t *testing.T) {
 		}
 	})
 	t.Run("backend refuses", func(t *testing.T) {
-		p := startPipeProxy(t, refusedAddr(t), 1)
+		p := startPipeProxy(t, refusedAddr(t), 1, splice)
 		start := time.Now()
 		// The reset may come before the client's connect has been
 		// reported done: then the dial fails with it.
@@ -335,13 +350,15 @@ func TestPipeAbortPassesOn(t *testing.T) {
 
 // TestPipeConcurrent: 1,000 proxied connections at once, each echoing 10
 // lines through the pipe.
-func TestPipeConcurrent(t *testing.T) {
+func TestPipeConcurrent(t *testing.T) { bothWays(t, testPipeConcurrent) }
+
+func testPipeConcurrent(t *testing.T, splice bool) {
 	n := 1000
 	if testing.Short() {
 		n = 100
 	}
 	ln := lineEchoServer(t, "tcp", "127.0.0.1:0")
-	p := startPipeProxy(t, ln.Addr().String(), 2)
+	p := startPipeProxy(t, ln.Addr().String(), 2, splice)
 	var wg sync.WaitGroup
 	var failures atomic.Int32
 	conns := make([]net.Conn, n)
@@ -381,4 +398,15 @@ func TestPipeConcurrent(t *testing.T) {
 	if s.active != int64(2*n) {
 		t.Fatalf("active %d; want %d (each client and its backend)", s.active, 2*n)
 	}
+}
+
+// bothWays runs a Pipe test copying and splicing.
+func bothWays(t *testing.T, f func(t *testing.T, splice bool)) {
+	t.Run("copy", func(t *testing.T) { f(t, false) })
+	t.Run("splice", func(t *testing.T) {
+		if !spliceSupported {
+			t.Skip("no splice(2) here")
+		}
+		f(t, true)
+	})
 }

@@ -71,6 +71,9 @@ type LoopStats struct {
 	// MaxPackageSize, or not one whole message of the Protocol. Datagrams a
 	// reply could not send count in Dropped.
 	Oversize uint64
+	// Spliced counts the bytes Pipe moved with splice(2) (PipeOptions.Splice),
+	// which BytesIn counts too.
+	Spliced uint64
 	// TLSHandshakes and TLSFailed count the TLS handshakes that completed
 	// and the TLS connections that failed (a bad handshake or record).
 	TLSHandshakes, TLSFailed uint64
@@ -143,6 +146,7 @@ func (l *Loop) stats() LoopStats {
 		Dropped:        l.dropped.Load(),
 		DroppedFull:    full,
 		Oversize:       l.oversize.Load(),
+		Spliced:        l.spliced.Load(),
 		TLSHandshakes:  l.tlsHandshakes.Load(),
 		TLSFailed:      l.tlsFailed.Load(),
 		ThreadSwitches: l.threadSwitches(),

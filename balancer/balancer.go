@@ -61,6 +61,9 @@ type Balancer struct {
 	// to reach its full weight: its weight grows from a tenth to whole
 	// over that time, so that a cold server is not flooded at once.
 	SlowStart time.Duration
+	// Splice forwards with splice(2), through kernel pipes, without
+	// copying the bytes through user space (Linux; see herd.PipeOptions).
+	Splice bool
 	// ProxyProtocol, 1 or 2, sends the PROXY protocol header of that
 	// version to each backend before the client's bytes, so that backends
 	// see the client's address; 0 sends none.
@@ -244,6 +247,7 @@ func (b *Balancer) connected(c *herd.Conn) {
 	be.connectOK()
 	s.dialing = nil
 	err := herd.Pipe(s.client, c, &herd.PipeOptions{
+		Splice: b.Splice,
 		AToB:   &be.bytesIn,
 		BToA:   &be.bytesOut,
 		OnDone: func(uint64, uint64, bool) { be.active.Add(-1) },

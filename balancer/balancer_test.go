@@ -411,10 +411,15 @@ func TestDrainKeepsOpenConnections(t *testing.T) {
 }
 
 // TestProxyProtocol: backends get the client's address in a PROXY header
-// (v1 and v2) before the client's bytes.
+// (v1 and v2) before the client's bytes, copying or splicing (the header
+// is queued before the splicing starts, and must stay first).
 func TestProxyProtocol(t *testing.T) {
-	for _, v := range []int{1, 2} {
-		t.Run("v"+strconv.Itoa(v), func(t *testing.T) {
+	for _, tc := range []struct {
+		v      int
+		splice bool
+	}{{1, false}, {2, false}, {1, true}, {2, true}} {
+		v := tc.v
+		t.Run(fmt.Sprintf("v%d/splice=%v", v, tc.splice), func(t *testing.T) {
 			got := make(chan string, 1)
 			tb := startBackend(t, func(c *net.TCPConn) {
 				br := bufio.NewReader(c)
@@ -437,7 +442,7 @@ func TestProxyProtocol(t *testing.T) {
 				rest, _ := br.ReadString('\n')
 				got <- src + " " + rest
 			})
-			addr := runBalancer(t, &Balancer{Backends: []Backend{{Addr: tb.addr}}, ProxyProtocol: v}, nil)
+			addr := runBalancer(t, &Balancer{Backends: []Backend{{Addr: tb.addr}}, ProxyProtocol: v, Splice: tc.splice}, nil)
 			c, err := net.Dial("tcp", addr)
 			if err != nil {
 				t.Fatal(err)

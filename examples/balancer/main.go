@@ -58,6 +58,7 @@ type config struct {
 	Fall           int                `json:"fall"`
 	SlowStart      duration           `json:"slow_start"`
 	ProxyProtocol  int                `json:"proxy_protocol"`
+	Splice         bool               `json:"splice"`
 }
 
 // duration is a time.Duration written as "2s" in JSON.
@@ -113,6 +114,7 @@ func parse(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&flagged.Fall, "fall", 0, "failures in a row to mark it down (0: 3)")
 	fs.Func("slow-start", "time a backend back up takes to reach its weight", durationFlag(&flagged.SlowStart))
 	fs.IntVar(&flagged.ProxyProtocol, "proxy-protocol", 0, "send a PROXY protocol header of this version (1 or 2)")
+	fs.BoolVar(&flagged.Splice, "splice", false, "forward with splice(2), without copying (Linux)")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -148,6 +150,7 @@ func parse(args []string, stderr io.Writer) (config, error) {
 	set("fall", func() { cfg.Fall = flagged.Fall })
 	set("slow-start", func() { cfg.SlowStart = flagged.SlowStart })
 	set("proxy-protocol", func() { cfg.ProxyProtocol = flagged.ProxyProtocol })
+	set("splice", func() { cfg.Splice = flagged.Splice })
 	if len(cfg.Backends) == 0 {
 		return cfg, errors.New("no backends: give -backend (or backends in -config)")
 	}
@@ -181,6 +184,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		},
 		SlowStart:     time.Duration(cfg.SlowStart),
 		ProxyProtocol: cfg.ProxyProtocol,
+		Splice:        cfg.Splice,
 		Logger:        logger,
 	}
 	w := &herd.Worker{Name: "balancer", Addr: cfg.Listen, Count: cfg.Count, ReusePort: cfg.ReusePort,

@@ -61,7 +61,7 @@ func TestProxies(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"-listen", "127.0.0.1:0", "-count", "2", "-backend", b1, "-backend", b2 + ",weight=3",
-			"-algorithm", "weighted", "-check-interval", "50ms"}, &out, io.Discard)
+			"-algorithm", "weighted", "-check-interval", "50ms", "-splice"}, &out, io.Discard)
 	}()
 	var addr string
 	for deadline := time.Now().Add(10 * time.Second); addr == ""; time.Sleep(10 * time.Millisecond) {
