@@ -152,11 +152,7 @@ func (l *Loop) dial(ds *dialState) *Conn {
 	c.loop.Store(l)
 	c.rareLocked().dial = ds
 	c.flags.Store(flagDialed | flagConnecting)
-	resolved := func(sa unix.Sockaddr, err error) {
-		if !c.post(task{kind: taskFunc, c: c, f: func() { c.loop.Load().connect(c, sa, err) }}) {
-			l.w.logger().Debug("herd: dial after the worker stopped", "addr", ds.addr())
-		}
-	}
+	resolved := func(sa unix.Sockaddr, err error) { postConnect(c, sa, err) }
 	if ds.network == "unix" {
 		resolved(&unix.SockaddrUnix{Name: ds.path}, nil)
 		return c
@@ -202,6 +198,12 @@ func inetSockaddr(ip netip.Addr, port, network string) (unix.Sockaddr, error) {
 
 // connect starts the non-blocking connect, on the connection's loop.
 func (l *Loop) connect(c *Conn, sa unix.Sockaddr, err error) {
+	if l.heirs != nil {
+		// The loop is leaving (Scale): the connection starts on an heir.
+		c.loop.Store(leastActive(l.heirs))
+		postConnect(c, sa, err)
+		return
+	}
 	ds := c.rare.dial
 	l.dialed.Add(1)
 	l.active.Add(1)
@@ -256,6 +258,25 @@ func (l *Loop) armConnectTimeout(c *Conn) {
 			l.closeConn(c, os.NewSyscallError("connect", unix.ETIMEDOUT))
 		}
 	})
+}
+
+// postConnect has the connection's loop start its connect. A loop that
+// has left (Scale) takes no more tasks: then one of its heirs does. Once
+// the worker has stopped, the dial is dropped (nothing could serve it).
+func postConnect(c *Conn, sa unix.Sockaddr, err error) {
+	for {
+		if c.post(task{kind: taskFunc, c: c, f: func() { c.loop.Load().connect(c, sa, err) }}) {
+			return
+		}
+		// A refused post saw the loop closed under its task lock, after
+		// leave set heirs: reading them here is safe.
+		l := c.loop.Load()
+		if l.heirs == nil {
+			l.w.logger().Debug("herd: dial after the worker stopped", "addr", c.rare.dial.addr())
+			return
+		}
+		c.loop.Store(leastActive(l.heirs))
+	}
 }
 
 // connectSocket opens a non-blocking socket and starts connecting it.
@@ -371,7 +392,7 @@ func (l *Loop) dialEnded(c *Conn, connected bool, err error) {
 		}
 	}
 	b := ds.d.Reconnect
-	if b.Initial <= 0 || c.flags.Load()&flagSelfEnd != 0 || ds.ctx.Err() != nil || l.draining {
+	if b.Initial <= 0 || c.flags.Load()&flagSelfEnd != 0 || ds.ctx.Err() != nil || (l.draining && l.heirs == nil) {
 		return
 	}
 	if connected && time.Duration(l.now.UnixNano()-ds.upSince) >= b.Max {
@@ -379,10 +400,15 @@ func (l *Loop) dialEnded(c *Conn, connected bool, err error) {
 	}
 	wait := b.delay(ds.attempt)
 	next := &dialState{d: ds.d, ctx: ds.ctx, network: ds.network, host: ds.host, port: ds.port, path: ds.path, attempt: ds.attempt + 1}
-	l.AfterFunc(wait, func() {
-		if ds.ctx.Err() == nil && !l.draining {
-			l.dial(next)
-		}
+	if l.heirs != nil {
+		l = leastActive(l.heirs) // this loop is leaving (Scale)
+	}
+	l.Post(func() {
+		l.AfterFunc(wait, func() {
+			if ds.ctx.Err() == nil && !(l.draining && l.heirs == nil) {
+				l.dial(next)
+			}
+		})
 	})
 }
 

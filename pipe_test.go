@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -37,11 +38,20 @@ func startPipeProxy(t *testing.T, backend string, count int, splice bool) *pipeP
 	w := &Worker{Addr: "tcp://127.0.0.1:0", Count: count}
 	w.OnConnect = func(client *Conn) {
 		client.PauseRecv() // until the backend is there: its input waits in the kernel
+		var dial func()
 		d := &Dialer{
 			OnConnect: func(b *Conn) {
-				if err := Pipe(client, b, &PipeOptions{Splice: splice, OnDone: func(ab, ba uint64, clean bool) {
+				err := Pipe(client, b, &PipeOptions{Splice: splice, OnDone: func(ab, ba uint64, clean bool) {
 					p.done <- pipeResult{ab, ba, clean}
-				}}); err != nil {
+				}})
+				switch {
+				case errors.Is(err, ErrNotSameLoop):
+					// Scale moved the client while this connected: dial
+					// again from its loop.
+					b.Abort()
+					client.Post(dial)
+					return
+				case err != nil:
 					t.Errorf("Pipe: %v", err)
 				}
 				client.ResumeRecv()
@@ -51,7 +61,8 @@ func startPipeProxy(t *testing.T, backend string, count int, splice bool) *pipeP
 				client.reset()
 			},
 		}
-		client.Loop().Dial(context.Background(), p.backend, d)
+		dial = func() { client.Loop().Dial(context.Background(), p.backend, d) }
+		dial()
 	}
 	p.running = startWorker(t, w)
 	return p
@@ -398,6 +409,41 @@ func testPipeConcurrent(t *testing.T, splice bool) {
 	if s.active != int64(2*n) {
 		t.Fatalf("active %d; want %d (each client and its backend)", s.active, 2*n)
 	}
+}
+
+// TestPipeScale: Worker.Scale while short proxied connections churn and
+// long ones exchange lines: nothing fails, and every pipe that ended
+// ended clean.
+func TestPipeScale(t *testing.T) { bothWays(t, testPipeScale) }
+
+func testPipeScale(t *testing.T, splice bool) {
+	ln := lineEchoServer(t, "tcp", "127.0.0.1:0")
+	p := startPipeProxy(t, ln.Addr().String(), 4, splice)
+	ch := startChurn(p.addr, 50, 50)
+	defer ch.end()
+	waitFor(t, 5*time.Second, "traffic", func() bool { return ch.messages.Load() > 500 })
+	for _, n := range []int{1, 3, 2} {
+		before := ch.messages.Load()
+		ctx, cancel := contextWithTimeout(10 * time.Second)
+		err := p.w.Scale(ctx, n)
+		cancel()
+		if err != nil {
+			t.Fatalf("Scale(%d): %v", n, err)
+		}
+		waitFor(t, 5*time.Second, "traffic after Scale", func() bool { return ch.messages.Load() > before+500 })
+	}
+	for _, err := range ch.end() {
+		t.Error(err)
+	}
+	if f := p.failed.Load(); f != 0 {
+		t.Errorf("%d dials failed", f)
+	}
+	for len(p.done) > 0 {
+		if r := <-p.done; !r.clean {
+			t.Errorf("a pipe ended unclean: %+v", r)
+		}
+	}
+	t.Logf("short proxied connections %d, keep-alive lines %d", ch.short.Load(), ch.messages.Load())
 }
 
 // bothWays runs a Pipe test copying and splicing.
