@@ -373,3 +373,34 @@ func TestDialUnixMissing(t *testing.T) {
 		t.Fatalf("error %v: want ENOENT naming %s", err, path)
 	}
 }
+
+// FuzzParseDialAddr: any address is parsed or refused with an error that
+// says herd: dial; what is accepted names a known network and, for TCP, a
+// host and port that join back into what was split.
+func FuzzParseDialAddr(f *testing.F) {
+	for _, a := range []string{"127.0.0.1:80", "tcp://[::1]:9000", "tcp4://localhost:http", "unix:///tmp/x.sock", "udp://1.2.3.4:5", "tcp://:80", "[::1%lo]:1"} {
+		f.Add(a)
+	}
+	f.Fuzz(func(t *testing.T, addr string) {
+		network, host, port, path, err := parseDialAddr(addr)
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "herd: dial ") {
+				t.Fatalf("error %q", err)
+			}
+			return
+		}
+		switch network {
+		case "unix":
+			if path == "" {
+				t.Fatalf("%q: unix with no path", addr)
+			}
+		case "tcp", "tcp4", "tcp6":
+			h, p, err := net.SplitHostPort(net.JoinHostPort(host, port))
+			if host == "" || err != nil || h != host || p != port {
+				t.Fatalf("%q: host %q port %q do not join back (%v)", addr, host, port, err)
+			}
+		default:
+			t.Fatalf("%q: network %q", addr, network)
+		}
+	})
+}

@@ -7,6 +7,7 @@ package balancer
 
 import (
 	"bytes"
+	"fmt"
 	"time"
 
 	"github.com/seed358e4494/herd"
@@ -174,20 +175,34 @@ func (c *check) connected(conn *herd.Conn) {
 // message reads the status line of the check's HTTP answer.
 func (c *check) message(_ *herd.Conn, data []byte) {
 	c.resp = append(c.resp, data...)
-	line, _, found := bytes.Cut(c.resp, []byte("\r\n"))
-	switch {
-	case found:
-		// "HTTP/1.x NNN reason"
-		ok := len(line) >= 12 && bytes.HasPrefix(line, []byte("HTTP/1.")) && line[8] == ' ' && (line[9] == '2' || line[9] == '3')
-		if ok {
-			c.end(true, nil)
-		} else {
-			c.end(false, &checkError{string(line)})
-		}
-	case len(c.resp) > 4096:
-		c.end(false, &checkError{"no status line in the first 4096 bytes"})
+	if done, err := checkStatus(c.resp); done {
+		c.end(err == nil, err)
 	}
 }
+
+// maxStatusLine bounds what a check reads of an answer looking for its
+// status line.
+const maxStatusLine = 4096
+
+// checkStatus reads an HTTP answer's status line from the start of resp:
+// done once it is complete (or cannot be), with nil for 2xx and 3xx.
+func checkStatus(resp []byte) (done bool, err error) {
+	line, _, found := bytes.Cut(resp, []byte("\r\n"))
+	switch {
+	case found:
+		// "HTTP/1.x NNN reason", the reason possibly empty.
+		if len(line) >= 12 && bytes.HasPrefix(line, []byte("HTTP/1.")) && line[8] == ' ' &&
+			(line[9] == '2' || line[9] == '3') && isDigit(line[10]) && isDigit(line[11]) && (len(line) == 12 || line[12] == ' ') {
+			return true, nil
+		}
+		return true, &checkError{fmt.Sprintf("answered %.80q", line)}
+	case len(resp) > maxStatusLine:
+		return true, &checkError{"no status line in the first 4096 bytes"}
+	}
+	return false, nil
+}
+
+func isDigit(b byte) bool { return '0' <= b && b <= '9' }
 
 func (c *check) closed(*herd.Conn) {
 	c.end(false, &checkError{"closed without an answer"})

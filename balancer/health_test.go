@@ -1,0 +1,52 @@
+package balancer
+
+import (
+	"bytes"
+	"testing"
+)
+
+func TestCheckStatus(t *testing.T) {
+	for _, tc := range []struct {
+		resp       string
+		done, pass bool
+	}{
+		{"HTTP/1.1 200 OK\r\n", true, true},
+		{"HTTP/1.0 204\r\n", true, true},
+		{"HTTP/1.1 302 Found\r\nLocation: /\r\n", true, true},
+		{"HTTP/1.1 503 Service Unavailable\r\n", true, false},
+		{"HTTP/1.1 404 Not Found\r\n", true, false},
+		{"HTTP/1.1 2xx OK\r\n", true, false},
+		{"HTTP/1.1 2000 OK\r\n", true, false},
+		{"SSH-2.0-OpenSSH\r\n", true, false},
+		{"HTTP/1.1 200 OK", false, false},
+		{"", false, false},
+	} {
+		done, err := checkStatus([]byte(tc.resp))
+		if done != tc.done || (done && (err == nil) != tc.pass) {
+			t.Errorf("checkStatus(%q) = %v, %v; want done %v, pass %v", tc.resp, done, err, tc.done, tc.pass)
+		}
+	}
+	if done, err := checkStatus(bytes.Repeat([]byte("x"), maxStatusLine+1)); !done || err == nil {
+		t.Errorf("an answer with no line end: %v, %v", done, err)
+	}
+}
+
+// FuzzCheckStatus: any answer is either waited on (and then short) or
+// judged; only a well-formed 2xx or 3xx status line passes.
+func FuzzCheckStatus(f *testing.F) {
+	f.Add([]byte("HTTP/1.1 200 OK\r\n"))
+	f.Add([]byte("HTTP/1.0 503\r\n"))
+	f.Add([]byte("HTTP/1.1 2"))
+	f.Fuzz(func(t *testing.T, resp []byte) {
+		done, err := checkStatus(resp)
+		if !done && len(resp) > maxStatusLine {
+			t.Fatalf("waits for more after %d bytes", len(resp))
+		}
+		if done && err == nil {
+			line, _, _ := bytes.Cut(resp, []byte("\r\n"))
+			if !bytes.HasPrefix(line, []byte("HTTP/1.")) || (line[9] != '2' && line[9] != '3') {
+				t.Fatalf("passed %q", line)
+			}
+		}
+	})
+}
