@@ -22,6 +22,12 @@
 //	herd_loop_dropped_messages_total       counter, label reason: full (the send queue was full), closed (sent to a closing connection)
 //	herd_loop_busy_seconds_total           counter: time spent working; its rate is the loop's load, the figure to scale on
 //	herd_loop_oversize_datagrams_total     counter: udp:// datagrams dropped on receipt (over MaxPackageSize, or not one message)
+//	herd_loop_connections_dialed_total     counter: outbound connections (Loop.Dial)
+//	herd_loop_dial_failures_total          counter: outbound connections that never connected
+//	herd_loop_spliced_bytes_total          counter: bytes Pipe moved with splice(2)
+//
+// A balancer's per-backend figures have a collector of their own,
+// BalancerCollector.
 //
 // Per worker (label worker): herd_worker_loops (the loops serving now),
 // herd_worker_loops_added_total and herd_worker_loops_removed_total
@@ -69,6 +75,9 @@ var (
 	descQueued     = prometheus.NewDesc("herd_loop_send_queue_bytes", "Bytes waiting in the loop's send queues.", loopLabels, nil)
 	descDropped    = prometheus.NewDesc("herd_loop_dropped_messages_total", "Messages not sent, by reason: full (send queue full), closed (connection closing).", append(loopLabels, "reason"), nil)
 	descBusy       = prometheus.NewDesc("herd_loop_busy_seconds_total", "Time the loop spent handling events, tasks and timers.", loopLabels, nil)
+	descDialed     = prometheus.NewDesc("herd_loop_connections_dialed_total", "Outbound connections the loop dialed (Loop.Dial).", loopLabels, nil)
+	descDialFailed = prometheus.NewDesc("herd_loop_dial_failures_total", "Outbound connections that never connected.", loopLabels, nil)
+	descSpliced    = prometheus.NewDesc("herd_loop_spliced_bytes_total", "Bytes Pipe moved with splice(2).", loopLabels, nil)
 	descOversize   = prometheus.NewDesc("herd_loop_oversize_datagrams_total", "Datagrams (udp://) dropped on receipt: over MaxPackageSize, or not one whole message.", loopLabels, nil)
 	descLoops      = prometheus.NewDesc("herd_worker_loops", "Event loops serving now.", workerLabels, nil)
 	descAdded      = prometheus.NewDesc("herd_worker_loops_added_total", "Loops Scale started.", workerLabels, nil)
@@ -76,7 +85,7 @@ var (
 	descRejected   = prometheus.NewDesc("herd_worker_connections_rejected_total", "Connections closed at once because MaxConns was reached.", workerLabels, nil)
 	descAccFair    = prometheus.NewDesc("herd_worker_accept_fairness", "Jain's index of accepted connections over the loops (1: even).", workerLabels, nil)
 	descMsgFair    = prometheus.NewDesc("herd_worker_message_fairness", "Jain's index of messages over the loops (1: even).", workerLabels, nil)
-	allDescs       = []*prometheus.Desc{descAccepted, descClosed, descActive, descMessages, descBytesIn, descBytesOut, descWakeups, descEmpty, descQueued, descDropped, descBusy, descOversize, descLoops, descAdded, descRemoved, descRejected, descAccFair, descMsgFair}
+	allDescs       = []*prometheus.Desc{descAccepted, descClosed, descActive, descMessages, descBytesIn, descBytesOut, descWakeups, descEmpty, descQueued, descDropped, descBusy, descOversize, descDialed, descDialFailed, descSpliced, descLoops, descAdded, descRemoved, descRejected, descAccFair, descMsgFair}
 	counter, gauge = prometheus.CounterValue, prometheus.GaugeValue
 )
 
@@ -109,6 +118,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			m(descDropped, counter, float64(l.Dropped-min(l.DroppedFull, l.Dropped)), "closed")
 			m(descBusy, counter, l.Busy.Seconds())
 			m(descOversize, counter, float64(l.Oversize))
+			m(descDialed, counter, float64(l.Dialed))
+			m(descDialFailed, counter, float64(l.DialFailed))
+			m(descSpliced, counter, float64(l.Spliced))
 		}
 		ch <- prometheus.MustNewConstMetric(descLoops, gauge, float64(len(s.Loops)), s.Name)
 		ch <- prometheus.MustNewConstMetric(descAdded, counter, float64(s.LoopsAdded), s.Name)
