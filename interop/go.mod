@@ -10,6 +10,7 @@ replace (
 require (
 	github.com/chromedp/chromedp v0.14.2
 	github.com/gorilla/websocket v1.5.3
+	github.com/pires/go-proxyproto v0.8.1
 	github.com/seed358e4494/herd/redis v0.0.0-00010101000000-000000000000
 	go.yaml.in/yaml/v3 v3.0.6
 )
