@@ -338,3 +338,68 @@ func ExampleProcess() {
 		fmt.Println(err)
 	}
 }
+
+// A loop dials out (Workerman's AsyncTcpConnection): a client of a text
+// server, with its own callbacks, on the loop that dialed.
+func ExampleLoop_Dial() {
+	server := &herd.Worker{Addr: "text://127.0.0.1:0", Count: 1, Logger: slog.New(slog.DiscardHandler), OnMessage: func(c *herd.Conn, msg []byte) {
+		c.Send(append([]byte("server: "), msg...))
+	}}
+	server.Listen()
+	got := make(chan string, 1)
+	client := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 1, Logger: slog.New(slog.DiscardHandler)}
+	client.OnWorkerStart = func(l *herd.Loop) {
+		l.Dial(context.Background(), server.ListenAddr().String(), &herd.Dialer{
+			Protocol:  protocol.Text{},
+			OnConnect: func(c *herd.Conn) { c.Send([]byte("hello")) },
+			OnMessage: func(c *herd.Conn, msg []byte) { got <- string(msg); c.Close() },
+			OnError:   func(_ *herd.Conn, err error) { got <- err.Error() },
+		})
+	}
+	client.Listen()
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 2)
+	go func() { done <- server.Run(ctx) }()
+	go func() { done <- client.Run(ctx) }()
+	fmt.Println(<-got)
+	stop()
+	<-done
+	<-done
+	// Output: server: hello
+}
+
+// A TCP proxy in a few lines: each connection is piped to a backend
+// dialed from its loop, with backpressure both ways (the balancer package
+// does this with backends to choose from).
+func ExamplePipe() {
+	backend := &herd.Worker{Addr: "text://127.0.0.1:0", Count: 1, Logger: slog.New(slog.DiscardHandler), OnMessage: func(c *herd.Conn, msg []byte) {
+		c.Send(append([]byte("backend: "), msg...))
+	}}
+	backend.Listen()
+	proxy := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 2, Logger: slog.New(slog.DiscardHandler)}
+	proxy.OnConnect = func(client *herd.Conn) {
+		client.PauseRecv() // its bytes wait in the kernel until the backend is there
+		client.Loop().Dial(context.Background(), backend.ListenAddr().String(), &herd.Dialer{
+			OnConnect: func(b *herd.Conn) {
+				herd.Pipe(client, b, nil)
+				client.ResumeRecv()
+			},
+			OnError: func(*herd.Conn, error) { client.Close() },
+		})
+	}
+	proxy.Listen()
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 2)
+	go func() { done <- backend.Run(ctx) }()
+	go func() { done <- proxy.Run(ctx) }()
+
+	c, _ := net.Dial("tcp", proxy.ListenAddr().String())
+	fmt.Fprintln(c, "hello")
+	line, _ := bufio.NewReader(c).ReadString('\n')
+	fmt.Print(line)
+	c.Close()
+	stop()
+	<-done
+	<-done
+	// Output: backend: hello
+}
