@@ -134,13 +134,23 @@ func (a *acceptor) accept() (rested bool) {
 	return false
 }
 
+// restWarnEvery is the least time between two warnings of accepts paused
+// for want of resources.
+const restWarnEvery = 5 * time.Second
+
 // rest stops watching the listener: out of descriptors, accept fails at
 // once and a level-triggered listener would spin.
 func (a *acceptor) rest(err error) bool {
 	if a.resting {
 		return false
 	}
-	a.w.logger().Warn("herd: accept: out of resources; pausing accepts", "at", a.owner, "for", restPeriod, "err", err)
+	// Logged at most every restWarnEvery per worker, with the rests since:
+	// while descriptors stay short, every loop rests every restPeriod.
+	rests := a.w.rests.Add(1)
+	now := time.Now().UnixNano()
+	if last := a.w.restWarned.Load(); now-last >= int64(restWarnEvery) && a.w.restWarned.CompareAndSwap(last, now) {
+		a.w.logger().Warn("herd: accept: out of resources; pausing accepts", "at", a.owner, "for", restPeriod, "err", err, "rests", rests-a.w.restsWarned.Swap(rests))
+	}
 	if a.poller.Delete(a.fd) != nil {
 		return false
 	}

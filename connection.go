@@ -488,6 +488,10 @@ func (c *Conn) flush() (f flushResult, err error) {
 	if kp != nil {
 		// What was spliced came before anything queued since.
 		n, err = kp.writeTo(int(c.fd))
+		if kp.n == 0 && err == nil {
+			c.rare.kp = nil // an idle connection holds no pipe (flush runs on the loop)
+			l.putPipe(kp)
+		}
 	}
 	if c.q != nil && err == nil && (kp == nil || kp.n == 0) {
 		var m int

@@ -338,7 +338,7 @@ func (l *Loop) connected(c *Conn, failed bool) {
 	c.readOn, c.writeOn = false, true // as connect registered it
 	c.updateInterestLocked()
 	c.mu.Unlock()
-	if c.state.Load() == connOpen && ds.d.OnConnect != nil {
+	if ds.d.OnConnect != nil { // Close since (with bytes queued) still connected it: OnClose will follow
 		l.callConn(ds.d.OnConnect, c)
 	}
 	if c.state.Load() == connClosed {

@@ -342,7 +342,9 @@ func (l *Loop) runTasks() {
 			}
 		case taskClose:
 			if t.c.flags.Load()&flagConnecting != 0 {
-				// The connect's end finishes the close.
+				if t.c.queueEmpty() {
+					l.closeConn(t.c, nil) // nothing to send: the connect is given up
+				} // else the connect's end finishes the close
 			} else if t.c.queueEmpty() {
 				l.queueEmptied(t.c)
 			} else if !t.c.lingerListed {

@@ -21,8 +21,8 @@ type PipeOptions struct {
 	// Splice moves the bytes with splice(2) through a kernel pipe per
 	// direction, without copying them through user space (Linux; ignored
 	// elsewhere and for TLS connections). It costs two descriptors per
-	// direction while bytes are in flight (empty pipes are pooled per
-	// loop), and pays off for bulk transfers more than for small messages:
+	// direction only while bytes are in flight (empty pipes are pooled
+	// per loop), and pays off for bulk transfers more than for small messages:
 	// see bench/README.md.
 	Splice bool
 }
@@ -48,14 +48,22 @@ var ErrNotSameLoop = errors.New("herd: Pipe: the connections are on different lo
 //     aborts the other with a reset (RST for TCP), so its peer does not
 //     take a cut stream for a whole one.
 //
-// a and b must be open and on the same loop, and Pipe must run there: in a
-// callback of either, such as a dialed connection's OnConnect (Loop.Dial
-// dials on the calling loop). Input that a had already read and not
-// delivered is forwarded first.
+// a and b must be on the same loop (else ErrNotSameLoop, and nothing is
+// done), and Pipe must run there: in a callback of either, such as a
+// dialed connection's OnConnect (Loop.Dial dials on the calling loop).
+// If either is already closing or closed, both are reset and Pipe returns
+// ErrConnClosed. Input that a had already read and not delivered is
+// forwarded first.
 func Pipe(a, b *Conn, o *PipeOptions) error {
 	l := a.Loop()
 	if b.Loop() != l {
 		return ErrNotSameLoop
+	}
+	if a.state.Load() != connOpen || b.state.Load() != connOpen {
+		// One has gone (or is going) already: so does the other.
+		a.reset()
+		b.reset()
+		return ErrConnClosed
 	}
 	p := &pipe{}
 	if o != nil {
@@ -78,12 +86,6 @@ func Pipe(a, b *Conn, o *PipeOptions) error {
 	b.mu.Lock()
 	b.rareLocked().piped = a
 	b.mu.Unlock()
-	for _, c := range []*Conn{a, b} {
-		if c.state.Load() != connOpen {
-			l.closeConn(c, nil) // its OnClose ends the pipe
-			return nil
-		}
-	}
 	if len(a.in) > 0 {
 		in := a.in
 		a.in = nil
@@ -100,7 +102,7 @@ func Pipe(a, b *Conn, o *PipeOptions) error {
 type pipe struct {
 	a, b   pipeEnd
 	opt    PipeOptions
-	closed int // connections closed, of two
+	closed atomic.Int32 // connections closed, of two
 }
 
 // pipeEnd is the Handler of one connection of a pipe: it forwards to
@@ -109,9 +111,9 @@ type pipeEnd struct {
 	p      *pipe
 	other  *Conn
 	count  *atomic.Uint64
-	n      uint64 // bytes forwarded from this end
-	ended  bool   // this connection's peer ended its stream
-	splice bool   // move the bytes with splice(2)
+	n      uint64      // bytes forwarded from this end
+	ended  atomic.Bool // this connection's peer ended its stream (read by the other end's OnClose)
+	splice bool        // move the bytes with splice(2)
 }
 
 func (e *pipeEnd) OnData(c *Conn, data []byte) {
@@ -130,20 +132,20 @@ func (e *pipeEnd) OnData(c *Conn, data []byte) {
 }
 
 func (e *pipeEnd) OnEnd(c *Conn) {
-	e.ended = true
+	e.ended.Store(true)
 	e.other.CloseWrite()
-	if e.peerEnd().ended {
+	if e.peerEnd().ended.Load() {
 		c.Close() // both ways done: nothing more to forward
 	}
 }
 
 func (e *pipeEnd) OnClose(c *Conn) {
 	p := e.p
-	clean := p.a.ended && p.b.ended
+	clean := p.a.ended.Load() && p.b.ended.Load()
 	if !clean {
 		e.other.reset()
 	}
-	if p.closed++; p.closed == 2 && p.opt.OnDone != nil {
+	if p.closed.Add(1) == 2 && p.opt.OnDone != nil {
 		p.opt.OnDone(p.a.n, p.b.n, clean)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -409,6 +410,14 @@ func testPipeConcurrent(t *testing.T, splice bool) {
 	if s.active != int64(2*n) {
 		t.Fatalf("active %d; want %d (each client and its backend)", s.active, 2*n)
 	}
+	// Idle piped connections hold no kernel pipe: this process has the
+	// n clients, the n backend connections and the proxy's 2n, and only a
+	// pool's worth of pipes besides.
+	fds, _ := os.ReadDir("/proc/self/fd")
+	if len(fds) > 4*n+2*2*maxPooledPipesAny+100 {
+		t.Fatalf("%d descriptors open for %d idle proxied connections (4 each)", len(fds), n)
+	}
+	t.Logf("%d descriptors open for %d idle proxied connections", len(fds), n)
 }
 
 // TestPipeScale: Worker.Scale while short proxied connections churn and
@@ -456,3 +465,6 @@ func bothWays(t *testing.T, f func(t *testing.T, splice bool)) {
 		f(t, true)
 	})
 }
+
+// maxPooledPipesAny is maxPooledPipes where there is splicing.
+const maxPooledPipesAny = 32

@@ -25,7 +25,8 @@ const spliceSupported = true
 const spliceChunk = 64 << 10
 
 // maxPooledPipes bounds the empty kernel pipes a loop keeps for reuse
-// (each holds two descriptors).
+// (each holds two descriptors). A pipe is held only while bytes are in it:
+// an idle spliced connection costs no more descriptors than a copied one.
 const maxPooledPipes = 32
 
 // kernelPipe holds spliced bytes on their way to a connection's socket.
@@ -158,6 +159,9 @@ func (l *Loop) spliceRead(src *Conn, e *pipeEnd) bool {
 	pending := kp.n > 0
 	if pending {
 		dst.updateInterestLocked()
+	} else {
+		dst.rare.kp = nil // an idle connection holds no pipe
+		l.putPipe(kp)
 	}
 	dst.mu.Unlock()
 	now := l.now.UnixNano()

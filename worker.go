@@ -183,6 +183,8 @@ type Worker struct {
 	nextID                   atomic.Uint64
 	conns                    atomic.Int64 // open connections over all loops
 	rejected                 atomic.Uint64
+	rests, restsWarned       atomic.Uint64 // accept pauses for want of resources, and how many were reported
+	restWarned               atomic.Int64  // unix nanoseconds of the last report
 	loopsAdded, loopsRemoved atomic.Uint64
 	hsOnce                   sync.Once
 	hs                       *handshaker

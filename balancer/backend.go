@@ -144,11 +144,15 @@ type Stats struct {
 	Backends []BackendStats
 	// NoBackend counts clients closed because no backend could take them.
 	NoBackend uint64
+	// LocalErrors counts clients closed because this process could not
+	// open a connection to a backend (out of descriptors or memory); they
+	// count against no backend.
+	LocalErrors uint64
 }
 
 // Stats returns the balancer's figures now. Safe from any goroutine.
 func (b *Balancer) Stats() Stats {
-	s := Stats{NoBackend: b.noServer.Load()}
+	s := Stats{NoBackend: b.noServer.Load(), LocalErrors: b.localErrors.Load()}
 	now := time.Now().UnixNano()
 	for _, be := range b.backends {
 		down := time.Duration(be.downTotal.Load())

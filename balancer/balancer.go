@@ -8,6 +8,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/seed358e4494/herd"
@@ -78,8 +79,11 @@ type Balancer struct {
 	picker   picker
 	retries  int
 	noServer atomic.Uint64 // clients closed because no backend was left
-	stop     context.CancelFunc
-	ctx      context.Context
+	// localErrors counts clients closed because this process could not
+	// open a connection (out of descriptors, say).
+	localErrors atomic.Uint64
+	stop        context.CancelFunc
+	ctx         context.Context
 }
 
 // HealthCheck configures how backends are found up or down.
@@ -192,6 +196,7 @@ type session struct {
 	be      *backend   // the backend being dialed
 	dialing *herd.Conn // its connection, until it connects
 	piped   bool
+	closed  bool // the client has closed
 }
 
 func (s *session) ok(be *backend) bool {
@@ -211,7 +216,11 @@ func (b *Balancer) onConnect(client *herd.Conn) {
 // onClose ends a session whose client left before it was piped.
 func (b *Balancer) onClose(client *herd.Conn) {
 	s, _ := client.Context().(*session)
-	if s != nil && !s.piped && s.dialing != nil {
+	if s == nil {
+		return
+	}
+	s.closed = true
+	if !s.piped && s.dialing != nil {
 		s.dialing.Abort()
 	}
 }
@@ -219,6 +228,9 @@ func (b *Balancer) onClose(client *herd.Conn) {
 // next dials the session's next backend, or closes the client if none is
 // left.
 func (b *Balancer) next(s *session) {
+	if s.closed {
+		return
+	}
 	be := b.picker.pick(b.backends, s.key, s.ok)
 	if be == nil {
 		b.noServer.Add(1)
@@ -252,7 +264,11 @@ func (b *Balancer) connected(c *herd.Conn) {
 		BToA:   &be.bytesOut,
 		OnDone: func(uint64, uint64, bool) { be.active.Add(-1) },
 	})
-	if errors.Is(err, herd.ErrNotSameLoop) {
+	switch {
+	case errors.Is(err, herd.ErrConnClosed):
+		be.active.Add(-1) // the client left meanwhile; Pipe closed both
+		return
+	case errors.Is(err, herd.ErrNotSameLoop):
 		// Worker.Scale moved the client while this connected: dial again
 		// from where it is now (not the backend's fault).
 		c.Abort()
@@ -266,14 +282,32 @@ func (b *Balancer) connected(c *herd.Conn) {
 	s.client.ResumeRecv()
 }
 
+// localShortage reports whether a failed connect failed here, for want of
+// descriptors, buffers or memory, rather than at the backend.
+func localShortage(err error) bool {
+	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
 // dialFailed counts a failed connect against its backend and tries the
 // session on another.
 func (b *Balancer) dialFailed(s *session, be *backend, err error) {
 	s.dialing = nil
 	be.active.Add(-1)
+	if localShortage(err) {
+		// Out of descriptors or memory here: not the backend's fault, and
+		// another backend would fare no better.
+		b.localErrors.Add(1)
+		s.client.Close()
+		return
+	}
 	be.connectErrors.Add(1)
 	b.failed(be, err)
-	if s.client.Context() == nil {
+	if s.closed {
 		return
 	}
 	if s.retries++; s.retries > b.retries {

@@ -2,6 +2,9 @@ package balancer
 
 import (
 	"bytes"
+	"net"
+	"os"
+	"syscall"
 	"testing"
 )
 
@@ -49,4 +52,12 @@ func FuzzCheckStatus(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestLocalShortage(t *testing.T) {
+	local := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("socket", syscall.EMFILE)}
+	remote := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+	if !localShortage(local) || localShortage(remote) || localShortage(errCheckTimeout) {
+		t.Fatalf("localShortage: EMFILE %v, ECONNREFUSED %v, a check timeout %v", localShortage(local), localShortage(remote), localShortage(errCheckTimeout))
+	}
 }

@@ -218,5 +218,5 @@ func printTable(out io.Writer, s balancer.Stats) {
 			be.Active, be.Total, be.BytesIn, be.BytesOut, be.ConnectErrors, be.ChecksFailed, be.DownTime.Round(time.Millisecond))
 	}
 	tw.Flush()
-	fmt.Fprintf(out, "clients closed with no backend: %d\n", s.NoBackend)
+	fmt.Fprintf(out, "clients closed with no backend: %d; for want of local resources: %d\n", s.NoBackend, s.LocalErrors)
 }
