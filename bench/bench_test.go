@@ -28,6 +28,9 @@ func TestMain(m *testing.M) {
 	if kind := os.Getenv(envTLSServer); kind != "" {
 		os.Exit(tlsServerMain(kind))
 	}
+	if kind := os.Getenv(envBalancerBackend); kind != "" {
+		os.Exit(balancerBackendMain(kind))
+	}
 	os.Exit(m.Run())
 }
 
