@@ -217,10 +217,7 @@ func (l *Loop) connect(c *Conn, sa unix.Sockaddr, err error) {
 		fd, err = connectSocket(sa)
 		if err == nil {
 			c.fd = int32(fd)
-			if err = l.poller.Add(fd, false); err == nil {
-				err = l.poller.Modify(fd, false, true)
-			}
-			if err != nil {
+			if err = l.poller.AddConnecting(fd); err != nil {
 				unix.Close(fd)
 				c.fd = -1
 			}
@@ -288,14 +285,13 @@ func connectSocket(sa unix.Sockaddr) (int, error) {
 	case *unix.SockaddrUnix:
 		domain = unix.AF_UNIX
 	}
-	fd, err := unix.Socket(domain, unix.SOCK_STREAM, 0)
+	fd, err := nonblockingSocket(domain)
 	if err != nil {
-		return -1, os.NewSyscallError("socket", err)
+		return -1, err
 	}
-	unix.CloseOnExec(fd)
-	if err := unix.SetNonblock(fd, true); err != nil {
-		unix.Close(fd)
-		return -1, os.NewSyscallError("setnonblock", err)
+	if domain != unix.AF_UNIX {
+		// Before the connect: one system call, as after it.
+		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	}
 	for {
 		err = unix.Connect(fd, sa)
@@ -313,25 +309,24 @@ func connectSocket(sa unix.Sockaddr) (int, error) {
 // connected handles the readiness event of a connection being dialed: its
 // connect succeeded or failed.
 func (l *Loop) connected(c *Conn, failed bool) {
-	errno, err := unix.GetsockoptInt(int(c.fd), unix.SOL_SOCKET, unix.SO_ERROR)
-	switch {
-	case err != nil:
-		l.closeConn(c, os.NewSyscallError("getsockopt", err))
-		return
-	case errno != 0:
-		l.closeConn(c, os.NewSyscallError("connect", unix.Errno(errno)))
-		return
-	case failed:
-		l.closeConn(c, os.NewSyscallError("connect", unix.ECONNREFUSED))
+	if failed {
+		// A failed connect is reported as an error or a hang-up; a good
+		// one as writable alone, which needs no SO_ERROR to tell.
+		errno, err := unix.GetsockoptInt(int(c.fd), unix.SOL_SOCKET, unix.SO_ERROR)
+		switch {
+		case err != nil:
+			l.closeConn(c, os.NewSyscallError("getsockopt", err))
+		case errno != 0:
+			l.closeConn(c, os.NewSyscallError("connect", unix.Errno(errno)))
+		default:
+			l.closeConn(c, os.NewSyscallError("connect", unix.ECONNREFUSED))
+		}
 		return
 	}
 	ds := c.rare.dial
 	ds.endConnect()
 	ds.attempt = 0
 	ds.upSince = l.now.UnixNano()
-	if ds.network != "unix" {
-		unix.SetsockoptInt(int(c.fd), unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	}
 	c.lastActive = l.now.UnixNano()
 	c.mu.Lock()
 	c.flags.And(^flagConnecting)

@@ -421,3 +421,38 @@ func TestScaleDuringShutdown(t *testing.T) {
 		t.Errorf("Scale after Shutdown: %v, want ErrWorkerClosed", err)
 	}
 }
+
+// TestPipeScale: Worker.Scale while short proxied connections churn and
+// long ones exchange lines: nothing fails, and every pipe that ended
+// ended clean.
+func TestPipeScale(t *testing.T) { bothWays(t, testPipeScale) }
+
+func testPipeScale(t *testing.T, splice bool) {
+	ln := lineEchoServer(t, "tcp", "127.0.0.1:0")
+	p := startPipeProxy(t, ln.Addr().String(), 4, splice)
+	ch := startChurn(p.addr, 50, 50)
+	defer ch.end()
+	waitFor(t, 5*time.Second, "traffic", func() bool { return ch.messages.Load() > 500 })
+	for _, n := range []int{1, 3, 2} {
+		before := ch.messages.Load()
+		ctx, cancel := contextWithTimeout(10 * time.Second)
+		err := p.w.Scale(ctx, n)
+		cancel()
+		if err != nil {
+			t.Fatalf("Scale(%d): %v", n, err)
+		}
+		waitFor(t, 5*time.Second, "traffic after Scale", func() bool { return ch.messages.Load() > before+500 })
+	}
+	for _, err := range ch.end() {
+		t.Error(err)
+	}
+	if f := p.failed.Load(); f != 0 {
+		t.Errorf("%d dials failed", f)
+	}
+	for len(p.done) > 0 {
+		if r := <-p.done; !r.clean {
+			t.Errorf("a pipe ended unclean: %+v", r)
+		}
+	}
+	t.Logf("short proxied connections %d, keep-alive lines %d", ch.short.Load(), ch.messages.Load())
+}

@@ -8,6 +8,7 @@ package herd
 
 import (
 	"net"
+	"os"
 	"runtime"
 
 	"golang.org/x/sys/unix"
@@ -113,4 +114,19 @@ func unreadBytes(fd int) int {
 		return -1
 	}
 	return n
+}
+
+// nonblockingSocket opens a non-blocking, close-on-exec stream socket
+// (macOS has no socket flags for it: three system calls).
+func nonblockingSocket(domain int) (int, error) {
+	fd, err := unix.Socket(domain, unix.SOCK_STREAM, 0)
+	if err != nil {
+		return -1, os.NewSyscallError("socket", err)
+	}
+	unix.CloseOnExec(fd)
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return -1, os.NewSyscallError("setnonblock", err)
+	}
+	return fd, nil
 }

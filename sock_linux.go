@@ -6,6 +6,7 @@ package herd
 
 import (
 	"net"
+	"os"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -169,4 +170,14 @@ func (b *acceptBuf) set(addr *net.UDPAddr) {
 		}
 	}
 	b.n = unix.SizeofSockaddrInet6
+}
+
+// nonblockingSocket opens a non-blocking, close-on-exec stream socket in
+// one system call.
+func nonblockingSocket(domain int) (int, error) {
+	fd, err := unix.Socket(domain, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, os.NewSyscallError("socket", err)
+	}
+	return fd, nil
 }

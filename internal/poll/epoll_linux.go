@@ -65,6 +65,12 @@ func (p *Poller) Add(fd int, read bool) error {
 	return p.ctl(unix.EPOLL_CTL_ADD, fd, mask(read, false))
 }
 
+// AddConnecting registers a socket being connected, for write readiness
+// only: the connect's end.
+func (p *Poller) AddConnecting(fd int) error {
+	return p.ctl(unix.EPOLL_CTL_ADD, fd, mask(false, true))
+}
+
 // Modify sets which of read and write readiness fd is watched for.
 func (p *Poller) Modify(fd int, read, write bool) error {
 	return p.ctl(unix.EPOLL_CTL_MOD, fd, mask(read, write))

@@ -65,6 +65,12 @@ func (p *Poller) Add(fd int, read bool) error {
 	return p.change(ev(fd, unix.EVFILT_READ, rflag), ev(fd, unix.EVFILT_WRITE, unix.EV_ADD|unix.EV_DISABLE))
 }
 
+// AddConnecting registers a socket being connected, for write readiness
+// only: the connect's end.
+func (p *Poller) AddConnecting(fd int) error {
+	return p.change(ev(fd, unix.EVFILT_READ, unix.EV_ADD|unix.EV_DISABLE), ev(fd, unix.EVFILT_WRITE, unix.EV_ADD))
+}
+
 // Modify sets which of read and write readiness fd is watched for.
 func (p *Poller) Modify(fd int, read, write bool) error {
 	onoff := func(on bool) uint16 {
