@@ -580,6 +580,12 @@ func (c *Conn) updateInterestLocked() {
 		// it is then; a connecting one when it has connected.
 		return
 	}
+	if st == connClosing && c.peerClosed && c.queuedLocked() == 0 {
+		// It closes in this turn or the next (queueEmptied), which takes
+		// it out of the poller: a change now would be a wasted system
+		// call, and an event meanwhile only closes it sooner.
+		return
+	}
 	// A closing connection keeps reading, and discards what arrives: so
 	// Close and linger need no change of interest, and input left unread
 	// cannot make the final close reset the connection. Once the peer has

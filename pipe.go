@@ -52,8 +52,9 @@ var ErrNotSameLoop = errors.New("herd: Pipe: the connections are on different lo
 // done), and Pipe must run there: in a callback of either, such as a
 // dialed connection's OnConnect (Loop.Dial dials on the calling loop).
 // If either is already closing or closed, both are reset and Pipe returns
-// ErrConnClosed. Input that a had already read and not delivered is
-// forwarded first.
+// ErrConnClosed. Input either had already read and not delivered is
+// forwarded first, and an end of stream either had already seen (through
+// an EndHandler before Pipe) is passed on.
 func Pipe(a, b *Conn, o *PipeOptions) error {
 	l := a.Loop()
 	if b.Loop() != l {
@@ -86,15 +87,16 @@ func Pipe(a, b *Conn, o *PipeOptions) error {
 	b.mu.Lock()
 	b.rareLocked().piped = a
 	b.mu.Unlock()
-	if len(a.in) > 0 {
-		in := a.in
-		a.in = nil
-		p.a.OnData(a, in)
-	}
-	if len(b.in) > 0 {
-		in := b.in
-		b.in = nil
-		p.b.OnData(b, in)
+	for _, e := range []*pipeEnd{&p.a, &p.b} {
+		c := e.other.pipedTo()
+		if len(c.in) > 0 {
+			in := c.in
+			c.in = nil
+			e.OnData(c, in)
+		}
+		if c.peerClosedNow() {
+			e.OnEnd(c) // its peer had ended its stream before the pipe
+		}
 	}
 	return nil
 }

@@ -106,7 +106,7 @@ type HealthCheck struct {
 	EjectFor time.Duration
 }
 
-// Attach makes w a balancer: it sets w's OnConnect and OnClose (and runs
+// Attach makes w a balancer: it sets w's OnConnect (and runs
 // the active checks on w's loop 0, from OnWorkerStart to OnWorkerStop,
 // wrapping those callbacks if w has them). It checks the configuration.
 func (b *Balancer) Attach(w *herd.Worker) error {
@@ -158,7 +158,6 @@ func (b *Balancer) Attach(w *herd.Worker) error {
 	b.attached = true
 
 	w.OnConnect = b.onConnect
-	w.OnClose = b.onClose
 	start, stop := w.OnWorkerStart, w.OnWorkerStop
 	w.OnWorkerStart = func(l *herd.Loop) {
 		if start != nil {
@@ -186,7 +185,12 @@ func (b *Balancer) logger() *slog.Logger {
 	return slog.Default()
 }
 
-// session is one client connection on its way to a backend.
+// session is one client connection on its way to a backend. Until it is
+// piped, it is the client's Handler: what the client sends meanwhile is
+// kept here (as HAProxy keeps it in its buffer), written to the backend
+// once connected, and kept for the next backend if the connect fails. So
+// the client is read as usual, which costs no poller changes, and is
+// paused only if it sends more than maxEarly before a backend is there.
 type session struct {
 	b       *Balancer
 	client  *herd.Conn
@@ -195,33 +199,46 @@ type session struct {
 	retries int
 	be      *backend   // the backend being dialed
 	dialing *herd.Conn // its connection, until it connects
-	piped   bool
-	closed  bool // the client has closed
+	early   []byte     // what the client sent before the pipe
+	paused  bool       // the client is paused: early is full
+	closed  bool       // the client has closed
 }
+
+// maxEarly bounds what a session keeps of the client's bytes before a
+// backend is connected.
+const maxEarly = 64 << 10
 
 func (s *session) ok(be *backend) bool {
 	return be.usable() && !s.tried[be.index]
 }
 
 func (b *Balancer) onConnect(client *herd.Conn) {
-	client.PauseRecv() // until a backend is connected: input waits in the kernel
 	s := &session{b: b, client: client, tried: make([]bool, len(b.backends))}
 	if a, ok := client.RemoteAddr().(*net.TCPAddr); ok {
 		s.key = hashAddr(a.IP)
 	}
-	client.SetContext(s)
+	client.SetHandler(s)
 	b.next(s)
 }
 
-// onClose ends a session whose client left before it was piped.
-func (b *Balancer) onClose(client *herd.Conn) {
-	s, _ := client.Context().(*session)
-	if s == nil {
-		return
+// OnData keeps what the client sends before its backend is connected.
+func (s *session) OnData(c *herd.Conn, data []byte) {
+	s.early = append(s.early, data...)
+	if len(s.early) >= maxEarly && !s.paused {
+		s.paused = true
+		c.PauseRecv()
 	}
+}
+
+// OnEnd: the client ended its stream before the pipe; Pipe passes it on.
+func (s *session) OnEnd(*herd.Conn) {}
+
+// OnClose ends a session whose client left before it was piped.
+func (s *session) OnClose(*herd.Conn) {
 	s.closed = true
-	if !s.piped && s.dialing != nil {
+	if s.dialing != nil {
 		s.dialing.Abort()
+		s.dialing = nil
 	}
 }
 
@@ -258,17 +275,7 @@ func (b *Balancer) connected(c *herd.Conn) {
 	be := s.be
 	be.connectOK()
 	s.dialing = nil
-	err := herd.Pipe(s.client, c, &herd.PipeOptions{
-		Splice: b.Splice,
-		AToB:   &be.bytesIn,
-		BToA:   &be.bytesOut,
-		OnDone: func(uint64, uint64, bool) { be.active.Add(-1) },
-	})
-	switch {
-	case errors.Is(err, herd.ErrConnClosed):
-		be.active.Add(-1) // the client left meanwhile; Pipe closed both
-		return
-	case errors.Is(err, herd.ErrNotSameLoop):
+	if s.client.Loop() != c.Loop() {
 		// Worker.Scale moved the client while this connected: dial again
 		// from where it is now (not the backend's fault).
 		c.Abort()
@@ -277,9 +284,25 @@ func (b *Balancer) connected(c *herd.Conn) {
 		s.client.Post(func() { b.next(s) })
 		return
 	}
+	if len(s.early) > 0 {
+		c.Write(s.early) // before Pipe, which may pass the client's end on
+		be.bytesIn.Add(uint64(len(s.early)))
+		s.early = nil
+	}
+	err := herd.Pipe(s.client, c, &herd.PipeOptions{
+		Splice: b.Splice,
+		AToB:   &be.bytesIn,
+		BToA:   &be.bytesOut,
+		OnDone: func(uint64, uint64, bool) { be.active.Add(-1) },
+	})
+	if err != nil { // ErrConnClosed: the client left meanwhile, and Pipe reset the backend
+		be.active.Add(-1)
+		return
+	}
 	be.total.Add(1)
-	s.piped = true
-	s.client.ResumeRecv()
+	if s.paused {
+		s.client.ResumeRecv()
+	}
 }
 
 // localShortage reports whether a failed connect failed here, for want of

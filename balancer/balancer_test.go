@@ -5,6 +5,7 @@ package balancer
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -481,4 +482,44 @@ func TestSilentBackend(t *testing.T) {
 		t.Fatalf("closed after %v with IdleTimeout 200ms", took)
 	}
 	herdtest.WaitFor(t, "the backend's connection closed", func() bool { return tb.open.Load() == 0 })
+}
+
+// TestEarlyBytesAndRetry: a client that sends 256 KiB and ends its stream
+// at once, while its first backend refuses: the bytes read before a
+// backend was connected (more than maxEarly, so the client is paused too)
+// reach the second backend whole and in order, and the client's end
+// follows them.
+func TestEarlyBytesAndRetry(t *testing.T) {
+	for _, splice := range []bool{false, true} {
+		t.Run(fmt.Sprintf("splice=%v", splice), func(t *testing.T) {
+			good := startBackend(t, func(c *net.TCPConn) {
+				h := sha256.New()
+				n, _ := io.Copy(h, c) // to the client's end of stream
+				fmt.Fprintf(c, "%d %x", n, h.Sum(nil))
+			})
+			b := &Balancer{Backends: []Backend{{Addr: refusedAddr(t)}, {Addr: good.addr}}, Algorithm: RoundRobin, Splice: splice}
+			addr := runBalancer(t, b, nil)
+			for i := 0; i < 4; i++ {
+				c, err := net.Dial("tcp", addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				payload := bytes.Repeat([]byte(fmt.Sprintf("client %d ", i)), 256<<10/9)
+				go func() {
+					c.Write(payload)
+					c.(*net.TCPConn).CloseWrite()
+				}()
+				got, err := io.ReadAll(c)
+				c.Close()
+				want := fmt.Sprintf("%d %x", len(payload), sha256.Sum256(payload))
+				if err != nil || string(got) != want {
+					t.Fatalf("connection %d: backend saw %q (%v); want %q", i, got, err, want)
+				}
+			}
+			if s := b.Stats().Backends; s[1].Total != 4 || s[1].BytesIn != 4*uint64(len(bytes.Repeat([]byte("client 0 "), 256<<10/9))) {
+				t.Fatalf("stats: %+v", s)
+			}
+		})
+	}
 }
