@@ -105,10 +105,13 @@ func (l *Loop) queueEmptied(c *Conn) {
 func (l *Loop) peerEnded(c *Conn) {
 	c.mu.Lock()
 	c.peerClosed = true
-	c.updateInterestLocked()
 	c.mu.Unlock()
 	if e, ok := c.h.(EndHandler); ok && c.state.Load() == connOpen {
 		l.callConn(e.OnEnd, c)
+		// Read no more, unless OnEnd's Close made that moot.
+		c.mu.Lock()
+		c.updateInterestLocked()
+		c.mu.Unlock()
 		return
 	}
 	if c.state.Load() == connOpen && l.awaitRelease(c) {

@@ -474,7 +474,11 @@ func herdTable(px *childProc) (rows []map[string]string, noBackend int, raw stri
 			case len(f) > 0 && f[0] == "backend":
 				header = f
 			case strings.HasPrefix(line, "clients closed with no backend:"):
-				noBackend, err = strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, "clients closed with no backend:")))
+				// "clients closed with no backend: N; for want of local resources: M"
+				var local int
+				if _, err = fmt.Sscanf(line, "clients closed with no backend: %d; for want of local resources: %d", &noBackend, &local); err == nil {
+					noBackend += local
+				}
 				return rows, noBackend, sb.String(), err
 			case header != nil && len(f) == len(header):
 				r := map[string]string{}
