@@ -88,6 +88,8 @@ type dialState struct {
 	port     string
 	path     string // a unix socket's
 	attempt  int    // consecutive failed attempts, for Reconnect
+	sa       unix.Sockaddr // where to connect, once known (or err)
+	err      error
 	timer    *Timer // the connect timeout, on the connection's loop
 	deadline int64  // of the connect, unix nanoseconds
 	stopCtx  func() bool
@@ -152,7 +154,10 @@ func (l *Loop) dial(ds *dialState) *Conn {
 	c.loop.Store(l)
 	c.rareLocked().dial = ds
 	c.flags.Store(flagDialed | flagConnecting)
-	resolved := func(sa unix.Sockaddr, err error) { postConnect(c, sa, err) }
+	resolved := func(sa unix.Sockaddr, err error) {
+		ds.sa, ds.err = sa, err
+		postConnect(c)
+	}
 	if ds.network == "unix" {
 		resolved(&unix.SockaddrUnix{Name: ds.path}, nil)
 		return c
@@ -197,14 +202,16 @@ func inetSockaddr(ip netip.Addr, port, network string) (unix.Sockaddr, error) {
 }
 
 // connect starts the non-blocking connect, on the connection's loop.
-func (l *Loop) connect(c *Conn, sa unix.Sockaddr, err error) {
+func (l *Loop) connect(c *Conn) {
 	if l.heirs != nil {
 		// The loop is leaving (Scale): the connection starts on an heir.
 		c.loop.Store(leastActive(l.heirs))
-		postConnect(c, sa, err)
+		postConnect(c)
 		return
 	}
 	ds := c.rare.dial
+	sa, err := ds.sa, ds.err
+	ds.sa, ds.err = nil, nil
 	l.dialed.Add(1)
 	l.active.Add(1)
 	if c.state.Load() == connClosed || (c.state.Load() != connOpen && c.queueEmpty()) || l.draining {
@@ -250,7 +257,7 @@ func (l *Loop) connect(c *Conn, sa unix.Sockaddr, err error) {
 // has not connected by then.
 func (l *Loop) armConnectTimeout(c *Conn) {
 	ds := c.rare.dial
-	ds.timer = l.AfterFunc(time.Duration(ds.deadline-l.now.UnixNano()), func() {
+	ds.timer = l.addTimer(time.Duration(ds.deadline-l.now.UnixNano()), 0, func() {
 		if c.flags.Load()&flagConnecting != 0 && c.state.Load() != connClosed {
 			l.closeConn(c, os.NewSyscallError("connect", unix.ETIMEDOUT))
 		}
@@ -260,9 +267,9 @@ func (l *Loop) armConnectTimeout(c *Conn) {
 // postConnect has the connection's loop start its connect. A loop that
 // has left (Scale) takes no more tasks: then one of its heirs does. Once
 // the worker has stopped, the dial is dropped (nothing could serve it).
-func postConnect(c *Conn, sa unix.Sockaddr, err error) {
+func postConnect(c *Conn) {
 	for {
-		if c.post(task{kind: taskFunc, c: c, f: func() { c.loop.Load().connect(c, sa, err) }}) {
+		if c.post(task{kind: taskDial, c: c}) {
 			return
 		}
 		// A refused post saw the loop closed under its task lock, after
@@ -324,7 +331,7 @@ func (l *Loop) connected(c *Conn, failed bool) {
 		return
 	}
 	ds := c.rare.dial
-	ds.endConnect()
+	l.endConnect(ds)
 	ds.attempt = 0
 	ds.upSince = l.now.UnixNano()
 	c.lastActive = l.now.UnixNano()
@@ -347,10 +354,10 @@ func (l *Loop) connected(c *Conn, failed bool) {
 	}
 }
 
-// endConnect stops the connect's timeout and context watch.
-func (ds *dialState) endConnect() {
+// endConnect stops the connect's timeout and context watch, on the loop.
+func (l *Loop) endConnect(ds *dialState) {
 	if ds.timer != nil {
-		ds.timer.Stop()
+		l.stopTimer(ds.timer)
 		ds.timer = nil
 	}
 	if ds.stopCtx != nil {
@@ -375,7 +382,7 @@ func (l *Loop) dialFailedNow(c *Conn, err error) {
 // closed. It dials again if the Dialer says so.
 func (l *Loop) dialEnded(c *Conn, connected bool, err error) {
 	ds := c.rare.dial
-	ds.endConnect()
+	l.endConnect(ds)
 	if !connected {
 		l.dialFailed.Add(1)
 		if err != nil {

@@ -86,6 +86,7 @@ const (
 	taskStop
 	taskReleased
 	taskMoved // a connection handed over by a loop that leaves
+	taskDial  // start a dialed connection's connect (its dialState has the address)
 )
 
 // task is work handed to a loop from elsewhere.
@@ -257,6 +258,8 @@ func (l *Loop) run() {
 			l.closeConn(t.c, nil)
 		case t.kind == taskFunc:
 			l.callFunc(t.f) // Post said it would run
+		case t.kind == taskDial:
+			l.connect(t.c) // the worker stops: it ends at once
 		}
 	}
 	l.callLoop(l.w.OnWorkerStop)
@@ -360,6 +363,8 @@ func (l *Loop) runTasks() {
 			l.drain(t.force)
 		case taskMoved:
 			l.moveIn(t.c)
+		case taskDial:
+			l.connect(t.c)
 		case taskReleased:
 			if t.c.holds.Load() == 0 {
 				l.beginClose(t.c)
@@ -582,6 +587,12 @@ func (l *Loop) addTimer(d, period time.Duration, f func()) *Timer {
 	t := &Timer{l: l, when: l.now.Add(d), period: period, f: f, index: -1}
 	l.timers.push(t)
 	return t
+}
+
+// stopTimer stops t from the loop goroutine itself: no task.
+func (l *Loop) stopTimer(t *Timer) {
+	t.stopped.Store(true)
+	l.timers.remove(t)
 }
 
 // unschedule takes a stopped timer out of the heap (Timer.Stop).

@@ -320,7 +320,7 @@ func (l *Loop) handOver(c *Conn, to *Loop) {
 		}
 	}
 	if c.flags.Load()&flagConnecting != 0 {
-		c.rare.dial.timer.Stop() // the loop it joins arms it again
+		l.stopTimer(c.rare.dial.timer) // the loop it joins arms it again
 	}
 	c.mu.Lock()
 	l.poller.Delete(int(c.fd))

@@ -18,8 +18,9 @@ type backend struct {
 	index  int // position in the balancer's list (stable while it lives)
 	// hash is a hash of addr, for the source-hash picker: a backend's
 	// identity, so that removing another one does not move its clients.
-	hash   uint64
-	dialer *herd.Dialer // for proxied connections
+	hash     uint64
+	dialer   *herd.Dialer                     // for proxied connections
+	pipeDone func(aToB, bToA uint64, ok bool) // a proxied connection has ended
 
 	// effWeight is the weight pickers use: weight, or less during slow
 	// start after the backend came back up, 0 while down or draining.
@@ -62,6 +63,7 @@ func (b *Balancer) newBackend(i int, cfg Backend) (*backend, error) {
 	if err := checkAddr(cfg.Addr); err != nil {
 		return nil, err
 	}
+	be.pipeDone = func(uint64, uint64, bool) { be.active.Add(-1) }
 	b.reweigh(be, 0)
 	return be, nil
 }

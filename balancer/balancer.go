@@ -77,8 +77,10 @@ type Balancer struct {
 	attached bool
 	backends []*backend
 	picker   picker
-	retries  int
-	noServer atomic.Uint64 // clients closed because no backend was left
+	// sourceHash: the picker needs the client's address.
+	sourceHash bool
+	retries    int
+	noServer   atomic.Uint64 // clients closed because no backend was left
 	// localErrors counts clients closed because this process could not
 	// open a connection (out of descriptors, say).
 	localErrors atomic.Uint64
@@ -134,6 +136,7 @@ func (b *Balancer) Attach(w *herd.Worker) error {
 		return errors.New("balancer: durations and counts must not be negative")
 	}
 	b.picker = p
+	b.sourceHash = alg == SourceHash
 	b.retries = b.Retries
 	if b.retries == 0 {
 		b.retries = DefaultRetries
@@ -192,16 +195,17 @@ func (b *Balancer) logger() *slog.Logger {
 // the client is read as usual, which costs no poller changes, and is
 // paused only if it sends more than maxEarly before a backend is there.
 type session struct {
-	b       *Balancer
-	client  *herd.Conn
-	key     uint64
-	tried   []bool // by backend index
-	retries int
-	be      *backend   // the backend being dialed
-	dialing *herd.Conn // its connection, until it connects
-	early   []byte     // what the client sent before the pipe
-	paused  bool       // the client is paused: early is full
-	closed  bool       // the client has closed
+	b         *Balancer
+	client    *herd.Conn
+	key       uint64
+	tried     uint64 // backends tried, by index (the first 64)
+	triedMore []bool // all of them, if there are more than 64
+	retries   int
+	be        *backend   // the backend being dialed
+	dialing   *herd.Conn // its connection, until it connects
+	early     []byte     // what the client sent before the pipe
+	paused    bool       // the client is paused: early is full
+	closed    bool       // the client has closed
 }
 
 // maxEarly bounds what a session keeps of the client's bytes before a
@@ -209,13 +213,35 @@ type session struct {
 const maxEarly = 64 << 10
 
 func (s *session) ok(be *backend) bool {
-	return be.usable() && !s.tried[be.index]
+	return be.usable() && !s.triedOne(be)
+}
+
+func (s *session) triedOne(be *backend) bool {
+	if s.triedMore != nil {
+		return s.triedMore[be.index]
+	}
+	return s.tried&(1<<be.index) != 0
+}
+
+func (s *session) setTried(be *backend, on bool) {
+	if s.triedMore != nil {
+		s.triedMore[be.index] = on
+	} else if on {
+		s.tried |= 1 << be.index
+	} else {
+		s.tried &^= 1 << be.index
+	}
 }
 
 func (b *Balancer) onConnect(client *herd.Conn) {
-	s := &session{b: b, client: client, tried: make([]bool, len(b.backends))}
-	if a, ok := client.RemoteAddr().(*net.TCPAddr); ok {
-		s.key = hashAddr(a.IP)
+	s := &session{b: b, client: client}
+	if len(b.backends) > 64 {
+		s.triedMore = make([]bool, len(b.backends))
+	}
+	if b.sourceHash {
+		if a, ok := client.RemoteAddr().(*net.TCPAddr); ok {
+			s.key = hashAddr(a.IP)
+		}
 	}
 	client.SetHandler(s)
 	b.next(s)
@@ -254,10 +280,12 @@ func (b *Balancer) next(s *session) {
 		s.client.Close()
 		return
 	}
-	s.tried[be.index] = true
+	s.setTried(be, true)
 	s.be = be
 	be.active.Add(1)
-	c, err := s.client.Loop().Dial(b.ctx, be.addr, be.dialer)
+	// No context: a stopping worker ends its connects itself, and a
+	// context would cost a watch per connection.
+	c, err := s.client.Loop().Dial(context.Background(), be.addr, be.dialer)
 	if err != nil { // the address was checked at Attach
 		b.dialFailed(s, be, err)
 		return
@@ -279,7 +307,7 @@ func (b *Balancer) connected(c *herd.Conn) {
 		// Worker.Scale moved the client while this connected: dial again
 		// from where it is now (not the backend's fault).
 		c.Abort()
-		s.tried[be.index] = false
+		s.setTried(be, false)
 		be.active.Add(-1)
 		s.client.Post(func() { b.next(s) })
 		return
@@ -293,7 +321,7 @@ func (b *Balancer) connected(c *herd.Conn) {
 		Splice: b.Splice,
 		AToB:   &be.bytesIn,
 		BToA:   &be.bytesOut,
-		OnDone: func(uint64, uint64, bool) { be.active.Add(-1) },
+		OnDone: be.pipeDone,
 	})
 	if err != nil { // ErrConnClosed: the client left meanwhile, and Pipe reset the backend
 		be.active.Add(-1)
