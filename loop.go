@@ -433,7 +433,7 @@ func (l *Loop) read(c *Conn, failed bool) {
 		// peer is gone.)
 		return
 	}
-	if e, ok := c.h.(*pipeEnd); ok && e.splice && st == connOpen && l.spliceRead(c, e) {
+	if e, ok := c.h.(*pipeEnd); ok && e.bulk && st == connOpen && l.spliceRead(c, e) {
 		return
 	}
 	n, err := readFd(int(c.fd), l.readBuf)

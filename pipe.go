@@ -20,9 +20,10 @@ type PipeOptions struct {
 	OnDone func(aToB, bToA uint64, clean bool)
 	// Splice moves the bytes with splice(2) through a kernel pipe per
 	// direction, without copying them through user space (Linux; ignored
-	// elsewhere and for TLS connections). It costs two descriptors per
-	// direction only while bytes are in flight (empty pipes are pooled
-	// per loop), and pays off for bulk transfers more than for small messages:
+	// elsewhere and for TLS connections), once they come in bulk: after a
+	// read of 16 KiB or more, and until a read brings less. It costs two
+	// descriptors per direction only while bytes are in flight (empty
+	// pipes are pooled per loop), and pays off for bulk transfers:
 	// see bench/README.md.
 	Splice bool
 }
@@ -115,10 +116,19 @@ type pipeEnd struct {
 	count  *atomic.Uint64
 	n      uint64      // bytes forwarded from this end
 	ended  atomic.Bool // this connection's peer ended its stream (read by the other end's OnClose)
-	splice bool        // move the bytes with splice(2)
+	splice bool        // move the bytes with splice(2) when they come in bulk
+	bulk   bool        // splice the next read: the last one was large
 }
 
+// spliceFrom is the read from which Pipe splices the next ones: small
+// messages (a request, a reply) cost fewer system calls copied, since a
+// splice takes two (socket to pipe, pipe to socket) where a copy takes a
+// read and a write, and a kernel pipe besides; a stream that fills reads
+// gains from not copying (HAProxy's splice-auto weighs it likewise).
+const spliceFrom = 16 << 10
+
 func (e *pipeEnd) OnData(c *Conn, data []byte) {
+	e.bulk = e.splice && len(data) >= spliceFrom
 	if _, ok := e.other.send(data, sendForward); !ok {
 		return // the other side is gone; its close ends this one
 	}

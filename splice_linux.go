@@ -141,6 +141,7 @@ func (l *Loop) spliceRead(src *Conn, e *pipeEnd) bool {
 		return true
 	}
 	kp.n = n
+	e.bulk = n >= spliceFrom
 	l.bytesIn.Add(uint64(n))
 	l.spliced.Add(uint64(n))
 	l.messagesIn.Add(1)
