@@ -5,6 +5,7 @@ package balancer
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
@@ -521,5 +522,92 @@ func TestEarlyBytesAndRetry(t *testing.T) {
 				t.Fatalf("stats: %+v", s)
 			}
 		})
+	}
+}
+
+// TestConnectTimeout: a backend whose connects hang is given up after
+// ConnectTimeout, counted against it, and the client is served by
+// another.
+func TestConnectTimeout(t *testing.T) {
+	good := startBackend(t, idServer(1))
+	b := &Balancer{Backends: []Backend{{Addr: herdtest.SilentAddr(t)}, {Addr: good.addr}}, Algorithm: RoundRobin,
+		ConnectTimeout: 200 * time.Millisecond}
+	addr := runBalancer(t, b, nil)
+	start := time.Now()
+	for i := 0; i < 2; i++ {
+		id, c, err := askID(addr, nil)
+		if err != nil || id != 1 {
+			t.Fatalf("client %d: backend %d, %v", i, id, err)
+		}
+		c.Close()
+	}
+	// Round robin sends each client to the silent backend first (the
+	// retry takes the other's turn): each waits out the timeout once.
+	if took := time.Since(start); took < 400*time.Millisecond || took > 5*time.Second {
+		t.Fatalf("took %v: each of the two clients should have waited for the 200ms connect timeout", took)
+	}
+	if s := b.Stats().Backends[0]; s.ConnectErrors != 2 || s.Total != 0 {
+		t.Fatalf("silent backend: %+v; want two connect errors", s)
+	}
+}
+
+// TestScaleUnderLoad: Worker.Scale 4 to 1 to 3 while clients churn
+// through the balancer: no connection fails.
+func TestScaleUnderLoad(t *testing.T) {
+	var bes []Backend
+	for i := 0; i < 2; i++ {
+		bes = append(bes, Backend{Addr: startBackend(t, idServer(byte(i))).addr})
+	}
+	b := &Balancer{Backends: bes, Logger: quiet}
+	w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 4, ReusePort: true, Logger: quiet}
+	if err := b.Attach(w); err != nil {
+		t.Fatal(err)
+	}
+	addr := herdtest.Run(t, w)
+	var stop atomic.Bool
+	var done, failed atomic.Int64
+	var wg sync.WaitGroup
+	for g := 0; g < 16; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for !stop.Load() {
+				_, c, err := askID(addr, nil)
+				if err != nil {
+					failed.Add(1)
+					t.Errorf("a client failed: %v", err)
+					return
+				}
+				c.Write([]byte("x"))
+				var one [1]byte
+				if _, err := io.ReadFull(c, one[:]); err != nil || one[0] != 'x' {
+					failed.Add(1)
+					t.Errorf("echo through the balancer: %q, %v", one, err)
+				}
+				c.Close()
+				done.Add(1)
+			}
+		}()
+	}
+	for _, n := range []int{1, 3, 2} {
+		before := done.Load()
+		herdtest.WaitFor(t, "traffic", func() bool { return done.Load() > before+300 })
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := w.Scale(ctx, n)
+		cancel()
+		if err != nil {
+			t.Fatalf("Scale(%d): %v", n, err)
+		}
+	}
+	before := done.Load()
+	herdtest.WaitFor(t, "traffic after the last Scale", func() bool { return done.Load() > before+300 })
+	stop.Store(true)
+	wg.Wait()
+	s := b.Stats()
+	t.Logf("%d proxied connections across Scale 4-1-3-2, %d failed; backends took %d and %d", done.Load(), failed.Load(), s.Backends[0].Total, s.Backends[1].Total)
+	for _, be := range s.Backends {
+		if be.ConnectErrors != 0 || be.State != Up {
+			t.Fatalf("backend %+v", be)
+		}
 	}
 }

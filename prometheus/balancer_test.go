@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"net"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -33,16 +32,7 @@ func TestBalancerCollector(t *testing.T) {
 			go func() { defer c.Close(); io.Copy(c, c) }()
 		}
 	}()
-	// A port held by a socket that is bound and does not listen: connects
-	// are refused, and no listener of this test can take it.
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer syscall.Close(fd)
-	syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}})
-	sa, _ := syscall.Getsockname(fd)
-	deadAddr := (&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: sa.(*syscall.SockaddrInet4).Port}).String()
+	deadAddr := herdtest.RefusedAddr(t)
 	b := &balancer.Balancer{Backends: []balancer.Backend{{Addr: deadAddr}, {Addr: ln.Addr().String()}},
 		Health: balancer.HealthCheck{Fall: 1, EjectFor: time.Hour}, Logger: slog.New(slog.DiscardHandler)}
 	w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 1, Logger: slog.New(slog.DiscardHandler)}

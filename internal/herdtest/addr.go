@@ -1,0 +1,57 @@
+//go:build linux || darwin || freebsd
+
+package herdtest
+
+import (
+	"net"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// boundSocket is a TCP socket bound to a free loopback port, closed when
+// the test ends, and its address.
+func boundSocket(t testing.TB) (int, string) {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := sa.(*syscall.SockaddrInet4)
+	return fd, (&net.TCPAddr{IP: a.Addr[:], Port: a.Port}).String()
+}
+
+// RefusedAddr is a loopback address where a connect is refused: its port
+// is held by a socket that is bound and does not listen, so that no
+// listener of the test can take it meanwhile (as a port freed by closing a
+// listener could be).
+func RefusedAddr(t testing.TB) string {
+	_, addr := boundSocket(t)
+	return addr
+}
+
+// SilentAddr is a loopback address where a connect hangs: a listener with
+// a backlog of one that never accepts, its queue filled, so that the
+// kernel drops further SYNs (how a connect timeout is made on loopback).
+func SilentAddr(t testing.TB) string {
+	t.Helper()
+	fd, addr := boundSocket(t)
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 4; i++ {
+		d := net.Dialer{Timeout: 300 * time.Millisecond}
+		if c, err := d.Dial("tcp", addr); err == nil {
+			t.Cleanup(func() { c.Close() })
+		}
+	}
+	return addr
+}
