@@ -86,8 +86,8 @@ type dialState struct {
 	network  string // "tcp", "tcp4", "tcp6" or "unix"
 	host     string
 	port     string
-	path     string // a unix socket's
-	attempt  int    // consecutive failed attempts, for Reconnect
+	path     string        // a unix socket's
+	attempt  int           // consecutive failed attempts, for Reconnect
 	sa       unix.Sockaddr // where to connect, once known (or err)
 	err      error
 	timer    *Timer // the connect timeout, on the connection's loop
