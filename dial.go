@@ -66,11 +66,15 @@ type Backoff struct {
 	Initial, Max time.Duration
 }
 
-func (b Backoff) delay(attempt int) time.Duration {
-	limit := b.Max
-	if limit <= 0 {
-		limit = 30 * time.Second
+func (b Backoff) limit() time.Duration {
+	if b.Max <= 0 {
+		return 30 * time.Second
 	}
+	return b.Max
+}
+
+func (b Backoff) delay(attempt int) time.Duration {
+	limit := b.limit()
 	d := b.Initial
 	for i := 0; i < attempt && d < limit; i++ {
 		d *= 2
@@ -332,7 +336,6 @@ func (l *Loop) connected(c *Conn, failed bool) {
 	}
 	ds := c.rare.dial
 	l.endConnect(ds)
-	ds.attempt = 0
 	ds.upSince = l.now.UnixNano()
 	c.lastActive = l.now.UnixNano()
 	c.mu.Lock()
@@ -340,7 +343,9 @@ func (l *Loop) connected(c *Conn, failed bool) {
 	c.readOn, c.writeOn = false, true // as connect registered it
 	c.updateInterestLocked()
 	c.mu.Unlock()
-	if ds.d.OnConnect != nil { // Close since (with bytes queued) still connected it: OnClose will follow
+	if ds.d.OnConnect != nil {
+		// Even after a Close that left bytes queued: the connection is
+		// made, and OnClose follows.
 		l.callConn(ds.d.OnConnect, c)
 	}
 	if c.state.Load() == connClosed {
@@ -397,20 +402,18 @@ func (l *Loop) dialEnded(c *Conn, connected bool, err error) {
 	if b.Initial <= 0 || c.flags.Load()&flagSelfEnd != 0 || ds.ctx.Err() != nil || (l.draining && l.heirs == nil) {
 		return
 	}
-	if connected && time.Duration(l.now.UnixNano()-ds.upSince) >= b.Max {
-		ds.attempt = 0
+	if connected && time.Duration(l.now.UnixNano()-ds.upSince) >= b.limit() {
+		ds.attempt = 0 // it stayed up: not a server that drops each connection
 	}
 	wait := b.delay(ds.attempt)
 	next := &dialState{d: ds.d, ctx: ds.ctx, network: ds.network, host: ds.host, port: ds.port, path: ds.path, attempt: ds.attempt + 1}
 	if l.heirs != nil {
 		l = leastActive(l.heirs) // this loop is leaving (Scale)
 	}
-	l.Post(func() {
-		l.AfterFunc(wait, func() {
-			if ds.ctx.Err() == nil && !(l.draining && l.heirs == nil) {
-				l.dial(next)
-			}
-		})
+	l.AfterFunc(wait, func() {
+		if ds.ctx.Err() == nil && !(l.draining && l.heirs == nil) {
+			l.dial(next)
+		}
 	})
 }
 

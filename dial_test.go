@@ -404,3 +404,18 @@ func FuzzParseDialAddr(f *testing.F) {
 		}
 	})
 }
+
+func TestBackoff(t *testing.T) {
+	b := Backoff{Initial: 10 * time.Millisecond, Max: 100 * time.Millisecond}
+	for attempt, want := range []time.Duration{10, 20, 40, 80, 100, 100} {
+		want *= time.Millisecond
+		for i := 0; i < 50; i++ {
+			if d := b.delay(attempt); d < want || d > want+want/5 {
+				t.Fatalf("attempt %d: %v, want %v to %v", attempt, d, want, want+want/5)
+			}
+		}
+	}
+	if d := (Backoff{Initial: time.Minute}).delay(3); d < 30*time.Second || d > 36*time.Second {
+		t.Fatalf("Max zero should cap at 30s: %v", d)
+	}
+}
