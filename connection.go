@@ -36,8 +36,9 @@ func (r SendResult) String() string {
 	return [...]string{"written", "queued", "dropped"}[r]
 }
 
-// Conn is one accepted connection. It belongs to one loop at a time, and its
-// callbacks run there; Worker.Scale may hand it to another loop when its
+// Conn is one connection, accepted by a Worker or dialed by a loop
+// (Loop.Dial). It belongs to one loop at a time, and its callbacks (the
+// Worker's, or its Dialer's) run there; Worker.Scale may hand it to another loop when its
 // loop leaves (see LoopMover). Every method is safe from any goroutine.
 type Conn struct {
 	id uint64
