@@ -74,12 +74,6 @@ func Pipe(a, b *Conn, o *PipeOptions) error {
 	splice := p.opt.Splice && spliceSupported && a.tlsOf() == nil && b.tlsOf() == nil
 	p.a = pipeEnd{p: p, other: b, count: p.opt.AToB, splice: splice}
 	p.b = pipeEnd{p: p, other: a, count: p.opt.BToA, splice: splice}
-	if p.a.count == nil {
-		p.a.count = new(atomic.Uint64)
-	}
-	if p.b.count == nil {
-		p.b.count = new(atomic.Uint64)
-	}
 	a.SetHandler(&p.a)
 	b.SetHandler(&p.b)
 	a.mu.Lock()
@@ -88,17 +82,8 @@ func Pipe(a, b *Conn, o *PipeOptions) error {
 	b.mu.Lock()
 	b.rareLocked().piped = a
 	b.mu.Unlock()
-	for _, e := range []*pipeEnd{&p.a, &p.b} {
-		c := e.other.pipedTo()
-		if len(c.in) > 0 {
-			in := c.in
-			c.in = nil
-			e.OnData(c, in)
-		}
-		if c.peerClosedNow() {
-			e.OnEnd(c) // its peer had ended its stream before the pipe
-		}
-	}
+	p.a.catchUp(a)
+	p.b.catchUp(b)
 	return nil
 }
 
@@ -113,11 +98,11 @@ type pipe struct {
 type pipeEnd struct {
 	p      *pipe
 	other  *Conn
-	count  *atomic.Uint64
-	n      uint64      // bytes forwarded from this end
-	ended  atomic.Bool // this connection's peer ended its stream (read by the other end's OnClose)
-	splice bool        // move the bytes with splice(2) when they come in bulk
-	bulk   bool        // splice the next read: the last one was large
+	count  *atomic.Uint64 // PipeOptions' AToB or BToA; nil if not set
+	n      uint64         // bytes forwarded from this end
+	ended  atomic.Bool    // this connection's peer ended its stream (read by the other end's OnClose)
+	splice bool           // move the bytes with splice(2) when they come in bulk
+	bulk   bool           // splice the next read: the last one was large
 }
 
 // spliceFrom is the read from which Pipe splices the next ones: small
@@ -127,13 +112,25 @@ type pipeEnd struct {
 // gains from not copying (HAProxy's splice-auto weighs it likewise).
 const spliceFrom = 16 << 10
 
+// catchUp forwards what c read before the pipe, and passes on an end of
+// stream it saw then.
+func (e *pipeEnd) catchUp(c *Conn) {
+	if len(c.in) > 0 {
+		in := c.in
+		c.in = nil
+		e.OnData(c, in)
+	}
+	if c.peerClosedNow() {
+		e.OnEnd(c)
+	}
+}
+
 func (e *pipeEnd) OnData(c *Conn, data []byte) {
 	e.bulk = e.splice && len(data) >= spliceFrom
 	if _, ok := e.other.send(data, sendForward); !ok {
 		return // the other side is gone; its close ends this one
 	}
-	e.n += uint64(len(data))
-	e.count.Add(uint64(len(data)))
+	e.forwarded(len(data))
 	l := c.Loop()
 	if e.other.Loop() == l {
 		e.other.lastActive = l.now.UnixNano() // forwarding to it is activity
@@ -159,6 +156,14 @@ func (e *pipeEnd) OnClose(c *Conn) {
 	}
 	if p.closed.Add(1) == 2 && p.opt.OnDone != nil {
 		p.opt.OnDone(p.a.n, p.b.n, clean)
+	}
+}
+
+// forwarded counts n bytes forwarded from this end.
+func (e *pipeEnd) forwarded(n int) {
+	e.n += uint64(n)
+	if e.count != nil {
+		e.count.Add(uint64(n))
 	}
 }
 

@@ -170,8 +170,7 @@ func (l *Loop) spliceRead(src *Conn, e *pipeEnd) bool {
 	if n < spliceChunk {
 		src.drainedTurn = l.turn
 	}
-	e.n += uint64(n)
-	e.count.Add(uint64(n))
+	e.forwarded(n)
 	if dst.Loop() == l {
 		dst.lastActive = now
 	}
