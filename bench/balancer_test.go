@@ -436,6 +436,11 @@ func (e *balancerBench) startProxy(b *testing.B, row string, backends []string) 
 func haproxyConfig(addr string, backends []string, splice bool, maxconn int) string {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "global\n\tnbthread 2\n\tmaxconn %d\n\tmaxpipes 1000\n", maxconn)
+	if splice {
+		// The pipe size herd's splicing asks for (F_SETPIPE_SZ); HAProxy's
+		// default is the system's, 64 KiB.
+		sb.WriteString("\ttune.pipesize 262144\n")
+	}
 	sb.WriteString("defaults\n\tmode tcp\n\ttimeout connect 5s\n\ttimeout client 5m\n\ttimeout server 5m\n")
 	if splice {
 		sb.WriteString("\toption splice-request\n\toption splice-response\n")
