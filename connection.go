@@ -383,6 +383,10 @@ const (
 	// sendForward never drops and leaves this connection's reading alone:
 	// the sender pauses the connection the bytes come from (Pipe).
 	sendForward
+	// sendForwardLast is sendForward for the last bytes before this side
+	// is shut down: written with MSG_MORE, so that the shutdown that
+	// follows at once goes out in the same segment as they do.
+	sendForwardLast
 )
 
 // sendBytes is send for bytes that go on the wire as they are: a plain
@@ -401,7 +405,7 @@ func (c *Conn) sendBytes(data []byte, mode sendMode) (r SendResult, ok bool) {
 	}
 	queued := c.queuedLocked()
 	if queued == 0 && c.flags.Load()&flagConnecting == 0 {
-		n, err := writeOnce(int(c.fd), data)
+		n, err := writeOnce(int(c.fd), data, mode == sendForwardLast)
 		if n > 0 {
 			l.bytesOut.Add(uint64(n))
 			data = data[n:]
@@ -456,10 +460,17 @@ func (c *Conn) droppedFull(l *Loop) {
 	}
 }
 
-// writeOnce is one write(2): what the socket does not take now is queued.
-func writeOnce(fd int, b []byte) (int, error) {
+// writeOnce is one write(2) (a send with MSG_MORE if more is set, where
+// there is one): what the socket does not take now is queued.
+func writeOnce(fd int, b []byte, more bool) (int, error) {
 	for {
-		n, err := sysWrite(fd, b)
+		var n int
+		var err error
+		if more {
+			n, err = sendMore(fd, b)
+		} else {
+			n, err = sysWrite(fd, b)
+		}
 		switch err {
 		case nil:
 			return n, nil

@@ -231,7 +231,7 @@ func (l *Loop) drain(force bool) {
 				// received, even if the loop had not read it yet.
 				for i := 0; i < 16 && c.state.Load() == connOpen; i++ {
 					before := l.bytesIn.Load()
-					l.read(c, false)
+					l.read(c, false, false)
 					if l.bytesIn.Load() == before {
 						break
 					}

@@ -38,15 +38,18 @@ type Loop struct {
 	plainBuf []byte        // TLS plaintext, made on first use
 	pipes    []*kernelPipe // empty kernel pipes kept for Pipe's splicing
 	pkt      Packet        // the one OnPacket is running for
-	dg       *dgramBatch   // udp:// buffers (Linux: recvmmsg, sendmmsg), made on first use
-	events   []poll.Event
-	timers   timerHeap
-	now      time.Time
-	draining bool
-	forced   bool
-	hot      bool      // the last sleeping Wait found events
-	idleFrom time.Time // when the loop went idle in this wait; zero if it did not
-	turn     uint32    // counts Waits; never 0 once running
+	// endFollows is set while a read is delivered after which the peer's
+	// end of stream is known to follow (Pipe sends it on with MSG_MORE).
+	endFollows bool
+	dg         *dgramBatch // udp:// buffers (Linux: recvmmsg, sendmmsg), made on first use
+	events     []poll.Event
+	timers     timerHeap
+	now        time.Time
+	draining   bool
+	forced     bool
+	hot        bool      // the last sleeping Wait found events
+	idleFrom   time.Time // when the loop went idle in this wait; zero if it did not
+	turn       uint32    // counts Waits; never 0 once running
 
 	// Lingering connections, oldest first, and the one timer that looks
 	// at them when the oldest is due.
@@ -382,7 +385,7 @@ func (l *Loop) serve(c *Conn, ev poll.Event) {
 		return
 	}
 	if ev.Readable {
-		l.read(c, ev.Failed)
+		l.read(c, ev.Failed, ev.PeerEnd)
 	}
 	if ev.Writable && c.state.Load() != connClosed {
 		f, err := c.flush()
@@ -413,7 +416,11 @@ func (l *Loop) serve(c *Conn, ev poll.Event) {
 
 // read takes what the socket holds, at most one buffer per event so that
 // other connections get their turn (the poller reports the rest again).
-func (l *Loop) read(c *Conn, failed bool) {
+// peerEnd says the poller saw the peer's end of stream: once a read takes
+// less than a buffer, what is left is that end, and it is read in the same
+// turn (no second wake-up; a Pipe forwarding the last bytes can send them
+// with the end in one segment, see endFollows).
+func (l *Loop) read(c *Conn, failed, peerEnd bool) {
 	st := c.state.Load()
 	if st == connClosed {
 		return
@@ -450,7 +457,18 @@ func (l *Loop) read(c *Conn, failed bool) {
 			l.feedTLS(c, t, l.readBuf[:n])
 			return
 		}
+		last := peerEnd && n < len(l.readBuf)
+		l.endFollows = last
 		l.deliver(c, l.readBuf[:n])
+		l.endFollows = false
+		if last && c.readable() {
+			n, err = readFd(int(c.fd), l.readBuf[:1])
+			if n == 0 && err == nil {
+				l.peerEnded(c)
+			} else if n > 0 {
+				l.deliver(c, l.readBuf[:n]) // not the end after all
+			}
+		}
 		return
 	}
 	if err == unix.EAGAIN {

@@ -127,7 +127,11 @@ func (e *pipeEnd) catchUp(c *Conn) {
 
 func (e *pipeEnd) OnData(c *Conn, data []byte) {
 	e.bulk = e.splice && len(data) >= spliceFrom
-	if _, ok := e.other.send(data, sendForward); !ok {
+	mode := sendForward
+	if c.Loop().endFollows {
+		mode = sendForwardLast // OnEnd follows in this turn, and shuts other's side
+	}
+	if _, ok := e.other.send(data, mode); !ok {
 		return // the other side is gone; its close ends this one
 	}
 	e.forwarded(len(data))

@@ -130,3 +130,6 @@ func nonblockingSocket(domain int) (int, error) {
 	}
 	return fd, nil
 }
+
+// sendMore is a write: these systems have no MSG_MORE.
+func sendMore(fd int, b []byte) (int, error) { return sysWrite(fd, b) }

@@ -181,3 +181,10 @@ func nonblockingSocket(domain int) (int, error) {
 	}
 	return fd, nil
 }
+
+// sendMore writes b with MSG_MORE: the kernel holds a short segment back
+// for what follows at once (Pipe's shutdown of this side, whose FIN then
+// rides in the same segment).
+func sendMore(fd int, b []byte) (int, error) {
+	return unix.SendmsgN(fd, b, nil, nil, unix.MSG_MORE|unix.MSG_NOSIGNAL)
+}

@@ -138,6 +138,7 @@ func (p *Poller) Wait(msec int, out []Event) ([]Event, error) {
 			Readable: e.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|failed) != 0,
 			Writable: e.Events&(unix.EPOLLOUT|failed) != 0,
 			Failed:   e.Events&failed != 0,
+			PeerEnd:  e.Events&unix.EPOLLRDHUP != 0,
 		})
 	}
 	return out, nil

@@ -119,6 +119,7 @@ func (p *Poller) Wait(msec int, out []Event) ([]Event, error) {
 			Readable: e.Filter == unix.EVFILT_READ || failed,
 			Writable: e.Filter == unix.EVFILT_WRITE || failed,
 			Failed:   e.Flags&unix.EV_ERROR != 0,
+			PeerEnd:  e.Filter == unix.EVFILT_READ && e.Flags&unix.EV_EOF != 0,
 		})
 	}
 	return out, nil

@@ -13,5 +13,6 @@ type Event struct {
 	Readable bool // data, EOF or an error is waiting: a read will not block
 	Writable bool // the send buffer has room, or the socket failed
 	Failed   bool // an error or a hang-up, reported even for a socket watched for nothing
+	PeerEnd  bool // the peer has ended its stream: what a read leaves is its end (EPOLLRDHUP, EV_EOF)
 	Wake     bool // Wake was called; Fd is meaningless
 }
