@@ -30,9 +30,25 @@ func dialWorker(t *testing.T) (*Worker, *Loop) {
 	return w, loopsOf(t, w, &started)[0]
 }
 
-// lineEchoServer is a net/http-style goroutine server echoing lines, the
+// lineEchoServer is a goroutine-per-connection server echoing lines, the
 // peer for outbound tests.
 func lineEchoServer(t *testing.T, network, addr string) net.Listener {
+	t.Helper()
+	return serveConns(t, network, addr, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		for {
+			line, err := br.ReadBytes('\n')
+			if err != nil {
+				return
+			}
+			c.Write(line)
+		}
+	})
+}
+
+// serveConns listens on addr until the test ends and serves each
+// connection with f on a goroutine of its own, closing it after.
+func serveConns(t *testing.T, network, addr string, f func(c net.Conn)) net.Listener {
 	t.Helper()
 	ln, err := net.Listen(network, addr)
 	if err != nil {
@@ -47,14 +63,7 @@ func lineEchoServer(t *testing.T, network, addr string) net.Listener {
 			}
 			go func() {
 				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					line, err := br.ReadBytes('\n')
-					if err != nil {
-						return
-					}
-					c.Write(line)
-				}
+				f(c)
 			}()
 		}
 	}()
@@ -195,10 +204,9 @@ func TestDialBadAddress(t *testing.T) {
 	}
 }
 
-// refusedAddr is a loopback address where a connect is refused: its port
-// is held by a socket that is bound and does not listen, so that no other
-// test's listener can take it meanwhile.
-func refusedAddr(t *testing.T) string {
+// boundSocket is a TCP socket bound to a free loopback port, closed when
+// the test ends, and its address.
+func boundSocket(t *testing.T) (int, string) {
 	t.Helper()
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
 	if err != nil {
@@ -209,7 +217,16 @@ func refusedAddr(t *testing.T) string {
 		t.Fatal(err)
 	}
 	sa, _ := unix.Getsockname(fd)
-	return netAddr(sa).String()
+	return fd, netAddr(sa).String()
+}
+
+// refusedAddr is a loopback address where a connect is refused: its port
+// is held by a socket that is bound and does not listen, so that no other
+// test's listener can take it meanwhile. (Tests outside the package have
+// internal/herdtest's, which cannot be imported here.)
+func refusedAddr(t *testing.T) string {
+	_, addr := boundSocket(t)
+	return addr
 }
 
 // unacceptingListener is a listening socket with a backlog of one that
@@ -218,19 +235,10 @@ func refusedAddr(t *testing.T) string {
 // loopback.
 func unacceptingListener(t *testing.T) string {
 	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
+	fd, addr := boundSocket(t)
 	if err := unix.Listen(fd, 0); err != nil {
 		t.Fatal(err)
 	}
-	sa, _ := unix.Getsockname(fd)
-	addr := netAddr(sa).String()
 	// Fill the queue (its length is the backlog plus one).
 	for i := 0; i < 4; i++ {
 		d := net.Dialer{Timeout: 300 * time.Millisecond}

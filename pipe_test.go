@@ -83,24 +83,7 @@ func (p *pipeProxy) result(t *testing.T) pipeResult {
 // serveEach accepts on ln and runs f for each connection on a goroutine.
 func serveEach(t *testing.T, f func(c *net.TCPConn)) net.Listener {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				f(c.(*net.TCPConn))
-			}()
-		}
-	}()
-	return ln
+	return serveConns(t, "tcp", "127.0.0.1:0", func(c net.Conn) { f(c.(*net.TCPConn)) })
 }
 
 // stream is n pseudo-random bytes from seed, written in chunks of
