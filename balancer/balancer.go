@@ -263,8 +263,9 @@ func (s *session) OnEnd(*herd.Conn) {}
 func (s *session) OnClose(*herd.Conn) {
 	s.closed = true
 	if s.dialing != nil {
-		s.dialing.Abort()
+		s.dialing.Abort() // a connect given up reaches no OnError
 		s.dialing = nil
+		s.be.active.Add(-1)
 	}
 }
 

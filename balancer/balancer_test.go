@@ -549,6 +549,17 @@ func TestConnectTimeout(t *testing.T) {
 	if s := b.Stats().Backends[0]; s.ConnectErrors != 2 || s.Total != 0 {
 		t.Fatalf("silent backend: %+v; want two connect errors", s)
 	}
+	// A client that resets while its backend is still connecting takes
+	// its session along: nothing stays counted as active. (One that ends
+	// its stream is still served: its end is passed on once piped.)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // connecting to the silent backend
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close()
+	herdtest.WaitFor(t, "no active session", func() bool { return b.Stats().Backends[0].Active == 0 && b.Stats().Backends[1].Active == 0 })
 }
 
 // TestScaleUnderLoad: Worker.Scale 4 to 1 to 3 while clients churn
