@@ -72,7 +72,17 @@
 // then closes the connection. A reply that another goroutine is still
 // making goes out too where the callback said so with Conn.Hold: the
 // connection stays open, reading nothing, until the Release. Without a
-// Hold, a reply sent after that is dropped, as in Workerman.
+// Hold, a reply sent after that is dropped, as in Workerman. A Handler
+// that is an EndHandler decides itself (a proxy passes the end on with
+// Conn.CloseWrite, a half-close, and goes on forwarding the other way).
+//
+// # Outbound connections and proxies
+//
+// A loop dials out with Loop.Dial (Workerman's AsyncTcpConnection): the
+// connection is a Conn like an accepted one, served on that loop by the
+// Dialer's callbacks. Pipe joins two connections both ways (Workerman's
+// pipe) with backpressure each way, half-closes and aborts passed on, and
+// optionally splice(2). Package balancer builds a load balancer on them.
 //
 // # Faults
 //
