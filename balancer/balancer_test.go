@@ -355,6 +355,76 @@ func TestHealthChecks(t *testing.T) {
 	})
 }
 
+// TestUnixBackend: a backend on a unix socket is proxied to and checked
+// over HTTP (with Host: localhost, a path being no host).
+func TestUnixBackend(t *testing.T) {
+	path := t.TempDir() + "/backend.sock"
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	hosts := make(chan string, 16)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				line, err := br.ReadString('\n')
+				if err != nil {
+					return
+				}
+				if strings.HasPrefix(line, "GET /health") {
+					host := ""
+					for {
+						h, err := br.ReadString('\n')
+						if err != nil || h == "\r\n" {
+							break
+						}
+						if v, ok := strings.CutPrefix(h, "Host: "); ok {
+							host = strings.TrimSpace(v)
+						}
+					}
+					select {
+					case hosts <- host:
+					default:
+					}
+					io.WriteString(c, "HTTP/1.0 200 OK\r\n\r\n")
+					return
+				}
+				c.Write([]byte(line))
+			}()
+		}
+	}()
+	b := &Balancer{Backends: []Backend{{Addr: "unix://" + path}}, Health: HealthCheck{Interval: 20 * time.Millisecond, HTTPPath: "/health"}}
+	addr := runBalancer(t, b, nil)
+	select {
+	case h := <-hosts:
+		if h != "localhost" {
+			t.Fatalf("the check said Host: %q", h)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no health check reached the unix backend")
+	}
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(c, "hello over unix\n")
+	if got, err := bufio.NewReader(c).ReadString('\n'); err != nil || got != "hello over unix\n" {
+		t.Fatalf("got %q, %v", got, err)
+	}
+	if s := b.Stats().Backends[0]; s.State != Up || s.ChecksFailed != 0 {
+		t.Fatalf("unix backend: %+v", s)
+	}
+}
+
 // TestSlowStart: a backend that comes back up takes a growing share.
 func TestSlowStart(t *testing.T) {
 	tb := startBackend(t, idServer(0))

@@ -8,6 +8,7 @@ package balancer
 import (
 	"bytes"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/seed358e4494/herd"
@@ -168,7 +169,11 @@ func (c *check) connected(conn *herd.Conn) {
 		c.end(true, nil)
 		return
 	}
-	req := "GET " + c.b.Health.HTTPPath + " HTTP/1.0\r\nHost: " + identity(c.be.addr) + "\r\nUser-Agent: herd-balancer\r\n\r\n"
+	host := identity(c.be.addr)
+	if strings.HasPrefix(c.be.addr, "unix://") {
+		host = "localhost" // a path is no Host
+	}
+	req := "GET " + c.b.Health.HTTPPath + " HTTP/1.0\r\nHost: " + host + "\r\nUser-Agent: herd-balancer\r\n\r\n"
 	conn.Write([]byte(req))
 }
 
