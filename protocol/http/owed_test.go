@@ -432,11 +432,12 @@ func TestHeadAndAbsoluteForm(t *testing.T) {
 // refilling the queue (the queue's size then says nothing of progress).
 func TestSlowSteadyReaderNotIdle(t *testing.T) {
 	t.Parallel()
-	// 8 MiB at 2 MB/s: the queue is never empty for about 4 s, four
-	// times the IdleTimeout, and a loaded CI machine's pause of under a
-	// second does not look like a stall.
-	const size = 8 << 20
-	addr := startServer(t, &Server{IdleTimeout: time.Second, Handler: func(w *ResponseWriter, r *Request) {
+	// 12 MiB at 2 MB/s: the queue is never empty for about 6 s, twice the
+	// IdleTimeout, and a loaded CI machine's pause of under 3 seconds does
+	// not look like a stall. (At 1 s, a CI run under -race over TLS, with
+	// the client decrypting at a fifth of the rate, once stalled past it.)
+	const size = 12 << 20
+	addr := startServer(t, &Server{IdleTimeout: 3 * time.Second, Handler: func(w *ResponseWriter, r *Request) {
 		w.Async()
 		go func() {
 			defer w.End()
