@@ -171,7 +171,7 @@ func (l *Loop) dial(ds *dialState) *Conn {
 		return c
 	}
 	go func() {
-		family := map[string]string{"tcp": "ip", "tcp4": "ip4", "tcp6": "ip6"}[ds.network]
+		family := "ip" + strings.TrimPrefix(ds.network, "tcp") // ip, ip4 or ip6
 		ips, err := net.DefaultResolver.LookupNetIP(ds.ctx, family, ds.host)
 		if err != nil {
 			resolved(nil, err)

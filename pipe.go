@@ -127,19 +127,22 @@ func (e *pipeEnd) catchUp(c *Conn) {
 
 func (e *pipeEnd) OnData(c *Conn, data []byte) {
 	e.bulk = e.splice && len(data) >= spliceFrom
+	l := c.Loop()
 	mode := sendForward
-	if c.Loop().endFollows {
+	if l.endFollows {
 		mode = sendForwardLast // OnEnd follows in this turn, and shuts other's side
 	}
-	if _, ok := e.other.send(data, mode); !ok {
+	r, ok := e.other.send(data, mode)
+	if !ok {
 		return // the other side is gone; its close ends this one
 	}
 	e.forwarded(len(data))
-	l := c.Loop()
 	if e.other.Loop() == l {
 		e.other.lastActive = l.now.UnixNano() // forwarding to it is activity
 	}
-	if e.other.SendQueueBytes() >= l.w.highWater() {
+	// Written means the queue was and is empty: only a queued send can
+	// have reached the high mark, and only then is the lock taken to see.
+	if r == Queued && e.other.SendQueueBytes() >= l.w.highWater() {
 		c.waitFor(e.other)
 	}
 }
