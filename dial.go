@@ -126,6 +126,14 @@ func (l *Loop) Dial(ctx context.Context, addr string, d *Dialer) (*Conn, error) 
 	return l.dial(ds), nil
 }
 
+// CheckDialAddr reports whether Loop.Dial would take addr, with the error
+// it would return: for a configuration to be checked before anything
+// dials (the balancer's backends, say).
+func CheckDialAddr(addr string) error {
+	_, _, _, _, err := parseDialAddr(addr)
+	return err
+}
+
 // parseDialAddr splits a Dial address.
 func parseDialAddr(addr string) (network, host, port, path string, err error) {
 	scheme, rest, ok := strings.Cut(addr, "://")

@@ -1,6 +1,7 @@
 package balancer
 
 import (
+	"fmt"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -60,8 +61,8 @@ func (b *Balancer) newBackend(i int, cfg Backend) (*backend, error) {
 			}
 		},
 	}
-	if err := checkAddr(cfg.Addr); err != nil {
-		return nil, err
+	if err := herd.CheckDialAddr(cfg.Addr); err != nil {
+		return nil, fmt.Errorf("balancer: backend: %w", err)
 	}
 	be.pipeDone = func(uint64, uint64, bool) { be.active.Add(-1) }
 	b.reweigh(be, 0)
@@ -75,25 +76,6 @@ func identity(addr string) string {
 		return rest
 	}
 	return addr
-}
-
-// checkAddr rejects an address Loop.Dial would.
-func checkAddr(addr string) error {
-	scheme, rest, ok := strings.Cut(addr, "://")
-	if !ok {
-		scheme, rest = "tcp", addr
-	}
-	switch scheme {
-	case "unix":
-		if rest != "" {
-			return nil
-		}
-	case "tcp", "tcp4", "tcp6":
-		if h, _, err := net.SplitHostPort(rest); err == nil && h != "" {
-			return nil
-		}
-	}
-	return &net.AddrError{Err: "balancer: bad backend address", Addr: addr}
 }
 
 // usable reports whether the backend takes new connections.

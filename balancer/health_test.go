@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"net"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/seed358e4494/herd"
 )
 
 func TestCheckStatus(t *testing.T) {
@@ -59,5 +62,15 @@ func TestLocalShortage(t *testing.T) {
 	remote := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
 	if !localShortage(local) || localShortage(remote) || localShortage(errCheckTimeout) {
 		t.Fatalf("localShortage: EMFILE %v, ECONNREFUSED %v, a check timeout %v", localShortage(local), localShortage(remote), localShortage(errCheckTimeout))
+	}
+}
+
+func TestAttachChecksAddresses(t *testing.T) {
+	for _, addr := range []string{"127.0.0.1", "udp://127.0.0.1:9", "tcp://:80", "unix://"} {
+		b := &Balancer{Backends: []Backend{{Addr: addr}}}
+		err := b.Attach(&herd.Worker{Addr: "tcp://127.0.0.1:0"})
+		if err == nil || !strings.Contains(err.Error(), "balancer: backend: herd: dial") {
+			t.Errorf("backend %q: Attach said %v; want the address refused", addr, err)
+		}
 	}
 }
