@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/seed358e4494/herd/internal/loopback"
 	"github.com/seed358e4494/herd/protocol"
 )
 
@@ -204,54 +205,16 @@ func TestDialBadAddress(t *testing.T) {
 	}
 }
 
-// boundSocket is a TCP socket bound to a free loopback port, closed when
-// the test ends, and its address.
-func boundSocket(t *testing.T) (int, string) {
-	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	sa, _ := unix.Getsockname(fd)
-	return fd, netAddr(sa).String()
-}
-
-// refusedAddr is a loopback address where a connect is refused: its port
-// is held by a socket that is bound and does not listen, so that no other
-// test's listener can take it meanwhile. (Tests outside the package have
-// internal/herdtest's, which cannot be imported here.)
-func refusedAddr(t *testing.T) string {
-	_, addr := boundSocket(t)
-	return addr
-}
-
-// unacceptingListener is a listening socket with a backlog of one that
-// never accepts: once its queue is full, a connect to it hangs (the
-// kernel drops the SYNs), which is how a connect timeout is made on
-// loopback.
-func unacceptingListener(t *testing.T) string {
-	t.Helper()
-	fd, addr := boundSocket(t)
-	if err := unix.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	// Fill the queue (its length is the backlog plus one).
-	for i := 0; i < 4; i++ {
-		d := net.Dialer{Timeout: 300 * time.Millisecond}
-		if c, err := d.Dial("tcp", addr); err == nil {
-			t.Cleanup(func() { c.Close() })
-		}
-	}
-	return addr
-}
+// refusedAddr and silentAddr are loopback addresses where a
+// connect is refused, and where it hangs.
+var (
+	refusedAddr = loopback.RefusedAddr
+	silentAddr  = loopback.SilentAddr
+)
 
 func TestDialTimeoutAndCancel(t *testing.T) {
 	_, l := dialWorker(t)
-	addr := unacceptingListener(t)
+	addr := silentAddr(t)
 
 	e := newDialEvents()
 	d := e.dialer()

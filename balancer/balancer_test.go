@@ -20,6 +20,7 @@ import (
 
 	"github.com/seed358e4494/herd"
 	"github.com/seed358e4494/herd/internal/herdtest"
+	"github.com/seed358e4494/herd/internal/loopback"
 )
 
 // testBackend is a goroutine TCP server standing in for a real one.
@@ -600,7 +601,7 @@ func TestEarlyBytesAndRetry(t *testing.T) {
 // another.
 func TestConnectTimeout(t *testing.T) {
 	good := startBackend(t, idServer(1))
-	b := &Balancer{Backends: []Backend{{Addr: herdtest.SilentAddr(t)}, {Addr: good.addr}}, Algorithm: RoundRobin,
+	b := &Balancer{Backends: []Backend{{Addr: loopback.SilentAddr(t)}, {Addr: good.addr}}, Algorithm: RoundRobin,
 		ConnectTimeout: 200 * time.Millisecond}
 	addr := runBalancer(t, b, nil)
 	start := time.Now()

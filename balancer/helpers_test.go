@@ -4,10 +4,10 @@ import (
 	"io"
 	"log/slog"
 
-	"github.com/seed358e4494/herd/internal/herdtest"
+	"github.com/seed358e4494/herd/internal/loopback"
 )
 
 var (
 	quiet       = slog.New(slog.NewTextHandler(io.Discard, nil))
-	refusedAddr = herdtest.RefusedAddr
+	refusedAddr = loopback.RefusedAddr
 )

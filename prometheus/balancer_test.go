@@ -13,6 +13,7 @@ import (
 	"github.com/seed358e4494/herd"
 	"github.com/seed358e4494/herd/balancer"
 	"github.com/seed358e4494/herd/internal/herdtest"
+	"github.com/seed358e4494/herd/internal/loopback"
 )
 
 // TestBalancerCollector proxies two connections to an echo backend (one
@@ -32,7 +33,7 @@ func TestBalancerCollector(t *testing.T) {
 			go func() { defer c.Close(); io.Copy(c, c) }()
 		}
 	}()
-	deadAddr := herdtest.RefusedAddr(t)
+	deadAddr := loopback.RefusedAddr(t)
 	b := &balancer.Balancer{Backends: []balancer.Backend{{Addr: deadAddr}, {Addr: ln.Addr().String()}},
 		Health: balancer.HealthCheck{Fall: 1, EjectFor: time.Hour}, Logger: slog.New(slog.DiscardHandler)}
 	w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 1, Logger: slog.New(slog.DiscardHandler)}

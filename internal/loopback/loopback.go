@@ -1,6 +1,9 @@
 //go:build linux || darwin || freebsd
 
-package herdtest
+// Package loopback gives tests loopback addresses that misbehave on
+// purpose: one where a connect is refused, one where it hangs. It imports
+// nothing of herd's, so that herd's own tests can use it too.
+package loopback
 
 import (
 	"net"
