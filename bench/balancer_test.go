@@ -901,37 +901,13 @@ func (e *balancerBench) memoryRow(b *testing.B, addr string, px *childProc) {
 	}
 	time.Sleep(300 * time.Millisecond)
 	before, fds0 := procRSS(px.pid), procFDs(px.pid)
-	conns := make([]net.Conn, 0, n)
+	b.ResetTimer()
+	conns, failed, firstErr := openMany(n, echo)
 	defer func() {
 		for _, c := range conns {
 			c.Close()
 		}
 	}()
-	var mu sync.Mutex
-	var failed int
-	var firstErr error
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 64)
-	b.ResetTimer()
-	for range n {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			c, err := echo()
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				if failed++; firstErr == nil {
-					firstErr = err
-				}
-				return
-			}
-			conns = append(conns, c)
-		}()
-	}
-	wg.Wait()
 	if failed > 0 {
 		b.Fatalf("%d of %d connections failed; the first: %v", failed, n, firstErr)
 	}

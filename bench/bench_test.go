@@ -13,7 +13,9 @@ package bench
 
 import (
 	"math"
+	"net"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -202,4 +204,33 @@ func TestRunners(t *testing.T) {
 			}
 		})
 	}
+}
+
+// openMany opens n connections with open, 64 at a time, and returns those
+// that opened; failed counts the others and firstErr is the first error.
+// The caller closes what it gets.
+func openMany(n int, open func() (net.Conn, error)) (conns []net.Conn, failed int, firstErr error) {
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 64)
+	for range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			c, err := open()
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				if failed++; firstErr == nil {
+					firstErr = err
+				}
+				return
+			}
+			conns = append(conns, c)
+		}()
+	}
+	wg.Wait()
+	return conns, failed, firstErr
 }

@@ -233,37 +233,24 @@ func BenchmarkTLSIdle(b *testing.B) {
 			time.Sleep(200 * time.Millisecond)
 			gcGet()
 			before := child.rss()
-			conns := make([]*tls.Conn, 0, n)
+			conns, failed, firstErr := openMany(n, func() (net.Conn, error) {
+				c, err := tls.Dial("tcp", child.addr, tlsClientConfig())
+				if err != nil {
+					return nil, err
+				}
+				if err := get(c, bufio.NewReader(c), "/"); err != nil {
+					c.Close()
+					return nil, err
+				}
+				return c, nil
+			})
 			defer func() {
 				for _, c := range conns {
 					c.Close()
 				}
 			}()
-			var mu sync.Mutex
-			var wg sync.WaitGroup
-			sem := make(chan struct{}, 64)
-			for range n {
-				wg.Add(1)
-				sem <- struct{}{}
-				go func() {
-					defer wg.Done()
-					defer func() { <-sem }()
-					c, err := tls.Dial("tcp", child.addr, tlsClientConfig())
-					if err != nil {
-						return
-					}
-					if get(c, bufio.NewReader(c), "/") != nil {
-						c.Close()
-						return
-					}
-					mu.Lock()
-					conns = append(conns, c)
-					mu.Unlock()
-				}()
-			}
-			wg.Wait()
-			if len(conns) != n {
-				b.Fatalf("%d of %d connections", len(conns), n)
+			if failed > 0 {
+				b.Fatalf("%d of %d connections failed; the first: %v", failed, n, firstErr)
 			}
 			gcGet()
 			time.Sleep(200 * time.Millisecond)
