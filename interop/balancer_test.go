@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -20,19 +19,7 @@ import (
 // and returns the address it printed.
 func startBalancer(t *testing.T, bin string, args ...string) string {
 	t.Helper()
-	_, lines := startProcess(t, bin, append([]string{"-listen", "127.0.0.1:0", "-count", "2"}, args...)...)
-	select {
-	case line := <-lines:
-		_, rest, ok := strings.Cut(line, "listening on ")
-		if !ok {
-			t.Fatalf("unexpected first line from examples/balancer: %q", line)
-		}
-		addr, _, _ := strings.Cut(rest, " ")
-		return addr
-	case <-time.After(30 * time.Second):
-		t.Fatal("examples/balancer printed no address within 30s")
-	}
-	return ""
+	return startListening(t, bin, append([]string{"-listen", "127.0.0.1:0", "-count", "2"}, args...)...)
 }
 
 // getFrom makes one HTTP request through addr from the loopback address

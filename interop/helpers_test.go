@@ -32,7 +32,16 @@ func buildExample(t *testing.T, name string) string {
 // killed) when the test ends.
 func startExample(t *testing.T, name string, args ...string) string {
 	t.Helper()
-	_, lines := startProcess(t, buildExample(t, name), append([]string{"-addr", "tcp://127.0.0.1:0"}, args...)...)
+	return startListening(t, buildExample(t, name), append([]string{"-addr", "tcp://127.0.0.1:0"}, args...)...)
+}
+
+// startListening runs the command bin with args (stopped when the test
+// ends) and returns the host:port of the "listening on" its first line
+// says.
+func startListening(t *testing.T, bin string, args ...string) string {
+	t.Helper()
+	name := filepath.Base(bin)
+	_, lines := startProcess(t, bin, args...)
 	select {
 	case line := <-lines:
 		// "<name>: listening on http://127.0.0.1:PORT pid N"

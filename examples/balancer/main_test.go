@@ -3,36 +3,19 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/seed358e4494/herd/internal/herdtest"
+
 	"github.com/seed358e4494/herd/balancer"
 )
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // echoBackend is a goroutine echo server.
 func echoBackend(t *testing.T) string {
@@ -57,21 +40,13 @@ func echoBackend(t *testing.T) string {
 func TestProxies(t *testing.T) {
 	b1, b2 := echoBackend(t), echoBackend(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	var out syncBuffer
+	var out herdtest.Output
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"-listen", "127.0.0.1:0", "-count", "2", "-backend", b1, "-backend", b2 + ",weight=3",
 			"-algorithm", "weighted", "-check-interval", "50ms", "-splice"}, &out, io.Discard)
 	}()
-	var addr string
-	for deadline := time.Now().Add(10 * time.Second); addr == ""; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no address printed: %q", out.String())
-		}
-		if _, rest, ok := strings.Cut(out.String(), "listening on "); ok {
-			addr, _, _ = strings.Cut(rest, " ")
-		}
-	}
+	addr := out.ListenAddr(t)
 	for i := 0; i < 8; i++ {
 		c, err := net.Dial("tcp", addr)
 		if err != nil {

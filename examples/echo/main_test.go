@@ -17,10 +17,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/seed358e4494/herd/internal/herdtest"
 
 	"github.com/seed358e4494/herd"
 	"github.com/seed358e4494/herd/protocol"
@@ -31,15 +32,15 @@ type server struct {
 	t      *testing.T
 	cancel context.CancelFunc
 	done   chan error
-	stdout *syncBuffer
-	stderr *syncBuffer
+	stdout *herdtest.Output
+	stderr *herdtest.Output
 	url    string // as printed: scheme://address
 }
 
 func startServer(t *testing.T, args ...string) *server {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &server{t: t, cancel: cancel, done: make(chan error, 1), stdout: new(syncBuffer), stderr: new(syncBuffer)}
+	s := &server{t: t, cancel: cancel, done: make(chan error, 1), stdout: new(herdtest.Output), stderr: new(herdtest.Output)}
 	go func() { s.done <- run(ctx, args, s.stdout, s.stderr) }()
 	t.Cleanup(func() {
 		if s.cancel != nil {
@@ -110,23 +111,6 @@ func (s *server) stop() string {
 		s.t.Fatalf("run did not return after its context ended; stderr:\n%s", s.stderr)
 	}
 	return s.stdout.String()
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // statsTable is one stats table as Stats.String prints it.

@@ -3,47 +3,21 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"net"
-	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/seed358e4494/herd/internal/herdtest"
 )
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func TestEcho(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
-	var out syncBuffer
+	var out herdtest.Output
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, []string{"-addr", "udp://127.0.0.1:0", "-count", "2"}, &out, io.Discard) }()
-	var addr string
-	for deadline := time.Now().Add(10 * time.Second); addr == ""; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no address printed: %q", out.String())
-		}
-		if _, rest, ok := strings.Cut(out.String(), "listening on "); ok {
-			addr, _, _ = strings.Cut(rest, " ")
-		}
-	}
+	addr := out.ListenAddr(t)
 	c, err := net.Dial("udp", addr)
 	if err != nil {
 		t.Fatal(err)
