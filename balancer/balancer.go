@@ -195,7 +195,6 @@ func (b *Balancer) logger() *slog.Logger {
 // the client is read as usual, which costs no poller changes, and is
 // paused only if it sends more than maxEarly before a backend is there.
 type session struct {
-	b         *Balancer
 	client    *herd.Conn
 	key       uint64
 	tried     uint64 // backends tried, by index (the first 64)
@@ -234,7 +233,7 @@ func (s *session) setTried(be *backend, on bool) {
 }
 
 func (b *Balancer) onConnect(client *herd.Conn) {
-	s := &session{b: b, client: client}
+	s := &session{client: client}
 	if len(b.backends) > 64 {
 		s.triedMore = make([]bool, len(b.backends))
 	}
