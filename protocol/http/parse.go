@@ -30,6 +30,10 @@ const (
 	headDone = 2 // internal: the header section is read
 )
 
+// maxChunkSizeDigits bounds a chunk-size's hex digits, as Go's
+// net/http/internal chunked reader does.
+const maxChunkSizeDigits = 16
+
 // maxChunkLine bounds a chunk-size line with its extensions.
 const maxChunkLine = 4096
 
@@ -632,6 +636,10 @@ func parseDigits(t []byte) (int64, bool) {
 //	chunk-size = 1*HEXDIG
 //	chunk-ext  = *( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] )
 //	ext-val    = token / quoted-string
+//
+// A chunk-size of more than 16 digits is refused even if its value is
+// small (leading zeros): as Go's own chunked reader refuses it, so that a
+// proxy in front and herd never disagree on where a body ends.
 func parseChunkLine(line []byte) (int64, bool) {
 	var n int64
 	i := 0
@@ -640,8 +648,8 @@ func parseChunkLine(line []byte) (int64, bool) {
 		if !ok {
 			break
 		}
-		if n > (1<<63-1)>>4 {
-			return 0, false // overflow
+		if i == maxChunkSizeDigits || n > (1<<63-1)>>4 {
+			return 0, false // too long, or overflow
 		}
 		n = n<<4 | int64(d)
 	}
