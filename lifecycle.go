@@ -57,9 +57,6 @@ func (l *Loop) register(fd int, peer *peerAddr) {
 	l.attach(c)
 	l.accepted.Add(1)
 	if l.w.TLS != nil {
-		if l.plainBuf == nil {
-			l.plainBuf = make([]byte, readBufferSize)
-		}
 		l.startTLS(c) // OnConnect once the handshake is done
 		return
 	}

@@ -185,6 +185,13 @@ func (l *Loop) feedTLS(c *Conn, t *tlsState, data []byte) {
 // readTLS decrypts what the pipe holds and delivers the plaintext, until
 // crypto/tls needs more. The peer's close_notify is its end of stream.
 func (l *Loop) readTLS(c *Conn, t *tlsState) {
+	if l.plainBuf == nil {
+		// Made on first use: on the loop that accepted the connection,
+		// or on the one Scale moved it to. (Moved to a loop that had
+		// none, it was read into an empty buffer: crypto/tls returned 0
+		// bytes and no error, for ever.)
+		l.plainBuf = make([]byte, readBufferSize)
+	}
 	for c.readable() {
 		n, err := t.conn.Read(l.plainBuf)
 		if n > 0 {
