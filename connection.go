@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/seed358e4494/herd/internal/bufpool"
+	"github.com/seed358e4494/herd/internal/poll"
 )
 
 // SendResult tells what Send did with a message (Workerman's true / null /
@@ -509,6 +510,9 @@ func (c *Conn) flush() (f flushResult, err error) {
 		var m int
 		m, err = c.q.writeTo(int(c.fd))
 		n += m
+		// writeTo stops at maxFlush (another connection's turn) before
+		// the socket is full, and only a full one is reported again.
+		f.more = m >= maxFlush && c.q.n > 0
 	}
 	if n > 0 {
 		l.bytesOut.Add(uint64(n))
@@ -554,6 +558,7 @@ func (c *Conn) flush() (f flushResult, err error) {
 
 type flushResult struct {
 	emptied, drained, fullFirst, resumed bool
+	more                                 bool  // left to write, and the socket not full: serve again
 	waiter                               *Conn // to resume: it waited for this queue to drain (Pipe)
 }
 
@@ -608,6 +613,18 @@ func (c *Conn) updateInterestLocked() {
 		return
 	}
 	l := c.loop.Load()
+	if poll.EdgeTriggered {
+		// Registered for everything once: only a resumed reading needs
+		// the poller, to report again what came while it was off.
+		rearm := read && !c.readOn
+		c.readOn, c.writeOn = read, write
+		if rearm {
+			if err := l.poller.Modify(int(c.fd), true, true); err != nil {
+				l.w.logger().Warn("herd: poller rearm", "conn", c.id, "err", err)
+			}
+		}
+		return
+	}
 	if err := l.poller.Modify(int(c.fd), read, write); err != nil {
 		l.w.logger().Warn("herd: poller modify", "conn", c.id, "err", err)
 		return

@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/seed358e4494/herd/internal/poll"
 	"github.com/seed358e4494/herd/protocol"
 )
 
@@ -348,7 +349,7 @@ func (l *Loop) connected(c *Conn, failed bool) {
 	c.lastActive = l.now.UnixNano()
 	c.mu.Lock()
 	c.flags.And(^flagConnecting)
-	c.readOn, c.writeOn = false, true // as connect registered it
+	c.readOn, c.writeOn = poll.EdgeTriggered, true // as connect registered it
 	c.updateInterestLocked()
 	c.mu.Unlock()
 	if ds.d.OnConnect != nil {

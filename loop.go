@@ -43,13 +43,18 @@ type Loop struct {
 	endFollows bool
 	dg         *dgramBatch // udp:// buffers (Linux: recvmmsg, sendmmsg), made on first use
 	events     []poll.Event
-	timers     timerHeap
-	now        time.Time
-	draining   bool
-	forced     bool
-	hot        bool      // the last sleeping Wait found events
-	idleFrom   time.Time // when the loop went idle in this wait; zero if it did not
-	turn       uint32    // counts Waits; never 0 once running
+	// again holds the connections to serve in the next turn with no new
+	// event: edge-triggered, a connection whose read filled the buffer,
+	// or whose flush stopped at maxFlush, is not reported again for what
+	// it has left.
+	again, againSpare []pending
+	timers            timerHeap
+	now               time.Time
+	draining          bool
+	forced            bool
+	hot               bool      // the last sleeping Wait found events
+	idleFrom          time.Time // when the loop went idle in this wait; zero if it did not
+	turn              uint32    // counts Waits; never 0 once running
 
 	// Lingering connections, oldest first, and the one timer that looks
 	// at them when the oldest is due.
@@ -201,6 +206,7 @@ func (l *Loop) run() {
 	if l.w.LockOSThread {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
+		l.poller.BlockThread()
 		tid := threadID()
 		l.switchBase = threadSwitches(tid)
 		l.tid.Store(int64(tid)) // publishes switchBase
@@ -228,6 +234,9 @@ func (l *Loop) run() {
 		l.wakeups.Add(1)
 		l.turn++
 		l.advanceClock()
+		if len(l.again) > 0 {
+			l.serveAgain()
+		}
 		for _, ev := range l.events {
 			switch {
 			case ev.Wake:
@@ -299,6 +308,11 @@ func (l *Loop) advanceClock() {
 func (l *Loop) wait() error {
 	timeout := l.timers.timeout(l.now)
 	var err error
+	if len(l.again) > 0 {
+		l.events, err = l.poller.Wait(0, l.events)
+		l.hot = true
+		return err
+	}
 	if l.hot && timeout != 0 {
 		l.events, err = l.poller.Wait(0, l.events)
 		if err != nil || len(l.events) > 0 {
@@ -382,7 +396,12 @@ func (l *Loop) runTasks() {
 func (l *Loop) serve(c *Conn, ev poll.Event) {
 	if c.flags.Load()&flagConnecting != 0 {
 		l.connected(c, ev.Failed)
-		return
+		if !poll.EdgeTriggered || ev.Failed || c.state.Load() == connClosed {
+			return
+		}
+		// What came with the connect's end is not reported again: the
+		// queue is written now, and input read.
+		ev.Writable = true
 	}
 	if ev.Readable {
 		l.read(c, ev.Failed, ev.PeerEnd)
@@ -411,7 +430,39 @@ func (l *Loop) serve(c *Conn, ev poll.Event) {
 		if f.emptied {
 			l.queueEmptied(c)
 		}
+		if f.more {
+			l.serveNextTurn(c, poll.Event{Fd: int(c.fd), Writable: true})
+		}
 	}
+}
+
+// pending is a connection to serve in the next turn as if the poller had
+// reported ev.
+type pending struct {
+	c  *Conn
+	ev poll.Event
+}
+
+// serveNextTurn has the next turn serve c as if the poller had reported
+// ev (edge-triggered, it does not for what c has left).
+func (l *Loop) serveNextTurn(c *Conn, ev poll.Event) {
+	l.again = append(l.again, pending{c, ev})
+}
+
+// serveAgain serves the connections left for this turn by the last.
+func (l *Loop) serveAgain() {
+	list := l.again
+	l.again = l.againSpare[:0]
+	for i := range list {
+		c := list[i].c
+		// Unless gone meanwhile: closed (its descriptor maybe reused), or
+		// moved to another loop.
+		if fd := int(c.fd); fd >= 0 && fd < len(l.conns) && l.conns[fd] == c {
+			l.serve(c, list[i].ev)
+		}
+		list[i] = pending{}
+	}
+	l.againSpare = list[:0]
 }
 
 // read takes what the socket holds, at most one buffer per event so that
@@ -425,11 +476,25 @@ func (l *Loop) read(c *Conn, failed, peerEnd bool) {
 	if st == connClosed {
 		return
 	}
+	if poll.EdgeTriggered && failed {
+		// A failure is reported once: it is served again each turn until
+		// the connection has closed, as a level-triggered poller would.
+		defer func() {
+			if c.state.Load() != connClosed {
+				l.serveNextTurn(c, poll.Event{Fd: int(c.fd), Readable: true, Writable: true, Failed: true, PeerEnd: peerEnd})
+			}
+		}()
+	}
 	if failed && st == connOpen && c.peerClosedNow() {
 		// Its end of stream was seen (a reply is still being made under
 		// Hold), and now the socket failed or hung up: the peer is gone
 		// both ways, and would be reported again and again.
 		l.closeConn(c, nil)
+		return
+	}
+	if poll.EdgeTriggered && !failed && !c.receiving() {
+		// Paused, or its peer has ended its side: what waits stays in the
+		// kernel, and resuming asks the poller to report it again.
 		return
 	}
 	if st == connOpen && !failed && c.flags.Load()&(flagRecvPaused|flagBackpressure) != 0 {
@@ -446,6 +511,9 @@ func (l *Loop) read(c *Conn, failed, peerEnd bool) {
 	n, err := readFd(int(c.fd), l.readBuf)
 	if n > 0 {
 		l.bytesIn.Add(uint64(n))
+		if poll.EdgeTriggered && n == len(l.readBuf) && !failed {
+			l.serveNextTurn(c, poll.Event{Fd: int(c.fd), Readable: true, PeerEnd: peerEnd}) // more is left
+		}
 		if st != connOpen {
 			return // closing: the application is done with this input
 		}

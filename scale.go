@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/seed358e4494/herd/internal/poll"
 	"golang.org/x/sys/unix"
 )
 
@@ -335,7 +336,7 @@ func (l *Loop) handOver(c *Conn, to *Loop) {
 		to.sendQueued.Add(-q)
 		l.sendQueued.Add(q)
 		c.flags.And(^flagMoving)
-		c.readOn, c.writeOn = false, false
+		c.readOn, c.writeOn = poll.EdgeTriggered, poll.EdgeTriggered // as Add registers it
 		l.poller.Add(int(c.fd), false)
 		c.updateInterestLocked()
 		c.mu.Unlock()
@@ -357,10 +358,10 @@ func (l *Loop) moveIn(c *Conn) {
 	c.drainedTurn = 0
 	c.mu.Lock()
 	c.flags.And(^flagMoving)
-	c.readOn, c.writeOn = false, false
+	c.readOn, c.writeOn = poll.EdgeTriggered, poll.EdgeTriggered // as Add registers it
 	err := l.poller.Add(fd, false)
 	switch {
-	case err == nil && c.flags.Load()&flagConnecting != 0:
+	case err == nil && c.flags.Load()&flagConnecting != 0 && !poll.EdgeTriggered:
 		err = l.poller.Modify(fd, false, true) // as connect registers it
 	case err == nil:
 		c.updateInterestLocked()

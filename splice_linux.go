@@ -15,6 +15,7 @@ package herd
 import (
 	"errors"
 
+	"github.com/seed358e4494/herd/internal/poll"
 	"golang.org/x/sys/unix"
 )
 
@@ -185,7 +186,12 @@ func (l *Loop) spliceRead(src *Conn, e *pipeEnd) bool {
 		dst.lastActive = now
 	}
 	if pending {
-		src.waitFor(dst)
+		src.waitFor(dst) // resuming asks the poller again
+	} else {
+		// A short splice may have stopped at a full pipe (64 slots, which
+		// small segments fill before 256 KiB) rather than an empty
+		// socket: look again next turn, as nothing else would.
+		l.serveNextTurn(src, poll.Event{Fd: int(src.fd), Readable: true})
 	}
 	return true
 }

@@ -56,6 +56,10 @@ func (p *Poller) AddListener(fd int, exclusive bool) error {
 	return p.change(ev(fd, unix.EVFILT_READ, unix.EV_ADD))
 }
 
+// EdgeTriggered is false: a connection is reported for as long as it is
+// ready for what it is watched for, and Modify changes what that is.
+const EdgeTriggered = false
+
 // Add registers a connection; its write filter starts disabled.
 func (p *Poller) Add(fd int, read bool) error {
 	rflag := uint16(unix.EV_ADD)
@@ -137,6 +141,10 @@ func (p *Poller) Wake() error {
 	}
 	return p.change(unix.Kevent_t{Ident: wakeIdent, Filter: unix.EVFILT_USER, Fflags: unix.NOTE_TRIGGER})
 }
+
+// BlockThread is for a loop locked to its thread. Wait always blocks its
+// thread in kevent here.
+func (p *Poller) BlockThread() {}
 
 // Close releases the poller.
 func (p *Poller) Close() error {

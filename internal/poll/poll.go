@@ -2,9 +2,11 @@
 // Linux, kqueue on darwin and FreeBSD. Each Poller also carries a wake-up
 // (eventfd / EVFILT_USER) so other goroutines can interrupt Wait.
 //
-// Registrations are level-triggered: a loop that reads only part of what is
-// pending is told again on the next Wait, which keeps one connection from
-// starving the others.
+// Listeners and the wake-up are level-triggered everywhere. Connections are
+// edge-triggered on Linux and level-triggered on kqueue (EdgeTriggered says
+// which): the loop reads at most one buffer per connection per turn either
+// way, and on Linux serves again, without a new event, a connection whose
+// read filled its buffer.
 package poll
 
 // Event is one readiness report from Wait.
