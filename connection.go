@@ -795,7 +795,7 @@ func (c *Conn) CloseWrite() {
 
 // shutWriteLocked half-closes the socket; under mu, as writes are.
 func (c *Conn) shutWriteLocked() {
-	unix.Shutdown(int(c.fd), unix.SHUT_WR)
+	shutWrite(int(c.fd))
 }
 
 // shutWrite half-closes the socket.

@@ -311,16 +311,16 @@ func connectSocket(sa unix.Sockaddr) (int, error) {
 	}
 	if domain != unix.AF_UNIX {
 		// Before the connect: one system call, as after it.
-		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+		setNoDelay(fd)
 	}
 	for {
-		err = unix.Connect(fd, sa)
+		err = sysConnect(fd, sa)
 		if err != unix.EINTR {
 			break
 		}
 	}
 	if err != nil && err != unix.EINPROGRESS {
-		unix.Close(fd)
+		sysClose(fd)
 		return -1, os.NewSyscallError("connect", err)
 	}
 	return fd, nil // even a connect done at once is reported writable

@@ -43,7 +43,7 @@ func (l *Loop) adopt(fd int, peer *peerAddr) {
 // count are already taken.
 func (l *Loop) register(fd int, peer *peerAddr) {
 	if l.w.ep.network == "tcp" && !nodelayInherited {
-		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+		setNoDelay(fd)
 	}
 	if err := l.poller.Add(fd, true); err != nil {
 		l.w.logger().Warn("herd: register connection", "loop", l.index, "err", err)
@@ -160,7 +160,7 @@ func (l *Loop) closeConn(c *Conn, err error) {
 	}
 	// Every write happens under c.mu with the state open, so no other
 	// goroutine can be using the descriptor now.
-	unix.Close(int(c.fd))
+	sysClose(int(c.fd))
 	if c.lingerListed {
 		l.unlinkLinger(c)
 	}
@@ -287,7 +287,7 @@ func (l *Loop) beginClose(c *Conn) {
 func (l *Loop) linger(c *Conn) {
 	c.mu.Lock()
 	c.state.Store(connLingering)
-	err := unix.Shutdown(int(c.fd), unix.SHUT_WR)
+	err := shutWrite(int(c.fd))
 	c.updateInterestLocked()
 	c.mu.Unlock()
 	if err != nil {

@@ -131,5 +131,10 @@ func nonblockingSocket(domain int) (int, error) {
 	return fd, nil
 }
 
+func sysClose(fd int) error                     { return unix.Close(fd) }
+func shutWrite(fd int) error                    { return unix.Shutdown(fd, unix.SHUT_WR) }
+func setNoDelay(fd int) error                   { return unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) }
+func sysConnect(fd int, sa unix.Sockaddr) error { return unix.Connect(fd, sa) }
+
 // sendMore is a write: these systems have no MSG_MORE.
 func sendMore(fd int, b []byte) (int, error) { return sysWrite(fd, b) }
