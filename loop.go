@@ -206,7 +206,6 @@ func (l *Loop) run() {
 	if l.w.LockOSThread {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
-		l.poller.BlockThread()
 		tid := threadID()
 		l.switchBase = threadSwitches(tid)
 		l.tid.Store(int64(tid)) // publishes switchBase

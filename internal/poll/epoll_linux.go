@@ -3,13 +3,9 @@
 package poll
 
 import (
-	"errors"
 	"fmt"
-	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
-	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -24,21 +20,6 @@ type Poller struct {
 	closed  bool
 	events  []unix.EpollEvent
 	wakebuf [8]byte
-
-	// A Wait that may sleep parks the goroutine in Go's own poller,
-	// which watches epfd (an epoll instance is readable while it has
-	// events), instead of blocking its thread in epoll_wait. A thread
-	// blocked in a system call holds its P: when every P is held so,
-	// the runtime's sysmon takes one away after 20µs and then looks
-	// again every 20µs, a nanosleep and a scheduler round each time
-	// (measured: 1.5 of them per proxied short connection). nil when
-	// the runtime cannot watch epfd, or after BlockThread.
-	file     *os.File
-	raw      syscall.RawConn
-	deadline time.Time
-	pollOnce func(uintptr) bool // polls into ready and pollErr: made once, not per park
-	ready    int
-	pollErr  error
 }
 
 // New makes a poller whose Wait returns at most maxEvents events a call.
@@ -57,31 +38,8 @@ func New(maxEvents int) (*Poller, error) {
 		p.Close()
 		return nil, err
 	}
-	p.watchInRuntime()
 	return p, nil
 }
-
-// watchInRuntime hands epfd to Go's poller, for Wait to park on. If the
-// runtime cannot watch it, Wait blocks its thread instead.
-func (p *Poller) watchInRuntime() {
-	if unix.SetNonblock(p.epfd, true) != nil {
-		return
-	}
-	p.file = os.NewFile(uintptr(p.epfd), "epoll") // closes epfd from now on
-	if raw, err := p.file.SyscallConn(); err == nil && p.file.SetReadDeadline(time.Time{}) == nil {
-		p.raw = raw
-		p.pollOnce = func(uintptr) bool {
-			p.ready, p.pollErr = p.poll()
-			return p.ready > 0 || p.pollErr != nil
-		}
-	}
-}
-
-// BlockThread makes Wait block its thread in epoll_wait rather than park
-// its goroutine: for a loop locked to its thread (LockOSThread), which
-// would otherwise hand its P over at each sleep and wait for it back.
-// Call it before the first Wait.
-func (p *Poller) BlockThread() { p.raw = nil }
 
 func (p *Poller) ctl(op, fd int, events uint32) error {
 	ev := unix.EpollEvent{Events: events, Fd: int32(fd)}
@@ -107,9 +65,9 @@ func (p *Poller) AddListener(fd int, exclusive bool) error {
 // watcher must read until a read comes up short (or keep track of what
 // it left), and need not tell the poller when it pauses reading or has
 // something to write: a connection is registered once, for reads, writes
-// and the peer's end, and on Linux needs no epoll_ctl after that but
-// Rearm. (Each epoll_ctl is a system call: a proxied short connection
-// made four, registered level-triggered, and HAProxy three.)
+// and the peer's end, and needs no epoll_ctl after that but a Modify when
+// its reading resumes. (Each epoll_ctl is a system call: a proxied short
+// connection made four, registered level-triggered; HAProxy makes three.)
 const EdgeTriggered = true
 
 const connMask = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLOUT | unix.EPOLLET
@@ -144,12 +102,9 @@ func (p *Poller) Wait(msec int, out []Event) ([]Event, error) {
 	out = out[:0]
 	var n int
 	var err error
-	switch {
-	case msec == 0:
+	if msec == 0 {
 		n, err = p.poll()
-	case p.raw != nil:
-		n, err = p.park(msec)
-	default:
+	} else {
 		n, err = unix.EpollWait(p.epfd, p.events, msec)
 	}
 	if err != nil {
@@ -197,27 +152,6 @@ func (p *Poller) poll() (int, error) {
 	return int(r), nil
 }
 
-// park polls, and while nothing is ready parks the goroutine in Go's
-// poller until epfd is readable or msec milliseconds (-1: no limit) have
-// passed.
-func (p *Poller) park(msec int) (int, error) {
-	var deadline time.Time
-	if msec > 0 {
-		deadline = time.Now().Add(time.Duration(msec) * time.Millisecond)
-	}
-	if !deadline.Equal(p.deadline) {
-		if err := p.file.SetReadDeadline(deadline); err != nil {
-			return 0, err
-		}
-		p.deadline = deadline
-	}
-	p.ready, p.pollErr = 0, nil
-	if err := p.raw.Read(p.pollOnce); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-		return 0, err
-	}
-	return p.ready, p.pollErr
-}
-
 // Wake makes the current or next Wait return. Safe from any goroutine.
 func (p *Poller) Wake() error {
 	if !p.waking.CompareAndSwap(false, true) {
@@ -245,8 +179,5 @@ func (p *Poller) Close() error {
 	}
 	p.closed = true
 	unix.Close(p.wakefd)
-	if p.file != nil {
-		return p.file.Close()
-	}
 	return unix.Close(p.epfd)
 }

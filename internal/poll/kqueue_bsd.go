@@ -142,10 +142,6 @@ func (p *Poller) Wake() error {
 	return p.change(unix.Kevent_t{Ident: wakeIdent, Filter: unix.EVFILT_USER, Fflags: unix.NOTE_TRIGGER})
 }
 
-// BlockThread is for a loop locked to its thread. Wait always blocks its
-// thread in kevent here.
-func (p *Poller) BlockThread() {}
-
 // Close releases the poller.
 func (p *Poller) Close() error {
 	p.closeMu.Lock()
