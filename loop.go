@@ -465,7 +465,8 @@ func (l *Loop) serveAgain() {
 }
 
 // read takes what the socket holds, at most one buffer per event so that
-// other connections get their turn (the poller reports the rest again).
+// other connections get their turn (the rest is served next turn: reported
+// again by a level-triggered poller, or listed by serveNextTurn).
 // peerEnd says the poller saw the peer's end of stream: once a read takes
 // less than a buffer, what is left is that end, and it is read in the same
 // turn (no second wake-up; a Pipe forwarding the last bytes can send them
