@@ -44,6 +44,7 @@ type tlsPipe struct {
 	fed    sync.Cond // signalled when in grows or the pipe closes
 	in     []byte    // in[off:] is what crypto/tls has not read yet
 	off    int
+	lent   bool // in is the loop's read buffer, until keep
 	block  bool // during the handshake: Read waits for the loop
 	closed bool
 }
@@ -73,12 +74,8 @@ func (p *tlsPipe) Read(b []byte) (int, error) {
 	n := copy(b, p.in[p.off:])
 	p.off += n
 	if p.off == len(p.in) {
-		// All read: start again at the front, and an idle connection
-		// keeps no large buffer of its own here.
-		p.in, p.off = p.in[:0], 0
-		if cap(p.in) > 4<<10 {
-			p.in = nil
-		}
+		// All read: an idle connection keeps no buffer here.
+		p.in, p.off, p.lent = nil, 0, false
 	}
 	return n, nil
 }
@@ -90,18 +87,35 @@ func (p *tlsPipe) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// feed adds ciphertext read from the socket.
+// feed adds ciphertext read from the socket. After the handshake, when
+// nothing is left over, b (the loop's read buffer) is lent rather than
+// copied: crypto/tls reads it on the loop at once, and keep copies what
+// it leaves.
 func (p *tlsPipe) feed(b []byte) {
 	p.mu.Lock()
-	p.in = append(p.in, b...)
+	if !p.block && p.off == len(p.in) {
+		p.in, p.off, p.lent = b, 0, true
+	} else {
+		p.in = append(p.in, b...)
+	}
 	p.mu.Unlock()
 	p.fed.Signal()
+}
+
+// keep copies what crypto/tls left of a lent buffer (its reading stopped
+// on a pause), before the loop reads into that buffer again.
+func (p *tlsPipe) keep() {
+	p.mu.Lock()
+	if p.lent {
+		p.in, p.off, p.lent = append([]byte(nil), p.in[p.off:]...), 0, false
+	}
+	p.mu.Unlock()
 }
 
 func (p *tlsPipe) Close() error {
 	p.mu.Lock()
 	p.closed = true
-	p.in, p.off = nil, 0
+	p.in, p.off, p.lent = nil, 0, false
 	p.mu.Unlock()
 	p.fed.Broadcast()
 	return nil
@@ -179,6 +193,7 @@ func (l *Loop) feedTLS(c *Conn, t *tlsState, data []byte) {
 	t.pipe.feed(data)
 	if c.flags.Load()&flagHandshaking == 0 {
 		l.readTLS(c, t)
+		t.pipe.keep()
 	}
 }
 
