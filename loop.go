@@ -429,7 +429,7 @@ func (l *Loop) serve(c *Conn, ev poll.Event) {
 		if f.emptied {
 			l.queueEmptied(c)
 		}
-		if f.more {
+		if f.more && poll.EdgeTriggered {
 			l.serveNextTurn(c, poll.Event{Fd: int(c.fd), Writable: true})
 		}
 	}
