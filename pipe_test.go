@@ -256,7 +256,12 @@ func testPipeStalledClient(t *testing.T, splice bool) {
 	})
 	p := startPipeProxy(t, ln.Addr().String(), 1, splice)
 	c := p.dialSmallBufs(t, 64<<10)
-	time.Sleep(300 * time.Millisecond) // the client reads nothing
+	// The client reads nothing. (A fixed pause here was too short under
+	// a loaded CI machine: the proxy had queued nothing yet.)
+	start := time.Now()
+	waitFor(t, 20*time.Second, "bytes queued for the stalled client", func() bool { return sumStats(p.w).queued > 0 })
+	t.Logf("the first bytes queued after %v", time.Since(start))
+	time.Sleep(100 * time.Millisecond)
 	var peak int64
 	for i := 0; i < 20; i++ {
 		peak = max(peak, sumStats(p.w).queued)
