@@ -128,7 +128,11 @@ const (
 	flagWriteShut                       // CloseWrite: our side ends once the queue is written (set under mu)
 	flagLinkPaused                      // not read until the connection it forwards to drains (Pipe; set under mu)
 	flagSelfEnd                         // Close or Abort was called: a Dialer does not reconnect
+	flagPeerEnded                       // mirrors peerClosed, for the loop to check without the lock
 )
+
+// Flags that, on an open connection, stop its reading.
+const flagsInputPaused = flagRecvPaused | flagBackpressure | flagLinkPaused | flagDrainWait
 
 // Connection states. A Conn only moves forward through them.
 const (
@@ -758,6 +762,14 @@ func (c *Conn) peerClosedNow() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.peerClosed
+}
+
+// inputOff reports, without the lock, what updateInterestLocked computes
+// under it: that the connection's reading is off (its peer has ended its
+// side, or it is open and paused). st is its state.
+func (c *Conn) inputOff(st int32) bool {
+	f := c.flags.Load()
+	return f&flagPeerEnded != 0 || st == connOpen && f&flagsInputPaused != 0
 }
 
 // readable reports whether the loop should deliver input to the connection.

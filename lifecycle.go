@@ -102,6 +102,7 @@ func (l *Loop) queueEmptied(c *Conn) {
 func (l *Loop) peerEnded(c *Conn) {
 	c.mu.Lock()
 	c.peerClosed = true
+	c.flags.Or(flagPeerEnded)
 	c.mu.Unlock()
 	if e, ok := c.h.(EndHandler); ok && c.state.Load() == connOpen {
 		l.callConn(e.OnEnd, c)

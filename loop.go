@@ -485,24 +485,21 @@ func (l *Loop) read(c *Conn, failed, peerEnd bool) {
 			}
 		}()
 	}
-	if failed && st == connOpen && c.peerClosedNow() {
+	if failed && st == connOpen && c.flags.Load()&flagPeerEnded != 0 {
 		// Its end of stream was seen (a reply is still being made under
 		// Hold), and now the socket failed or hung up: the peer is gone
 		// both ways, and would be reported again and again.
 		l.closeConn(c, nil)
 		return
 	}
-	if poll.EdgeTriggered && !failed && !c.receiving() {
-		// Paused, or its peer has ended its side: what waits stays in the
-		// kernel, and resuming asks the poller to report it again.
-		return
-	}
-	if st == connOpen && !failed && c.flags.Load()&(flagRecvPaused|flagBackpressure) != 0 {
-		// Paused since the poller reported it: what waits stays in the
-		// kernel, and an end of stream behind it stays unseen until the
-		// input before it has been delivered. (A failed socket is read:
-		// the poller reports it even when it watches nothing, and its
-		// peer is gone.)
+	if !failed && c.inputOff(st) {
+		// Paused since the poller reported it, or its peer has ended its
+		// side: what waits stays in the kernel, and an end of stream
+		// behind it stays unseen until the input before it has been
+		// delivered. Resuming has it reported again (level-triggered, by
+		// watching it again; edge-triggered, by Modify). A failed socket
+		// is read: the poller reports it even when it watches nothing,
+		// and its peer is gone.
 		return
 	}
 	if e, ok := c.h.(*pipeEnd); ok && e.bulk && st == connOpen && l.spliceRead(c, e) {
