@@ -229,6 +229,13 @@ func setNoDelay(fd int) error {
 	return nil
 }
 
+// putPort stores port in a raw socket address's port field, which is in
+// network byte order.
+func putPort(field *uint16, port int) {
+	b := (*[2]byte)(unsafe.Pointer(field))
+	b[0], b[1] = byte(port>>8), byte(port)
+}
+
 // sysConnect starts a non-blocking socket's connect.
 func sysConnect(fd int, sa unix.Sockaddr) error {
 	var raw unix.RawSockaddrAny
@@ -237,15 +244,13 @@ func sysConnect(fd int, sa unix.Sockaddr) error {
 	case *unix.SockaddrInet4:
 		p := (*unix.RawSockaddrInet4)(unsafe.Pointer(&raw))
 		p.Family = unix.AF_INET
-		port := (*[2]byte)(unsafe.Pointer(&p.Port))
-		port[0], port[1] = byte(sa.Port>>8), byte(sa.Port)
+		putPort(&p.Port, sa.Port)
 		p.Addr = sa.Addr
 		n = unix.SizeofSockaddrInet4
 	case *unix.SockaddrInet6:
 		p := (*unix.RawSockaddrInet6)(unsafe.Pointer(&raw))
 		p.Family = unix.AF_INET6
-		port := (*[2]byte)(unsafe.Pointer(&p.Port))
-		port[0], port[1] = byte(sa.Port>>8), byte(sa.Port)
+		putPort(&p.Port, sa.Port)
 		p.Scope_id = sa.ZoneId
 		p.Addr = sa.Addr
 		n = unix.SizeofSockaddrInet6

@@ -29,9 +29,10 @@ const spliceChunk = pipeSize
 // default is 64 KiB). Fewer, larger splices, and fewer pauses of the
 // source while the destination catches up: in the bulk benchmark
 // (bench/README.md), 256 KiB took the proxy's CPU per GiB forwarded from
-// a median of 160 ms (145 to 200, five runs) to 120 ms (95 to 135, four). The kernel allocates a pipe's pages as bytes come,
-// so an idle or small transfer does not pay for the capacity. Where the
-// limit (/proc/sys/fs/pipe-max-size) refuses it, the pipe keeps its size.
+// a median of 160 ms (145 to 200, five runs) to 120 ms (95 to 135, four).
+// The kernel allocates a pipe's pages as bytes come, so an idle or small
+// transfer does not pay for the capacity. Where the limit
+// (/proc/sys/fs/pipe-max-size) refuses it, the pipe keeps its size.
 const pipeSize = 256 << 10
 
 // maxPooledPipes bounds the empty kernel pipes a loop keeps for reuse
