@@ -36,7 +36,18 @@ type testBackend struct {
 // when it returns.
 func startBackend(t *testing.T, f func(c *net.TCPConn)) *testBackend {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return listenBackend(t, "tcp", "127.0.0.1:0", overTCP(f))
+}
+
+// overTCP serves a TCP connection with f.
+func overTCP(f func(c *net.TCPConn)) func(c net.Conn) {
+	return func(c net.Conn) { f(c.(*net.TCPConn)) }
+}
+
+// listenBackend is startBackend on any network and address.
+func listenBackend(t *testing.T, network, addr string, f func(c net.Conn)) *testBackend {
+	t.Helper()
+	ln, err := net.Listen(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +57,7 @@ func startBackend(t *testing.T, f func(c *net.TCPConn)) *testBackend {
 	return b
 }
 
-func (b *testBackend) serve(f func(c *net.TCPConn)) {
+func (b *testBackend) serve(f func(c net.Conn)) {
 	for {
 		c, err := b.ln.Accept()
 		if err != nil {
@@ -57,7 +68,7 @@ func (b *testBackend) serve(f func(c *net.TCPConn)) {
 		go func() {
 			defer b.open.Add(-1)
 			defer c.Close()
-			f(c.(*net.TCPConn))
+			f(c)
 		}()
 	}
 }
@@ -326,7 +337,7 @@ func TestHealthChecks(t *testing.T) {
 			t.Skipf("cannot listen on %s again: %v", tb.addr, err)
 		}
 		defer ln.Close()
-		go (&testBackend{ln: ln}).serve(idServer(0))
+		go (&testBackend{ln: ln}).serve(overTCP(idServer(0)))
 		herdtest.WaitFor(t, "up", func() bool { return state() == Up })
 		if d := b.Stats().Backends[0].DownTime; d <= 0 {
 			t.Fatalf("DownTime %v after being down", d)
@@ -361,47 +372,33 @@ func TestHealthChecks(t *testing.T) {
 // over HTTP (with Host: localhost, a path being no host).
 func TestUnixBackend(t *testing.T) {
 	path := t.TempDir() + "/backend.sock"
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	hosts := make(chan string, 16)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				line, err := br.ReadString('\n')
-				if err != nil {
-					return
-				}
-				if strings.HasPrefix(line, "GET /health") {
-					host := ""
-					for {
-						h, err := br.ReadString('\n')
-						if err != nil || h == "\r\n" {
-							break
-						}
-						if v, ok := strings.CutPrefix(h, "Host: "); ok {
-							host = strings.TrimSpace(v)
-						}
-					}
-					select {
-					case hosts <- host:
-					default:
-					}
-					io.WriteString(c, "HTTP/1.0 200 OK\r\n\r\n")
-					return
-				}
-				c.Write([]byte(line))
-			}()
+	listenBackend(t, "unix", path, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return
 		}
-	}()
+		if strings.HasPrefix(line, "GET /health") {
+			host := ""
+			for {
+				h, err := br.ReadString('\n')
+				if err != nil || h == "\r\n" {
+					break
+				}
+				if v, ok := strings.CutPrefix(h, "Host: "); ok {
+					host = strings.TrimSpace(v)
+				}
+			}
+			select {
+			case hosts <- host:
+			default:
+			}
+			io.WriteString(c, "HTTP/1.0 200 OK\r\n\r\n")
+			return
+		}
+		c.Write([]byte(line))
+	})
 	b := &Balancer{Backends: []Backend{{Addr: "unix://" + path}}, Health: HealthCheck{Interval: 20 * time.Millisecond, HTTPPath: "/health"}}
 	addr := runBalancer(t, b, nil)
 	select {
