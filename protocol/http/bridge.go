@@ -15,8 +15,9 @@ import (
 // Bridge serves a standard net/http Handler (a ServeMux, a router, any
 // middleware) on herd. Each request is copied into a real *net/http.Request
 // (Method, URL, Proto, Header, Host, ContentLength, TransferEncoding, Body,
-// Close, RemoteAddr, RequestURI, and a context cancelled when the handler
-// returns or the connection closes) and served off the loop by a bounded
+// Close, RemoteAddr, RequestURI, TLS, and a context that holds
+// http.LocalAddrContextKey and is cancelled when the handler returns or the
+// connection closes) and served off the loop by a bounded
 // pool of at most workers goroutines (zero or negative means
 // DefaultBridgeWorkers), started on demand and gone when idle. Handlers
 // are usually waiting on I/O (a database, another service), so the bound
@@ -39,6 +40,15 @@ import (
 // Content-Type, the first Write's bytes choose one, as net/http does.
 // A handler that panics gets a 500 if nothing was written yet, else its
 // connection is closed; http.ErrAbortHandler closes it without a log.
+//
+// On a worker with TLS, r.TLS is the connection's TLS state (Request.TLS:
+// version, cipher suite, SNI server name, ALPN protocol, the client's
+// verified certificates under mutual TLS), as net/http's server sets it,
+// and nil otherwise: middleware that redirects when r.TLS == nil, sets
+// Secure cookies, or reads client certificates works unchanged. As with
+// net/http, r.URL.Scheme and r.URL.Host are empty unless the client sent
+// an absolute-form target, and r.Host is the Host field (or that
+// target's authority).
 func Bridge(h nethttp.Handler, workers int) Handler {
 	return newBridge(h, workers).serve
 }
@@ -185,7 +195,12 @@ func netRequest(r *Request) (*nethttp.Request, context.CancelFunc, error) {
 	if a := r.RemoteAddr(); a != nil {
 		remote = a.String()
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx := context.Background()
+	if hc := r.Conn(); hc != nil {
+		// As net/http's server: the address the connection came in on.
+		ctx = context.WithValue(ctx, nethttp.LocalAddrContextKey, hc.LocalAddr())
+	}
+	ctx, cancel := context.WithCancel(ctx)
 	req := &nethttp.Request{
 		Method:        method,
 		URL:           u,
@@ -199,6 +214,7 @@ func netRequest(r *Request) (*nethttp.Request, context.CancelFunc, error) {
 		Host:          host,
 		RemoteAddr:    remote,
 		RequestURI:    target,
+		TLS:           r.TLS(),
 	}
 	if r.Chunked() {
 		req.ContentLength = -1

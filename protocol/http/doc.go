@@ -12,6 +12,11 @@
 // A standard net/http Handler (a ServeMux with "GET /items/{id}" patterns,
 // a router, middleware) runs through Bridge, off the loop in a bounded pool.
 //
+// On a worker with TLS (herd.Worker.TLS), Request.TLS is the session's
+// state (version, cipher suite, SNI, ALPN, client certificates under
+// mutual TLS) and a bridged handler finds the same in r.TLS, as under
+// net/http's server; both are nil without TLS.
+//
 // # The threading rule
 //
 // A Handler runs on the loop that owns the connection and must not block.

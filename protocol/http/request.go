@@ -2,6 +2,7 @@ package http
 
 import (
 	"bytes"
+	"crypto/tls"
 	"iter"
 	"net"
 	"net/url"
@@ -209,6 +210,33 @@ func (r *Request) Close() bool { return r.wantClose }
 // Conn is the connection the request came on (nil in tests that run the
 // parser without a network).
 func (r *Request) Conn() *herd.Conn { return r.cs.herdConn() }
+
+// TLS is the state of the connection's TLS session, as net/http's
+// Request.TLS: version, cipher suite, the server name the client asked for
+// (SNI), the protocol ALPN chose, and the client's certificates
+// (PeerCertificates, and VerifiedChains when the worker's tls.Config
+// verified them: ClientAuth VerifyClientCertIfGiven or
+// RequireAndVerifyClientCert, with ClientCAs). It is nil on a connection
+// without TLS, so "r.TLS() == nil" tells plain HTTP from HTTPS (the
+// request's target rarely names a scheme). The state is made once per
+// connection, on first use, and shared by its requests: read it, do not
+// modify it. r.Conn().TLS() gives the same, as a new copy on each call.
+func (r *Request) TLS() *tls.ConnectionState { return r.cs.tlsState() }
+
+// tlsState is the connection's TLS state, made on first use (on the
+// loop, or by the handler that owns the request).
+func (cs *conn) tlsState() *tls.ConnectionState {
+	if cs == nil {
+		return nil
+	}
+	if !cs.tlsDone {
+		cs.tlsDone = true
+		if hc := cs.herdConn(); hc != nil {
+			cs.tls = hc.TLS()
+		}
+	}
+	return cs.tls
+}
 
 // RemoteAddr is the client's address, or nil.
 func (r *Request) RemoteAddr() net.Addr { return r.cs.remote() }

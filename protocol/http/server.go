@@ -2,6 +2,7 @@ package http
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -371,9 +372,11 @@ type conn struct {
 	req       Request
 	lastRead  int64
 	reqStart  int64
-	stopped   bool   // no more requests are read: closing or upgrading
-	draining  bool   // the worker stops: the next response closes the connection (Stop)
-	upgrading Stream // set once a handler upgraded; bytes then wait in in
+	stopped   bool                 // no more requests are read: closing or upgrading
+	draining  bool                 // the worker stops: the next response closes the connection (Stop)
+	upgrading Stream               // set once a handler upgraded; bytes then wait in in
+	tls       *tls.ConnectionState // the TLS session's state once tlsDone (nil: no TLS)
+	tlsDone   bool
 
 	held   atomic.Bool // too many responses pending: reading paused
 	closed atomic.Bool // closing or closed: responses are dropped
