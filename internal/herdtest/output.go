@@ -33,8 +33,16 @@ func (o *Output) String() string {
 // print first, and returns ADDR without its scheme.
 func (o *Output) ListenAddr(t testing.TB) string {
 	t.Helper()
+	return o.AddrAfter(t, "listening on ")
+}
+
+// AddrAfter waits, at most 10 s, for marker followed by an address and a
+// space (such as the "admin pages on ADDR (...)" of examples/http), and
+// returns the address without its scheme.
+func (o *Output) AddrAfter(t testing.TB, marker string) string {
+	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if _, rest, ok := strings.Cut(o.String(), "listening on "); ok {
+		if _, rest, ok := strings.Cut(o.String(), marker); ok {
 			if addr, _, ok := strings.Cut(rest, " "); ok {
 				if _, a, ok := strings.Cut(addr, "://"); ok {
 					return a
@@ -43,7 +51,7 @@ func (o *Output) ListenAddr(t testing.TB) string {
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no address printed within 10s: %q", o.String())
+			t.Fatalf("no address after %q printed within 10s: %q", marker, o.String())
 		}
 	}
 }

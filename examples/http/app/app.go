@@ -1,7 +1,8 @@
 //go:build linux || darwin || freebsd
 
 // Package app is the HTTP example server, as a package: examples/http runs
-// it, and so does the prometheus module's variant, which adds /metrics.
+// it, and so does the prometheus module's variant, which adds /metrics to
+// its admin pages.
 package app
 
 import (
@@ -10,8 +11,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	nethttp "net/http"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/seed358e4494/herd"
@@ -21,14 +24,22 @@ import (
 )
 
 // Run parses args as the command's flags and serves until ctx ends or a
-// stop signal arrives (see herd.Process; SIGHUP upgrades). routes, if not
-// nil, gives net/http handlers by exact path for the worker, served
-// through the bridge: how the prometheus module's variant of this command
-// adds /metrics.
+// stop signal arrives (see herd.Process; SIGHUP upgrades).
+//
+// The operator pages (status.Handler's per-loop table and connection
+// listing at /status, and the handlers routes gives) are served on a
+// separate admin address, -admin, loopback by default: /status?conns=N
+// lists every client's address and idle time, which is for the operator,
+// not for anyone who can reach the application. On the application's
+// address those paths are 404. routes, if not nil, gives net/http handlers
+// by exact path for the admin address, served through the bridge: how the
+// prometheus module's variant of this command adds /metrics. -admin ""
+// serves no operator pages.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer, routes func(*herd.Worker) map[string]nethttp.Handler) error {
 	fs := flag.NewFlagSet("http", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("addr", "tcp://127.0.0.1:8080", "listen address")
+	adminAddr := fs.String("admin", DefaultAdminAddr, "address of the operator pages (/status, and /metrics in the prometheus variant), plain HTTP with no authentication: keep it on loopback or a private network; empty: none")
 	count := fs.Int("count", 0, "event loops; 0 means one per CPU")
 	useTLS := fs.Bool("tls", false, "serve TLS (https, wss); without -cert and -key, with a self-signed certificate made at start")
 	certFile := fs.String("cert", "", "TLS certificate (PEM); implies -tls")
@@ -52,13 +63,6 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, routes fu
 	if err != nil {
 		return err
 	}
-	statusRoute := http.Bridge(status.Handler(w), 0)
-	bridged := map[string]http.Handler{}
-	if routes != nil {
-		for path, h := range routes(w) {
-			bridged[path] = http.Bridge(h, 0)
-		}
-	}
 
 	hello := []byte("Hello, World!")
 	srv := &http.Server{Handler: func(w *http.ResponseWriter, r *http.Request) {
@@ -72,25 +76,86 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, routes fu
 			w.Write(r.Body())
 		case strings.HasPrefix(string(path), "/std/"):
 			std(w, r)
-		case string(path) == "/status":
-			statusRoute(w, r)
-		case bridged[string(path)] != nil:
-			bridged[string(path)](w, r)
 		default:
 			http.Error(w, nethttp.StatusNotFound)
 		}
 	}}
-
 	if err := srv.Attach(w); err != nil {
 		return err
 	}
-	if err := w.Listen(); err != nil {
-		return err
+	workers := []*herd.Worker{w}
+	var admin *herd.Worker
+	var pages []string
+	if *adminAddr != "" {
+		admin, pages, err = adminWorker(w, *adminAddr, routes, logger)
+		if err != nil {
+			return err
+		}
+		workers = append(workers, admin)
+	}
+	for _, w := range workers {
+		if err := w.Listen(); err != nil {
+			return err
+		}
 	}
 	fmt.Fprintf(stdout, "http: listening on %s://%s pid %d\n", scheme, w.ListenAddr(), os.Getpid())
+	if admin != nil {
+		fmt.Fprintf(stdout, "http: admin pages on http://%s (%s)\n", admin.ListenAddr(), strings.Join(pages, ", "))
+		if !private(admin.ListenAddr()) {
+			logger.Warn("http: the admin pages are reachable beyond this machine, in plain HTTP with no authentication, and /status?conns lists every client's address: keep -admin on loopback or a private network",
+				"admin", admin.ListenAddr().String())
+		}
+	}
 	if fingerprint != "" {
 		fmt.Fprintf(stdout, "http: self-signed certificate, SHA-256 fingerprint %s\n", fingerprint)
 	}
-	p := &herd.Process{Workers: []*herd.Worker{w}, UpgradeGrace: *grace}
+	p := &herd.Process{Workers: workers, UpgradeGrace: *grace}
 	return p.Run(ctx)
+}
+
+// DefaultAdminAddr is where the operator pages are served unless -admin
+// says otherwise: loopback, so only this machine reaches them.
+const DefaultAdminAddr = "127.0.0.1:9091"
+
+// adminWorker is a one-loop worker named "admin" serving the operator
+// pages at addr (host:port, or a herd address such as
+// unix:///run/herd-admin.sock): /status for app, and what routes gives.
+// Named and addressed the same in every generation, it hands its
+// listening socket on across upgrades as the application's worker does.
+// It returns the paths it serves, sorted.
+func adminWorker(app *herd.Worker, addr string, routes func(*herd.Worker) map[string]nethttp.Handler, logger *slog.Logger) (*herd.Worker, []string, error) {
+	if !strings.Contains(addr, "://") {
+		addr = "tcp://" + addr
+	}
+	mux := nethttp.NewServeMux()
+	handlers := map[string]nethttp.Handler{"/status": status.Handler(app)}
+	if routes != nil {
+		for path, h := range routes(app) {
+			handlers[path] = h
+		}
+	}
+	var pages []string
+	for path, h := range handlers {
+		mux.Handle(path, h)
+		pages = append(pages, path)
+	}
+	slices.Sort(pages)
+	w := &herd.Worker{Name: "admin", Addr: addr, Count: 1, StopTimeout: app.StopTimeout, Logger: logger}
+	srv := &http.Server{Handler: http.Bridge(mux, 8)}
+	if err := srv.Attach(w); err != nil {
+		return nil, nil, err
+	}
+	return w, pages, nil
+}
+
+// private reports whether a is reachable from this machine only: a
+// loopback address or a unix socket.
+func private(a net.Addr) bool {
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		return a.IP.IsLoopback()
+	case *net.UnixAddr:
+		return true
+	}
+	return false
 }

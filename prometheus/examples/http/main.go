@@ -2,10 +2,14 @@
 
 // Command http is examples/http with /metrics: the worker's per-loop
 // figures in Prometheus's format, read from Stats on each scrape, with the
-// Go runtime's and the process's.
+// Go runtime's and the process's. /metrics is served beside /status on
+// the admin address (-admin, 127.0.0.1:9091 by default), not on the
+// application's, where both are 404: point Prometheus at the admin
+// address (bind it to a private network the scraper reaches, never to the
+// public one: it has no authentication).
 //
 //	cd prometheus && go run ./examples/http -addr tcp://127.0.0.1:8080
-//	curl http://127.0.0.1:8080/metrics
+//	curl http://127.0.0.1:9091/metrics
 //
 // It lives in the prometheus module because the core module (and so
 // examples/http) depends on golang.org/x/sys only.
@@ -33,7 +37,7 @@ func main() {
 	}
 }
 
-// metrics serves the worker's registry at /metrics.
+// metrics serves the worker's registry at /metrics (on the admin address).
 func metrics(w *herd.Worker) map[string]nethttp.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(herdprom.NewCollector(w), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
