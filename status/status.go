@@ -14,7 +14,27 @@
 // Per-connection byte counts and ages are not kept: they would add to
 // every idle connection's memory.
 //
-//	http.Handle("/status", status.Handler(w))
+// # Who may see it
+//
+// The page is for the operator. The table tells how many connections the
+// server holds and how busy it is; ?conns=N tells every client's IP
+// address and port and how long each connection has been idle, for up to
+// MaxListed connections, to whoever asks. Handler checks no credentials:
+// do not mount it on the application's public address. Serve it on an
+// admin listener bound to loopback (or a unix socket, or a private
+// network that only operators and the scraper reach), as HAProxy's stats
+// page, nginx's stub_status and net/http/pprof usually are, or behind
+// authentication:
+//
+//	admin := http.NewServeMux()
+//	admin.Handle("/status", status.Handler(w))
+//	go http.ListenAndServe("127.0.0.1:9091", admin) // not the application's port
+//
+// examples/http does the same on herd: a second Worker, named "admin", on
+// -admin (127.0.0.1:9091 by default) serves /status through
+// protocol/http's Bridge, and /status is a 404 on the application's
+// address. A worker (rather than net/http's server) keeps the admin
+// socket across herd.Process upgrades.
 package status
 
 import (
@@ -29,7 +49,8 @@ import (
 	"github.com/seed358e4494/herd"
 )
 
-// Handler serves the figures of the given workers.
+// Handler serves the figures of the given workers to whoever reaches it:
+// it checks no credentials (see "Who may see it" above).
 func Handler(workers ...*herd.Worker) http.Handler {
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
