@@ -35,6 +35,46 @@ func startExample(t *testing.T, name string, args ...string) string {
 	return startListening(t, buildExample(t, name), append([]string{"-addr", "tcp://127.0.0.1:0"}, args...)...)
 }
 
+// startHTTPExample builds examples/http and runs it with args, its
+// application and its admin pages each on a free loopback port, and
+// returns the host:port of each as it printed them.
+func startHTTPExample(t *testing.T, args ...string) (addr, admin string) {
+	t.Helper()
+	bin := buildExample(t, "http")
+	_, lines := startProcess(t, bin, append([]string{"-addr", "tcp://127.0.0.1:0", "-admin", "127.0.0.1:0"}, args...)...)
+	for addr == "" || admin == "" {
+		select {
+		case line := <-lines:
+			// "http: listening on http://127.0.0.1:PORT pid N", then
+			// "http: admin pages on http://127.0.0.1:PORT (/status)"
+			if a, ok := addrAfter(line, "listening on "); ok && addr == "" {
+				addr = a
+			} else if a, ok := addrAfter(line, "admin pages on "); ok {
+				admin = a
+			} else {
+				t.Fatalf("unexpected line from examples/http: %q", line)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("examples/http printed no addresses within 30s (got %q and %q)", addr, admin)
+		}
+	}
+	return addr, admin
+}
+
+// addrAfter finds marker in line and returns the host:port after it
+// (without a scheme).
+func addrAfter(line, marker string) (string, bool) {
+	_, rest, ok := strings.Cut(line, marker)
+	if !ok {
+		return "", false
+	}
+	addr, _, _ := strings.Cut(rest, " ")
+	if i := strings.Index(addr, "://"); i >= 0 {
+		addr = addr[i+3:]
+	}
+	return addr, true
+}
+
 // startListening runs the command bin with args (stopped when the test
 // ends) and returns the host:port of the "listening on" its first line
 // says.
@@ -45,13 +85,9 @@ func startListening(t *testing.T, bin string, args ...string) string {
 	select {
 	case line := <-lines:
 		// "<name>: listening on http://127.0.0.1:PORT pid N"
-		_, rest, ok := strings.Cut(line, "listening on ")
+		addr, ok := addrAfter(line, "listening on ")
 		if !ok {
 			t.Fatalf("unexpected first line from examples/%s: %q", name, line)
-		}
-		addr, _, _ := strings.Cut(rest, " ")
-		if i := strings.Index(addr, "://"); i >= 0 {
-			addr = addr[i+3:]
 		}
 		return addr
 	case <-time.After(30 * time.Second):

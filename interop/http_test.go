@@ -12,9 +12,10 @@ import (
 
 // TestNetHTTPClient drives examples/http with Go's net/http client: the
 // loop handler, the echo of a POST body (sized and chunked), the route
-// served through the net/http bridge, a 404, and connection reuse.
+// served through the net/http bridge, a 404, connection reuse, and the
+// status page: on the admin address, a 404 on the application's.
 func TestNetHTTPClient(t *testing.T) {
-	addr := startExample(t, "http")
+	addr, admin := startHTTPExample(t)
 	base := "http://" + addr
 	client := &http.Client{Timeout: 10 * time.Second}
 
@@ -36,8 +37,9 @@ func TestNetHTTPClient(t *testing.T) {
 	t.Run("hello", func(t *testing.T) { get(t, "/", 200, "Hello, World!") })
 	t.Run("bridge", func(t *testing.T) { get(t, "/std/gopher", 200, "Hello, gopher, from net/http!\n") })
 	t.Run("not found", func(t *testing.T) { get(t, "/nowhere", 404, "") })
-	t.Run("status", func(t *testing.T) {
-		resp, err := client.Get(base + "/status?format=json")
+	t.Run("no status on the application's address", func(t *testing.T) { get(t, "/status?format=json&conns=10", 404, "") })
+	t.Run("status on the admin address", func(t *testing.T) {
+		resp, err := client.Get("http://" + admin + "/status?format=json")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -11,17 +11,35 @@ import (
 )
 
 // TestCurlHTTPS: curl --insecure against examples/http -tls (a
-// self-signed certificate made at start).
+// self-signed certificate made at start): the application's routes over
+// TLS, /status a 404 there, and served in plain HTTP on the admin address.
 func TestCurlHTTPS(t *testing.T) {
 	curl := tool(t, "curl")
-	addr := startExample(t, "http", "-tls")
-	for _, path := range []string{"/", "/std/gopher", "/status"} {
-		out, err := exec.CommandContext(testContext(t, 30*time.Second), curl, "--silent", "--show-error", "--insecure", "--http1.1", "https://"+addr+path).CombinedOutput()
+	addr, admin := startHTTPExample(t, "-tls")
+	for _, tc := range []struct {
+		url  string
+		code string
+	}{
+		{"https://" + addr + "/", "200"},
+		{"https://" + addr + "/std/gopher", "200"},
+		{"https://" + addr + "/status", "404"},
+		{"https://" + addr + "/status?conns=10", "404"},
+		{"http://" + admin + "/status", "200"},
+	} {
+		out, err := exec.CommandContext(testContext(t, 30*time.Second), curl, "--silent", "--show-error", "--insecure", "--http1.1",
+			"--write-out", "\n%{http_code}", tc.url).CombinedOutput()
 		if err != nil {
-			t.Fatalf("curl %s: %v\n%s", path, err, out)
+			t.Fatalf("curl %s: %v\n%s", tc.url, err, out)
 		}
-		if path == "/" && string(out) != "Hello, World!" {
-			t.Errorf("curl /: %q", out)
+		body, code := string(out), ""
+		if i := strings.LastIndexByte(body, '\n'); i >= 0 {
+			body, code = body[:i], body[i+1:]
+		}
+		if code != tc.code {
+			t.Errorf("curl %s: %s %q, want %s", tc.url, code, body, tc.code)
+		}
+		if strings.HasSuffix(tc.url, addr+"/") && body != "Hello, World!" {
+			t.Errorf("curl %s: %q", tc.url, body)
 		}
 	}
 }
@@ -31,7 +49,7 @@ func TestCurlHTTPS(t *testing.T) {
 // an alert.
 func TestOpenSSLClient(t *testing.T) {
 	openssl := tool(t, "openssl")
-	addr := startExample(t, "http", "-tls")
+	addr, _ := startHTTPExample(t, "-tls")
 	for _, v := range []string{"-tls1_2", "-tls1_3"} {
 		cmd := exec.CommandContext(testContext(t, 30*time.Second), openssl, "s_client", "-connect", addr, v, "-quiet")
 		cmd.Stdin = strings.NewReader("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")

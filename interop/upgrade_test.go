@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"regexp"
@@ -24,6 +25,7 @@ type upgradable struct {
 	t      *testing.T
 	bin    string
 	addr   string
+	admin  string        // examples/http's admin address ("" for the other examples)
 	pid    int           // the generation serving now
 	lines  chan string   // stdout lines
 	mu     sync.Mutex    // guards stderr
@@ -38,6 +40,9 @@ func startUpgradable(t *testing.T, name string, args ...string) *upgradable {
 	// generation exits, and the later ones write on them still.
 	outR, outW, _ := os.Pipe()
 	errR, errW, _ := os.Pipe()
+	if name == "http" {
+		args = append([]string{"-admin", "127.0.0.1:0"}, args...)
+	}
 	u.first = exec.Command(u.bin, append([]string{"-addr", "tcp://127.0.0.1:0", "-count", "2"}, args...)...)
 	u.first.Stdout, u.first.Stderr = outW, errW
 	if err := u.first.Start(); err != nil {
@@ -60,7 +65,7 @@ func startUpgradable(t *testing.T, name string, args ...string) *upgradable {
 			u.mu.Unlock()
 		}
 	}()
-	u.addr, u.pid = u.nextGeneration()
+	u.addr, u.pid, u.admin = u.nextGeneration(name == "http")
 	t.Cleanup(func() {
 		syscall.Kill(u.pid, syscall.SIGTERM)
 		if !waitGone(u.pid, 15*time.Second) {
@@ -71,22 +76,33 @@ func startUpgradable(t *testing.T, name string, args ...string) *upgradable {
 	return u
 }
 
-var listeningLine = regexp.MustCompile(`listening on http://(\S+) pid (\d+)`)
+var (
+	listeningLine = regexp.MustCompile(`listening on http://(\S+) pid (\d+)`)
+	adminLine     = regexp.MustCompile(`admin pages on http://(\S+) `)
+)
 
-// nextGeneration waits for a process's "listening" line.
-func (u *upgradable) nextGeneration() (addr string, pid int) {
-	select {
-	case line := <-u.lines:
-		m := listeningLine.FindStringSubmatch(line)
-		if m == nil {
-			u.t.Fatalf("unexpected line from the example: %q", line)
+// nextGeneration waits for a process's "listening" line and, if withAdmin,
+// the line with its admin address that follows.
+func (u *upgradable) nextGeneration(withAdmin bool) (addr string, pid int, admin string) {
+	next := func(re *regexp.Regexp) []string {
+		select {
+		case line := <-u.lines:
+			m := re.FindStringSubmatch(line)
+			if m == nil {
+				u.t.Fatalf("unexpected line from the example: %q", line)
+			}
+			return m
+		case <-time.After(30 * time.Second):
+			u.t.Fatal("the example printed no listening line within 30s")
 		}
-		pid, _ = strconv.Atoi(m[2])
-		return m[1], pid
-	case <-time.After(30 * time.Second):
-		u.t.Fatal("the example printed no listening line within 30s")
+		return nil
 	}
-	return "", 0
+	m := next(listeningLine)
+	pid, _ = strconv.Atoi(m[2])
+	if withAdmin {
+		admin = next(adminLine)[1]
+	}
+	return m[1], pid, admin
 }
 
 // upgrade signals the serving generation, waits for the next one to print
@@ -96,9 +112,9 @@ func (u *upgradable) upgrade() {
 	if err := syscall.Kill(old, syscall.SIGHUP); err != nil {
 		u.t.Fatal(err)
 	}
-	addr, pid := u.nextGeneration()
-	if addr != u.addr {
-		u.t.Fatalf("the new process listens on %s, the old one on %s", addr, u.addr)
+	addr, pid, admin := u.nextGeneration(u.admin != "")
+	if addr != u.addr || admin != u.admin {
+		u.t.Fatalf("the new process listens on %s (admin %s), the old one on %s (admin %s)", addr, admin, u.addr, u.admin)
 	}
 	u.pid = pid
 	if !waitGone(old, 15*time.Second) {
@@ -187,6 +203,16 @@ func TestUpgradeUnderWrk(t *testing.T) {
 			})
 		})
 	}
+	// The admin pages' socket went from generation to generation too.
+	c := &http.Client{Timeout: 10 * time.Second}
+	if resp, err := c.Get("http://" + u.admin + "/status"); err != nil {
+		t.Errorf("the admin pages after six upgrades: %v", err)
+	} else {
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("the admin pages after six upgrades: %s", resp.Status)
+		}
+	}
 	t.Run("failing-binary", func(t *testing.T) {
 		// Replace the file as a deployment does (a new file renamed over
 		// it): the running process's executable path names the new one.
@@ -220,6 +246,36 @@ func TestUpgradeUnderWrk(t *testing.T) {
 			t.Errorf("the old process %d is gone", pid)
 		}
 	})
+}
+
+// TestUpgradeAdmin upgrades examples/http twice (SIGHUP): each new
+// process takes over the admin pages' socket with the application's (the
+// same address, printed again), serves /status there, and /status stays a
+// 404 on the application's address.
+func TestUpgradeAdmin(t *testing.T) {
+	u := startUpgradable(t, "http")
+	c := &http.Client{Timeout: 10 * time.Second}
+	defer c.CloseIdleConnections()
+	status := func(url string) int {
+		resp, err := c.Get(url)
+		if err != nil {
+			t.Fatalf("GET %s: %v", url, err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for i := range 3 {
+		if i > 0 {
+			u.upgrade()
+			c.CloseIdleConnections() // the old process is gone
+		}
+		if code := status("http://" + u.admin + "/status"); code != 200 {
+			t.Errorf("generation %d: /status on the admin address: %d", i+1, code)
+		}
+		if code := status("http://" + u.addr + "/status"); code != 404 {
+			t.Errorf("generation %d: /status on the application's address: %d, want 404", i+1, code)
+		}
+	}
 }
 
 // TestUpgradeWebSocket upgrades examples/websocket with WebSocket clients
@@ -258,7 +314,7 @@ func TestUpgradeWebSocket(t *testing.T) {
 	}
 	oldPID := u.pid
 	syscall.Kill(oldPID, syscall.SIGHUP)
-	_, u.pid = u.nextGeneration()
+	_, u.pid, _ = u.nextGeneration(false)
 	// Until the old process says it accepts no more, a new connection may
 	// still land there (both processes accept from the same socket).
 	for deadline := time.Now().Add(10 * time.Second); u.logged("accepts no more") == ""; time.Sleep(5 * time.Millisecond) {

@@ -25,7 +25,7 @@ request = function() return req end
 // be a 2xx and no socket error may occur.
 func TestWrk(t *testing.T) {
 	wrk := tool(t, "wrk")
-	addr := startExample(t, "http")
+	addr, _ := startHTTPExample(t)
 	script := filepath.Join(t.TempDir(), "pipeline.lua")
 	if err := os.WriteFile(script, []byte(pipelineScript), 0o644); err != nil {
 		t.Fatal(err)
