@@ -136,10 +136,11 @@ func at(t *testing.T, v any, path ...any) any {
 	return v
 }
 
-// TestKubernetesManifests: the Deployment's probes hit the status route,
-// the grace period covers the preStop sleep and herd's stop timeout, and the
-// HPA scales on the metric the prometheus-adapter rule makes from the busy
-// time the prometheus module exports.
+// TestKubernetesManifests: the Deployment's probes hit the application's
+// port, Prometheus scrapes the admin port (-admin), which the Service does
+// not expose, the grace period covers the preStop sleep and herd's stop
+// timeout, and the HPA scales on the metric the prometheus-adapter rule
+// makes from the busy time the prometheus module exports.
 func TestKubernetesManifests(t *testing.T) {
 	kinds := map[string]map[string]any{}
 	for _, d := range yamlDocs(t, "kubernetes.yaml") {
@@ -154,13 +155,34 @@ func TestKubernetesManifests(t *testing.T) {
 	pod := at(t, dep, "spec", "template", "spec")
 	c := at(t, pod, "containers", 0)
 	for _, probe := range []string{"readinessProbe", "livenessProbe"} {
-		if p := at(t, c, probe, "httpGet", "path"); p != "/status" {
-			t.Errorf("%s path %v, want /status (the status route of examples/http)", probe, p)
+		if p, port := at(t, c, probe, "httpGet", "path"), at(t, c, probe, "httpGet", "port"); p != "/" || port != "http" {
+			t.Errorf("%s on %v port %v, want / on http (a route of the application, served by its loops)", probe, p, port)
 		}
 	}
 	var args []string
 	for _, a := range at(t, c, "args").([]any) {
 		args = append(args, a.(string))
+	}
+	ports := map[string]int{}
+	for i := range at(t, c, "ports").([]any) {
+		ports[at(t, c, "ports", i, "name").(string)] = at(t, c, "ports", i, "containerPort").(int)
+	}
+	admin := ""
+	for i, a := range args {
+		if a == "-admin" && i+1 < len(args) {
+			admin = args[i+1]
+		}
+	}
+	if !strings.HasSuffix(admin, ":"+strconv.Itoa(ports["admin"])) || ports["admin"] == 0 {
+		t.Errorf("-admin %q is not the container's admin port %d", admin, ports["admin"])
+	}
+	if p := at(t, dep, "spec", "template", "metadata", "annotations", "prometheus.io/port"); p != strconv.Itoa(ports["admin"]) {
+		t.Errorf("Prometheus scrapes port %v, not the admin port %d", p, ports["admin"])
+	}
+	for i := range at(t, kinds["Service"], "spec", "ports").([]any) {
+		if tp := at(t, kinds["Service"], "spec", "ports", i, "targetPort"); tp == "admin" || tp == ports["admin"] {
+			t.Errorf("the Service exposes the admin port (%v)", tp)
+		}
 	}
 	stop := flagDuration(t, strings.Join(args, " "), "-stop-timeout")
 	sleep := time.Duration(at(t, c, "lifecycle", "preStop", "sleep", "seconds").(int)) * time.Second
@@ -260,6 +282,11 @@ func TestDockerfile(t *testing.T) {
 	}
 	if !strings.HasPrefix(entry, "[") {
 		t.Errorf("ENTRYPOINT %s is not in exec form: a shell would take the signals", entry)
+	}
+	if !strings.Contains(entry, `"-admin", "0.0.0.0:9091"`) {
+		// The default, loopback, is the container's own: nothing outside
+		// could scrape /metrics.
+		t.Errorf("ENTRYPOINT %s does not put the admin pages on the container's network", entry)
 	}
 	if !strings.Contains(from, "nonroot") {
 		t.Errorf("runtime stage %q", from)

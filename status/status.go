@@ -50,7 +50,7 @@ import (
 )
 
 // Handler serves the figures of the given workers to whoever reaches it:
-// it checks no credentials (see "Who may see it" above).
+// it checks no credentials (see the package documentation).
 func Handler(workers ...*herd.Worker) http.Handler {
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
