@@ -6,7 +6,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -15,8 +15,12 @@ import (
 // A Broker connects the nodes of a cluster: publish and subscribe for
 // messages, and presence sets (which clients hold a uid, are in a group,
 // are on a node) whose entries expire unless refreshed, so that a node
-// that dies leaves nothing behind for long. The redis module has one;
-// the gateway calls it from a goroutine of its own, never from a loop.
+// that dies leaves nothing behind for long. Each process subscribes to a
+// channel of its own (its node name and incarnation) for as long as it
+// lives: the broker's count of that channel's subscribers is how the
+// other nodes know, at once, that a process is gone. The redis module has
+// one; the gateway calls it from a goroutine of its own, never from a
+// loop.
 type Broker interface {
 	// Subscribe delivers what is published on channels until ctx ends,
 	// then returns. It calls deliver on one goroutine, in the order of
@@ -25,8 +29,13 @@ type Broker interface {
 	// was published meanwhile is lost). It keeps trying while the broker
 	// is unreachable.
 	Subscribe(ctx context.Context, channels []string, deliver func(channel string, payload []byte), subscribed func(again bool)) error
-	// Publish sends each message to its channel.
-	Publish(ctx context.Context, msgs []Outgoing) error
+	// Publish sends each message to its channel, and returns how many
+	// subscribers received each, in the order of msgs (nil if the broker
+	// cannot tell).
+	Publish(ctx context.Context, msgs []Outgoing) (received []int, err error)
+	// Subscribers counts the subscribers of each channel now, in one
+	// round trip.
+	Subscribers(ctx context.Context, channels []string) ([]int, error)
 	// UpdatePresence adds members to and removes them from presence sets;
 	// an added member expires after ttl unless added again.
 	UpdatePresence(ctx context.Context, ttl time.Duration, changes []PresenceChange) error
@@ -67,7 +76,7 @@ const (
 // sender's numbering of the channel, what it is for, and the message.
 type envelope struct {
 	node    string
-	epoch   uint64 // the sender's start: a new epoch restarts the numbering
+	epoch   uint64 // the sender's incarnation (Gateway.inc): a new one restarts the numbering
 	seq     uint64 // per sender and channel, from 1
 	kind    byte
 	target  string // client ID, uid or group
@@ -177,23 +186,23 @@ type publisher struct {
 	seq map[string]uint64 // per channel
 
 	// Owned by the receiving goroutine (the broker's deliver).
-	last map[seqKey]uint64 // per sender node and channel: last seq seen
-	seen map[string]uint64 // per sender node: its epoch
+	last map[seqKey]uint64   // per sender incarnation and channel: last seq seen
+	seen map[string][]uint64 // per sender node name: the incarnations in last, oldest first
 }
 
 // job is one piece of work for the publishing goroutine: a message to a
 // channel, to a uid's nodes, or a presence change.
 type job struct {
 	channel string
-	uid     string // route by presence to the nodes holding it
+	uid     string // route by presence to the node incarnations holding it
 	env     envelope
 	change  *PresenceChange
 }
 
 func newPublisher(g *Gateway) *publisher {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &publisher{g: g, epoch: uint64(time.Now().UnixNano()) ^ rand.Uint64()>>16, jobs: make(chan job, publishQueue),
-		ctx: ctx, cancel: cancel, done: make(chan struct{}), seq: map[string]uint64{}, last: map[seqKey]uint64{}, seen: map[string]uint64{}}
+	return &publisher{g: g, epoch: g.inc, jobs: make(chan job, publishQueue),
+		ctx: ctx, cancel: cancel, done: make(chan struct{}), seq: map[string]uint64{}, last: map[seqKey]uint64{}, seen: map[string][]uint64{}}
 }
 
 // enqueue queues a job, or drops and counts it when the queue is full.
@@ -229,7 +238,7 @@ func (p *publisher) start() {
 	go func() {
 		// Not on the loop that starts first: the broker may be slow or
 		// down, and keeps trying on its own.
-		if err := g.Broker.Subscribe(p.ctx, []string{nodeChannel(g.node), allChannel}, p.receive, subscribed); err != nil && p.ctx.Err() == nil {
+		if err := g.Broker.Subscribe(p.ctx, []string{nodeChannel(g.instance), allChannel}, p.receive, subscribed); err != nil && p.ctx.Err() == nil {
 			g.logger().Error("gateway: subscribing to the broker", "node", g.node, "err", err)
 		}
 	}()
@@ -281,8 +290,9 @@ func (p *publisher) run() {
 func (p *publisher) handle(batch []job) {
 	nodes := p.uidNodes(batch)
 	var out []Outgoing
+	var from []int // per message in out: its job's index in batch
 	var changes []PresenceChange
-	for _, j := range batch {
+	for i, j := range batch {
 		switch {
 		case j.change != nil:
 			changes = append(changes, *j.change)
@@ -296,9 +306,13 @@ func (p *publisher) handle(batch []job) {
 			out = p.stamp(out, j.channel, j.env)
 		default:
 			p.refresh()
+			continue
+		}
+		for len(from) < len(out) {
+			from = append(from, i)
 		}
 	}
-	p.flush(out, changes)
+	p.flush(batch, out, from, changes)
 }
 
 // stamp numbers an envelope for channel and adds it to out.
@@ -308,9 +322,11 @@ func (p *publisher) stamp(out []Outgoing, channel string, e envelope) []Outgoing
 	return append(out, Outgoing{Channel: channel, Payload: e.encode()})
 }
 
-// uidNodes gives, for each uid the batch sends to, the other nodes where
-// it is bound, from its presence set (one round trip for the batch). A uid
-// bound nowhere else is counted as an unknown target there.
+// uidNodes gives, for each uid the batch sends to, the other node
+// incarnations ("<node>-<incarnation>", another of this node's name
+// included) where it is bound, from its presence set (one round trip for
+// the batch). A uid bound nowhere else is counted as an unknown target
+// there.
 func (p *publisher) uidNodes(batch []job) map[string][]string {
 	if p.g.UidBroadcast {
 		return nil
@@ -336,8 +352,8 @@ func (p *publisher) uidNodes(batch []job) map[string][]string {
 	for i, uid := range uids {
 		var ns []string
 		for _, m := range members[i] {
-			if node := ClientID(m).Node(); node != p.g.node && !contains(ns, node) {
-				ns = append(ns, node)
+			if inst := ClientID(m).instance(); inst != "" && inst != p.g.instance && !contains(ns, inst) {
+				ns = append(ns, inst)
 			}
 		}
 		if len(ns) == 0 {
@@ -364,7 +380,11 @@ func contains(s []string, v string) bool {
 // brokerTimeout bounds each call to the broker.
 const brokerTimeout = 2 * time.Second
 
-func (p *publisher) flush(out []Outgoing, changes []PresenceChange) {
+// flush publishes out (out[i] is for the job batch[from[i]]) and applies
+// changes. A send to one client (SendToClient, CloseClient) or to a uid's
+// nodes that no subscriber received went to the channels of processes
+// that are gone: it is counted as an unknown target.
+func (p *publisher) flush(batch []job, out []Outgoing, from []int, changes []PresenceChange) {
 	ctx, cancel := context.WithTimeout(p.ctx, brokerTimeout)
 	defer cancel()
 	if len(changes) > 0 {
@@ -373,12 +393,24 @@ func (p *publisher) flush(out []Outgoing, changes []PresenceChange) {
 		}
 	}
 	if len(out) > 0 {
-		if err := p.g.Broker.Publish(ctx, out); err != nil {
+		received, err := p.g.Broker.Publish(ctx, out)
+		if err != nil {
 			p.g.stats.pubDropped.Add(uint64(len(out)))
 			p.g.logger().Debug("gateway: publish failed", "messages", len(out), "err", err)
 			return
 		}
 		p.g.stats.published.Add(uint64(len(out)))
+		if len(received) == len(out) {
+			for i := 0; i < len(out); {
+				j, reached := from[i], false
+				for ; i < len(out) && from[i] == j; i++ {
+					reached = reached || received[i] > 0
+				}
+				if k := batch[j].env.kind; !reached && (k == kindClient || k == kindClose || batch[j].uid != "" && !p.g.UidBroadcast) {
+					p.g.stats.unknown.Add(1)
+				}
+			}
+		}
 	}
 }
 
@@ -390,7 +422,7 @@ func (p *publisher) refresh() {
 	changes, err := gather(ctx, p.g, func(s *shard) []PresenceChange {
 		var mine []PresenceChange
 		for _, r := range s.clients {
-			mine = append(mine, PresenceChange{Key: nodeKey(p.g.node), Member: string(r.id), In: true})
+			mine = append(mine, PresenceChange{Key: nodeKey(p.g.instance), Member: string(r.id), In: true})
 			for uid := range r.uids {
 				mine = append(mine, PresenceChange{Key: uidKey(uid), Member: string(r.id), In: true})
 			}
@@ -425,24 +457,19 @@ func (p *publisher) receive(channel string, payload []byte) {
 		g.stats.malformed.Add(1)
 		return
 	}
-	if e.node == g.node {
-		return // our own, on the "all" channel
+	if e.node == g.node && e.epoch == p.epoch {
+		return // our own, on the "all" channel (another incarnation of this node's name is another sender)
 	}
 	g.stats.received.Add(1)
 	p.checkSeq(channel, &e)
 	switch e.kind {
 	case kindClient:
-		id := ClientID(e.target)
-		if !g.isLocal(id) {
-			g.stats.malformed.Add(1)
-			return
-		}
+		// onClient checks the whole instance, incarnation included: a
+		// client of another process of this name is not one of ours.
 		m := newMessage(e.payload)
-		g.onClient(id, func(s *shard, r *record) { r.c.deliver(m) })
+		g.onClient(ClientID(e.target), func(s *shard, r *record) { r.c.deliver(m) })
 	case kindClose:
-		if id := ClientID(e.target); g.isLocal(id) {
-			g.onClient(id, func(s *shard, r *record) { r.c.Herd().Close() })
-		}
+		g.onClient(ClientID(e.target), func(s *shard, r *record) { r.c.Herd().Close() })
 	case kindUid:
 		m := newMessage(e.payload)
 		g.local(func(s *shard, v uint64) { s.sendUid(e.target, m, v) })
@@ -459,18 +486,31 @@ func (p *publisher) receive(channel string, payload []byte) {
 	}
 }
 
+// keptIncarnations bounds the incarnations of one node name whose
+// numbering a receiver keeps: two live at once during an upgrade, the
+// rest are gone (restarted), and forgetting one only means a gap in its
+// numbering may go unnoticed.
+const keptIncarnations = 4
+
 // checkSeq counts the messages of e's sender on channel that never came.
+// A sender is one incarnation of a node: two processes of one name (an
+// upgrade) are numbered apart.
 func (p *publisher) checkSeq(channel string, e *envelope) {
-	key := seqKey{e.node, channel}
-	if p.seen[e.node] != e.epoch {
+	key := seqKey{e.node, e.epoch, channel}
+	if !slices.Contains(p.seen[e.node], e.epoch) {
 		// A sender seen for the first time, or restarted: its numbering
 		// starts here.
-		p.seen[e.node] = e.epoch
-		for k := range p.last {
-			if k.node == e.node {
-				delete(p.last, k)
+		incs := append(p.seen[e.node], e.epoch)
+		if len(incs) > keptIncarnations {
+			gone := incs[0]
+			incs = incs[1:]
+			for k := range p.last {
+				if k.node == e.node && k.epoch == gone {
+					delete(p.last, k)
+				}
 			}
 		}
+		p.seen[e.node] = incs
 		p.last[key] = e.seq
 		return
 	}
@@ -487,4 +527,8 @@ func (p *publisher) checkSeq(channel string, e *envelope) {
 }
 
 // seqKey names one sender's numbering on one channel.
-type seqKey struct{ node, channel string }
+type seqKey struct {
+	node    string
+	epoch   uint64
+	channel string
+}

@@ -11,8 +11,9 @@ import (
 func TestEnvelopeRoundTrip(t *testing.T) {
 	for _, e := range []envelope{
 		{node: "a", epoch: 1, seq: 1, kind: kindAll, payload: []byte("hi")},
-		{node: "node-1.example", epoch: 1 << 60, seq: 1 << 40, kind: kindGroup, target: "room", exclude: []ClientID{"a-1", "b-ff"}, payload: []byte{}},
+		{node: "node-1.example", epoch: 1 << 60, seq: 1 << 40, kind: kindGroup, target: "room", exclude: []ClientID{"a-2k7x9q0v3mzp1-1", "b-3w5e11264sgsf-ff"}, payload: []byte{}},
 		{node: "n", epoch: 0, seq: 0, kind: kindClose, target: "n-3"},
+		{node: "n", epoch: 1<<64 - 1, seq: 2, kind: kindClient, target: "n-3w5e11264sgsf-3", payload: []byte("to a client")},
 	} {
 		got, err := decodeEnvelope(e.encode())
 		if err != nil {
@@ -36,7 +37,8 @@ func TestEnvelopeRoundTrip(t *testing.T) {
 // error or an envelope that encodes back to the same bytes; it never
 // panics, and never allocates beyond the input's size.
 func FuzzEnvelope(f *testing.F) {
-	f.Add((&envelope{node: "a", epoch: 7, seq: 9, kind: kindGroup, target: "room", exclude: []ClientID{"a-1"}, payload: []byte("hello")}).encode())
+	f.Add((&envelope{node: "a", epoch: 7, seq: 9, kind: kindGroup, target: "room", exclude: []ClientID{"a-7-1"}, payload: []byte("hello")}).encode())
+	f.Add((&envelope{node: "one", epoch: 1<<64 - 1, seq: 1, kind: kindClient, target: "one-3w5e11264sgsf-1f", payload: []byte("hi")}).encode())
 	f.Add((&envelope{node: "b", kind: kindUid, target: "alice"}).encode())
 	f.Add([]byte("HGW1\x03\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"))
 	f.Fuzz(func(t *testing.T, b []byte) {

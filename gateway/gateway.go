@@ -5,7 +5,8 @@
 // herd's loops, in one process or across processes and machines.
 //
 // Every connection added to a Gateway gets a ClientID unique in the
-// cluster. Membership (the uids bound to a client, the groups it joined) is
+// cluster and never issued again, not by a later process of the same node
+// name either (see ClientID). Membership (the uids bound to a client, the groups it joined) is
 // kept per loop: each loop owns the records of the clients added on it and
 // changes them on its own goroutine (through Loop.Post), so no lock is
 // shared by the loops. A message to a group or to everyone is encoded once
@@ -21,6 +22,27 @@
 // receiver counts what it missed (pub/sub is at most once) and reports it
 // through OnGap; publishing never blocks a loop: it is queued, and a full
 // queue drops and counts.
+//
+// Each process is one incarnation of its node name, and everything the
+// broker keeps per node is per incarnation: its channel
+// ("node:<node>-<incarnation>") and the presence set of its clients
+// ("n:<node>-<incarnation>"). A node killed without a word (kill -9, a
+// crash) leaves behind in the broker its presence entries (its clients in
+// its own set and in the sets of their uids and groups), until
+// PresenceTTL, and its clients' sessions in a shared SessionStore, until
+// the store's TTL if it has one (the redis module's Sessions.TTL; without
+// one, until deleted). That is harmless: a later process of the same name
+// has another incarnation, so none of it is reachable through an ID it
+// issues, and it never reads the dead one's set. Through the dead IDs
+// themselves, no node sees those clients: an incarnation is live while it
+// is subscribed to its channel (the broker drops the subscription of a
+// connection that closed, which a killed process's does at once), and
+// IsOnline, ClientIDsByUid, ClientIDsByGroup, GroupCount and the session
+// methods skip the members of one that is not; SendToClient and
+// CloseClient to one reach no subscriber and are counted as unknown
+// targets. A message to a uid held there is routed to its dead channel
+// until the entry expires, and reaches no one, as it would a node that
+// crashed for good.
 //
 // GatewayWorker → herd:
 //
@@ -46,6 +68,7 @@ package gateway
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -61,25 +84,102 @@ import (
 	"github.com/seed358e4494/herd"
 )
 
-// ClientID names a connection across the cluster: the node's name and the
-// connection's ID on that node ("node-7f3"). It does not name the loop: a
-// connection's loop can change (Worker.Scale), its ID cannot.
+// ClientID names a connection across the cluster and across time:
+//
+//	<node>-<incarnation>-<connection>     e.g. "one-2k7x9q0v3mzp1-1f"
+//
+// node is the Gateway's Node name (which may itself contain '-': the ID
+// is read from the right); incarnation is 64 random bits drawn from
+// crypto/rand when the Gateway is attached, in base 36 (at most 13
+// characters); connection is the herd connection's ID on that node, in
+// hex. It does not name the loop: a connection's loop can change
+// (Worker.Scale), its ID cannot.
+//
+// A ClientID is never issued twice for a node name. Connection IDs start
+// again at 1 in every process, so the incarnation is what tells apart a
+// node restarted under the same name (after a crash, a kill -9, a
+// deploy), the two processes of a binary upgrade that serve side by side
+// under one name, or two processes mistakenly given one name: each draws
+// its own, and two draws are equal with probability 2^-64. Being random
+// rather than a clock or a counter, an incarnation cannot be guessed from
+// another: a client that knows its own ID learns nothing of the IDs an
+// earlier process of its node issued. An ID of another incarnation names
+// another process: this one never treats it as one of its clients, and
+// sends, changes, session calls and IsOnline for an ID whose incarnation
+// is gone are no-ops counted in Stats.UnknownTargets.
 type ClientID string
 
-// split parses an ID into its node and connection parts.
-func (id ClientID) split() (node string, conn uint64, ok bool) {
-	i := strings.LastIndexByte(string(id), '-')
+// parse reads an ID: its instance (node and incarnation, what the ID is
+// without its connection part), node and connection. Only the canonical
+// form (lowercase, no leading zeros) is accepted, so that one client has
+// one ID.
+func (id ClientID) parse() (instance, node string, conn uint64, ok bool) {
+	s := string(id)
+	i := strings.LastIndexByte(s, '-')
 	if i <= 0 {
-		return "", 0, false
+		return "", "", 0, false
 	}
-	conn, err := strconv.ParseUint(string(id[i+1:]), 16, 64)
-	return string(id[:i]), conn, err == nil
+	conn, ok = parseCanonical(s[i+1:], 16)
+	if !ok {
+		return "", "", 0, false
+	}
+	instance = s[:i]
+	j := strings.LastIndexByte(instance, '-')
+	if j <= 0 {
+		return "", "", 0, false
+	}
+	if _, ok := parseCanonical(instance[j+1:], 36); !ok {
+		return "", "", 0, false
+	}
+	return instance, instance[:j], conn, true
 }
 
-// Node is the node part of the ID.
+// parseCanonical parses a number written as strconv.FormatUint writes it
+// in that base, and nothing else.
+func parseCanonical(s string, base int) (uint64, bool) {
+	if s == "" || len(s) > 1 && s[0] == '0' {
+		return 0, false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'z') {
+			return 0, false
+		}
+	}
+	n, err := strconv.ParseUint(s, base, 64)
+	return n, err == nil
+}
+
+// Node is the node part of the ID ("" if it is not a ClientID).
 func (id ClientID) Node() string {
-	node, _, _ := id.split()
+	_, node, _, _ := id.parse()
 	return node
+}
+
+// Incarnation is the incarnation part of the ID, as Gateway.Incarnation
+// gives it for the process that issued it ("" if it is not a ClientID).
+func (id ClientID) Incarnation() string {
+	instance, node, _, ok := id.parse()
+	if !ok {
+		return ""
+	}
+	return instance[len(node)+1:]
+}
+
+// instanceName names one incarnation of a node: "<node>-<incarnation>".
+func instanceName(node string, inc uint64) string {
+	return node + "-" + strconv.FormatUint(inc, 36)
+}
+
+// newIncarnation draws an incarnation: 64 bits from crypto/rand, never 0
+// (an envelope's epoch 0 is nobody's).
+func newIncarnation() uint64 {
+	for {
+		var b [8]byte
+		rand.Read(b[:])
+		if n := binary.LittleEndian.Uint64(b[:]); n != 0 {
+			return n
+		}
+	}
 }
 
 // A Gateway registers clients and delivers messages to them by client,
@@ -107,21 +207,23 @@ type Gateway struct {
 	// Logger receives the gateway's logs; nil means slog.Default().
 	Logger *slog.Logger
 
-	node   string
-	w      *herd.Worker
-	mu     sync.Mutex           // serializes changes of view
-	view   atomic.Pointer[view] // the shards of the loops serving now
-	where  sync.Map             // connection ID → *shard
-	counts memberCounts         // members on this node, per uid and group
-	pub    *publisher
-	ready  chan struct{} // closed once the node receives what other nodes publish
-	stats  counters
+	node     string
+	inc      uint64 // this process's incarnation (newIncarnation)
+	instance string // instanceName(node, inc): the IDs' prefix, the node's channel and presence set
+	w        *herd.Worker
+	mu       sync.Mutex           // serializes changes of view
+	view     atomic.Pointer[view] // the shards of the loops serving now
+	where    sync.Map             // connection ID → *shard
+	counts   memberCounts         // members on this node, per uid and group
+	pub      *publisher
+	ready    chan struct{} // closed once the node receives what other nodes publish
+	stats    counters
 }
 
 // Stats counts what the gateway did.
 type Stats struct {
 	Clients        int64  // registered on this node
-	UnknownTargets uint64 // sends and changes for a client, uid or group not found here: no-ops
+	UnknownTargets uint64 // sends, changes, session calls and IsOnline for a client, uid or group not found (a client of another incarnation included): no-ops
 	Published      uint64 // messages handed to the broker
 	PublishDropped uint64 // messages the broker could not take (queue full, broker down)
 	Received       uint64 // messages from other nodes
@@ -153,6 +255,11 @@ func (g *Gateway) logger() *slog.Logger {
 // NodeName is the node's name, as resolved by Attach.
 func (g *Gateway) NodeName() string { return g.node }
 
+// Incarnation tells this process's gateway apart from every other one of
+// the same NodeName: the middle part of the IDs it issues (see ClientID).
+// It is drawn by Attach.
+func (g *Gateway) Incarnation() string { return strconv.FormatUint(g.inc, 36) }
+
 // Attach makes g serve w's loops: each loop gets its share of the
 // registry when it starts, and hands it to loop 0 when it leaves (Scale).
 // With a Broker, it subscribes the node when the first loop starts. It
@@ -173,6 +280,8 @@ func (g *Gateway) Attach(w *herd.Worker) error {
 	if strings.ContainsAny(g.node, " \t\n") {
 		return fmt.Errorf("gateway: node name %q has spaces", g.node)
 	}
+	g.inc = newIncarnation()
+	g.instance = instanceName(g.node, g.inc)
 	if g.Sessions == nil {
 		g.Sessions = NewMemorySessions()
 	}
@@ -220,7 +329,7 @@ func (g *Gateway) Close() error {
 // (OnOpen, OnConnect), and Remove from OnClose.
 func (g *Gateway) Add(c Client) ClientID {
 	hc := c.Herd()
-	id := ClientID(g.node + "-" + strconv.FormatUint(hc.ID(), 16))
+	id := ClientID(g.instance + "-" + strconv.FormatUint(hc.ID(), 16))
 	s := g.shardOf(hc.Loop().Index())
 	if s == nil {
 		return id // not attached: nothing will find it
@@ -228,12 +337,12 @@ func (g *Gateway) Add(c Client) ClientID {
 	s.clients[hc.ID()] = &record{id: id, conn: hc.ID(), c: c}
 	g.where.Store(hc.ID(), s)
 	g.stats.clients.Add(1)
-	s.presence(nodeKey(g.node), id, true)
+	s.presence(nodeKey(g.instance), id, true)
 	return id
 }
 
 // Remove forgets a client (its uids, groups and session). Call it from
-// OnClose.
+// OnClose. An ID that is not this node's client is a no-op, counted.
 func (g *Gateway) Remove(id ClientID) {
 	g.onClient(id, func(s *shard, r *record) {
 		for uid := range r.uids {
@@ -245,9 +354,11 @@ func (g *Gateway) Remove(id ClientID) {
 		delete(s.clients, r.conn)
 		g.where.Delete(r.conn)
 		g.stats.clients.Add(-1)
-		s.presence(nodeKey(g.node), id, false)
+		s.presence(nodeKey(g.instance), id, false)
+		// After it is gone from where: a session call that comes later
+		// finds no client and writes nothing.
+		g.deleteSession(string(id))
 	})
-	g.deleteSession(string(id))
 }
 
 // deleteSession drops a departed client's session without holding up the
@@ -297,7 +408,7 @@ func (g *Gateway) Ungroup(group string) {
 // CloseClient closes a client's connection, wherever it is.
 func (g *Gateway) CloseClient(id ClientID) {
 	if g.remote(id) {
-		g.publish(nodeChannel(id.Node()), envelope{kind: kindClose, target: string(id)})
+		g.publish(nodeChannel(id.instance()), envelope{kind: kindClose, target: string(id)})
 		return
 	}
 	g.onClient(id, func(s *shard, r *record) { r.c.Herd().Close() })
@@ -307,7 +418,7 @@ func (g *Gateway) CloseClient(id ClientID) {
 func (g *Gateway) SendToClient(id ClientID, msg []byte) {
 	m := newMessage(msg)
 	if g.remote(id) {
-		g.publish(nodeChannel(id.Node()), envelope{kind: kindClient, target: string(id), payload: m.data})
+		g.publish(nodeChannel(id.instance()), envelope{kind: kindClient, target: string(id), payload: m.data})
 		return
 	}
 	g.onClient(id, func(s *shard, r *record) { r.c.deliver(m) })
@@ -348,15 +459,22 @@ func (g *Gateway) SendToAll(msg []byte, exclude ...ClientID) {
 	g.publish(allChannel, envelope{kind: kindAll, exclude: slices.Clone(exclude), payload: m.data})
 }
 
-// isLocal reports whether id names a client of this node.
-func (g *Gateway) isLocal(id ClientID) bool { return id.Node() == g.node }
+// instance is the ID's instance part ("<node>-<incarnation>"), or "".
+func (id ClientID) instance() string {
+	instance, _, _, _ := id.parse()
+	return instance
+}
 
-// remote reports whether id names a client of another node that the
-// broker can reach. (Anything else goes to onClient, which counts what it
-// does not find.)
+// isLocal reports whether id names a client of this process: of this
+// node name and incarnation.
+func (g *Gateway) isLocal(id ClientID) bool { return id.instance() == g.instance }
+
+// remote reports whether id names a client of another process (another
+// node, or another incarnation of this one) that the broker can reach.
+// (Anything else goes to onClient, which counts what it does not find.)
 func (g *Gateway) remote(id ClientID) bool {
-	node, _, ok := id.split()
-	return ok && node != g.node && g.pub != nil
+	instance := id.instance()
+	return instance != "" && instance != g.instance && g.pub != nil
 }
 
 // localExclusions is the set of this node's connections in exclude.
@@ -366,7 +484,7 @@ func (g *Gateway) localExclusions(exclude []ClientID) map[uint64]bool {
 	}
 	ex := make(map[uint64]bool, len(exclude))
 	for _, id := range exclude {
-		if node, conn, ok := id.split(); ok && node == g.node {
+		if instance, _, conn, ok := id.parse(); ok && instance == g.instance {
 			ex[conn] = true
 		}
 	}
@@ -374,10 +492,11 @@ func (g *Gateway) localExclusions(exclude []ClientID) map[uint64]bool {
 }
 
 // onClient runs f on the loop that owns the client's record. An unknown
-// client is a no-op, counted.
+// client, one of another node or of another incarnation of this one
+// included, is a no-op, counted.
 func (g *Gateway) onClient(id ClientID, f func(*shard, *record)) {
-	node, conn, ok := id.split()
-	if !ok || node != g.node {
+	instance, _, conn, ok := id.parse()
+	if !ok || instance != g.instance {
 		g.stats.unknown.Add(1)
 		return
 	}

@@ -16,9 +16,20 @@
 // programs already use.
 //
 // Keys and channels start with Prefix ("herd:" by default): channels
-// herd:node:<name> and herd:all; presence sets herd:p:u:<uid>,
-// herd:p:g:<group> and herd:p:n:<node>, sorted sets whose scores are
-// expiry times; sessions herd:s:<key>, hashes.
+// herd:node:<node>-<incarnation> (one per process: see gateway.ClientID)
+// and herd:all; presence sets herd:p:u:<uid>, herd:p:g:<group> and
+// herd:p:n:<node>-<incarnation>, sorted sets whose scores are expiry
+// times; sessions herd:s:<key>, hashes.
+//
+// What a node killed with kill -9 leaves here: its presence set and its
+// clients' entries in the uid and group sets, which expire (each member
+// PresenceTTL after its last refresh, each key twice that after its last
+// write), and its clients' sessions, until Sessions.TTL (set one: without
+// it they stay until deleted). A node started again under the same name
+// is another incarnation: it never reads the old set, issues none of the
+// old IDs, and so reaches none of it; the other nodes see the old
+// incarnation gone at once, because Redis dropped its subscription when
+// its connection closed (PUBSUB NUMSUB, and PUBLISH's count of receivers).
 package redis
 
 import (
@@ -99,16 +110,43 @@ func (b *Broker) Subscribe(ctx context.Context, channels []string, deliver func(
 	}
 }
 
-// Publish implements gateway.Broker: one pipeline.
-func (b *Broker) Publish(ctx context.Context, msgs []gateway.Outgoing) error {
+// Publish implements gateway.Broker: one pipeline; each message's count
+// of receivers is PUBLISH's answer.
+func (b *Broker) Publish(ctx context.Context, msgs []gateway.Outgoing) ([]int, error) {
 	p := b.prefix()
+	cmds := make([]*goredis.IntCmd, len(msgs))
 	_, err := b.Client.Pipelined(ctx, func(pipe goredis.Pipeliner) error {
-		for _, m := range msgs {
-			pipe.Publish(ctx, p+m.Channel, m.Payload)
+		for i, m := range msgs {
+			cmds[i] = pipe.Publish(ctx, p+m.Channel, m.Payload)
 		}
 		return nil
 	})
-	return err
+	if err != nil {
+		return nil, err
+	}
+	received := make([]int, len(msgs))
+	for i, c := range cmds {
+		received[i] = int(c.Val())
+	}
+	return received, nil
+}
+
+// Subscribers implements gateway.Broker: PUBSUB NUMSUB.
+func (b *Broker) Subscribers(ctx context.Context, channels []string) ([]int, error) {
+	p := b.prefix()
+	names := make([]string, len(channels))
+	for i, c := range channels {
+		names[i] = p + c
+	}
+	m, err := b.Client.PubSubNumSub(ctx, names...).Result()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]int, len(channels))
+	for i, name := range names {
+		out[i] = int(m[name])
+	}
+	return out, nil
 }
 
 func (b *Broker) presenceKey(key string) string { return b.prefix() + "p:" + key }

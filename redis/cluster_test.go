@@ -9,59 +9,48 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/seed358e4494/herd/gateway"
+	"github.com/seed358e4494/herd/redis/internal/node"
 	"github.com/seed358e4494/herd/redis/redistest"
 )
 
-var (
-	nodeOnce sync.Once
-	nodeBin  string
-	nodeErr  error
-)
+// nodeEnv, set in a process's environment, makes the test binary a node
+// (internal/node) instead of running the tests: the tests start their
+// nodes by running their own binary again.
+const nodeEnv = "HERD_REDIS_TEST_NODE"
 
-// buildNode builds internal/cmd/node once per test binary.
-func buildNode(t *testing.T) string {
-	nodeOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "herd-node")
-		if err != nil {
-			nodeErr = err
-			return
-		}
-		nodeBin = filepath.Join(dir, "node")
-		out, err := exec.Command("go", "build", "-o", nodeBin, "./internal/cmd/node").CombinedOutput()
-		if err != nil {
-			nodeErr = fmt.Errorf("%v\n%s", err, out)
-		}
-	})
-	if nodeErr != nil {
-		t.Fatalf("building the node: %v", nodeErr)
+func TestMain(m *testing.M) {
+	if os.Getenv(nodeEnv) == "1" {
+		os.Exit(node.Main(os.Args[1:]))
 	}
-	return nodeBin
+	os.Exit(m.Run())
 }
 
-// node is a gateway node process.
-type node struct {
-	name string
-	addr string
-	cmd  *exec.Cmd
+// nodeProc is a gateway node process.
+type nodeProc struct {
+	name   string
+	inc    string // its incarnation, as it printed it
+	addr   string
+	cmd    *exec.Cmd
+	exited chan struct{}
 }
 
-var listening = regexp.MustCompile(`^node (\S+) listening on (\S+) pid (\d+)$`)
+var listening = regexp.MustCompile(`^node (\S+) listening on (\S+) pid (\d+) incarnation (\S+)$`)
 
 // startNode runs a node joined to the Redis at redisAddr; it is stopped
 // (SIGTERM, then SIGKILL) when the test ends.
-func startNode(t *testing.T, redisAddr, name string) *node {
-	n := &node{name: name, cmd: exec.Command(buildNode(t), "-redis", redisAddr, "-node", name, "-count", "2")}
+func startNode(t *testing.T, redisAddr, name string) *nodeProc {
+	n := &nodeProc{name: name, cmd: exec.Command(os.Args[0], "-redis", redisAddr, "-node", name, "-count", "2")}
+	n.cmd.Env = append(os.Environ(), nodeEnv+"=1")
 	n.cmd.Stderr = os.Stderr
 	out, err := n.cmd.StdoutPipe()
 	if err != nil {
@@ -70,7 +59,8 @@ func startNode(t *testing.T, redisAddr, name string) *node {
 	if err := n.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan struct{})
+	n.exited = make(chan struct{})
+	exited := n.exited
 	go func() { n.cmd.Wait(); close(exited) }()
 	t.Cleanup(func() {
 		n.cmd.Process.Signal(syscall.SIGTERM)
@@ -96,7 +86,7 @@ func startNode(t *testing.T, redisAddr, name string) *node {
 		if m == nil {
 			t.Fatalf("node %s printed %q", name, l)
 		}
-		n.addr = m[2]
+		n.addr, n.inc = m[2], m[4]
 	case <-time.After(30 * time.Second):
 		t.Fatalf("node %s did not start", name)
 	}
@@ -111,7 +101,21 @@ type user struct {
 	lines chan string
 }
 
-func (n *node) connect(t *testing.T) *user {
+// kill ends the node as a crash would (SIGKILL: no OnClose, no cleanup)
+// and waits for it to exit.
+func (n *nodeProc) kill(t *testing.T) {
+	t.Helper()
+	if err := n.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-n.exited:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("node %s did not exit after SIGKILL", n.name)
+	}
+}
+
+func (n *nodeProc) connect(t *testing.T) *user {
 	c, err := net.DialTimeout("tcp", n.addr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -230,7 +234,7 @@ func TestUidAcrossNodes(t *testing.T) {
 
 	before := sender.stat("unknown")
 	sender.send("touid nobody x")
-	sender.send("toclient b-ffffff x")
+	sender.send("toclient %s-ffffff x", gateway.ClientID(other.id).Node()+"-"+gateway.ClientID(other.id).Incarnation()) // node b's incarnation, no such connection
 	other.quiet()
 	if got := other.stat("unknown"); got < 1 {
 		t.Errorf("node b counted %d unknown targets for a client it does not have", got)
@@ -357,7 +361,7 @@ func TestForeignMessages(t *testing.T) {
 	defer rdb.Close()
 	for _, junk := range []string{"", "hello", "HGW1", "HGW1\x03\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff", "HGW1\x09" + strings.Repeat("x", 100)} {
 		rdb.Publish(context.Background(), "herd:all", junk)
-		rdb.Publish(context.Background(), "herd:node:b", junk)
+		rdb.Publish(context.Background(), "herd:node:b-"+b.inc, junk) // node b's channel: its name and incarnation
 	}
 	b1.ask("stats", func(s string) bool { return strings.Contains(s, "malformed=10") })
 	a1.send("togroup room still-fine")
