@@ -55,7 +55,7 @@ type event struct {
 	To   string `json:"to,omitempty"`
 	Text string `json:"text,omitempty"`
 	Node string `json:"node,omitempty"` // the process that served the sender
-	ID   string `json:"id,omitempty"`   // the client ID (welcome)
+	ID   string `json:"id,omitempty"`   // the client ID (welcome): node, incarnation, connection; never issued twice
 }
 
 func encode(e event) []byte {
@@ -88,6 +88,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		rdb := goredis.NewClient(&goredis.Options{Addr: *redisAddr, DialTimeout: time.Second})
 		defer rdb.Close()
 		g.Broker = &herdredis.Broker{Client: rdb}
+		// The TTL bounds what a killed process's clients leave behind.
 		g.Sessions = &herdredis.Sessions{Client: rdb, TTL: 24 * time.Hour}
 	}
 
