@@ -116,23 +116,24 @@ func (c *Conn) rareLocked() *connRare {
 
 // Conn.flags bits.
 const (
-	flagRecvPaused   uint32 = 1 << iota // mirrors userPaused, checked between the messages of one read
-	flagBackpressure                    // mirrors bpPaused, checked between the messages of one read
-	flagDrainWait                       // a graceful stop waits for the Holds to be Released
-	flagNoLinger                        // CloseNoLinger: the peer sends nothing more
-	flagMoving                          // being handed to another loop (Scale): in no poller (set under mu)
-	flagTLS                             // rare.tls is set: a TLS connection
-	flagHandshaking                     // its TLS handshake is under way: no OnConnect yet, nor OnClose
-	flagDialed                          // rare.dial is set: the loop dialed it, and its Dialer serves it
-	flagConnecting                      // dialed, not yet connected: writes queue; no OnConnect yet, nor OnClose
-	flagWriteShut                       // CloseWrite: our side ends once the queue is written (set under mu)
-	flagLinkPaused                      // not read until the connection it forwards to drains (Pipe; set under mu)
-	flagSelfEnd                         // Close or Abort was called: a Dialer does not reconnect
-	flagPeerEnded                       // mirrors peerClosed, for the loop to check without the lock
+	flagRecvPaused    uint32 = 1 << iota // mirrors userPaused, checked between the messages of one read
+	flagBackpressure                     // mirrors bpPaused, checked between the messages of one read
+	flagDrainWait                        // a graceful stop waits for the Holds to be Released
+	flagNoLinger                         // CloseNoLinger: the peer sends nothing more
+	flagMoving                           // being handed to another loop (Scale): in no poller (set under mu)
+	flagTLS                              // rare.tls is set: a TLS connection
+	flagHandshaking                      // its TLS handshake is under way: no OnConnect yet, nor OnClose
+	flagDialed                           // rare.dial is set: the loop dialed it, and its Dialer serves it
+	flagConnecting                       // dialed, not yet connected: writes queue; no OnConnect yet, nor OnClose
+	flagWriteShut                        // CloseWrite: our side ends once the queue is written (set under mu)
+	flagLinkPaused                       // not read until the connection it forwards to drains (Pipe; set under mu)
+	flagSelfEnd                          // Close or Abort was called: a Dialer does not reconnect
+	flagPeerEnded                        // mirrors peerClosed, for the loop to check without the lock
+	flagHandshakeFull                    // not read until its TLS handshake takes some of what it holds (set under mu)
 )
 
 // Flags that, on an open connection, stop its reading.
-const flagsInputPaused = flagRecvPaused | flagBackpressure | flagLinkPaused | flagDrainWait
+const flagsInputPaused = flagRecvPaused | flagBackpressure | flagLinkPaused | flagDrainWait | flagHandshakeFull
 
 // Connection states. A Conn only moves forward through them.
 const (
@@ -611,7 +612,7 @@ func (c *Conn) updateInterestLocked() {
 	// Close and linger need no change of interest, and input left unread
 	// cannot make the final close reset the connection. Once the peer has
 	// ended its side there is nothing more to read.
-	read := !c.peerClosed && (st != connOpen || (!c.userPaused && !c.bpPaused && !c.drainStop && c.flags.Load()&flagLinkPaused == 0))
+	read := !c.peerClosed && (st != connOpen || (!c.userPaused && !c.bpPaused && !c.drainStop && c.flags.Load()&(flagLinkPaused|flagHandshakeFull) == 0))
 	write := c.q != nil || (c.rare != nil && c.rare.kp != nil && c.rare.kp.n > 0)
 	if read == c.readOn && write == c.writeOn {
 		return

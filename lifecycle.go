@@ -178,6 +178,10 @@ func (l *Loop) closeConn(c *Conn, err error) {
 	if t := c.tlsOf(); t != nil {
 		t.pipe.Close() // a handshake under way ends
 		if c.flags.Load()&flagHandshaking != 0 {
+			t.timer.Stop()
+			if !t.admitted {
+				l.tlsFailed.Add(1) // handshakeDone counts the others
+			}
 			return // OnConnect never ran: neither OnError nor OnClose
 		}
 	}

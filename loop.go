@@ -505,21 +505,35 @@ func (l *Loop) read(c *Conn, failed, peerEnd bool) {
 	if e, ok := c.h.(*pipeEnd); ok && e.bulk && st == connOpen && l.spliceRead(c, e) {
 		return
 	}
-	n, err := readFd(int(c.fd), l.readBuf)
+	buf := l.readBuf
+	if c.flags.Load()&flagHandshaking != 0 && st == connOpen {
+		if buf = l.handshakeInput(c, c.rare.tls); buf == nil {
+			if failed && c.state.Load() != connClosed {
+				l.closeConn(c, nil) // gone before its handshake was over
+			}
+			return
+		}
+	}
+	n, err := readFd(int(c.fd), buf)
 	if n > 0 {
 		l.bytesIn.Add(uint64(n))
-		if poll.EdgeTriggered && n == len(l.readBuf) && !failed {
+		if poll.EdgeTriggered && n == len(buf) && !failed {
 			l.serveNextTurn(c, poll.Event{Fd: int(c.fd), Readable: true, PeerEnd: peerEnd}) // more is left
 		}
 		if st != connOpen {
 			return // closing: the application is done with this input
 		}
 		c.lastActive = l.now.UnixNano()
-		if n < len(l.readBuf) {
+		if n < len(buf) {
 			c.drainedTurn = l.turn
 		}
 		if t := c.tlsOf(); t != nil {
-			l.feedTLS(c, t, l.readBuf[:n])
+			l.feedTLS(c, t, buf[:n])
+			if peerEnd && n < len(buf) && poll.EdgeTriggered && c.state.Load() == connOpen {
+				// The end came with it, and is not reported again: read
+				// it next turn.
+				l.serveNextTurn(c, poll.Event{Fd: int(c.fd), Readable: true, PeerEnd: true})
+			}
 			return
 		}
 		last := peerEnd && n < len(l.readBuf)
@@ -545,6 +559,10 @@ func (l *Loop) read(c *Conn, failed, peerEnd bool) {
 	}
 	if st == connLingering || err != nil {
 		l.closeConn(c, nil)
+		return
+	}
+	if c.flags.Load()&flagHandshaking != 0 {
+		l.handshakePeerEnded(c, c.rare.tls)
 		return
 	}
 	l.peerEnded(c)

@@ -75,7 +75,10 @@ type LoopStats struct {
 	// which BytesIn counts too.
 	Spliced uint64
 	// TLSHandshakes and TLSFailed count the TLS handshakes that completed
-	// and the TLS connections that failed (a bad handshake or record).
+	// and the TLS connections that failed: a bad handshake or record, a
+	// handshake not over at HandshakeTimeout, a first record that is not
+	// a handshake (plain HTTP among them), input past HandshakeInputBudget,
+	// a client gone before its handshake was over.
 	TLSHandshakes, TLSFailed uint64
 	// Busy is the time the loop has spent handling events, tasks and
 	// timers (callbacks included), and Running the time since it started:

@@ -10,6 +10,14 @@ package herd
 // read until the pipe has nothing more (a temporary error, which
 // crypto/tls does not keep), and writes encrypt straight into the send
 // queue. Written here because no library drives crypto/tls this way.
+//
+// Admission: until a connection's first TLS record has arrived whole (the
+// ClientHello), it waits on the loop, costing no goroutine and no more
+// than what it sent; what a connection may hold unread before its
+// handshake is over is bounded per connection and per worker. A
+// handshake goroutine that waits for its client's next flight gives its
+// slot to the next handshake, so clients that stall after their hello
+// cannot keep honest ones waiting either.
 
 import (
 	"context"
@@ -19,6 +27,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -28,11 +37,45 @@ const (
 	DefaultMaxHandshakes    = 256
 )
 
+// What a connection may have the server hold before its handshake is over.
+const (
+	// HandshakeInputLimit bounds the bytes a TLS connection may have
+	// waiting, unread by crypto/tls, until its handshake is over: one
+	// whole record of the largest size a ClientHello may take, and a
+	// little for what may follow it. A connection at the limit is not
+	// read until its handshake has taken some.
+	HandshakeInputLimit = recordHeaderLen + maxPlaintextRecord + 1024
+	// HandshakeInputBudget bounds those bytes over a Worker's
+	// connections whose handshake has no goroutine yet: past it, a
+	// connection whose first record has not come whole is closed and
+	// counted in TLSFailed, and one whose handshake waits for a
+	// goroutine is not read until it has one. Under a flood of
+	// handshakes new ones are refused rather than the process's memory
+	// spent. A handshake that has its goroutine (at most MaxHandshakes
+	// compute; the others wait for their client) reads within its own
+	// limit: the bound in all is this budget plus HandshakeInputLimit
+	// per handshake goroutine.
+	HandshakeInputBudget = 64 << 20
+
+	recordHeaderLen     = 5
+	maxPlaintextRecord  = 1 << 14 // TLSPlaintext.length (RFC 8446, 5.1)
+	recordTypeHandshake = 22
+)
+
+// handshakeBudget is HandshakeInputBudget; tests lower it.
+var handshakeBudget int64 = HandshakeInputBudget
+
+// plainHTTPReply is net/http's answer to an HTTP request sent to its TLS
+// port, before it closes the connection.
+const plainHTTPReply = "HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+
 // tlsState is a TLS connection's part of its Conn (in connRare).
 type tlsState struct {
-	conn     *tls.Conn
 	pipe     tlsPipe
-	deadline time.Time // the handshake's, from the accept
+	conn     *tls.Conn   // made at admission
+	timer    *time.Timer // ends the handshake at HandshakeTimeout from the accept
+	expired  atomic.Bool // the timer fired
+	admitted bool        // its first record came: the handshake is queued or runs (loop-owned)
 }
 
 // tlsPipe is the net.Conn crypto/tls reads from and writes to: reads take
@@ -46,7 +89,17 @@ type tlsPipe struct {
 	off    int
 	lent   bool // in is the loop's read buffer, until keep
 	block  bool // during the handshake: Read waits for the loop
+	ended  bool // the peer's end of stream came after in: Read returns io.EOF once in is read
 	closed bool
+	// During the handshake: the unread bytes counted in the worker's
+	// budget, the budget, the pool whose slot Read gives up while it
+	// waits, whether the loop stopped reading (Read then has it resume),
+	// and whether a goroutine has taken the handshake up.
+	counted int
+	budget  *atomic.Int64
+	hs      *handshaker
+	full    bool
+	started bool // its goroutine has taken the handshake up
 }
 
 // errWouldBlock tells crypto/tls that nothing more has arrived: a
@@ -64,20 +117,74 @@ func (p *tlsPipe) Read(b []byte) (int, error) {
 	defer p.mu.Unlock()
 	for p.off == len(p.in) {
 		switch {
-		case p.closed:
+		case p.closed || p.ended:
 			return 0, io.EOF
 		case !p.block:
 			return 0, errWouldBlock
 		}
-		p.fed.Wait()
+		// The handshake waits for its client: its slot goes to the next
+		// one meanwhile, and is taken again (maybe after a wait, without
+		// the lock the loop feeds under) once there is input.
+		p.hs.park()
+		for p.off == len(p.in) && !p.closed && !p.ended {
+			p.fed.Wait()
+		}
+		p.mu.Unlock()
+		p.hs.unpark()
+		p.mu.Lock()
 	}
 	n := copy(b, p.in[p.off:])
 	p.off += n
+	p.uncount(n)
 	if p.off == len(p.in) {
 		// All read: an idle connection keeps no buffer here.
 		p.in, p.off, p.lent = nil, 0, false
 	}
+	if p.full {
+		p.full = false
+		c := p.c
+		c.Post(func() { c.loop.Load().resumeHandshakeInput(c) })
+	}
 	return n, nil
+}
+
+// uncount takes n bytes the handshake has read, or that the pipe let
+// go, out of the budget; under mu.
+func (p *tlsPipe) uncount(n int) {
+	if n = min(n, p.counted); n > 0 {
+		p.counted -= n
+		p.budget.Add(-int64(n))
+	}
+}
+
+// room is how much the loop may read for a connection in its handshake.
+// At its own limit, or with the worker's budget spent while its
+// handshake waits for a goroutine, it is 0 and full is set: Read has the
+// reading resume. With the budget spent before its first record came, it
+// is -1: refused. A handshake that has its goroutine is not held to the
+// budget: it reads what its client sends next, within its own limit.
+func (p *tlsPipe) room(admitted bool) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := HandshakeInputLimit - (len(p.in) - p.off)
+	if !p.started && int64(n) > handshakeBudget-p.budget.Load() {
+		if !admitted {
+			return -1
+		}
+		n = 0
+	}
+	if n <= 0 {
+		p.full = true
+		return 0
+	}
+	return n
+}
+
+// start marks the handshake as taken up by its goroutine.
+func (p *tlsPipe) start() {
+	p.mu.Lock()
+	p.started = true
+	p.mu.Unlock()
 }
 
 func (p *tlsPipe) Write(b []byte) (int, error) {
@@ -93,13 +200,37 @@ func (p *tlsPipe) Write(b []byte) (int, error) {
 // it leaves.
 func (p *tlsPipe) feed(b []byte) {
 	p.mu.Lock()
-	if !p.block && p.off == len(p.in) {
+	switch {
+	case p.closed: // its handshake expired
+	case !p.block && p.off == len(p.in):
 		p.in, p.off, p.lent = b, 0, true
-	} else {
+	default:
 		p.in = append(p.in, b...)
+		if p.block {
+			p.counted += len(b)
+			p.budget.Add(int64(len(b)))
+		}
 	}
 	p.mu.Unlock()
 	p.fed.Signal()
+}
+
+// head returns the first bytes of what is unread (up to a record
+// header) and how much is unread.
+func (p *tlsPipe) head() (h [recordHeaderLen]byte, n int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	copy(h[:], p.in[p.off:])
+	return h, len(p.in) - p.off
+}
+
+// endHandshake stops counting what the pipe holds in the budget: the
+// handshake is over.
+func (p *tlsPipe) endHandshake() {
+	p.mu.Lock()
+	p.block, p.full = false, false
+	p.uncount(p.counted)
+	p.mu.Unlock()
 }
 
 // keep copies what crypto/tls left of a lent buffer (its reading stopped
@@ -116,6 +247,7 @@ func (p *tlsPipe) Close() error {
 	p.mu.Lock()
 	p.closed = true
 	p.in, p.off, p.lent = nil, 0, false
+	p.uncount(p.counted)
 	p.mu.Unlock()
 	p.fed.Broadcast()
 	return nil
@@ -137,29 +269,142 @@ func (c *Conn) tlsOf() *tlsState {
 }
 
 // TLS is the connection's TLS state (negotiated version, ALPN, peer
-// certificates), or nil when it is not a TLS connection. It is complete
-// from OnConnect on.
+// certificates), from OnConnect on; nil when it is not a TLS connection
+// or its handshake is not over.
 func (c *Conn) TLS() *tls.ConnectionState {
 	t := c.tlsOf()
-	if t == nil {
+	if t == nil || c.flags.Load()&flagHandshaking != 0 {
 		return nil
 	}
 	st := t.conn.ConnectionState()
 	return &st
 }
 
-// startTLS makes an accepted connection a TLS one and queues its
-// handshake; OnConnect runs once it is done. On the loop.
+// startTLS makes an accepted connection a TLS one. Its handshake is
+// queued once its first record has come (admitTLS); OnConnect runs once
+// it is done. On the loop.
 func (l *Loop) startTLS(c *Conn) {
-	t := &tlsState{deadline: l.now.Add(l.w.handshakeTimeout())}
-	t.pipe = tlsPipe{c: c, block: true}
+	t := &tlsState{}
+	t.pipe = tlsPipe{c: c, block: true, budget: &l.w.hsInput, hs: l.w.handshakes()}
 	t.pipe.fed.L = &t.pipe.mu
-	t.conn = tls.Server(&t.pipe, l.w.TLS)
 	c.mu.Lock()
 	c.rareLocked().tls = t
 	c.mu.Unlock()
 	c.flags.Or(flagTLS | flagHandshaking)
-	l.w.handshakes().queue(c, t)
+	// A runtime timer, not a goroutine, and not the loop's: it must find
+	// the connection on whichever loop Scale has moved it to.
+	t.timer = time.AfterFunc(l.w.handshakeTimeout(), func() {
+		t.expired.Store(true)
+		t.pipe.Close() // ends a handshake under way
+		c.Post(func() { c.loop.Load().handshakeExpired(c, t) })
+	})
+}
+
+// admitTLS looks at what a connection sent before its handshake was
+// queued: once its first record is whole, the handshake is queued. What
+// cannot be a TLS handshake closes it; an HTTP request gets net/http's
+// 400 first.
+func (l *Loop) admitTLS(c *Conn, t *tlsState) {
+	h, n := t.pipe.head()
+	switch {
+	case n == 0:
+	case h[0] != recordTypeHandshake:
+		if n < recordHeaderLen && h[0] >= 'A' && h[0] <= 'Z' {
+			return // maybe a request line: wait for enough of it to tell
+		}
+		if looksLikeHTTP(h[:min(n, recordHeaderLen)]) {
+			c.sendBytes([]byte(plainHTTPReply), sendOwed)
+			l.refuseTLS(c, errors.New("herd: plain HTTP on a TLS port"), true)
+			return
+		}
+		l.refuseTLS(c, fmt.Errorf("herd: TLS: first record of type %d, not a handshake", h[0]), false)
+	case n < recordHeaderLen:
+	case h[1] != 3 || int(h[3])<<8|int(h[4]) > maxPlaintextRecord:
+		l.refuseTLS(c, fmt.Errorf("herd: TLS: bad first record header %x", h), false)
+	case n >= recordHeaderLen+int(h[3])<<8|int(h[4]):
+		t.admitted = true
+		t.conn = tls.Server(&t.pipe, l.w.TLS) // not before: a silent client costs none
+		t.pipe.hs.queue(c, t)
+	}
+}
+
+// looksLikeHTTP reports whether a record header is the start of an HTTP
+// request, as net/http tells one sent to its TLS port.
+func looksLikeHTTP(h []byte) bool {
+	switch string(h) {
+	case "GET /", "HEAD ", "POST ", "PUT /", "OPTIO":
+		return true
+	}
+	return false
+}
+
+// refuseTLS ends a connection whose handshake never started: closed at
+// once, or gracefully when an answer was queued (closeConn counts it).
+func (l *Loop) refuseTLS(c *Conn, err error, graceful bool) {
+	l.w.logger().Debug("herd: TLS handshake refused", "conn", c.id, "remote", c.RemoteAddr(), "err", err)
+	if graceful {
+		c.Close()
+		return
+	}
+	l.closeConn(c, nil) // no OnConnect ran: no OnClose either (flagHandshaking)
+}
+
+// handshakeExpired closes a connection whose handshake had not started
+// when its timeout came; one that had started fails in its goroutine.
+func (l *Loop) handshakeExpired(c *Conn, t *tlsState) {
+	if c.state.Load() == connClosed || t.admitted {
+		return
+	}
+	l.refuseTLS(c, fmt.Errorf("herd: TLS handshake: %w", context.DeadlineExceeded), false)
+}
+
+// handshakeInput is the part of the loop's read buffer a connection in
+// its handshake may be read into, nil when it must not be read now: its
+// reading stops until the handshake takes some (room), or, refused, it
+// is closed.
+func (l *Loop) handshakeInput(c *Conn, t *tlsState) []byte {
+	switch n := t.pipe.room(t.admitted); {
+	case n > 0:
+		return l.readBuf[:min(n, len(l.readBuf))]
+	case n == 0:
+		c.mu.Lock()
+		c.flags.Or(flagHandshakeFull)
+		c.updateInterestLocked()
+		c.mu.Unlock()
+	default:
+		l.refuseTLS(c, fmt.Errorf("herd: TLS handshake input over the worker's budget of %d bytes", handshakeBudget), false)
+	}
+	return nil
+}
+
+// handshakePeerEnded takes the peer's end of stream during a handshake:
+// what came before it is still the handshake's (a client may send its
+// last flight, a request and its end at once), and then, once the
+// handshake is over, the application's. Before the first record is
+// whole, there will be no handshake.
+func (l *Loop) handshakePeerEnded(c *Conn, t *tlsState) {
+	if !t.admitted {
+		l.closeConn(c, nil)
+		return
+	}
+	c.mu.Lock()
+	c.peerClosed = true
+	c.flags.Or(flagPeerEnded)
+	c.updateInterestLocked()
+	c.mu.Unlock()
+	t.pipe.mu.Lock()
+	t.pipe.ended = true
+	t.pipe.mu.Unlock()
+	t.pipe.fed.Signal()
+}
+
+// resumeHandshakeInput reads a connection again once its handshake has
+// taken some of what it held at its limit.
+func (l *Loop) resumeHandshakeInput(c *Conn) {
+	c.mu.Lock()
+	c.flags.And(^flagHandshakeFull)
+	c.updateInterestLocked()
+	c.mu.Unlock()
 }
 
 // handshakeDone runs on the connection's loop once its handshake ended.
@@ -177,9 +422,10 @@ func (l *Loop) handshakeDone(c *Conn, err error) {
 		return
 	}
 	l.tlsHandshakes.Add(1)
-	t.pipe.mu.Lock()
-	t.pipe.block = false
-	t.pipe.mu.Unlock()
+	t.pipe.endHandshake()
+	if c.flags.Load()&flagHandshakeFull != 0 {
+		l.resumeHandshakeInput(c)
+	}
 	c.flags.And(^flagHandshaking)
 	if l.w.OnConnect != nil {
 		l.callConn(l.w.OnConnect, c)
@@ -187,13 +433,17 @@ func (l *Loop) handshakeDone(c *Conn, err error) {
 	l.readTLS(c, t) // what came after the handshake's last message
 }
 
-// feedTLS takes ciphertext the loop read: during the handshake it waits
+// feedTLS takes ciphertext the loop read: before the handshake is
+// queued, it is looked at for admission; during the handshake it waits
 // for the handshake's goroutine; after, it is decrypted and delivered.
 func (l *Loop) feedTLS(c *Conn, t *tlsState, data []byte) {
 	t.pipe.feed(data)
-	if c.flags.Load()&flagHandshaking == 0 {
+	switch {
+	case c.flags.Load()&flagHandshaking == 0:
 		l.readTLS(c, t)
 		t.pipe.keep()
+	case !t.admitted:
+		l.admitTLS(c, t)
 	}
 }
 
@@ -265,13 +515,19 @@ func (w *Worker) handshakeTimeout() time.Duration {
 	return DefaultHandshakeTimeout
 }
 
-// handshaker runs TLS handshakes on at most max goroutines, which exist
-// only while there is work: a burst of handshakes leaves none behind.
+// handshaker runs TLS handshakes on goroutines that exist only while
+// there is work (a burst leaves none behind). At most max of them hold a
+// slot: they compute. One whose handshake waits for its client's next
+// flight gives its slot up (park) and takes one again when input has
+// come (unpark), before any new handshake starts.
 type handshaker struct {
-	mu      sync.Mutex
-	max     int
-	running int
-	jobs    []handshakeJob
+	mu       sync.Mutex
+	slot     sync.Cond // signalled when a slot frees while a handshake waits to resume
+	max      int
+	running  int // goroutines holding a slot
+	parked   int // handshakes waiting for their client
+	resuming int // parked handshakes whose input came, waiting for a slot
+	jobs     []handshakeJob
 }
 
 type handshakeJob struct {
@@ -286,6 +542,7 @@ func (w *Worker) handshakes() *handshaker {
 			n = DefaultMaxHandshakes
 		}
 		w.hs = &handshaker{max: n}
+		w.hs.slot.L = &w.hs.mu
 	})
 	return w.hs
 }
@@ -293,7 +550,7 @@ func (w *Worker) handshakes() *handshaker {
 func (h *handshaker) queue(c *Conn, t *tlsState) {
 	h.mu.Lock()
 	h.jobs = append(h.jobs, handshakeJob{c, t})
-	start := h.running < h.max
+	start := h.running+h.resuming < h.max // resuming handshakes come first
 	if start {
 		h.running++
 	}
@@ -303,12 +560,51 @@ func (h *handshaker) queue(c *Conn, t *tlsState) {
 	}
 }
 
+// release gives a slot back: to a handshake waiting to resume, or to a
+// new goroutine for the queued ones; under mu.
+func (h *handshaker) releaseLocked() {
+	h.running--
+	switch {
+	case h.resuming > 0:
+		h.slot.Signal()
+	case len(h.jobs) > 0:
+		h.running++
+		go h.run()
+	}
+}
+
+func (h *handshaker) park() {
+	h.mu.Lock()
+	h.parked++
+	h.releaseLocked()
+	h.mu.Unlock()
+}
+
+func (h *handshaker) unpark() {
+	h.mu.Lock()
+	h.parked--
+	h.resuming++
+	for h.running >= h.max {
+		h.slot.Wait()
+	}
+	h.resuming--
+	h.running++
+	h.mu.Unlock()
+}
+
 func (h *handshaker) run() {
 	for {
 		h.mu.Lock()
-		if len(h.jobs) == 0 {
+		if len(h.jobs) == 0 || h.resuming > 0 {
+			// Nothing queued, or the slot is owed to a handshake that
+			// waits to resume: this goroutine ends.
+			if len(h.jobs) == 0 {
+				h.jobs = nil // let a burst's backing array go
+			}
 			h.running--
-			h.jobs = nil // let a burst's backing array go
+			if h.resuming > 0 {
+				h.slot.Signal()
+			}
 			h.mu.Unlock()
 			return
 		}
@@ -316,11 +612,10 @@ func (h *handshaker) run() {
 		h.jobs[0] = handshakeJob{}
 		h.jobs = h.jobs[1:]
 		h.mu.Unlock()
-		// The deadline closes the pipe, which ends the handshake's read: no
-		// context, and so no watcher goroutine, per handshake.
-		timer := time.AfterFunc(time.Until(j.t.deadline), func() { j.t.pipe.Close() })
+		j.t.pipe.start()
 		err := j.t.conn.Handshake()
-		if !timer.Stop() {
+		j.t.timer.Stop()
+		if j.t.expired.Load() {
 			err = fmt.Errorf("herd: TLS handshake: %w", context.DeadlineExceeded)
 		}
 		c := j.c

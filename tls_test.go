@@ -296,3 +296,29 @@ func TestTLSReloadAndScale(t *testing.T) {
 		t.Fatal("the 8 MiB reply differs")
 	}
 }
+
+// TestTLSHalfClose: a client that sends a line and half-closes the TCP
+// stream (no close_notify) in one go gets its answer, then the end: the
+// end that arrived with the last record is read, not waited for in vain
+// (edge-triggered, it is not reported twice).
+func TestTLSHalfClose(t *testing.T) {
+	_, addr, cli := tlsEcho(t, protocol.Text{}, nil)
+	for i := range 20 {
+		raw, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := tls.Client(raw, cli)
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if err := c.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(c, "ping\n")
+		raw.(*net.TCPConn).CloseWrite()
+		got, err := io.ReadAll(c)
+		raw.Close()
+		if string(got) != "ping\n" || err != nil {
+			t.Fatalf("client %d: got %q, %v; want the echo, then the end", i, got, err)
+		}
+	}
+}

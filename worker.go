@@ -127,13 +127,30 @@ type Worker struct {
 	// (TLSFailed) and logged at debug level; OnConnect, OnError and
 	// OnClose do not run for it. Set NextProtos to "http/1.1" for ALPN,
 	// and GetCertificate to reload certificates without a restart.
+	//
+	// What a client costs before its handshake is over: until its first
+	// record (the ClientHello) has come whole, nothing but its socket and
+	// what it sent, at most HandshakeInputLimit; no goroutine. Then a
+	// goroutine runs its handshake; at most MaxHandshakes of them compute
+	// at once, and one that waits for its client's next flight gives its
+	// place to the next handshake, so that neither silent clients nor
+	// clients that stall after their hello keep honest ones waiting.
+	// What a connection may hold unread is bounded by
+	// HandshakeInputLimit, over the worker by HandshakeInputBudget.
+	// (net/http with crypto/tls spends a goroutine per connection from
+	// the accept, whatever the client sends.) A first record that is not
+	// a TLS handshake closes the connection; one that is an HTTP request
+	// is answered as net/http answers it, "400 Bad Request: Client sent an
+	// HTTP request to an HTTPS server", before the close.
 	TLS *tls.Config
-	// HandshakeTimeout bounds a TLS handshake from the accept; zero means
+	// HandshakeTimeout bounds a TLS handshake from the accept: a client
+	// that has not completed it by then is closed. Zero means
 	// DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
-	// MaxHandshakes bounds the TLS handshakes in progress (each takes a
-	// goroutine while it runs); the others wait their turn within their
-	// HandshakeTimeout. Zero means DefaultMaxHandshakes.
+	// MaxHandshakes bounds the TLS handshakes computing at once (each on
+	// a goroutine); the others wait their turn within their
+	// HandshakeTimeout. A handshake waiting for its client keeps its
+	// goroutine but not its place. Zero means DefaultMaxHandshakes.
 	MaxHandshakes int
 
 	// Callbacks. All run on the loop that owns the connection and must not
@@ -188,6 +205,7 @@ type Worker struct {
 	loopsAdded, loopsRemoved atomic.Uint64
 	hsOnce                   sync.Once
 	hs                       *handshaker
+	hsInput                  atomic.Int64 // bytes TLS connections hold unread during their handshakes
 	count                    int          // loops, Count resolved
 	boundPath                bool         // this worker owns the unix socket file: it removes it at the end
 	inheritedListeners       bool         // Listen took sockets handed over (upgrade, systemd)
