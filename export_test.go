@@ -28,4 +28,3 @@ func SetHandshakeBudget(n int64) (restore func()) {
 	handshakeBudget = n
 	return func() { handshakeBudget = old }
 }
-
