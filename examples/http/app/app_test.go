@@ -137,3 +137,28 @@ func TestPrivate(t *testing.T) {
 		}
 	}
 }
+
+// TestPlainHTTPOnTLS: a plain http:// request to the example served with
+// -tls gets net/http's answer, 400 "Client sent an HTTP request to an
+// HTTPS server", and then the end of the connection; net/http's client
+// reads it as such.
+func TestPlainHTTPOnTLS(t *testing.T) {
+	out := start(t, "-addr", "tcp://127.0.0.1:0", "-admin", "", "-tls")
+	addr := out.ListenAddr(t)
+	c := &nethttp.Client{Timeout: 10 * time.Second}
+	code, body := get(t, c, "http://"+addr+"/")
+	if code != nethttp.StatusBadRequest || body != "Client sent an HTTP request to an HTTPS server.\n" {
+		t.Errorf("plain HTTP to the https port: %d %q, want 400 and net/http's text", code, body)
+	}
+	raw, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	raw.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(raw, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	got, err := io.ReadAll(raw)
+	if err != nil || !strings.HasPrefix(string(got), "HTTP/1.0 400 Bad Request\r\n") {
+		t.Errorf("got %q, %v; want the 400, then the end", got, err)
+	}
+}
