@@ -223,19 +223,24 @@ func (r *Request) Conn() *herd.Conn { return r.cs.herdConn() }
 // modify it. r.Conn().TLS() gives the same, as a new copy on each call.
 func (r *Request) TLS() *tls.ConnectionState { return r.cs.tlsState() }
 
-// tlsState is the connection's TLS state, made on first use (on the
-// loop, or by the handler that owns the request).
+// tlsState is the connection's TLS state, made on first use, from any
+// goroutine (a handler may hold its request past the loop).
 func (cs *conn) tlsState() *tls.ConnectionState {
 	if cs == nil {
 		return nil
 	}
-	if !cs.tlsDone {
-		cs.tlsDone = true
-		if hc := cs.herdConn(); hc != nil {
-			cs.tls = hc.TLS()
-		}
+	if st := cs.tls.Load(); st != nil {
+		return st
 	}
-	return cs.tls
+	hc := cs.herdConn()
+	if hc == nil {
+		return nil
+	}
+	st := hc.TLS() // nil at once without TLS
+	if st == nil || cs.tls.CompareAndSwap(nil, st) {
+		return st
+	}
+	return cs.tls.Load()
 }
 
 // RemoteAddr is the client's address, or nil.

@@ -372,11 +372,10 @@ type conn struct {
 	req       Request
 	lastRead  int64
 	reqStart  int64
-	stopped   bool                 // no more requests are read: closing or upgrading
-	draining  bool                 // the worker stops: the next response closes the connection (Stop)
-	upgrading Stream               // set once a handler upgraded; bytes then wait in in
-	tls       *tls.ConnectionState // the TLS session's state once tlsDone (nil: no TLS)
-	tlsDone   bool
+	stopped   bool                                // no more requests are read: closing or upgrading
+	draining  bool                                // the worker stops: the next response closes the connection (Stop)
+	upgrading Stream                              // set once a handler upgraded; bytes then wait in in
+	tls       atomic.Pointer[tls.ConnectionState] // the TLS session's state, once asked for (nil: no TLS, or not yet)
 
 	held   atomic.Bool // too many responses pending: reading paused
 	closed atomic.Bool // closing or closed: responses are dropped
