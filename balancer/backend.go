@@ -19,9 +19,8 @@ type backend struct {
 	index  int // position in the balancer's list (stable while it lives)
 	// hash is a hash of addr, for the source-hash picker: a backend's
 	// identity, so that removing another one does not move its clients.
-	hash     uint64
-	dialer   *herd.Dialer                     // for proxied connections
-	pipeDone func(aToB, bToA uint64, ok bool) // a proxied connection has ended
+	hash   uint64
+	dialer *herd.Dialer // for proxied connections
 
 	// effWeight is the weight pickers use: weight, or less during slow
 	// start after the backend came back up, 0 while down or draining.
@@ -64,7 +63,6 @@ func (b *Balancer) newBackend(i int, cfg Backend) (*backend, error) {
 	if err := herd.CheckDialAddr(cfg.Addr); err != nil {
 		return nil, fmt.Errorf("balancer: backend: %w", err)
 	}
-	be.pipeDone = func(uint64, uint64, bool) { be.active.Add(-1) }
 	b.reweigh(be, 0)
 	return be, nil
 }
@@ -76,6 +74,17 @@ func identity(addr string) string {
 		return rest
 	}
 	return addr
+}
+
+// release takes one session out of the active count. Sessions enter and
+// leave it once each (session.count and uncount), so it never goes below
+// zero; if it did, least connections and power of two would send every
+// new client to the backend that drifted, so the invariant is checked
+// where it could break, not only in tests.
+func (be *backend) release() {
+	if n := be.active.Add(-1); n < 0 {
+		panic(fmt.Sprintf("balancer: backend %s: active count %d (a session left it twice)", be.addr, n))
+	}
 }
 
 // usable reports whether the backend takes new connections.

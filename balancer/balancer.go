@@ -205,7 +205,34 @@ type session struct {
 	early     []byte     // what the client sent before the pipe
 	paused    bool       // the client is paused: early is full
 	closed    bool       // the client has closed
+	// counted is the backend whose active count holds this session, nil
+	// when none does. Every change goes through count and uncount, which
+	// swap it: a close, an abort and a connect completing may arrive in
+	// any order (an Abort only queues, and the connect may complete in
+	// the same turn), and the session still leaves the count exactly once.
+	// Atomic because Scale can move the client to another loop than its
+	// backend connection's.
+	counted atomic.Pointer[backend]
 }
+
+// count adds the session to be's active connections.
+func (s *session) count(be *backend) {
+	if old := s.counted.Swap(be); old != nil {
+		old.release() // next runs only once uncounted; if not, still once each
+	}
+	be.active.Add(1)
+}
+
+// uncount takes the session out of its backend's active connections, if
+// it is still in them.
+func (s *session) uncount() {
+	if be := s.counted.Swap(nil); be != nil {
+		be.release()
+	}
+}
+
+// pipeDone is Pipe's OnDone: the proxied connection has ended.
+func (s *session) pipeDone(uint64, uint64, bool) { s.uncount() }
 
 // maxEarly bounds what a session keeps of the client's bytes before a
 // backend is connected.
@@ -264,8 +291,8 @@ func (s *session) OnClose(*herd.Conn) {
 	if s.dialing != nil {
 		s.dialing.Abort() // a connect given up reaches no OnError
 		s.dialing = nil
-		s.be.active.Add(-1)
 	}
+	s.uncount()
 }
 
 // next dials the session's next backend, or closes the client if none is
@@ -282,7 +309,7 @@ func (b *Balancer) next(s *session) {
 	}
 	s.setTried(be, true)
 	s.be = be
-	be.active.Add(1)
+	s.count(be)
 	// No context: a stopping worker ends its connects itself, and a
 	// context would cost a watch per connection.
 	c, err := s.client.Loop().Dial(context.Background(), be.addr, be.dialer)
@@ -308,7 +335,7 @@ func (b *Balancer) connected(c *herd.Conn) {
 		// from where it is now (not the backend's fault).
 		c.Abort()
 		s.setTried(be, false)
-		be.active.Add(-1)
+		s.uncount()
 		s.client.Post(func() { b.next(s) })
 		return
 	}
@@ -321,10 +348,12 @@ func (b *Balancer) connected(c *herd.Conn) {
 		Splice: b.Splice,
 		AToB:   &be.bytesIn,
 		BToA:   &be.bytesOut,
-		OnDone: be.pipeDone,
+		OnDone: s.pipeDone,
 	})
-	if err != nil { // ErrConnClosed: the client left meanwhile, and Pipe reset the backend
-		be.active.Add(-1)
+	if err != nil {
+		// ErrConnClosed: the client left meanwhile (its OnClose took the
+		// session out of the count already), and Pipe reset the backend.
+		s.uncount()
 		return
 	}
 	be.total.Add(1)
@@ -348,7 +377,7 @@ func localShortage(err error) bool {
 // session on another.
 func (b *Balancer) dialFailed(s *session, be *backend, err error) {
 	s.dialing = nil
-	be.active.Add(-1)
+	s.uncount()
 	if localShortage(err) {
 		// Out of descriptors or memory here: not the backend's fault, and
 		// another backend would fare no better.
