@@ -410,6 +410,10 @@ func (l *Loop) startIdleSweep() {
 			switch c.state.Load() {
 			case connOpen:
 				c.lastActive = l.now.UnixNano() // the close gets its own IdleTimeout
+				if c.pipeCut() {
+					c.reset() // a cut stream must not end as if whole
+					continue
+				}
 				c.Close()
 			case connClosing:
 				c.Abort()

@@ -47,7 +47,9 @@ var ErrNotSameLoop = errors.New("herd: Pipe: the connections are on different lo
 //   - passes an abort on: a connection that closes before both ends were
 //     seen (a reset, an error, IdleTimeout, Close or Abort on either)
 //     aborts the other with a reset (RST for TCP), so its peer does not
-//     take a cut stream for a whole one.
+//     take a cut stream for a whole one; and when the loop itself cuts a
+//     piped stream (IdleTimeout), both connections are reset, so neither
+//     peer sees an end of stream.
 //
 // a and b must be on the same loop (else ErrNotSameLoop, and nothing is
 // done), and Pipe must run there: in a callback of either, such as a
@@ -250,10 +252,26 @@ func (l *Loop) unlink(c *Conn) {
 // reset aborts the connection with a TCP reset (SO_LINGER zero), so that
 // its peer sees an abort, not an end of stream.
 func (c *Conn) reset() {
+	c.resetOnClose()
+	c.Abort()
+}
+
+// resetOnClose makes the socket's close send a reset (SO_LINGER zero),
+// whoever closes it.
+func (c *Conn) resetOnClose() {
 	c.mu.Lock()
 	if c.state.Load() != connClosed && c.fd >= 0 {
 		unix.SetsockoptLinger(int(c.fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 	}
 	c.mu.Unlock()
-	c.Abort()
+}
+
+// pipeCut reports whether closing c now would cut a pipe's stream short:
+// c is piped and its pipe has not seen both ends. The loop then resets c
+// rather than closing it (IdleTimeout): a Close would send its peer an
+// end of stream, which the peer could not tell from a whole one, and
+// Pipe resets the other connection as c closes. On c's loop.
+func (c *Conn) pipeCut() bool {
+	e, ok := c.h.(*pipeEnd)
+	return ok && !(e.p.a.ended.Load() && e.p.b.ended.Load())
 }

@@ -35,8 +35,13 @@ type pipeResult struct {
 
 func startPipeProxy(t *testing.T, backend string, count int, splice bool) *pipeProxy {
 	t.Helper()
+	return startPipeProxyOn(t, &Worker{Addr: "tcp://127.0.0.1:0", Count: count}, backend, splice)
+}
+
+// startPipeProxyOn is startPipeProxy on a Worker of the test's own.
+func startPipeProxyOn(t *testing.T, w *Worker, backend string, splice bool) *pipeProxy {
+	t.Helper()
 	p := &pipeProxy{done: make(chan pipeResult, 4096), backend: backend}
-	w := &Worker{Addr: "tcp://127.0.0.1:0", Count: count}
 	w.OnConnect = func(client *Conn) {
 		client.PauseRecv() // until the backend is there: its input waits in the kernel
 		var dial func()
@@ -344,6 +349,66 @@ func testPipeAbortPassesOn(t *testing.T, splice bool) {
 		}
 		if took := time.Since(start); took > 5*time.Second || p.failed.Load() != 1 {
 			t.Fatalf("closed after %v, failed dials %d", took, p.failed.Load())
+		}
+	})
+}
+
+// TestPipeIdleTimeoutResets: IdleTimeout cutting a piped stream in the
+// middle resets both connections, so that neither peer takes the part it
+// got for the whole: a backend that sends 100 of the 1,000 bytes it
+// promised and stalls leaves its client with a reset after the 100 bytes,
+// not an end of stream; a client that does so leaves the backend with
+// one. (The idle sweep used to Close both ends in one pass, and each peer
+// saw an end of stream before Pipe's reset could come.)
+func TestPipeIdleTimeoutResets(t *testing.T) { bothWays(t, testPipeIdleTimeoutResets) }
+
+func testPipeIdleTimeoutResets(t *testing.T, splice bool) {
+	const idle = 200 * time.Millisecond
+	// readCut reads c to its end and reports how many bytes came, and
+	// how it ended.
+	readCut := func(c net.Conn) (int64, error) {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		return io.Copy(io.Discard, c)
+	}
+	t.Run("backend stalls", func(t *testing.T) {
+		ln := serveEach(t, func(c *net.TCPConn) {
+			c.Write(make([]byte, 100)) // of 1,000
+			io.Copy(io.Discard, c)     // and nothing more, until cut
+		})
+		p := startPipeProxyOn(t, &Worker{Addr: "tcp://127.0.0.1:0", Count: 1, IdleTimeout: idle}, ln.Addr().String(), splice)
+		c := p.dial(t)
+		n, err := readCut(c)
+		if n != 100 || !isReset(err) {
+			t.Fatalf("client read %d bytes, then %v; want 100, then a reset", n, err)
+		}
+		if r := p.result(t); r.clean || r.bToA != 100 {
+			t.Fatalf("pipe reported %+v", r)
+		}
+	})
+	t.Run("client stalls", func(t *testing.T) {
+		type cut struct {
+			n   int64
+			err error
+		}
+		backend := make(chan cut, 1)
+		ln := serveEach(t, func(c *net.TCPConn) {
+			n, err := readCut(c)
+			backend <- cut{n, err}
+		})
+		p := startPipeProxyOn(t, &Worker{Addr: "tcp://127.0.0.1:0", Count: 1, IdleTimeout: idle}, ln.Addr().String(), splice)
+		c := p.dial(t)
+		c.Write(make([]byte, 100)) // of 1,000, and nothing more
+		select {
+		case got := <-backend:
+			if got.n != 100 || !isReset(got.err) {
+				t.Fatalf("backend read %d bytes, then %v; want 100, then a reset", got.n, got.err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the backend's connection was left open")
+		}
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); !isReset(err) {
+			t.Fatalf("client read %v; want a reset", err)
 		}
 	})
 }
