@@ -108,7 +108,9 @@ type dialState struct {
 // is. A host name is looked up off the loop. ctx bounds the connect, as
 // the Dialer's Timeout does, and ends its reconnects; once connected, the
 // connection outlives it. An address that cannot be parsed is an error
-// here; a failed connect goes to the Dialer's OnError.
+// here (so is a port that is not one: 0, out of range, not a service
+// name); a failed connect, or a name that does not resolve, goes to the
+// Dialer's OnError.
 //
 // Connections a loop dials count in its Stats (Dialed, DialFailed,
 // Active, Closed), not towards the Worker's MaxConns, and close with the
@@ -129,10 +131,32 @@ func (l *Loop) Dial(ctx context.Context, addr string, d *Dialer) (*Conn, error) 
 
 // CheckDialAddr reports whether Loop.Dial would take addr, with the error
 // it would return: for a configuration to be checked before anything
-// dials (the balancer's backends, say).
+// dials (the balancer's backends, say). It looks nothing up on the
+// network: a host name that does not resolve passes (see
+// LookupDialAddr).
 func CheckDialAddr(addr string) error {
 	_, _, _, _, err := parseDialAddr(addr)
 	return err
+}
+
+// LookupDialAddr is CheckDialAddr, and also looks up addr's host name, if
+// it has one, for the address family its scheme asks for: a name that
+// does not resolve now is an error (ctx bounds the lookup). Loop.Dial
+// still looks the name up at each dial, so a configuration checked at
+// start follows the name's later changes.
+func LookupDialAddr(ctx context.Context, addr string) error {
+	network, host, _, _, err := parseDialAddr(addr)
+	if err != nil || network == "unix" {
+		return err
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return nil
+	}
+	family := "ip" + strings.TrimPrefix(network, "tcp") // ip, ip4 or ip6
+	if _, err := net.DefaultResolver.LookupNetIP(ctx, family, host); err != nil {
+		return fmt.Errorf("herd: dial %q: %w", addr, err)
+	}
+	return nil
 }
 
 // parseDialAddr splits a Dial address.
@@ -157,6 +181,11 @@ func parseDialAddr(addr string) (network, host, port, path string, err error) {
 	}
 	if host == "" {
 		return "", "", "", "", fmt.Errorf("herd: dial %q: no host", addr)
+	}
+	// A port out of range or a service name that is not one would fail
+	// every connect: refuse it here, where a configuration is checked.
+	if p, err := net.LookupPort("tcp", port); err != nil || p == 0 {
+		return "", "", "", "", fmt.Errorf("herd: dial %q: invalid port %q", addr, port)
 	}
 	return scheme, host, port, "", nil
 }

@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -342,6 +343,37 @@ func TestDialUnixMissing(t *testing.T) {
 	l.Dial(context.Background(), "unix://"+path, e.dialer())
 	if err := e.err(t); !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), path) {
 		t.Fatalf("error %v: want ENOENT naming %s", err, path)
+	}
+}
+
+// TestDialRefusesBadPorts: a port that is not one (out of range, 0, not
+// a service name) is Dial's error at once, as CheckDialAddr says, not a
+// failed connect later; LookupDialAddr also refuses a name that does not
+// resolve.
+func TestDialRefusesBadPorts(t *testing.T) {
+	_, l := dialWorker(t)
+	for _, addr := range []string{"127.0.0.1:99999", "127.0.0.1:abc", "127.0.0.1:-5", "127.0.0.1:0", "tcp://[::1]:65536"} {
+		want := fmt.Sprintf("herd: dial %q: invalid port", addr)
+		if _, err := l.Dial(context.Background(), addr, &Dialer{}); err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("Dial(%q): %v; want %q", addr, err, want)
+		}
+		if err := CheckDialAddr(addr); err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("CheckDialAddr(%q): %v; want %q", addr, err, want)
+		}
+	}
+	for _, addr := range []string{"127.0.0.1:1", "127.0.0.1:65535", "localhost:http", "unix:///x.sock"} {
+		if err := LookupDialAddr(context.Background(), addr); err != nil {
+			t.Errorf("LookupDialAddr(%q): %v", addr, err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	const unknown = "nosuchhost.invalid:31001"
+	if err := LookupDialAddr(ctx, unknown); err == nil || !strings.HasPrefix(err.Error(), fmt.Sprintf("herd: dial %q: ", unknown)) {
+		t.Errorf("LookupDialAddr(%q): %v; want it refused, named", unknown, err)
+	}
+	if err := CheckDialAddr(unknown); err != nil {
+		t.Errorf("CheckDialAddr(%q) looked the name up: %v", unknown, err)
 	}
 }
 

@@ -69,6 +69,12 @@ type Balancer struct {
 	// version to each backend before the client's bytes, so that backends
 	// see the client's address; 0 sends none.
 	ProxyProtocol int
+	// ResolveLater lets Attach accept backends whose host names do not
+	// resolve yet: each connect looks its name up anyway, and fails
+	// (counted against the backend) while it does not resolve (HAProxy's
+	// init-addr none). Without it, Attach looks every name up, within
+	// ConnectTimeout, and refuses a name that does not resolve.
+	ResolveLater bool
 	// Logger receives state changes (backend up and down) at Info; nil
 	// means slog.Default().
 	Logger *slog.Logger
@@ -110,7 +116,10 @@ type HealthCheck struct {
 
 // Attach makes w a balancer: it sets w's OnConnect (and runs
 // the active checks on w's loop 0, from OnWorkerStart to OnWorkerStop,
-// wrapping those callbacks if w has them). It checks the configuration.
+// wrapping those callbacks if w has them). It checks the configuration:
+// every backend address is parsed (a port must be a port: 1 to 65535, or
+// a service name) and, unless ResolveLater, its host name looked up, so
+// that a mistake fails here rather than every client later.
 func (b *Balancer) Attach(w *herd.Worker) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -156,6 +165,16 @@ func (b *Balancer) Attach(w *herd.Worker) error {
 			return err
 		}
 		b.backends[i] = be
+	}
+	if !b.ResolveLater {
+		for _, be := range b.backends {
+			ctx, cancel := context.WithTimeout(context.Background(), be.dialer.Timeout)
+			err := herd.LookupDialAddr(ctx, be.addr)
+			cancel()
+			if err != nil {
+				return fmt.Errorf("balancer: backend: %w", err)
+			}
+		}
 	}
 	b.ctx, b.stop = context.WithCancel(context.Background())
 	b.attached = true

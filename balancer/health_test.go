@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/seed358e4494/herd"
 )
@@ -65,12 +67,32 @@ func TestLocalShortage(t *testing.T) {
 	}
 }
 
+// TestAttachChecksAddresses: Attach refuses every backend address that
+// could never be connected to, naming it, instead of starting "up" and
+// closing every client (a bad port used to be found at the first connect,
+// a name that does not resolve at each); ResolveLater lets a name that
+// does not resolve through, and refuses the rest all the same.
 func TestAttachChecksAddresses(t *testing.T) {
-	for _, addr := range []string{"127.0.0.1", "udp://127.0.0.1:9", "tcp://:80", "unix://"} {
-		b := &Balancer{Backends: []Backend{{Addr: addr}}}
+	for _, addr := range []string{"127.0.0.1", "udp://127.0.0.1:9", "tcp://:80", "unix://",
+		"127.0.0.1:99999", "127.0.0.1:abc", "127.0.0.1:-5", "127.0.0.1:0", "nosuchhost.invalid:31001"} {
+		b := &Balancer{Backends: []Backend{{Addr: "127.0.0.1:31000"}, {Addr: addr}}, ConnectTimeout: 2 * time.Second}
 		err := b.Attach(&herd.Worker{Addr: "tcp://127.0.0.1:0"})
-		if err == nil || !strings.Contains(err.Error(), "balancer: backend: herd: dial") {
-			t.Errorf("backend %q: Attach said %v; want the address refused", addr, err)
+		if err == nil || !strings.HasPrefix(err.Error(), "balancer: backend: herd: dial "+strconv.Quote(addr)+": ") {
+			t.Errorf("backend %q: Attach said %v; want the address refused, named", addr, err)
 		}
+	}
+	for _, addr := range []string{"127.0.0.1:31001", "localhost:31001", "tcp4://localhost:http", "unix:///nowhere.sock"} {
+		b := &Balancer{Backends: []Backend{{Addr: addr}}}
+		if err := b.Attach(&herd.Worker{Addr: "tcp://127.0.0.1:0"}); err != nil {
+			t.Errorf("backend %q: Attach said %v", addr, err)
+		}
+	}
+	late := &Balancer{Backends: []Backend{{Addr: "nosuchhost.invalid:31001"}}, ResolveLater: true}
+	if err := late.Attach(&herd.Worker{Addr: "tcp://127.0.0.1:0"}); err != nil {
+		t.Errorf("ResolveLater: Attach said %v", err)
+	}
+	late = &Balancer{Backends: []Backend{{Addr: "127.0.0.1:99999"}}, ResolveLater: true}
+	if err := late.Attach(&herd.Worker{Addr: "tcp://127.0.0.1:0"}); err == nil {
+		t.Errorf("ResolveLater: Attach took port 99999")
 	}
 }
