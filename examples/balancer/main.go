@@ -42,23 +42,34 @@ func main() {
 	}
 }
 
-// config is the balancer's settings, as flags or a JSON file.
+// config is the balancer's settings, as flags or a JSON file. The file's
+// keys are the flags' names, but for "backends", a list of {"addr":
+// "host:port", "weight": N} objects (the -backend flag repeated); a key
+// that is not one of them is an error, and a key the file leaves out
+// keeps the flag's default.
 type config struct {
 	Listen         string             `json:"listen"`
 	Count          int                `json:"count"`
 	ReusePort      bool               `json:"reuseport"`
 	Algorithm      string             `json:"algorithm"`
 	Backends       []balancer.Backend `json:"backends"`
-	ConnectTimeout duration           `json:"connect_timeout"`
-	IdleTimeout    duration           `json:"idle_timeout"`
+	ResolveLater   bool               `json:"resolve-later"`
+	ConnectTimeout duration           `json:"connect-timeout"`
+	IdleTimeout    duration           `json:"idle-timeout"`
 	Retries        int                `json:"retries"`
-	CheckInterval  duration           `json:"check_interval"`
-	CheckHTTP      string             `json:"check_http"`
+	CheckInterval  duration           `json:"check-interval"`
+	CheckHTTP      string             `json:"check-http"`
 	Rise           int                `json:"rise"`
 	Fall           int                `json:"fall"`
-	SlowStart      duration           `json:"slow_start"`
-	ProxyProtocol  int                `json:"proxy_protocol"`
+	SlowStart      duration           `json:"slow-start"`
+	ProxyProtocol  int                `json:"proxy-protocol"`
 	Splice         bool               `json:"splice"`
+}
+
+// defaults are the settings nobody gave: the flags' defaults, and the
+// config file's.
+func defaults() config {
+	return config{Listen: "127.0.0.1:8000", ReusePort: true, Algorithm: string(balancer.RoundRobin)}
 }
 
 // duration is a time.Duration written as "2s" in JSON.
@@ -95,66 +106,105 @@ func (f backendFlag) Set(v string) error {
 }
 
 func parse(args []string, stderr io.Writer) (config, error) {
-	var cfg config
+	def := defaults()
 	fs := flag.NewFlagSet("balancer", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	file := fs.String("config", "", "JSON config file (flags override it)")
+	file := fs.String("config", "", "JSON config file, keys as the flags' names (flags override it)")
 	var flagged config
-	fs.StringVar(&flagged.Listen, "listen", "127.0.0.1:8000", "listen address")
-	fs.IntVar(&flagged.Count, "count", 0, "event loops; 0 means one per CPU")
-	fs.BoolVar(&flagged.ReusePort, "reuseport", true, "a SO_REUSEPORT listener per loop")
-	fs.StringVar(&flagged.Algorithm, "algorithm", "roundrobin", "random, roundrobin, weighted, leastconn, source or p2c")
+	fs.StringVar(&flagged.Listen, "listen", def.Listen, "listen address")
+	fs.IntVar(&flagged.Count, "count", def.Count, "event loops; 0 means one per CPU")
+	fs.BoolVar(&flagged.ReusePort, "reuseport", def.ReusePort, "a SO_REUSEPORT listener per loop")
+	fs.StringVar(&flagged.Algorithm, "algorithm", def.Algorithm, "random, roundrobin, weighted, leastconn, source or p2c")
 	fs.Var(backendFlag{&flagged.Backends}, "backend", "a backend, addr or addr,weight=N (repeat the flag)")
+	fs.BoolVar(&flagged.ResolveLater, "resolve-later", def.ResolveLater, "start even if a backend's name does not resolve")
 	fs.Func("connect-timeout", "connect timeout (default 5s)", durationFlag(&flagged.ConnectTimeout))
-	fs.Func("idle-timeout", "close a proxied connection idle this long (0: never)", durationFlag(&flagged.IdleTimeout))
-	fs.IntVar(&flagged.Retries, "retries", 0, "other backends to try after a failed connect (0: 2)")
+	fs.Func("idle-timeout", "reset a proxied connection idle this long (0: never)", durationFlag(&flagged.IdleTimeout))
+	fs.IntVar(&flagged.Retries, "retries", def.Retries, "other backends to try after a failed connect (0: 2)")
 	fs.Func("check-interval", "active health check interval (0: none)", durationFlag(&flagged.CheckInterval))
-	fs.StringVar(&flagged.CheckHTTP, "check-http", "", "health check path (HTTP GET); empty: TCP connect")
-	fs.IntVar(&flagged.Rise, "rise", 0, "checks in a row to mark a backend up (0: 2)")
-	fs.IntVar(&flagged.Fall, "fall", 0, "failures in a row to mark it down (0: 3)")
+	fs.StringVar(&flagged.CheckHTTP, "check-http", def.CheckHTTP, "health check path (HTTP GET); empty: TCP connect")
+	fs.IntVar(&flagged.Rise, "rise", def.Rise, "checks in a row to mark a backend up (0: 2)")
+	fs.IntVar(&flagged.Fall, "fall", def.Fall, "failures in a row to mark it down (0: 3)")
 	fs.Func("slow-start", "time a backend back up takes to reach its weight", durationFlag(&flagged.SlowStart))
-	fs.IntVar(&flagged.ProxyProtocol, "proxy-protocol", 0, "send a PROXY protocol header of this version (1 or 2)")
-	fs.BoolVar(&flagged.Splice, "splice", false, "forward with splice(2), without copying (Linux)")
+	fs.IntVar(&flagged.ProxyProtocol, "proxy-protocol", def.ProxyProtocol, "send a PROXY protocol header of this version (1 or 2)")
+	fs.BoolVar(&flagged.Splice, "splice", def.Splice, "forward with splice(2), without copying (Linux)")
 	if err := fs.Parse(args); err != nil {
-		return cfg, err
+		return config{}, err
 	}
-	if *file != "" {
-		b, err := os.ReadFile(*file)
-		if err != nil {
-			return cfg, err
-		}
-		if err := json.Unmarshal(b, &cfg); err != nil {
-			return cfg, fmt.Errorf("%s: %w", *file, err)
-		}
+	if fs.NArg() > 0 {
+		return config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	// Flags given on the command line win; the others keep the file's
-	// values, or take the flags' defaults.
-	given := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-	set := func(name string, apply func()) {
-		if given[name] || *file == "" {
-			apply()
-		}
+	if *file == "" {
+		return flagged, checkConfig(flagged)
 	}
-	set("listen", func() { cfg.Listen = flagged.Listen })
-	set("count", func() { cfg.Count = flagged.Count })
-	set("reuseport", func() { cfg.ReusePort = flagged.ReusePort })
-	set("algorithm", func() { cfg.Algorithm = flagged.Algorithm })
-	set("backend", func() { cfg.Backends = flagged.Backends })
-	set("connect-timeout", func() { cfg.ConnectTimeout = flagged.ConnectTimeout })
-	set("idle-timeout", func() { cfg.IdleTimeout = flagged.IdleTimeout })
-	set("retries", func() { cfg.Retries = flagged.Retries })
-	set("check-interval", func() { cfg.CheckInterval = flagged.CheckInterval })
-	set("check-http", func() { cfg.CheckHTTP = flagged.CheckHTTP })
-	set("rise", func() { cfg.Rise = flagged.Rise })
-	set("fall", func() { cfg.Fall = flagged.Fall })
-	set("slow-start", func() { cfg.SlowStart = flagged.SlowStart })
-	set("proxy-protocol", func() { cfg.ProxyProtocol = flagged.ProxyProtocol })
-	set("splice", func() { cfg.Splice = flagged.Splice })
+	cfg := def
+	if err := readConfig(*file, &cfg); err != nil {
+		return config{}, err
+	}
+	// Flags given on the command line win over the file.
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "listen":
+			cfg.Listen = flagged.Listen
+		case "count":
+			cfg.Count = flagged.Count
+		case "reuseport":
+			cfg.ReusePort = flagged.ReusePort
+		case "algorithm":
+			cfg.Algorithm = flagged.Algorithm
+		case "backend":
+			cfg.Backends = flagged.Backends
+		case "resolve-later":
+			cfg.ResolveLater = flagged.ResolveLater
+		case "connect-timeout":
+			cfg.ConnectTimeout = flagged.ConnectTimeout
+		case "idle-timeout":
+			cfg.IdleTimeout = flagged.IdleTimeout
+		case "retries":
+			cfg.Retries = flagged.Retries
+		case "check-interval":
+			cfg.CheckInterval = flagged.CheckInterval
+		case "check-http":
+			cfg.CheckHTTP = flagged.CheckHTTP
+		case "rise":
+			cfg.Rise = flagged.Rise
+		case "fall":
+			cfg.Fall = flagged.Fall
+		case "slow-start":
+			cfg.SlowStart = flagged.SlowStart
+		case "proxy-protocol":
+			cfg.ProxyProtocol = flagged.ProxyProtocol
+		case "splice":
+			cfg.Splice = flagged.Splice
+		}
+	})
+	return cfg, checkConfig(cfg)
+}
+
+// readConfig reads a JSON config file over cfg: a key that is not a
+// setting's is an error naming it (a typo, or another spelling, would
+// otherwise leave the setting at its default without a word).
+func readConfig(path string, cfg *config) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	dec := json.NewDecoder(f)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(cfg); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return fmt.Errorf("%s: more after the JSON object", path)
+	}
+	return nil
+}
+
+func checkConfig(cfg config) error {
 	if len(cfg.Backends) == 0 {
-		return cfg, errors.New("no backends: give -backend (or backends in -config)")
+		return errors.New("no backends: give -backend (or backends in -config)")
 	}
-	return cfg, nil
+	return nil
 }
 
 func durationFlag(d *duration) func(string) error {
@@ -175,6 +225,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Backends:       cfg.Backends,
 		Algorithm:      balancer.Algorithm(cfg.Algorithm),
 		ConnectTimeout: time.Duration(cfg.ConnectTimeout),
+		ResolveLater:   cfg.ResolveLater,
 		Retries:        cfg.Retries,
 		Health: balancer.HealthCheck{
 			Interval: time.Duration(cfg.CheckInterval),

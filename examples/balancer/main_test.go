@@ -8,6 +8,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -73,18 +75,26 @@ func TestProxies(t *testing.T) {
 	}
 }
 
+// TestConfigFile: the file's keys are the flags' names, and each one
+// reaches its setting; a flag given on the command line overrides the
+// file.
 func TestConfigFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "balancer.json")
 	os.WriteFile(path, []byte(`{"listen": "127.0.0.1:7000", "algorithm": "leastconn", "count": 3,
-		"backends": [{"Addr": "127.0.0.1:9001", "Weight": 2}, {"Addr": "127.0.0.1:9002"}],
-		"check_interval": "2s", "check_http": "/health", "proxy_protocol": 2}`), 0o600)
+		"backends": [{"addr": "127.0.0.1:9001", "weight": 2}, {"addr": "127.0.0.1:9002"}],
+		"connect-timeout": "3s", "idle-timeout": "4s", "retries": 5, "check-interval": "2s", "check-http": "/health",
+		"rise": 6, "fall": 7, "slow-start": "8s", "proxy-protocol": 2, "splice": true, "resolve-later": true, "reuseport": false}`), 0o600)
 	cfg, err := parse([]string{"-config", path, "-algorithm", "p2c"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Listen != "127.0.0.1:7000" || cfg.Algorithm != "p2c" || cfg.Count != 3 || time.Duration(cfg.CheckInterval) != 2*time.Second ||
-		cfg.CheckHTTP != "/health" || cfg.ProxyProtocol != 2 || len(cfg.Backends) != 2 || cfg.Backends[0] != (balancer.Backend{Addr: "127.0.0.1:9001", Weight: 2}) {
-		t.Fatalf("parsed %+v", cfg)
+	want := config{Listen: "127.0.0.1:7000", Count: 3, Algorithm: "p2c",
+		Backends:       []balancer.Backend{{Addr: "127.0.0.1:9001", Weight: 2}, {Addr: "127.0.0.1:9002"}},
+		ConnectTimeout: duration(3 * time.Second), IdleTimeout: duration(4 * time.Second), Retries: 5,
+		CheckInterval: duration(2 * time.Second), CheckHTTP: "/health", Rise: 6, Fall: 7,
+		SlowStart: duration(8 * time.Second), ProxyProtocol: 2, Splice: true, ResolveLater: true}
+	if !reflect.DeepEqual(cfg, want) {
+		t.Fatalf("parsed\n%+v\nwant\n%+v", cfg, want)
 	}
 	if _, err := parse([]string{"-listen", ":0"}, io.Discard); err == nil || !strings.Contains(err.Error(), "no backends") {
 		t.Fatalf("no backends: %v", err)
@@ -92,8 +102,63 @@ func TestConfigFile(t *testing.T) {
 	if _, err := parse([]string{"-backend", "a:1,weight=x"}, io.Discard); err == nil {
 		t.Fatal("bad weight accepted")
 	}
-	os.WriteFile(path, []byte(`{"check_interval": 5}`), 0o600)
+	os.WriteFile(path, []byte(`{"check-interval": 5}`), 0o600)
 	if _, err := parse([]string{"-config", path}, io.Discard); err == nil || !strings.Contains(err.Error(), "duration") {
 		t.Fatalf("bad duration: %v", err)
+	}
+}
+
+// TestConfigFileUnknownKeys: a key that is not a setting's, a typo or
+// another spelling (the underscores the file used to want), is refused,
+// named, rather than dropped (2s of 100ms checks against a dead backend
+// once ran none, and a PROXY header setting was lost, without a word).
+func TestConfigFileUnknownKeys(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "balancer.json")
+	for _, tc := range []struct{ json, key string }{
+		{`{"backends": [{"addr": "127.0.0.1:9001"}], "check_interval": "100ms"}`, "check_interval"},
+		{`{"backends": [{"addr": "127.0.0.1:9001"}], "proxy_protocol": 2}`, "proxy_protocol"},
+		{`{"backends": [{"addr": "127.0.0.1:9001"}], "chek-interval": "100ms"}`, "chek-interval"},
+		{`{"backends": [{"adress": "127.0.0.1:9001"}]}`, "adress"},
+	} {
+		os.WriteFile(path, []byte(tc.json), 0o600)
+		_, err := parse([]string{"-config", path}, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), strconv.Quote(tc.key)) || !strings.HasPrefix(err.Error(), path+": ") {
+			t.Errorf("%s: %v; want the key %q refused, named", tc.json, err, tc.key)
+		}
+	}
+}
+
+// TestConfigFileDefaults: what the file leaves out takes the flag's
+// default (reuseport was false with -config, true without).
+func TestConfigFileDefaults(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "balancer.json")
+	os.WriteFile(path, []byte(`{"backends": [{"addr": "127.0.0.1:9001"}]}`), 0o600)
+	fromFile, err := parse([]string{"-config", path}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromFlags, err := parse([]string{"-backend", "127.0.0.1:9001"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(fromFile, fromFlags) || !fromFile.ReusePort {
+		t.Fatalf("with -config: %+v\nwith flags: %+v", fromFile, fromFlags)
+	}
+}
+
+// TestBadBackendRefusedAtStart: the command refuses each backend address
+// that could never be connected to, naming it, before it listens (they
+// used to start "up" and close every client with 0 bytes), as it refuses
+// a bad -listen.
+func TestBadBackendRefusedAtStart(t *testing.T) {
+	for _, addr := range []string{"127.0.0.1:99999", "127.0.0.1:abc", "127.0.0.1:-5", "nosuchhost.invalid:31001"} {
+		var out herdtest.Output
+		err := run(context.Background(), []string{"-listen", "127.0.0.1:0", "-backend", addr}, &out, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), strconv.Quote(addr)) {
+			t.Errorf("-backend %s: run said %v; want it refused, named", addr, err)
+		}
+		if strings.Contains(out.String(), "listening") {
+			t.Errorf("-backend %s: it listened:\n%s", addr, out.String())
+		}
 	}
 }
