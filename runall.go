@@ -59,6 +59,14 @@ var (
 // logs why. Under systemd (Type=notify), the old process reports
 // RELOADING=1 when the upgrade begins, and MAINPID with READY=1 once the
 // new one serves.
+//
+// The new process starts with UpgradeSignal ignored, and ignores it until
+// it is ready: a SIGHUP that reaches it early (kill -HUP by name, a
+// terminal's hangup) neither kills it nor upgrades it again. To pass that
+// on, the old process ignores the signal while it starts the new one,
+// which undoes signal.Notify registrations for it other than the
+// Processes' own (an application that has its own use for SIGHUP cannot
+// share it with upgrades anyway).
 type Process struct {
 	Workers []*Worker
 	// Executable is the program an upgrade starts. Empty means this
@@ -115,8 +123,13 @@ func (p *Process) Run(ctx context.Context) error {
 	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(sig)
 	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, UpgradeSignal)
-	defer signal.Stop(hup)
+	// The new process of an upgrade started with UpgradeSignal ignored,
+	// and watches it only once it is ready (see startChild).
+	upgradeChild := os.Getenv(envReady) != ""
+	if !upgradeChild {
+		watchUpgradeSignal(hup)
+	}
+	defer unwatchUpgradeSignal(hup)
 
 	for _, w := range p.Workers {
 		if err := w.Listen(); err != nil {
@@ -150,6 +163,9 @@ func (p *Process) Run(ctx context.Context) error {
 	}()
 	if err := reportReady(); err != nil {
 		p.logNotify(err)
+	}
+	if upgradeChild {
+		watchUpgradeSignal(hup)
 	}
 
 	for stopping := false; !stopping; {
@@ -301,7 +317,7 @@ func (p *Process) startChild(ctx context.Context) (int, error) {
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.ExtraFiles = files
 	cmd.Env = append(childEnv(), envListeners+"="+string(listeners), envReady+"=3")
-	if err := cmd.Start(); err != nil {
+	if err := startIgnoringUpgradeSignal(cmd); err != nil {
 		return 0, fmt.Errorf("herd: upgrade: start %s: %w", exe, err)
 	}
 	readyW.Close() // the child holds the write end now: EOF if it dies
@@ -341,6 +357,49 @@ func (p *Process) startChild(ctx context.Context) (int, error) {
 	}
 	cmd.Process.Kill()
 	return 0, fmt.Errorf("%w; killed: %v", why, exitStatus(<-exited))
+}
+
+// upgradeSignals holds the channels of the running Processes for
+// UpgradeSignal.
+var upgradeSignals struct {
+	sync.Mutex
+	chans map[chan<- os.Signal]bool
+}
+
+func watchUpgradeSignal(c chan<- os.Signal) {
+	upgradeSignals.Lock()
+	defer upgradeSignals.Unlock()
+	if upgradeSignals.chans == nil {
+		upgradeSignals.chans = map[chan<- os.Signal]bool{}
+	}
+	upgradeSignals.chans[c] = true
+	signal.Notify(c, UpgradeSignal)
+}
+
+func unwatchUpgradeSignal(c chan<- os.Signal) {
+	upgradeSignals.Lock()
+	defer upgradeSignals.Unlock()
+	delete(upgradeSignals.chans, c)
+	signal.Stop(c)
+}
+
+// startIgnoringUpgradeSignal starts cmd with UpgradeSignal ignored. An
+// ignored disposition survives exec where a handler does not (the child
+// would start with the default one, which terminates), and Go's runtime
+// keeps an inherited SIG_IGN for SIGHUP until the program asks for the
+// signal with signal.Notify: the child cannot die of it before it is
+// ready. Ignoring undoes every registration for the signal, so the
+// Processes' own are made again; one that arrives meanwhile is lost, as a
+// second upgrade's would be refused.
+func startIgnoringUpgradeSignal(cmd *exec.Cmd) error {
+	upgradeSignals.Lock()
+	defer upgradeSignals.Unlock()
+	signal.Ignore(UpgradeSignal)
+	err := cmd.Start()
+	for c := range upgradeSignals.chans {
+		signal.Notify(c, UpgradeSignal)
+	}
+	return err
 }
 
 // exitStatus describes how a child ended, from cmd.Wait's error.

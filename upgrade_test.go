@@ -37,9 +37,14 @@ func TestMain(m *testing.M) {
 
 // upgradeChild is the new process: it records the descriptors it started
 // with, then serves the parent's worker (same Name and Addr) until SIGTERM.
-// Modes: "serve"; "exit" (exits with status 3 before it is ready); "hang"
-// (never ready).
+// Modes: "serve"; "hup" (sends itself SIGHUP first, then serves); "exit"
+// (exits with status 3 before it is ready); "hang" (never ready).
 func upgradeChild(mode string) int {
+	if mode == "hup" {
+		// Before anything else of this program, and after Go's runtime
+		// has set up its handlers: the signal must find it ignored.
+		syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	}
 	fds := openDescriptors()
 	report := os.Getenv("HERD_TEST_REPORT")
 	os.WriteFile(report, []byte(fmt.Sprintf("pid %d\n%s", os.Getpid(), strings.Join(fds, "\n"))), 0o644)
@@ -328,4 +333,141 @@ func TestSystemdSocketActivation(t *testing.T) {
 	if !strings.Contains(string(b), "inherited true") {
 		t.Errorf("the worker bound a socket of its own; report:\n%s", b)
 	}
+}
+
+// TestUpgradeEarlySIGHUP: 50 upgrades, each child sent SIGHUP the moment
+// it appears (found by polling this process's children, so it may even be
+// between fork and exec) and sending itself one as its first instruction.
+// Every child survives, becomes ready and serves, and none upgrades
+// because of those signals. Once ready, a child upgrades on SIGHUP as
+// before. Without the inherited SIG_IGN, the first child dies of the
+// signal (Go's runtime terminates on SIGHUP until signal.Notify asks for
+// it).
+func TestUpgradeEarlySIGHUP(t *testing.T) {
+	const upgrades = 50
+	for i := range upgrades {
+		ok := t.Run(strconv.Itoa(i), func(t *testing.T) {
+			f := startUpgradeFixture(t, "hup")
+			before := map[int]bool{}
+			for _, pid := range childPIDs() {
+				before[pid] = true
+			}
+			stop := make(chan struct{})
+			signaled := make(chan int, 1)
+			go func() { signaled <- signalNewChild(before, syscall.SIGHUP, stop) }()
+			err := f.p.Upgrade(context.Background())
+			close(stop)
+			hit := <-signaled
+			if err != nil {
+				t.Fatalf("Upgrade: %v", err)
+			}
+			pid, _ := f.child(t)
+			if hit != pid {
+				t.Fatalf("SIGHUP went to %d, the child is %d", hit, pid)
+			}
+			waitFor(t, 5*time.Second, "the old process to stop", func() bool {
+				select {
+				case <-f.exited:
+					return true
+				default:
+					return false
+				}
+			})
+			serves(t, f.addr, "served by the child")
+			if i < upgrades-1 {
+				syscall.Kill(pid, syscall.SIGKILL) // its graceful stop takes a second
+				waitFor(t, 10*time.Second, "the child to exit", func() bool { return unix.Kill(pid, 0) != nil })
+				if now, _ := f.child(t); now != pid {
+					t.Fatalf("the child %d started another process, %d", pid, now)
+				}
+				return
+			}
+			// The early signals were dropped, not kept for later: no
+			// upgrade follows. A SIGHUP now, once the child is ready,
+			// upgrades it.
+			time.Sleep(500 * time.Millisecond)
+			if now, _ := f.child(t); now != pid {
+				t.Fatalf("the child %d upgraded to %d without being asked", pid, now)
+			}
+			syscall.Kill(pid, syscall.SIGHUP)
+			var grandchild int
+			waitFor(t, 10*time.Second, "the child to upgrade on SIGHUP", func() bool {
+				b, err := os.ReadFile(f.report)
+				if err != nil {
+					return false
+				}
+				grandchild, _ = strconv.Atoi(strings.TrimPrefix(strings.SplitN(string(b), "\n", 2)[0], "pid "))
+				return grandchild != 0 && grandchild != pid
+			})
+			defer func() {
+				syscall.Kill(grandchild, syscall.SIGTERM)
+				waitFor(t, 10*time.Second, "the grandchild to exit", func() bool { return gone(grandchild) })
+			}()
+			waitFor(t, 10*time.Second, "the child to stop after its upgrade", func() bool { return unix.Kill(pid, 0) != nil })
+			serves(t, f.addr, "served by the grandchild")
+		})
+		if !ok {
+			return
+		}
+	}
+}
+
+// serves checks that one connection to addr gets its line echoed.
+func serves(t *testing.T, addr, line string) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	echoLine(t, c, bufio.NewReader(c), line)
+}
+
+// childPIDs lists this process's child processes.
+func childPIDs() []int {
+	var pids []int
+	tasks, _ := filepath.Glob("/proc/self/task/*/children")
+	for _, p := range tasks {
+		b, _ := os.ReadFile(p)
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
+}
+
+// signalNewChild sends sig to the first child of this process not in
+// before, the moment it appears, and returns its PID; 0 if none appeared
+// before stop closed.
+func signalNewChild(before map[int]bool, sig syscall.Signal, stop <-chan struct{}) int {
+	for {
+		for _, pid := range childPIDs() {
+			if !before[pid] {
+				syscall.Kill(pid, sig)
+				return pid
+			}
+		}
+		select {
+		case <-stop:
+			return 0
+		default:
+		}
+	}
+}
+
+// gone reports whether the process has exited: no such process, or a
+// zombie that nobody reaps (an orphan in a container whose init does not).
+func gone(pid int) bool {
+	if unix.Kill(pid, 0) != nil {
+		return true
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	_, after, _ := strings.Cut(string(b), ") ")
+	return strings.HasPrefix(after, "Z")
 }
