@@ -1,8 +1,8 @@
 package balancer
 
 import (
+	"errors"
 	"fmt"
-	"net"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -179,5 +179,9 @@ func (b *Balancer) SetDraining(addr string, on bool) error {
 			return nil
 		}
 	}
-	return &net.AddrError{Err: "balancer: no such backend", Addr: addr}
+	return fmt.Errorf("%w: %q", ErrNoBackend, addr)
 }
+
+// ErrNoBackend is returned, wrapped with the address, by SetDraining for an
+// address that is none of the balancer's backends.
+var ErrNoBackend = errors.New("balancer: no such backend")

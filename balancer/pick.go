@@ -10,7 +10,10 @@ import (
 	"sync/atomic"
 )
 
-// Algorithm names how a backend is chosen for a new connection.
+// Algorithm names how a backend is chosen for a new connection. The
+// names that herd's accept modes share are spelled as those are
+// (round-robin, least-conns, as Stats.Mode shows them); HAProxy's
+// spellings, roundrobin and leastconn, are taken as aliases.
 //
 // Every algorithm gives no new connection to a backend whose effective
 // weight is 0 (or below), whatever the others' weights, RoundRobin
@@ -22,7 +25,7 @@ const (
 	// Random picks at random, in proportion to the weights.
 	Random Algorithm = "random"
 	// RoundRobin rotates through the backends, ignoring weights.
-	RoundRobin Algorithm = "roundrobin"
+	RoundRobin Algorithm = "round-robin"
 	// WeightedRoundRobin is nginx's smooth weighted round robin: shares
 	// follow the weights exactly, and a heavy backend's turns are spread
 	// out rather than given in a burst.
@@ -30,7 +33,7 @@ const (
 	// LeastConns picks the backend with the fewest active connections per
 	// unit of weight, counting half of the new one ((active+½)/weight);
 	// ties rotate. It suits long-lived connections.
-	LeastConns Algorithm = "leastconn"
+	LeastConns Algorithm = "least-conns"
 	// SourceHash sends each client address to the same backend for as long
 	// as the set of usable backends is unchanged (a consistent hash).
 	SourceHash Algorithm = "source"
@@ -40,6 +43,17 @@ const (
 )
 
 var algorithms = []Algorithm{Random, RoundRobin, WeightedRoundRobin, LeastConns, SourceHash, PowerOfTwo}
+
+// aliases are the other spellings taken for algorithms: HAProxy's.
+var aliases = map[Algorithm]Algorithm{"roundrobin": RoundRobin, "leastconn": LeastConns}
+
+// canonical is a's own name, a itself if it is no alias.
+func (a Algorithm) canonical() Algorithm {
+	if c, ok := aliases[a]; ok {
+		return c
+	}
+	return a
+}
 
 // picker chooses among bs (the balancer's full list, in index order) a
 // backend for which ok returns true (up, not draining, not already tried
@@ -55,7 +69,7 @@ type picker interface {
 
 // newPicker returns the picker for a.
 func newPicker(a Algorithm) (picker, error) {
-	switch a {
+	switch a.canonical() {
 	case Random:
 		return randomPicker{src: runtimeSource{}}, nil
 	case RoundRobin:
@@ -73,7 +87,7 @@ func newPicker(a Algorithm) (picker, error) {
 	for i, a := range algorithms {
 		names[i] = fmt.Sprintf("%q", a)
 	}
-	return nil, fmt.Errorf("balancer: unknown algorithm %q (valid: %s)", string(a), strings.Join(names, ", "))
+	return nil, fmt.Errorf("balancer: unknown Algorithm %q (valid: %s; roundrobin and leastconn as aliases)", string(a), strings.Join(names, ", "))
 }
 
 // usable reports the weight b may be picked with, 0 if it may not be.

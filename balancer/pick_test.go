@@ -1,15 +1,19 @@
 package balancer
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"net"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/seed358e4494/herd"
 )
 
 const picks = 10000
@@ -87,6 +91,31 @@ func TestNewPicker(t *testing.T) {
 		if !strings.Contains(err.Error(), string(a)) {
 			t.Errorf("error %q does not list %q", err, a)
 		}
+	}
+}
+
+// TestAlgorithmNames: the algorithms herd's accept modes share are
+// spelled as Stats.Mode shows those (the balancer wanted roundrobin and
+// leastconn where the core printed round-robin and least-conns), and
+// HAProxy's spellings are taken as aliases; SetDraining's error puts the
+// balancer's prefix first.
+func TestAlgorithmNames(t *testing.T) {
+	if RoundRobin != Algorithm(herd.AcceptRoundRobin.String()) || LeastConns != Algorithm(herd.AcceptLeastConns.String()) {
+		t.Fatalf("balancer %q and %q, core %q and %q", RoundRobin, LeastConns, herd.AcceptRoundRobin, herd.AcceptLeastConns)
+	}
+	for alias, want := range map[Algorithm]any{"roundrobin": new(roundRobinPicker), "leastconn": new(leastConnsPicker)} {
+		p, err := newPicker(alias)
+		if err != nil || reflect.TypeOf(p) != reflect.TypeOf(want) {
+			t.Errorf("newPicker(%q) = %T, %v; want a %T", alias, p, err, want)
+		}
+	}
+	b := &Balancer{Backends: []Backend{{Addr: "127.0.0.1:31001"}}, Algorithm: "leastconn"}
+	if err := b.Attach(&herd.Worker{Addr: "tcp://127.0.0.1:0"}); err != nil {
+		t.Fatalf("Attach with an alias: %v", err)
+	}
+	err := b.SetDraining("1.2.3.4:5", true)
+	if want := `balancer: no such backend: "1.2.3.4:5"`; err == nil || err.Error() != want || !errors.Is(err, ErrNoBackend) {
+		t.Fatalf("SetDraining on an unknown backend: %v; want %q", err, want)
 	}
 }
 

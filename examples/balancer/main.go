@@ -114,7 +114,7 @@ func parse(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&flagged.Listen, "listen", def.Listen, "listen address")
 	fs.IntVar(&flagged.Count, "count", def.Count, "event loops; 0 means one per CPU")
 	fs.BoolVar(&flagged.ReusePort, "reuseport", def.ReusePort, "a SO_REUSEPORT listener per loop")
-	fs.StringVar(&flagged.Algorithm, "algorithm", def.Algorithm, "random, roundrobin, weighted, leastconn, source or p2c")
+	fs.StringVar(&flagged.Algorithm, "algorithm", def.Algorithm, "random, round-robin, weighted, least-conns, source or p2c (HAProxy's roundrobin and leastconn too)")
 	fs.Var(backendFlag{&flagged.Backends}, "backend", "a backend, addr or addr,weight=N (repeat the flag)")
 	fs.BoolVar(&flagged.ResolveLater, "resolve-later", def.ResolveLater, "start even if a backend's name does not resolve")
 	fs.Func("connect-timeout", "connect timeout (default 5s)", durationFlag(&flagged.ConnectTimeout))
