@@ -49,7 +49,15 @@ var ErrNotSameLoop = errors.New("herd: Pipe: the connections are on different lo
 //     aborts the other with a reset (RST for TCP), so its peer does not
 //     take a cut stream for a whole one; and when the loop itself cuts a
 //     piped stream (IdleTimeout), both connections are reset, so neither
-//     peer sees an end of stream.
+//     peer sees an end of stream;
+//   - stops softly: a graceful stop of the worker (Shutdown, Run's
+//     context, RunAll's first signal, an upgrade once its UpgradeGrace is
+//     over) takes no new connections but lets the pipe go on until both
+//     peers have ended, as HAProxy's soft stop lets its sessions finish;
+//     when the stop's context ends first (StopTimeout, for Run and
+//     RunAll; RunAll's second signal ends it at once), both connections
+//     are reset (Pipe's handlers are Stoppers). A pipe made while the
+//     worker is already stopping is stopping from the start.
 //
 // a and b must be on the same loop (else ErrNotSameLoop, and nothing is
 // done), and Pipe must run there: in a callback of either, such as a
@@ -84,6 +92,9 @@ func Pipe(a, b *Conn, o *PipeOptions) error {
 	b.mu.Lock()
 	b.rareLocked().piped = a
 	b.mu.Unlock()
+	if l.draining {
+		p.a.Stop(a) // the drain has already asked the others
+	}
 	p.a.catchUp(a)
 	p.b.catchUp(b)
 	return nil
@@ -93,6 +104,9 @@ type pipe struct {
 	a, b   pipeEnd
 	opt    PipeOptions
 	closed atomic.Int32 // connections closed, of two
+	// stopping: the worker stops gracefully, and both sockets reset when
+	// closed, unless the stream ends whole first (see Stop).
+	stopping bool
 }
 
 // pipeEnd is the Handler of one connection of a pipe: it forwards to
@@ -151,10 +165,32 @@ func (e *pipeEnd) OnData(c *Conn, data []byte) {
 
 func (e *pipeEnd) OnEnd(c *Conn) {
 	e.ended.Store(true)
+	both := e.peerEnd().ended.Load()
+	if both && e.p.stopping {
+		// Whole after all: close as usual, so that what is still in the
+		// kernel's buffers is delivered, not dropped by a reset.
+		c.lingerOn()
+		e.other.lingerOn()
+	}
 	e.other.CloseWrite()
-	if e.peerEnd().ended.Load() {
+	if both {
 		c.Close() // both ways done: nothing more to forward
 	}
+}
+
+// Stop makes Pipe a Stopper: when the worker stops gracefully, the pipe
+// goes on until both peers have ended their streams, as it would have,
+// and then closes; should the stop's context end first, the loop closes
+// what is left, and both sockets reset then, since a stream cut short
+// must not look whole. Each of the two connections gets Stop, on the
+// loop.
+func (e *pipeEnd) Stop(c *Conn) {
+	if e.p.stopping {
+		return
+	}
+	e.p.stopping = true
+	c.resetOnClose()
+	e.other.resetOnClose()
 }
 
 func (e *pipeEnd) OnClose(c *Conn) {
@@ -262,6 +298,15 @@ func (c *Conn) resetOnClose() {
 	c.mu.Lock()
 	if c.state.Load() != connClosed && c.fd >= 0 {
 		unix.SetsockoptLinger(int(c.fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	}
+	c.mu.Unlock()
+}
+
+// lingerOn undoes resetOnClose: the socket's close ends the stream again.
+func (c *Conn) lingerOn() {
+	c.mu.Lock()
+	if c.state.Load() != connClosed && c.fd >= 0 {
+		unix.SetsockoptLinger(int(c.fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{})
 	}
 	c.mu.Unlock()
 }

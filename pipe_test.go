@@ -413,6 +413,80 @@ func testPipeIdleTimeoutResets(t *testing.T, splice bool) {
 	})
 }
 
+// TestPipeSoftStop: a graceful stop lets a stream in flight through a
+// pipe finish (a backend answering in 6 chunks over 1.5s, the stop begun
+// after the first: all 6 arrive, then the end of stream), as HAProxy's
+// soft stop does; when the stop's context ends first, both sides are
+// reset, not ended as if whole. (The stop used to close both connections
+// at once: the client got the chunks so far and a clean end.)
+func TestPipeSoftStop(t *testing.T) { bothWays(t, testPipeSoftStop) }
+
+func testPipeSoftStop(t *testing.T, splice bool) {
+	const chunks, size, every = 6, 1000, 250 * time.Millisecond
+	// backend answers each connection in chunks, then ends its stream and
+	// reports how its side ended.
+	backend := func(ended chan<- error) net.Listener {
+		return serveEach(t, func(c *net.TCPConn) {
+			var err error
+			for i := 0; i < chunks && err == nil; i++ {
+				if i > 0 {
+					time.Sleep(every)
+				}
+				_, err = c.Write(make([]byte, size))
+			}
+			if err == nil {
+				c.CloseWrite()
+				c.SetReadDeadline(time.Now().Add(10 * time.Second))
+				_, err = io.Copy(io.Discard, c) // to the client's end
+			}
+			ended <- err
+		})
+	}
+	// stopDuring starts the stream, begins a stop with the given timeout
+	// once the first chunk has come, and reads to the end.
+	stopDuring := func(t *testing.T, timeout time.Duration, ended chan error) (n int64, readErr, stopErr error) {
+		p := startPipeProxyOn(t, &Worker{Addr: "tcp://127.0.0.1:0", Count: 1}, backend(ended).Addr().String(), splice)
+		c := p.dial(t)
+		if _, err := io.ReadFull(c, make([]byte, size)); err != nil {
+			t.Fatalf("first chunk: %v", err)
+		}
+		stopped := make(chan error, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			stopped <- p.w.Shutdown(ctx)
+		}()
+		n, readErr = io.Copy(io.Discard, c)
+		c.Close()
+		select {
+		case stopErr = <-stopped:
+		case <-time.After(20 * time.Second):
+			t.Fatal("Shutdown did not return")
+		}
+		return n + size, readErr, stopErr
+	}
+	t.Run("finishes", func(t *testing.T) {
+		ended := make(chan error, 1)
+		n, readErr, stopErr := stopDuring(t, 10*time.Second, ended)
+		if n != chunks*size || readErr != nil || stopErr != nil {
+			t.Fatalf("client read %d bytes, then %v (Shutdown: %v); want %d and the end of stream", n, readErr, stopErr, chunks*size)
+		}
+		if err := <-ended; err != nil {
+			t.Fatalf("backend's side: %v", err)
+		}
+	})
+	t.Run("cut at the stop's end", func(t *testing.T) {
+		ended := make(chan error, 1)
+		n, readErr, stopErr := stopDuring(t, 2*every, ended)
+		if n >= chunks*size || !isReset(readErr) || stopErr != context.DeadlineExceeded {
+			t.Fatalf("client read %d bytes, then %v (Shutdown: %v); want fewer than %d, then a reset", n, readErr, stopErr, chunks*size)
+		}
+		if err := <-ended; !isReset(err) {
+			t.Fatalf("backend's side: %v; want a reset", err)
+		}
+	})
+}
+
 // TestPipeConcurrent: 1,000 proxied connections at once, each echoing 10
 // lines through the pipe.
 func TestPipeConcurrent(t *testing.T) { bothWays(t, testPipeConcurrent) }
