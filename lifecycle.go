@@ -180,6 +180,7 @@ func (l *Loop) closeConn(c *Conn, err error) {
 		if c.flags.Load()&flagHandshaking != 0 {
 			t.timer.Stop()
 			if !t.admitted {
+				l.hellos.remove(l, c, t)
 				l.tlsFailed.Add(1) // handshakeDone counts the others
 			}
 			return // OnConnect never ran: neither OnError nor OnClose

@@ -36,6 +36,7 @@ type Loop struct {
 	nconns   int
 	readBuf  []byte
 	plainBuf []byte        // TLS plaintext, made on first use
+	hellos   helloList     // TLS connections whose ClientHello has not come whole, oldest first
 	pipes    []*kernelPipe // empty kernel pipes kept for Pipe's splicing
 	pkt      Packet        // the one OnPacket is running for
 	// endFollows is set while a read is delivered after which the peer's

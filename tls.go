@@ -11,13 +11,14 @@ package herd
 // crypto/tls does not keep), and writes encrypt straight into the send
 // queue. Written here because no library drives crypto/tls this way.
 //
-// Admission: until a connection's first TLS record has arrived whole (the
-// ClientHello), it waits on the loop, costing no goroutine and no more
-// than what it sent; what a connection may hold unread before its
-// handshake is over is bounded per connection and per worker. A
-// handshake goroutine that waits for its client's next flight gives its
-// slot to the next handshake, so clients that stall after their hello
-// cannot keep honest ones waiting either.
+// Admission: until a connection's ClientHello has arrived whole, it waits
+// on the loop, costing no goroutine, no tls.Conn and no more than what it
+// sent; what a connection may hold unread before its handshake is over is
+// bounded per connection and per worker, and when the worker's budget is
+// spent a newcomer evicts the oldest unfinished hello rather than be
+// refused. A handshake goroutine that waits for its client's next flight
+// gives its slot to the next handshake, so clients that stall after their
+// hello cannot keep honest ones waiting either.
 
 import (
 	"context"
@@ -40,26 +41,31 @@ const (
 // What a connection may have the server hold before its handshake is over.
 const (
 	// HandshakeInputLimit bounds the bytes a TLS connection may have
-	// waiting, unread by crypto/tls, until its handshake is over: one
-	// whole record of the largest size a ClientHello may take, and a
-	// little for what may follow it. A connection at the limit is not
-	// read until its handshake has taken some.
+	// waiting, unread by crypto/tls, until its handshake is over: the
+	// largest ClientHello herd takes (16 KiB, in one record or several)
+	// and a little for what may follow it. A connection at the limit is
+	// not read until its handshake has taken some.
 	HandshakeInputLimit = recordHeaderLen + maxPlaintextRecord + 1024
 	// HandshakeInputBudget bounds those bytes over a Worker's
-	// connections whose handshake has no goroutine yet: past it, a
-	// connection whose first record has not come whole is closed and
-	// counted in TLSFailed, and one whose handshake waits for a
-	// goroutine is not read until it has one. Under a flood of
-	// handshakes new ones are refused rather than the process's memory
-	// spent. A handshake that has its goroutine (at most MaxHandshakes
-	// compute; the others wait for their client) reads within its own
-	// limit: the bound in all is this budget plus HandshakeInputLimit
-	// per handshake goroutine.
+	// connections whose handshake has no goroutine yet. When a read
+	// would go past it, the loop closes the oldest connections of its
+	// own whose ClientHello is unfinished to make room (clients that
+	// hold half a hello cannot lock honest ones out); with none left to
+	// close, a connection whose ClientHello is unfinished is closed, and
+	// one whose handshake waits for a goroutine is not read until it has
+	// one. Each is counted in TLSFailed. A handshake that has its
+	// goroutine (at most MaxHandshakes compute; the others wait for
+	// their client) reads within its own limit: the bound in all is this
+	// budget plus HandshakeInputLimit per handshake goroutine.
 	HandshakeInputBudget = 64 << 20
 
 	recordHeaderLen     = 5
 	maxPlaintextRecord  = 1 << 14 // TLSPlaintext.length (RFC 8446, 5.1)
 	recordTypeHandshake = 22
+	// maxClientHello is the largest ClientHello herd takes, a record's
+	// worth: browsers' are under 2 KB (1.8 KB with a post-quantum key
+	// share); crypto/tls itself would take 64 KiB.
+	maxClientHello = maxPlaintextRecord
 )
 
 // handshakeBudget is HandshakeInputBudget; tests lower it.
@@ -75,7 +81,11 @@ type tlsState struct {
 	conn     *tls.Conn   // made at admission
 	timer    *time.Timer // ends the handshake at HandshakeTimeout from the accept
 	expired  atomic.Bool // the timer fired
-	admitted bool        // its first record came: the handshake is queued or runs (loop-owned)
+	admitted bool        // its ClientHello came whole: the handshake is queued or runs (loop-owned)
+	// On the list of its loop's connections whose ClientHello has not
+	// come whole (helloList), once it has sent something.
+	helloLoop            *Loop
+	helloPrev, helloNext *Conn
 }
 
 // tlsPipe is the net.Conn crypto/tls reads from and writes to: reads take
@@ -160,16 +170,17 @@ func (p *tlsPipe) uncount(n int) {
 // room is how much the loop may read for a connection in its handshake.
 // At its own limit, or with the worker's budget spent while its
 // handshake waits for a goroutine, it is 0 and full is set: Read has the
-// reading resume. With the budget spent before its first record came, it
-// is -1: refused. A handshake that has its goroutine is not held to the
-// budget: it reads what its client sends next, within its own limit.
+// reading resume. With the budget short before its ClientHello came, it
+// is minus what the budget lacks. A handshake that has its goroutine is
+// not held to the budget: it reads what its client sends next, within
+// its own limit.
 func (p *tlsPipe) room(admitted bool) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	n := HandshakeInputLimit - (len(p.in) - p.off)
-	if !p.started && int64(n) > handshakeBudget-p.budget.Load() {
+	if short := int64(n) - (handshakeBudget - p.budget.Load()); !p.started && short > 0 {
 		if !admitted {
-			return -1
+			return -int(short)
 		}
 		n = 0
 	}
@@ -215,13 +226,61 @@ func (p *tlsPipe) feed(b []byte) {
 	p.fed.Signal()
 }
 
-// head returns the first bytes of what is unread (up to a record
-// header) and how much is unread.
-func (p *tlsPipe) head() (h [recordHeaderLen]byte, n int) {
+// scanHello looks at what is unread, before admission (see scanHello).
+func (p *tlsPipe) scanHello() (head [recordHeaderLen]byte, n int, complete bool, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	copy(h[:], p.in[p.off:])
-	return h, len(p.in) - p.off
+	b := p.in[p.off:]
+	copy(head[:], b)
+	complete, err = scanHello(b)
+	return head, len(b), complete, err
+}
+
+// scanHello reports whether b, the first bytes of a connection, holds a
+// whole ClientHello: handshake records (of a TLS record version, neither
+// empty nor over 2^14 bytes) whose contents start with a ClientHello
+// message of at most maxClientHello bytes, all of it there. An error says
+// b cannot be the start of a TLS handshake herd takes.
+func scanHello(b []byte) (complete bool, err error) {
+	var hdr [4]byte // the handshake message's header: type, 24-bit length
+	seen := 0       // handshake bytes so far
+	for len(b) > 0 {
+		if b[0] != recordTypeHandshake {
+			return false, fmt.Errorf("herd: TLS: a record of type %d before the ClientHello was whole", b[0])
+		}
+		if len(b) < recordHeaderLen {
+			return false, nil
+		}
+		if b[1] != 3 {
+			return false, fmt.Errorf("herd: TLS: record version %#x%02x", b[1], b[2])
+		}
+		n := int(b[3])<<8 | int(b[4])
+		if n == 0 || n > maxPlaintextRecord {
+			return false, fmt.Errorf("herd: TLS: handshake record of %d bytes", n)
+		}
+		body := b[recordHeaderLen:min(len(b), recordHeaderLen+n)]
+		for i := 0; seen+i < len(hdr) && i < len(body); i++ {
+			hdr[seen+i] = body[i]
+		}
+		seen += len(body)
+		if seen >= len(hdr) {
+			const clientHello = 1
+			size := len(hdr) + (int(hdr[1])<<16 | int(hdr[2])<<8 | int(hdr[3]))
+			switch {
+			case hdr[0] != clientHello:
+				return false, fmt.Errorf("herd: TLS: handshake message of type %d, not a ClientHello", hdr[0])
+			case size > maxClientHello:
+				return false, fmt.Errorf("herd: TLS: ClientHello of %d bytes, over herd's %d", size, maxClientHello)
+			case seen >= size:
+				return true, nil
+			}
+		}
+		if len(body) < n {
+			return false, nil
+		}
+		b = b[recordHeaderLen+n:]
+	}
+	return false, nil
 }
 
 // endHandshake stops counting what the pipe holds in the budget: the
@@ -301,30 +360,34 @@ func (l *Loop) startTLS(c *Conn) {
 }
 
 // admitTLS looks at what a connection sent before its handshake was
-// queued: once its first record is whole, the handshake is queued. What
+// queued: once its ClientHello is whole, the handshake is queued. What
 // cannot be a TLS handshake closes it; an HTTP request gets net/http's
 // 400 first.
 func (l *Loop) admitTLS(c *Conn, t *tlsState) {
-	h, n := t.pipe.head()
+	h, n, complete, err := t.pipe.scanHello()
 	switch {
 	case n == 0:
-	case h[0] != recordTypeHandshake:
-		if n < recordHeaderLen && h[0] >= 'A' && h[0] <= 'Z' {
-			return // maybe a request line: wait for enough of it to tell
+	case h[0] != recordTypeHandshake && n < recordHeaderLen && h[0] >= 'A' && h[0] <= 'Z':
+		// Maybe a request line: wait for enough of it to tell.
+	case h[0] != recordTypeHandshake && looksLikeHTTP(h[:min(n, recordHeaderLen)]):
+		l.w.logger().Debug("herd: TLS handshake refused", "conn", c.id, "remote", c.RemoteAddr(), "err", "plain HTTP on a TLS port")
+		// As net/http: the answer, then the close, without waiting for
+		// the rest of a request nobody will read.
+		c.sendBytes([]byte(plainHTTPReply), sendOwed)
+		if c.queueEmpty() {
+			l.closeConn(c, nil)
+		} else {
+			c.Close()
 		}
-		if looksLikeHTTP(h[:min(n, recordHeaderLen)]) {
-			c.sendBytes([]byte(plainHTTPReply), sendOwed)
-			l.refuseTLS(c, errors.New("herd: plain HTTP on a TLS port"), true)
-			return
-		}
-		l.refuseTLS(c, fmt.Errorf("herd: TLS: first record of type %d, not a handshake", h[0]), false)
-	case n < recordHeaderLen:
-	case h[1] != 3 || int(h[3])<<8|int(h[4]) > maxPlaintextRecord:
-		l.refuseTLS(c, fmt.Errorf("herd: TLS: bad first record header %x", h), false)
-	case n >= recordHeaderLen+int(h[3])<<8|int(h[4]):
+	case err != nil:
+		l.refuseTLS(c, err)
+	case complete:
+		l.hellos.remove(l, c, t)
 		t.admitted = true
-		t.conn = tls.Server(&t.pipe, l.w.TLS) // not before: a silent client costs none
+		t.conn = tls.Server(&t.pipe, l.w.TLS) // not before: a client that has not said hello costs none
 		t.pipe.hs.queue(c, t)
+	default:
+		l.hellos.add(l, c, t)
 	}
 }
 
@@ -338,14 +401,10 @@ func looksLikeHTTP(h []byte) bool {
 	return false
 }
 
-// refuseTLS ends a connection whose handshake never started: closed at
-// once, or gracefully when an answer was queued (closeConn counts it).
-func (l *Loop) refuseTLS(c *Conn, err error, graceful bool) {
+// refuseTLS closes a connection whose handshake never started
+// (closeConn counts it).
+func (l *Loop) refuseTLS(c *Conn, err error) {
 	l.w.logger().Debug("herd: TLS handshake refused", "conn", c.id, "remote", c.RemoteAddr(), "err", err)
-	if graceful {
-		c.Close()
-		return
-	}
 	l.closeConn(c, nil) // no OnConnect ran: no OnClose either (flagHandshaking)
 }
 
@@ -355,7 +414,7 @@ func (l *Loop) handshakeExpired(c *Conn, t *tlsState) {
 	if c.state.Load() == connClosed || t.admitted {
 		return
 	}
-	l.refuseTLS(c, fmt.Errorf("herd: TLS handshake: %w", context.DeadlineExceeded), false)
+	l.refuseTLS(c, fmt.Errorf("herd: TLS handshake: %w", context.DeadlineExceeded))
 }
 
 // handshakeInput is the part of the loop's read buffer a connection in
@@ -363,7 +422,11 @@ func (l *Loop) handshakeExpired(c *Conn, t *tlsState) {
 // reading stops until the handshake takes some (room), or, refused, it
 // is closed.
 func (l *Loop) handshakeInput(c *Conn, t *tlsState) []byte {
-	switch n := t.pipe.room(t.admitted); {
+	n := t.pipe.room(t.admitted)
+	if n < 0 && l.hellos.evict(l, c, -n) {
+		n = t.pipe.room(t.admitted)
+	}
+	switch {
 	case n > 0:
 		return l.readBuf[:min(n, len(l.readBuf))]
 	case n == 0:
@@ -372,9 +435,77 @@ func (l *Loop) handshakeInput(c *Conn, t *tlsState) []byte {
 		c.updateInterestLocked()
 		c.mu.Unlock()
 	default:
-		l.refuseTLS(c, fmt.Errorf("herd: TLS handshake input over the worker's budget of %d bytes", handshakeBudget), false)
+		l.refuseTLS(c, fmt.Errorf("herd: TLS handshake input over the worker's budget of %d bytes", handshakeBudget))
 	}
 	return nil
+}
+
+// helloList is a loop's TLS connections that have sent something but not
+// yet a whole ClientHello, oldest first: when the worker's budget is
+// spent, a newcomer's read evicts the oldest of them rather than be
+// refused, so that clients holding half a hello cannot lock honest ones
+// out. A connection Scale moved stays on its old loop's list, which
+// drops it when it comes to it.
+type helloList struct {
+	head, tail *Conn
+}
+
+func (h *helloList) add(l *Loop, c *Conn, t *tlsState) {
+	if t.helloLoop != nil {
+		return
+	}
+	t.helloLoop, t.helloPrev, t.helloNext = l, h.tail, nil
+	if h.tail != nil {
+		h.tail.rare.tls.helloNext = c
+	} else {
+		h.head = c
+	}
+	h.tail = c
+}
+
+// remove takes c off l's list, if it is on it.
+func (h *helloList) remove(l *Loop, c *Conn, t *tlsState) {
+	if t.helloLoop != l {
+		return
+	}
+	h.unlink(t)
+	t.helloLoop, t.helloPrev, t.helloNext = nil, nil, nil
+}
+
+// unlink takes t's connection out of the chain, writing only its
+// neighbours and the ends: t may be a connection Scale moved away.
+func (h *helloList) unlink(t *tlsState) {
+	if t.helloPrev != nil {
+		t.helloPrev.rare.tls.helloNext = t.helloNext
+	} else {
+		h.head = t.helloNext
+	}
+	if t.helloNext != nil {
+		t.helloNext.rare.tls.helloPrev = t.helloPrev
+	} else {
+		h.tail = t.helloPrev
+	}
+}
+
+// evict closes the oldest connections on the list, other than c, until
+// the budget has need bytes more or none is left; it reports whether it
+// closed any.
+func (h *helloList) evict(l *Loop, c *Conn, need int) bool {
+	evicted := false
+	goal := l.w.hsInput.Load() - int64(need)
+	for e := h.head; e != nil && l.w.hsInput.Load() > goal; {
+		t := e.rare.tls
+		next := t.helloNext
+		switch {
+		case e.loop.Load() != l:
+			h.unlink(t) // moved away: not this loop's to close
+		case e != c:
+			l.refuseTLS(e, fmt.Errorf("herd: TLS: evicted with its ClientHello unfinished, the worker's budget of %d bytes spent", handshakeBudget))
+			evicted = true
+		}
+		e = next
+	}
+	return evicted
 }
 
 // handshakePeerEnded takes the peer's end of stream during a handshake:
@@ -384,7 +515,7 @@ func (l *Loop) handshakeInput(c *Conn, t *tlsState) []byte {
 // whole, there will be no handshake.
 func (l *Loop) handshakePeerEnded(c *Conn, t *tlsState) {
 	if !t.admitted {
-		l.closeConn(c, nil)
+		l.closeConn(c, nil) // and counted
 		return
 	}
 	c.mu.Lock()
@@ -419,6 +550,7 @@ func (l *Loop) handshakeDone(c *Conn, err error) {
 		return
 	}
 	if c.state.Load() == connClosed {
+		l.tlsFailed.Add(1) // done, but its peer was gone first
 		return
 	}
 	l.tlsHandshakes.Add(1)

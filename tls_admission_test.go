@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"runtime"
 	"slices"
 	"sync"
@@ -34,11 +35,20 @@ func tlsStats(w *herd.Worker) (handshakes, failed uint64) {
 // size a ClientHello may take.
 var validHelloHeader = []byte{22, 3, 1, 0x40, 0x00} // handshake, 16 KiB
 
+// helloOfGarbage is the start of a 16 KiB handshake record holding a
+// ClientHello message of 16,380 bytes: what follows is garbage, and
+// crypto/tls fails it only once it has it all.
+var helloOfGarbage = []byte{22, 3, 1, 0x40, 0x00, 1, 0, 0x3f, 0xfc}
+
 // flood writes garbage after a valid record header until the server
 // closes the connection (or 30 s pass).
-func flood(c net.Conn) {
+func flood(c net.Conn) { floodAfter(c, validHelloHeader) }
+
+// floodAfter writes head, then garbage until the server closes the
+// connection (or 30 s pass).
+func floodAfter(c net.Conn, head []byte) {
 	c.SetWriteDeadline(time.Now().Add(30 * time.Second))
-	if _, err := c.Write(validHelloHeader); err != nil {
+	if _, err := c.Write(head); err != nil {
 		return
 	}
 	junk := make([]byte, 32<<10)
@@ -183,13 +193,14 @@ func TestTLSAdmissionUnderAttack(t *testing.T) {
 }
 
 // TestTLSHandshakeInputBounded: while the only handshake slot is taken
-// (GetConfigForClient waits), clients that flood after a valid record
-// header are read up to HandshakeInputLimit each and no further, however
-// much they send; past the worker's budget (three limits here) a new one
-// is refused. Once the slot frees, each flooder's handshake fails and
+// (GetConfigForClient waits), clients that flood after the header of a
+// ClientHello are read up to HandshakeInputLimit each and no further,
+// however much they send; past the worker's budget (three limits here) a
+// new one is refused (there is no connection with an unfinished hello to
+// evict). Once the slot frees, each flooder's handshake fails and
 // every one of them is counted; the budget is back to nothing.
 func TestTLSHandshakeInputBounded(t *testing.T) {
-	defer herd.SetHandshakeBudget(3 * herd.HandshakeInputLimit)()
+	t.Cleanup(herd.SetHandshakeBudget(3 * herd.HandshakeInputLimit)) // after the worker has stopped
 	srv, cli := herdtest.TLSConfigs(t)
 	gate := make(chan struct{})
 	var first atomic.Bool
@@ -234,7 +245,7 @@ func TestTLSHandshakeInputBounded(t *testing.T) {
 		go func() {
 			defer flooders.Done()
 			defer c.Close()
-			flood(c) // until the server closes it
+			floodAfter(c, helloOfGarbage) // until the server closes it
 			c.SetReadDeadline(time.Now().Add(20 * time.Second))
 			if _, err := io.Copy(io.Discard, c); err == nil || errors.Is(err, syscall.ECONNRESET) {
 				closed.Add(1)
@@ -455,5 +466,171 @@ func TestTLSEndDuringHandshake(t *testing.T) {
 	}
 	if err := <-blocked; err != nil {
 		t.Errorf("the other client: %v", err)
+	}
+}
+
+// TestTLSTinyFirstRecord: a first record that is whole but holds only the
+// start of a ClientHello (4 bytes announcing 2,000) takes no handshake
+// goroutine: admission waits for the whole ClientHello, not a record. One
+// that announces more than herd takes is refused at once, and counted.
+func TestTLSTinyFirstRecord(t *testing.T) {
+	const n = 200
+	srv, cli := herdtest.TLSConfigs(t)
+	w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 2, TLS: srv, Logger: slog.New(slog.DiscardHandler),
+		OnMessage: func(c *herd.Conn, msg []byte) { c.Send(msg) }}
+	addr := herdtest.Run(t, w)
+	bytesIn := func() (b uint64) {
+		for _, l := range w.Stats().Loops {
+			b += l.BytesIn
+		}
+		return b
+	}
+	partial := []byte{22, 3, 1, 0, 4, 1, 0, 0x07, 0xd0} // a ClientHello of 2,000 bytes, its first 4
+	for range n {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write(partial)
+	}
+	herdtest.WaitFor(t, "every partial hello read", func() bool { return bytesIn() == n*uint64(len(partial)) })
+	if _, all := herd.HandshakeGoroutines(w); all != 0 {
+		t.Errorf("%d handshake goroutines for %d clients that sent 4 bytes of their ClientHello, want 0", all, n)
+	}
+	if got := herd.HandshakeInput(w); got != n*int64(len(partial)) {
+		t.Errorf("handshake input %d, want the %d bytes they sent", got, n*len(partial))
+	}
+
+	huge, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer huge.Close()
+	huge.Write([]byte{22, 3, 1, 0, 4, 1, 0, 0xff, 0xfb}) // a ClientHello of 65,531 bytes
+	huge.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := huge.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("a ClientHello announcing 64 KiB: %v, want the connection closed at once", err)
+	}
+	herdtest.WaitFor(t, "the refusal counted", func() bool { _, f := tlsStats(w); return f == 1 })
+
+	c := dialTLSWith(t, addr, cli) // and an honest client beside them all
+	c.Close()
+}
+
+// dialTLSWith dials a TLS client, failing the test on error.
+func dialTLSWith(t *testing.T, addr string, cfg *tls.Config) *tls.Conn {
+	t.Helper()
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", addr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestTLSBudgetEviction: with the worker's budget held by clients that
+// sent all but the last byte of a 16 KiB first record, an honest client
+// is not refused: its read evicts the oldest of them (closed and counted),
+// and the others stay.
+func TestTLSBudgetEviction(t *testing.T) {
+	t.Cleanup(herd.SetHandshakeBudget(3 * herd.HandshakeInputLimit)) // after the worker has stopped
+	srv, cli := herdtest.TLSConfigs(t)
+	w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 1, TLS: srv, Logger: slog.New(slog.DiscardHandler),
+		OnMessage: func(c *herd.Conn, msg []byte) { c.Send(msg) }}
+	addr := herdtest.Run(t, w)
+	held := append(slices.Clone(helloOfGarbage), make([]byte, 16383-4)...) // all but the last byte of the hello
+	var holders []net.Conn
+	for i := range 3 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write(held)
+		holders = append(holders, c)
+		herdtest.WaitFor(t, "the holder read", func() bool { return herd.HandshakeInput(w) == int64((i+1)*len(held)) })
+	}
+	c := dialTLSWith(t, addr, cli)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "ping")
+	if got, err := bufio.NewReader(c).Peek(4); err != nil || string(got) != "ping" {
+		t.Fatalf("the honest client: %q, %v", got, err)
+	}
+	c.Close()
+	for i, h := range holders {
+		h.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		_, err := h.Read(make([]byte, 1))
+		if open := errors.Is(err, os.ErrDeadlineExceeded); open != (i > 0) {
+			t.Errorf("holder %d: %v; want the oldest (0) evicted, the others open", i, err)
+		}
+	}
+	herdtest.WaitFor(t, "the eviction counted", func() bool { done, failed := tlsStats(w); return done == 1 && failed == 1 })
+}
+
+// TestTLSResetAfterHandshake: clients that complete their handshake and
+// reset the connection at once are each counted, as a handshake or a
+// failure: Accepted = TLSHandshakes + TLSFailed.
+func TestTLSResetAfterHandshake(t *testing.T) {
+	const n, parallel = 600, 50
+	srv, cli := herdtest.TLSConfigs(t)
+	cli.MinVersion = tls.VersionTLS13 // the client is done before the server
+	w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 2, TLS: srv, Logger: slog.New(slog.DiscardHandler)}
+	addr := herdtest.Run(t, w)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, parallel)
+	for range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			raw, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			c := tls.Client(raw, cli)
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			c.Handshake()
+			raw.(*net.TCPConn).SetLinger(0)
+			raw.Close()
+		}()
+	}
+	wg.Wait()
+	herdtest.WaitFor(t, "every connection counted", func() bool {
+		done, failed := tlsStats(w)
+		return done+failed == n
+	})
+}
+
+// TestTLSPlainHTTPStream: a plain HTTP request whose body keeps coming is
+// closed once the 400 is written, as net/http closes it: the server does
+// not read on.
+func TestTLSPlainHTTPStream(t *testing.T) {
+	srv, _ := herdtest.TLSConfigs(t)
+	w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 1, TLS: srv, Logger: slog.New(slog.DiscardHandler)}
+	addr := herdtest.Run(t, w)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n")
+	chunk := make([]byte, 64<<10)
+	c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	for sent := 0; ; sent += len(chunk) {
+		if _, err := c.Write(chunk); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("still writing after %d bytes and 5 s: the server reads on", sent)
+			}
+			break // reset: the server has closed
+		}
+	}
+	var in uint64
+	for _, l := range w.Stats().Loops {
+		in += l.BytesIn
+	}
+	if in > 1<<20 {
+		t.Errorf("the server read %d bytes of a request it refused, want it closed after the first read", in)
 	}
 }

@@ -128,20 +128,24 @@ type Worker struct {
 	// OnClose do not run for it. Set NextProtos to "http/1.1" for ALPN,
 	// and GetCertificate to reload certificates without a restart.
 	//
-	// What a client costs before its handshake is over: until its first
-	// record (the ClientHello) has come whole, nothing but its socket and
-	// what it sent, at most HandshakeInputLimit; no goroutine. Then a
-	// goroutine runs its handshake; at most MaxHandshakes of them compute
-	// at once, and one that waits for its client's next flight gives its
-	// place to the next handshake, so that neither silent clients nor
-	// clients that stall after their hello keep honest ones waiting.
-	// What a connection may hold unread is bounded by
-	// HandshakeInputLimit, over the worker by HandshakeInputBudget.
-	// (net/http with crypto/tls spends a goroutine per connection from
-	// the accept, whatever the client sends.) A first record that is not
-	// a TLS handshake closes the connection; one that is an HTTP request
-	// is answered as net/http answers it, "400 Bad Request: Client sent an
-	// HTTP request to an HTTPS server", before the close.
+	// What a client costs before its handshake is over: until its
+	// ClientHello has come whole (16 KiB at most), nothing but its socket
+	// and what it sent (about 1.2 KB of state); no goroutine, no
+	// tls.Conn. Then a goroutine runs its handshake; at most
+	// MaxHandshakes of them compute at once, and one that waits for its
+	// client's next flight gives its place to the next handshake, so that
+	// neither silent clients nor clients that stall after their hello
+	// keep honest ones waiting. What a connection may hold unread is
+	// bounded by HandshakeInputLimit, over the worker by
+	// HandshakeInputBudget. A client that sent a whole ClientHello and
+	// then stalls keeps its goroutine and its tls.Conn (15 to 26 KB) until
+	// HandshakeTimeout, and crypto/tls may buffer one handshake message of
+	// its (up to 64 KiB, 256 KiB for a certificate chain) meanwhile: what
+	// net/http with crypto/tls spends on every connection from the
+	// accept, whatever the client sends. Input that is not a TLS
+	// handshake closes the connection; an HTTP request is answered as
+	// net/http answers it, "400 Bad Request: Client sent an HTTP request
+	// to an HTTPS server", before the close.
 	TLS *tls.Config
 	// HandshakeTimeout bounds a TLS handshake from the accept: a client
 	// that has not completed it by then is closed. Zero means
