@@ -75,7 +75,7 @@ func TestTLSAdmissionUnderAttack(t *testing.T) {
 	const (
 		silent, flooders, honest = 1000, 100, 50
 		slots                    = 8
-		timeout                  = 4 * time.Second
+		timeout                  = 2500 * time.Millisecond
 	)
 	srv, cli := herdtest.TLSConfigs(t)
 	w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 2, TLS: srv, MaxHandshakes: slots, HandshakeTimeout: timeout,
@@ -332,7 +332,7 @@ func (s silentReader) Read([]byte) (int, error) {
 // kept its slot); no more than 2 handshakes compute at once; the stalled
 // ones are closed at their timeout and counted.
 func TestTLSStalledAfterHello(t *testing.T) {
-	const stalled, honest, slots, timeout = 50, 20, 2, 3 * time.Second
+	const stalled, honest, slots, timeout = 50, 20, 2, 2 * time.Second
 	srv, cli := herdtest.TLSConfigs(t)
 	w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 2, TLS: srv, MaxHandshakes: slots, HandshakeTimeout: timeout,
 		Logger: slog.New(slog.DiscardHandler), OnMessage: func(c *herd.Conn, msg []byte) { c.Send(msg) }}
@@ -571,7 +571,7 @@ func TestTLSBudgetEviction(t *testing.T) {
 // reset the connection at once are each counted, as a handshake or a
 // failure: Accepted = TLSHandshakes + TLSFailed.
 func TestTLSResetAfterHandshake(t *testing.T) {
-	const n, parallel = 600, 50
+	const n, parallel = 300, 50
 	srv, cli := herdtest.TLSConfigs(t)
 	cli.MinVersion = tls.VersionTLS13 // the client is done before the server
 	w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 2, TLS: srv, Logger: slog.New(slog.DiscardHandler)}
