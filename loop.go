@@ -74,6 +74,10 @@ type Loop struct {
 	closed      bool // no more tasks accepted (under taskMu)
 	exited      chan struct{}
 
+	// kernelDrops counts the datagrams the kernel dropped on the loop's
+	// udp:// sockets, as it reports them (datagram_linux.go).
+	kernelDrops atomic.Uint64
+
 	// Counters, written by the loop (and by Send for the output ones) and
 	// read by Stats.
 	accepted, closedConns, messagesIn, bytesIn, bytesOut, wakeups, emptyAccepts, dropped, droppedFull, oversize, tlsHandshakes, tlsFailed, dialed, dialFailed, spliced atomic.Uint64

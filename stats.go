@@ -71,6 +71,13 @@ type LoopStats struct {
 	// MaxPackageSize, or not one whole message of the Protocol. Datagrams a
 	// reply could not send count in Dropped.
 	Oversize uint64
+	// KernelDrops counts datagrams (udp://) the kernel dropped because a
+	// socket of the loop had no room left in its receive buffer: the loop
+	// did not read fast enough. The kernel gives its count with the
+	// datagrams it queues, so a drop shows once the socket's next datagram
+	// is read. A socket inherited (an upgrade, systemd) counts from when
+	// the process took it. Linux only (SO_RXQ_OVFL); always 0 elsewhere.
+	KernelDrops uint64
 	// Spliced counts the bytes Pipe moved with splice(2) (PipeOptions.Splice),
 	// which BytesIn counts too.
 	Spliced uint64
@@ -149,6 +156,7 @@ func (l *Loop) stats() LoopStats {
 		Dropped:        l.dropped.Load(),
 		DroppedFull:    full,
 		Oversize:       l.oversize.Load(),
+		KernelDrops:    l.kernelDrops.Load(),
 		Spliced:        l.spliced.Load(),
 		TLSHandshakes:  l.tlsHandshakes.Load(),
 		TLSFailed:      l.tlsFailed.Load(),
