@@ -31,6 +31,11 @@ func (a *acceptor) receive() {
 	}
 }
 
+// inheritDrops does nothing: kqueue platforms give no count of the
+// datagrams the kernel dropped on a socket (Linux's SO_RXQ_OVFL), and
+// LoopStats.KernelDrops stays 0.
+func inheritDrops(fd int) {}
+
 // dgramBatch is Linux's batch of datagram buffers; kqueue platforms read
 // one datagram per call.
 type dgramBatch struct{}

@@ -4,8 +4,17 @@ package herd
 // and the replies OnPacket makes go out with one sendmmsg per batch.
 // Written by hand: Go's net package reads one datagram per call, and
 // x/sys/unix has no recvmmsg/sendmmsg.
+//
+// Kernel drops: with SO_RXQ_OVFL the kernel stamps each datagram it
+// queues with the socket's drop counter, and recvmmsg hands the stamp
+// over in a control message (only once the counter is not zero). The loop
+// reads it from the batch it reads anyway: no system call more per
+// datagram, one control slot per datagram slot.
 
 import (
+	"encoding/binary"
+	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -25,6 +34,10 @@ type dgramBatch struct {
 	in    []mmsghdr
 	inIov []unix.Iovec
 	from  []unix.RawSockaddrAny
+	ctl   []byte // a control message slot per datagram slot (ctlSlot bytes)
+	// seen holds the drop records of the sockets the loop reads, by
+	// acceptor (a socket Scale moves here gets a new one).
+	seen []loopDrops
 
 	// Replies waiting for the batch's sendmmsg: their bytes (offsets into
 	// outBuf, which may grow) and addresses.
@@ -37,6 +50,59 @@ type dgramBatch struct {
 	pending int
 }
 
+type loopDrops struct {
+	a   *acceptor
+	rec *socketDrops
+}
+
+// socketDrops is a datagram socket's drop counter as last counted, by
+// whichever loop read it: it stays with the socket when Scale moves it,
+// and loops that share a socket count each drop once.
+type socketDrops struct {
+	ino  uint64 // the socket's identity: a descriptor's number is reused
+	seen atomic.Uint32
+}
+
+// dropRecords are the records of the process's datagram sockets, by
+// descriptor.
+var dropRecords struct {
+	sync.Mutex
+	byFd map[int]*socketDrops
+}
+
+// dropRecord returns fd's record, made for a socket it has not seen. The
+// kernel's counter starts at 0 with the socket; the drops of a socket
+// the process inherited were set aside when it took it (inheritDrops).
+func dropRecord(fd int) *socketDrops {
+	var st unix.Stat_t
+	unix.Fstat(fd, &st)
+	dropRecords.Lock()
+	defer dropRecords.Unlock()
+	if r := dropRecords.byFd[fd]; r != nil && r.ino == uint64(st.Ino) {
+		return r
+	}
+	if dropRecords.byFd == nil {
+		dropRecords.byFd = map[int]*socketDrops{}
+	}
+	// Stamps start with the option: drops before it come with the next
+	// datagram queued after.
+	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RXQ_OVFL, 1)
+	r := &socketDrops{ino: uint64(st.Ino)}
+	dropRecords.byFd[fd] = r
+	return r
+}
+
+// inheritDrops sets aside the drops a datagram socket the process
+// inherited (an upgrade's, systemd's) had before: its last owner counted
+// them.
+func inheritDrops(fd int) {
+	dropRecord(fd).seen.Store(kernelSocketDrops(fd))
+}
+
+// ctlSlot is the room for the one control message a datagram brings: the
+// drop counter, a uint32.
+var ctlSlot = unix.CmsgSpace(4)
+
 // maxDatagramBatch bounds the datagrams one recvmmsg takes, and the
 // memory a loop keeps for them (at most 1 MiB).
 const maxDatagramBatch = 64
@@ -47,7 +113,7 @@ func (l *Loop) datagramBatch() *dgramBatch {
 	}
 	seg := min(l.w.maxPkg+1, 64<<10)
 	n := max(1, min(maxDatagramBatch, (1<<20)/seg))
-	b := &dgramBatch{seg: seg, bufs: make([]byte, n*seg), in: make([]mmsghdr, n), inIov: make([]unix.Iovec, n), from: make([]unix.RawSockaddrAny, n),
+	b := &dgramBatch{seg: seg, bufs: make([]byte, n*seg), in: make([]mmsghdr, n), inIov: make([]unix.Iovec, n), from: make([]unix.RawSockaddrAny, n), ctl: make([]byte, n*ctlSlot),
 		outOff: make([]int, 0, n), outTo: make([]acceptBuf, n), out: make([]mmsghdr, n), outIov: make([]unix.Iovec, n)}
 	l.dg = b
 	return b
@@ -61,12 +127,15 @@ func (a *acceptor) receive() {
 	b := l.datagramBatch()
 	b.fd = a.fd
 	defer b.flush(l)
+	seen := b.drops(a)
 	for round := 0; round < 4; round++ {
 		for i := range b.in {
 			b.inIov[i] = unix.Iovec{Base: &b.bufs[i*b.seg]}
 			b.inIov[i].SetLen(b.seg)
-			b.in[i] = mmsghdr{hdr: unix.Msghdr{Name: (*byte)(unsafe.Pointer(&b.from[i])), Namelen: unix.SizeofSockaddrAny, Iov: &b.inIov[i]}}
+			b.in[i] = mmsghdr{hdr: unix.Msghdr{Name: (*byte)(unsafe.Pointer(&b.from[i])), Namelen: unix.SizeofSockaddrAny, Iov: &b.inIov[i],
+				Control: &b.ctl[i*ctlSlot]}}
 			b.in[i].hdr.SetIovlen(1)
+			b.in[i].hdr.SetControllen(ctlSlot)
 		}
 		r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(a.fd), uintptr(unsafe.Pointer(&b.in[0])), uintptr(len(b.in)), 0, 0, 0)
 		if e != 0 {
@@ -79,6 +148,13 @@ func (a *acceptor) receive() {
 			return
 		}
 		n := int(r)
+		// The stamps grow in queue order: the batch's last one counts.
+		for i := n - 1; i >= 0; i-- {
+			if c, ok := b.dropCount(i); ok {
+				seen.count(l, c)
+				break
+			}
+		}
 		for i := range n {
 			m := &b.in[i]
 			size := int(m.len)
@@ -96,6 +172,68 @@ func (a *acceptor) receive() {
 			return // the socket is empty
 		}
 	}
+}
+
+// dropCount is the drop counter the kernel gave with datagram i of the
+// last recvmmsg, if it gave one.
+func (b *dgramBatch) dropCount(i int) (uint32, bool) {
+	if int(b.in[i].hdr.Controllen) < unix.CmsgLen(4) {
+		return 0, false
+	}
+	slot := b.ctl[i*ctlSlot : (i+1)*ctlSlot]
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&slot[0]))
+	if h.Level != unix.SOL_SOCKET || h.Type != unix.SO_RXQ_OVFL {
+		return 0, false
+	}
+	return binary.NativeEndian.Uint32(slot[unix.CmsgLen(0):]), true
+}
+
+// drops returns the record of a's socket, looked up once per socket and
+// loop.
+func (b *dgramBatch) drops(a *acceptor) *socketDrops {
+	for _, d := range b.seen {
+		if d.a == a {
+			return d.rec
+		}
+	}
+	keep := b.seen[:0]
+	for _, d := range b.seen {
+		if d.a.fd >= 0 { // the loop still reads it
+			keep = append(keep, d)
+		}
+	}
+	b.seen = append(keep, loopDrops{a: a, rec: dropRecord(a.fd)})
+	return b.seen[len(b.seen)-1].rec
+}
+
+// count adds to l's counter what stamp c says the socket dropped since
+// the last stamp counted. A stamp older than that (another loop sharing
+// the socket counted a later one, or it was set aside at inheritance)
+// adds nothing.
+func (r *socketDrops) count(l *Loop, c uint32) {
+	for {
+		old := r.seen.Load()
+		d := int32(c - old) // the counter wraps at 2³²
+		if d <= 0 {
+			return
+		}
+		if r.seen.CompareAndSwap(old, c) {
+			l.kernelDrops.Add(uint64(d))
+			return
+		}
+	}
+}
+
+// kernelSocketDrops is the socket's drop counter now (SO_MEMINFO; 0 on
+// kernels that do not give it).
+func kernelSocketDrops(fd int) uint32 {
+	// x/sys has no getter for SO_MEMINFO's array of uint32; the kernel
+	// copies as much of it as the buffer takes, and a TCPInfo is larger.
+	info, err := unix.GetsockoptTCPInfo(fd, unix.SOL_SOCKET, unix.SO_MEMINFO)
+	if err != nil {
+		return 0
+	}
+	return (*[unix.SK_MEMINFO_VARS]uint32)(unsafe.Pointer(info))[unix.SK_MEMINFO_DROPS]
 }
 
 // reply queues a reply for the batch's sendmmsg, or sends it at once when

@@ -9,9 +9,15 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/seed358e4494/herd/protocol"
 )
@@ -189,4 +195,187 @@ func TestUDPScale(t *testing.T) {
 		}
 		echoAll(fmt.Sprintf("after Scale(%d)", n))
 	}
+}
+
+// TestUDPKernelDrops: a flood at a loop whose OnPacket is slow overflows
+// its socket's receive buffer. The drops Stats reports are the kernel's:
+// exactly the sockets' own counters (SO_MEMINFO), with what was read they
+// make up every datagram sent, and they are within 5% of the growth of Udp
+// RcvbufErrors in /proc/net/snmp. Cases: one loop; two loops, Scale(1)
+// half-way, which moves a socket with its count to the loop that stays
+// (counted once); one loop kept from its first read until the flood is
+// over (the kernel stamps datagrams only once the loop has asked it to,
+// and its next stamp brings what it dropped before).
+//
+// RcvbufErrors counts for the whole network namespace: another process's
+// UDP socket overflowing during the flood (another package's tests run
+// at the same time, a resolver under load) adds to it and fails this test.
+func TestUDPKernelDrops(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		count, senders int
+		flood          int
+		scaleTo        int // half-way through the flood; 0: no Scale
+		block          bool
+	}{
+		{"slow handler", 1, 1, 200_000, 0, false},
+		{"socket moved by Scale", 2, 8, 100_000, 1, false},
+		{"before the first read", 1, 1, 20_000, 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			last := make([]atomic.Int64, tc.senders) // the last marker read, per sender
+			w := &Worker{Addr: "udp://127.0.0.1:0", Count: tc.count, ReusePort: true, OnPacket: func(pk *Packet, msg []byte) {
+				var s, n int
+				if _, err := fmt.Sscanf(string(msg), "end %d %d", &s, &n); err == nil {
+					last[s].Store(int64(n))
+					return
+				}
+				time.Sleep(20 * time.Microsecond) // a slow handler: far slower than the senders
+			}}
+			r := startWorker(t, w)
+			waitFor(t, 5*time.Second, "loops", func() bool { return w.Loops() != nil })
+			loops := w.Loops() // those Scale takes away too
+			w.mu.Lock()
+			fds := append([]int(nil), w.listeners...)
+			w.mu.Unlock()
+			for _, fd := range fds {
+				// A small buffer (the kernel doubles it) that drains in a
+				// moment.
+				if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 64<<10); err != nil {
+					t.Fatal(err)
+				}
+			}
+			gate := make(chan struct{})
+			if tc.block {
+				blocked := make(chan struct{})
+				loops[0].Post(func() { close(blocked); <-gate })
+				<-blocked
+			}
+			conns := make([]net.Conn, tc.senders)
+			for i := range conns {
+				c, err := net.Dial("udp", r.addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				conns[i] = c
+			}
+			before := udpRcvbufErrors(t)
+			start := time.Now()
+			payload := bytes.Repeat([]byte("x"), 32)
+			for i := range tc.flood {
+				if _, err := conns[i%len(conns)].Write(payload); err != nil {
+					t.Fatal(err)
+				}
+				if i == tc.flood/2 && tc.scaleTo > 0 {
+					if err := w.Scale(context.Background(), tc.scaleTo); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			took := time.Since(start)
+			close(gate)
+			// The kernel reports its drop count with the datagrams it
+			// queues: a datagram queued after the last drop brings the
+			// final count. Each sender sends numbered markers until the
+			// last one it sent is read: those before it were read or
+			// dropped before it was queued.
+			markers := make([]int, len(conns))
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				done := true
+				for s, c := range conns {
+					if markers[s] > 0 && last[s].Load() == int64(markers[s]) {
+						continue
+					}
+					done = false
+					markers[s]++
+					fmt.Fprintf(c, "end %d %d", s, markers[s])
+				}
+				if done {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("markers not read in 30s: sent %v", markers)
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			sent := uint64(tc.flood)
+			for _, n := range markers {
+				sent += uint64(n)
+			}
+			var read, drops uint64
+			count := func() {
+				read, drops = 0, 0
+				for _, l := range loops {
+					s := l.stats()
+					read += s.MessagesIn
+					drops += s.KernelDrops
+				}
+			}
+			// Another loop may still be handing over datagrams it read
+			// before the last marker.
+			for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(time.Millisecond) {
+				if count(); read+drops >= sent {
+					break
+				}
+			}
+			delta := udpRcvbufErrors(t) - before
+			var own uint64
+			for _, fd := range fds {
+				own += uint64(kernelSocketDrops(fd))
+			}
+			for _, l := range loops {
+				s := l.stats()
+				t.Logf("loop %d: %d read, %d dropped", s.Index, s.MessagesIn, s.KernelDrops)
+			}
+			t.Logf("%d datagrams in %v and %d markers sent: %d read, %d dropped by the kernel (Stats), sockets' counter %d, RcvbufErrors +%d",
+				tc.flood, took.Round(time.Millisecond), sent-uint64(tc.flood), read, drops, own, delta)
+			if drops < uint64(tc.flood)/2 {
+				t.Fatalf("KernelDrops %d: the flood of %d did not overflow the socket", drops, tc.flood)
+			}
+			if drops != own {
+				t.Errorf("KernelDrops %d, the sockets' counter %d", drops, own)
+			}
+			if read+drops != sent {
+				t.Errorf("read %d + dropped %d = %d, sent %d", read, drops, read+drops, sent)
+			}
+			if diff := float64(drops) - float64(delta); diff > 0.05*float64(delta) || -diff > 0.05*float64(delta) {
+				t.Errorf("KernelDrops %d, RcvbufErrors grew by %d: more than 5%% apart", drops, delta)
+			}
+		})
+	}
+}
+
+// udpRcvbufErrors reads Udp RcvbufErrors from /proc/net/snmp: datagrams
+// dropped on a full receive buffer, on every UDP socket of the network
+// namespace.
+func udpRcvbufErrors(t *testing.T) uint64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/net/snmp")
+	if err != nil {
+		t.Skipf("no /proc/net/snmp: %v", err)
+	}
+	var names []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "Udp:" {
+			continue
+		}
+		if names == nil {
+			names = f
+			continue
+		}
+		for i, name := range names {
+			if name == "RcvbufErrors" && i < len(f) {
+				n, err := strconv.ParseUint(f[i], 10, 64)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return n
+			}
+		}
+	}
+	t.Fatal("no Udp RcvbufErrors in /proc/net/snmp")
+	return 0
 }

@@ -99,6 +99,9 @@ func (w *Worker) takeInherited(ep endpoint) []int {
 	for _, fd := range fds {
 		unix.CloseOnExec(fd)
 		unix.SetNonblock(fd, true)
+		if ep.network == "udp" {
+			inheritDrops(fd)
+		}
 	}
 	return fds
 }
