@@ -4,6 +4,9 @@
 // Workerman's `php start.php status` prints them: a text table by default,
 // JSON when asked (?format=json, or an Accept header naming
 // application/json). The table reads each Worker's Stats and nothing else.
+// A udp:// worker's table is followed by its datagram figures per loop:
+// datagrams read, dropped as oversize, dropped by the kernel on a full
+// receive buffer (LoopStats.KernelDrops, Linux only) and replies not sent.
 //
 // With ?conns=N it also lists up to N open connections (at most
 // MaxListed), as `php start.php connections` does: ID, loop, remote
@@ -75,8 +78,11 @@ func Handler(workers ...*herd.Worker) http.Handler {
 			return
 		}
 		rw.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		for _, s := range stats {
+		for i, s := range stats {
 			rw.Write([]byte(s.String()))
+			if strings.HasPrefix(workers[i].Addr, "udp") {
+				writeDatagrams(rw, s)
+			}
 		}
 		if conns != nil {
 			fmt.Fprintf(rw, "%-8s %10s %5s %-40s %12s %10s\n", "worker", "conn", "loop", "remote", "idle", "queued")
@@ -85,6 +91,15 @@ func Handler(workers ...*herd.Worker) http.Handler {
 			}
 		}
 	})
+}
+
+// writeDatagrams writes a udp:// worker's datagram figures, a row per
+// loop.
+func writeDatagrams(rw http.ResponseWriter, s herd.Stats) {
+	fmt.Fprintf(rw, "%4s %11s %9s %12s %12s\n", "loop", "datagrams", "oversize", "kernel-drops", "reply-drops")
+	for _, l := range s.Loops {
+		fmt.Fprintf(rw, "%4d %11d %9d %12d %12d\n", l.Index, l.MessagesIn, l.Oversize, l.KernelDrops, l.Dropped)
+	}
 }
 
 // Limits of the connection listing.

@@ -5,12 +5,17 @@ package status
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -118,4 +123,72 @@ func TestHandler(t *testing.T) {
 	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusMethodNotAllowed {
 		t.Errorf("POST: %v %v", resp, err)
 	}
+}
+
+// TestDatagrams: a udp:// worker's page has its datagram table, whose
+// kernel-drops column is Stats' KernelDrops: the one loop is held on its
+// first datagram while 10,000 more overflow its socket.
+func TestDatagrams(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("kernel drops are counted on Linux only")
+	}
+	gate := make(chan struct{})
+	var first sync.Once
+	var marker atomic.Int64
+	w := &herd.Worker{Name: "dns", Addr: "udp://127.0.0.1:0", Count: 1, Logger: slog.New(slog.DiscardHandler),
+		OnPacket: func(p *herd.Packet, msg []byte) {
+			first.Do(func() { <-gate })
+			if n, err := strconv.Atoi(strings.TrimPrefix(string(msg), "end ")); err == nil {
+				marker.Store(int64(n))
+			}
+		}}
+	addr := herdtest.Run(t, w)
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	payload := make([]byte, 1400)
+	for range 10_000 {
+		c.Write(payload)
+	}
+	close(gate)
+	// The kernel gives its count with the next datagram it queues: send
+	// markers until the last one sent is read.
+	for n := int64(1); ; n++ {
+		if n > 100 {
+			t.Fatal("no marker read")
+		}
+		fmt.Fprintf(c, "end %d", n)
+		for end := time.Now().Add(100 * time.Millisecond); marker.Load() != n && time.Now().Before(end); {
+			time.Sleep(time.Millisecond)
+		}
+		if marker.Load() == n {
+			break
+		}
+	}
+	want := w.Stats().Loops[0].KernelDrops
+	if want == 0 {
+		t.Fatal("the flood did not overflow the socket")
+	}
+	srv := httptest.NewServer(Handler(w))
+	defer srv.Close()
+	resp, err := http.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	lines := strings.Split(string(body), "\n")
+	for i, l := range lines {
+		if f := strings.Fields(l); len(f) == 5 && f[3] == "kernel-drops" {
+			row := strings.Fields(lines[i+1])
+			if len(row) != 5 || row[0] != "0" || row[3] != strconv.FormatUint(want, 10) {
+				t.Fatalf("datagram row %q, want loop 0 with %d kernel drops\n%s", lines[i+1], want, body)
+			}
+			t.Logf("%s\n%s", l, lines[i+1])
+			return
+		}
+	}
+	t.Fatalf("no datagram table:\n%s", body)
 }
