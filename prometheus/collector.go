@@ -22,6 +22,7 @@
 //	herd_loop_dropped_messages_total       counter, label reason: full (the send queue was full), closed (sent to a closing connection)
 //	herd_loop_busy_seconds_total           counter: time spent working; its rate is the loop's load, the figure to scale on
 //	herd_loop_oversize_datagrams_total     counter: udp:// datagrams dropped on receipt (over MaxPackageSize, or not one message)
+//	herd_loop_kernel_dropped_datagrams_total counter: udp:// datagrams the kernel dropped on a full receive buffer (Linux only; 0 elsewhere)
 //	herd_loop_connections_dialed_total     counter: outbound connections (Loop.Dial)
 //	herd_loop_dial_failures_total          counter: outbound connections that never connected
 //	herd_loop_spliced_bytes_total          counter: bytes Pipe moved with splice(2)
@@ -79,13 +80,14 @@ var (
 	descDialFailed = prometheus.NewDesc("herd_loop_dial_failures_total", "Outbound connections that never connected.", loopLabels, nil)
 	descSpliced    = prometheus.NewDesc("herd_loop_spliced_bytes_total", "Bytes Pipe moved with splice(2).", loopLabels, nil)
 	descOversize   = prometheus.NewDesc("herd_loop_oversize_datagrams_total", "Datagrams (udp://) dropped on receipt: over MaxPackageSize, or not one whole message.", loopLabels, nil)
+	descKernelDrop = prometheus.NewDesc("herd_loop_kernel_dropped_datagrams_total", "Datagrams (udp://) the kernel dropped because the socket's receive buffer was full (Linux only).", loopLabels, nil)
 	descLoops      = prometheus.NewDesc("herd_worker_loops", "Event loops serving now.", workerLabels, nil)
 	descAdded      = prometheus.NewDesc("herd_worker_loops_added_total", "Loops Scale started.", workerLabels, nil)
 	descRemoved    = prometheus.NewDesc("herd_worker_loops_removed_total", "Loops Scale took away.", workerLabels, nil)
 	descRejected   = prometheus.NewDesc("herd_worker_connections_rejected_total", "Connections closed at once because MaxConns was reached.", workerLabels, nil)
 	descAccFair    = prometheus.NewDesc("herd_worker_accept_fairness", "Jain's index of accepted connections over the loops (1: even).", workerLabels, nil)
 	descMsgFair    = prometheus.NewDesc("herd_worker_message_fairness", "Jain's index of messages over the loops (1: even).", workerLabels, nil)
-	allDescs       = []*prometheus.Desc{descAccepted, descClosed, descActive, descMessages, descBytesIn, descBytesOut, descWakeups, descEmpty, descQueued, descDropped, descBusy, descOversize, descDialed, descDialFailed, descSpliced, descLoops, descAdded, descRemoved, descRejected, descAccFair, descMsgFair}
+	allDescs       = []*prometheus.Desc{descAccepted, descClosed, descActive, descMessages, descBytesIn, descBytesOut, descWakeups, descEmpty, descQueued, descDropped, descBusy, descOversize, descKernelDrop, descDialed, descDialFailed, descSpliced, descLoops, descAdded, descRemoved, descRejected, descAccFair, descMsgFair}
 	counter, gauge = prometheus.CounterValue, prometheus.GaugeValue
 )
 
@@ -118,6 +120,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			m(descDropped, counter, float64(l.Dropped-min(l.DroppedFull, l.Dropped)), "closed")
 			m(descBusy, counter, l.Busy.Seconds())
 			m(descOversize, counter, float64(l.Oversize))
+			m(descKernelDrop, counter, float64(l.KernelDrops))
 			m(descDialed, counter, float64(l.Dialed))
 			m(descDialFailed, counter, float64(l.DialFailed))
 			m(descSpliced, counter, float64(l.Spliced))
