@@ -191,10 +191,10 @@ type publisher struct {
 }
 
 // job is one piece of work for the publishing goroutine: a message to a
-// channel, to a uid's nodes, or a presence change.
+// channel, to the nodes of a uid or group, or a presence change.
 type job struct {
 	channel string
-	uid     string // route by presence to the node incarnations holding it
+	route   string // a presence key (uidKey, groupKey): to the node incarnations that hold a member
 	env     envelope
 	change  *PresenceChange
 }
@@ -215,7 +215,7 @@ func (p *publisher) enqueue(j job) {
 }
 
 func (p *publisher) publish(channel string, e envelope) { p.enqueue(job{channel: channel, env: e}) }
-func (p *publisher) toUid(uid string, e envelope)       { p.enqueue(job{uid: uid, env: e}) }
+func (p *publisher) route(key string, e envelope)       { p.enqueue(job{route: key, env: e}) }
 func (p *publisher) presence(key string, id ClientID, in bool) {
 	p.enqueue(job{change: &PresenceChange{Key: key, Member: string(id), In: in}})
 }
@@ -284,11 +284,11 @@ func (p *publisher) run() {
 }
 
 // handle publishes a batch of jobs: the presence lookups of its messages
-// to uids in one round trip, then the messages in the order they came
-// (one subscriber receives them in that order, whatever their channels),
-// then the presence changes.
+// to uids and groups in one round trip, then the messages in the order
+// they came (one subscriber receives them in that order, whatever their
+// channels), then the presence changes.
 func (p *publisher) handle(batch []job) {
-	nodes := p.uidNodes(batch)
+	nodes := p.routeNodes(batch)
 	var out []Outgoing
 	var from []int // per message in out: its job's index in batch
 	var changes []PresenceChange
@@ -296,10 +296,10 @@ func (p *publisher) handle(batch []job) {
 		switch {
 		case j.change != nil:
 			changes = append(changes, *j.change)
-		case j.uid != "" && p.g.UidBroadcast:
+		case j.route != "" && j.env.kind == kindUid && p.g.UidBroadcast:
 			out = p.stamp(out, allChannel, j.env)
-		case j.uid != "":
-			for _, node := range nodes[j.uid] {
+		case j.route != "":
+			for _, node := range nodes[i] {
 				out = p.stamp(out, nodeChannel(node), j.env)
 			}
 		case j.channel != "":
@@ -322,20 +322,18 @@ func (p *publisher) stamp(out []Outgoing, channel string, e envelope) []Outgoing
 	return append(out, Outgoing{Channel: channel, Payload: e.encode()})
 }
 
-// uidNodes gives, for each uid the batch sends to, the other node
-// incarnations ("<node>-<incarnation>", another of this node's name
-// included) where it is bound, from its presence set (one round trip for
-// the batch). A uid bound nowhere else is counted as an unknown target
-// there.
-func (p *publisher) uidNodes(batch []job) map[string][]string {
-	if p.g.UidBroadcast {
-		return nil
-	}
-	var uids, keys []string
+// routeNodes gives, for each message of the batch to a uid or group
+// (by its index in batch), the other node incarnations
+// ("<node>-<incarnation>", another of this node's name included) that
+// hold a member of it, from its presence set; for a group, members the
+// message excludes do not count. The lookups take one round trip for the
+// batch. A uid bound nowhere else is counted as an unknown target there
+// (a group is not: this node may hold it).
+func (p *publisher) routeNodes(batch []job) map[int][]string {
+	var keys []string
 	for _, j := range batch {
-		if j.uid != "" && !contains(uids, j.uid) {
-			uids = append(uids, j.uid)
-			keys = append(keys, uidKey(j.uid))
+		if j.route != "" && !(j.env.kind == kindUid && p.g.UidBroadcast) && !contains(keys, j.route) {
+			keys = append(keys, j.route)
 		}
 	}
 	if len(keys) == 0 {
@@ -348,22 +346,27 @@ func (p *publisher) uidNodes(batch []job) map[string][]string {
 		p.g.logger().Debug("gateway: presence lookup failed", "err", err)
 		members = make([][]string, len(keys)) // sent nowhere: counted as dropped below
 	}
-	nodes := make(map[string][]string, len(uids))
-	for i, uid := range uids {
+	nodes := make(map[int][]string)
+	for i, j := range batch {
+		if j.route == "" || j.env.kind == kindUid && p.g.UidBroadcast {
+			continue
+		}
 		var ns []string
-		for _, m := range members[i] {
-			if inst := ClientID(m).instance(); inst != "" && inst != p.g.instance && !contains(ns, inst) {
+		for _, m := range members[slices.Index(keys, j.route)] {
+			id := ClientID(m)
+			if inst := id.instance(); inst != "" && inst != p.g.instance && !contains(ns, inst) && !slices.Contains(j.env.exclude, id) {
 				ns = append(ns, inst)
 			}
 		}
 		if len(ns) == 0 {
-			if err != nil {
+			switch {
+			case err != nil:
 				p.g.stats.pubDropped.Add(1)
-			} else {
+			case j.env.kind == kindUid:
 				p.g.stats.unknown.Add(1)
 			}
 		}
-		nodes[uid] = ns
+		nodes[i] = ns
 	}
 	return nodes
 }
@@ -406,7 +409,7 @@ func (p *publisher) flush(batch []job, out []Outgoing, from []int, changes []Pre
 				for ; i < len(out) && from[i] == j; i++ {
 					reached = reached || received[i] > 0
 				}
-				if k := batch[j].env.kind; !reached && (k == kindClient || k == kindClose || batch[j].uid != "" && !p.g.UidBroadcast) {
+				if k := batch[j].env.kind; !reached && (k == kindClient || k == kindClose || k == kindUid && !p.g.UidBroadcast) {
 					p.g.stats.unknown.Add(1)
 				}
 			}
@@ -472,11 +475,11 @@ func (p *publisher) receive(channel string, payload []byte) {
 		g.onClient(ClientID(e.target), func(s *shard, r *record) { r.c.Herd().Close() })
 	case kindUid:
 		m := newMessage(e.payload)
-		g.local(func(s *shard, v uint64) { s.sendUid(e.target, m, v) })
+		g.localAny(func(s *shard, v uint64) bool { return s.sendUid(e.target, m, v) }, g.stray)
 	case kindGroup:
 		m := newMessage(e.payload)
 		ex := g.localExclusions(e.exclude)
-		g.local(func(s *shard, v uint64) { s.sendGroup(e.target, m, ex, v) })
+		g.localAny(func(s *shard, v uint64) bool { return s.sendGroup(e.target, m, ex, v) }, g.stray)
 	case kindAll:
 		m := newMessage(e.payload)
 		ex := g.localExclusions(e.exclude)

@@ -16,12 +16,26 @@
 //
 // With no Broker the gateway serves one process and needs no external
 // service. With one (the redis module's), messages for clients on other
-// nodes go through it: to a uid only the nodes that hold it (presence kept
-// in the broker, with expiring entries), to a group or everyone all nodes.
+// nodes go through it: to a uid or a group only the nodes that hold a
+// member (presence kept in the broker, per uid and per group, with
+// expiring entries), to everyone all nodes. So a node's work for a uid or
+// group message does not grow with the number of nodes, and
+// Stats.Stray, what a node received that it held no member for, stays 0;
+// SendToAll alone reaches every node. A member's presence is written off
+// its loop, after the JoinGroup or BindUid: a message sent from another
+// node in the moment between reaches every member that node's lookup
+// found.
 // Each node numbers what it publishes per channel, with an epoch, so a
 // receiver counts what it missed (pub/sub is at most once) and reports it
 // through OnGap; publishing never blocks a loop: it is queued, and a full
-// queue drops and counts.
+// queue drops and counts. A receiver notices a gap only on a channel the
+// sender goes on publishing to: messages to a uid or group that were
+// routed nowhere while the broker was down or had lost its presence sets
+// (restarted empty, until the nodes refresh them, at once after they
+// resubscribe) are not numbered for any receiver. The sender counts the
+// ones whose lookup failed in Stats.PublishDropped (and, for a uid, those
+// found nowhere in UnknownTargets); each receiver learns of the outage by
+// its own resubscription (Stats.Resubscribes, OnGap with missed 0).
 //
 // Each process is one incarnation of its node name, and everything the
 // broker keeps per node is per incarnation: its channel
@@ -231,18 +245,25 @@ type Stats struct {
 	Gaps           uint64 // times a gap was seen in another node's numbering
 	Missed         uint64 // messages those gaps counted
 	Resubscribes   uint64 // reconnections to the broker, each a possible loss
+	// Stray counts messages from other nodes to a uid or group that this
+	// node held no member of when they came: work that routing by presence
+	// exists to avoid. It stays 0 but for membership that changed while a
+	// message was on its way (a leave, an unbind, a close), and with
+	// UidBroadcast, where every node receives every uid message.
+	Stray uint64
 }
 
 type counters struct {
-	clients                                                                         atomic.Int64
-	unknown, published, pubDropped, received, malformed, gaps, missed, resubscribes atomic.Uint64
+	clients                                                                                atomic.Int64
+	unknown, published, pubDropped, received, malformed, gaps, missed, resubscribes, stray atomic.Uint64
 }
 
 // Stats returns the gateway's counters.
 func (g *Gateway) Stats() Stats {
 	s := &g.stats
 	return Stats{Clients: s.clients.Load(), UnknownTargets: s.unknown.Load(), Published: s.published.Load(), PublishDropped: s.pubDropped.Load(),
-		Received: s.received.Load(), Malformed: s.malformed.Load(), Gaps: s.gaps.Load(), Missed: s.missed.Load(), Resubscribes: s.resubscribes.Load()}
+		Received: s.received.Load(), Malformed: s.malformed.Load(), Gaps: s.gaps.Load(), Missed: s.missed.Load(), Resubscribes: s.resubscribes.Load(),
+		Stray: s.stray.Load()}
 }
 
 func (g *Gateway) logger() *slog.Logger {
@@ -433,12 +454,14 @@ func (g *Gateway) SendToUid(uid string, msg []byte) {
 	m := newMessage(msg)
 	g.local(func(s *shard, v uint64) { s.sendUid(uid, m, v) })
 	if g.pub != nil {
-		g.pub.toUid(uid, envelope{kind: kindUid, target: uid, payload: m.data})
+		g.pub.route(uidKey(uid), envelope{kind: kindUid, target: uid, payload: m.data})
 	}
 }
 
 // SendToGroup sends msg to every member of group, on every node, except
-// the clients in exclude.
+// the clients in exclude. Like SendToUid, it is published only to the
+// nodes that hold a member (one not excluded), as the group's presence
+// set lists them.
 func (g *Gateway) SendToGroup(group string, msg []byte, exclude ...ClientID) {
 	if g.pub == nil && !g.counts.has(groupKey(group)) {
 		g.stats.unknown.Add(1)
@@ -447,7 +470,9 @@ func (g *Gateway) SendToGroup(group string, msg []byte, exclude ...ClientID) {
 	m := newMessage(msg)
 	ex := g.localExclusions(exclude)
 	g.local(func(s *shard, v uint64) { s.sendGroup(group, m, ex, v) })
-	g.publish(allChannel, envelope{kind: kindGroup, target: group, exclude: slices.Clone(exclude), payload: m.data})
+	if g.pub != nil {
+		g.pub.route(groupKey(group), envelope{kind: kindGroup, target: group, exclude: slices.Clone(exclude), payload: m.data})
+	}
 }
 
 // SendToAll sends msg to every client on every node, except those in
@@ -570,6 +595,33 @@ func (g *Gateway) local(f func(s *shard, version uint64)) {
 		}
 	}
 }
+
+// localAny runs f on every loop's shard, as local does, and none once
+// they have all run, if f reported false on each (no shard held what it
+// looked for).
+func (g *Gateway) localAny(f func(s *shard, version uint64) bool, none func()) {
+	v := g.currentView()
+	left := atomic.Int64{}
+	left.Store(int64(len(v.shards)))
+	var found atomic.Bool
+	done := func(ok bool) {
+		if ok {
+			found.Store(true)
+		}
+		if left.Add(-1) == 0 && !found.Load() {
+			none()
+		}
+	}
+	for _, s := range v.shards {
+		if !s.loop.Post(func() { done(f(s, v.version)) }) {
+			g.afterRetire(s, func() { done(f(s, math.MaxUint64)) })
+		}
+	}
+}
+
+// stray counts a message from another node that no shard had a member
+// for.
+func (g *Gateway) stray() { g.stats.stray.Add(1) }
 
 // afterRetire runs f on loop 0 once s, whose loop no longer takes tasks,
 // has been absorbed there (retire), in the order of the calls: before the

@@ -124,20 +124,29 @@ func remove(m map[string]map[uint64]*record, key string, r *record) {
 // that version) reached here: not to those absorbed since, which it
 // reached in the shard they came from.
 
-func (s *shard) sendUid(uid string, m *message, version uint64) {
+// sendUid and sendGroup report whether the shard held a member the
+// sender's view reached (an excluded one included).
+
+func (s *shard) sendUid(uid string, m *message, version uint64) (member bool) {
 	for _, r := range s.uids[uid] {
 		if r.since <= version {
 			r.c.deliver(m)
+			member = true
 		}
 	}
+	return member
 }
 
-func (s *shard) sendGroup(group string, m *message, exclude map[uint64]bool, version uint64) {
+func (s *shard) sendGroup(group string, m *message, exclude map[uint64]bool, version uint64) (member bool) {
 	for conn, r := range s.groups[group] {
-		if !exclude[conn] && r.since <= version {
-			r.c.deliver(m)
+		if r.since <= version {
+			member = true
+			if !exclude[conn] {
+				r.c.deliver(m)
+			}
 		}
 	}
+	return member
 }
 
 func (s *shard) sendAll(m *message, exclude map[uint64]bool, version uint64) {

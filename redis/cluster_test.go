@@ -48,8 +48,9 @@ var listening = regexp.MustCompile(`^node (\S+) listening on (\S+) pid (\d+) inc
 
 // startNode runs a node joined to the Redis at redisAddr; it is stopped
 // (SIGTERM, then SIGKILL) when the test ends.
-func startNode(t *testing.T, redisAddr, name string) *nodeProc {
-	n := &nodeProc{name: name, cmd: exec.Command(os.Args[0], "-redis", redisAddr, "-node", name, "-count", "2")}
+// Extra arguments go to the node's command line.
+func startNode(t *testing.T, redisAddr, name string, extra ...string) *nodeProc {
+	n := &nodeProc{name: name, cmd: exec.Command(os.Args[0], append([]string{"-redis", redisAddr, "-node", name, "-count", "2"}, extra...)...)}
 	n.cmd.Env = append(os.Environ(), nodeEnv+"=1")
 	n.cmd.Stderr = os.Stderr
 	out, err := n.cmd.StdoutPipe()
@@ -305,8 +306,8 @@ func TestOrderAcrossNodes(t *testing.T) {
 
 // TestRedisRestart: Redis dies and comes back empty. Each node goes on
 // serving its own clients meanwhile, resubscribes on its own, reports
-// what may have been lost, and delivers across nodes what is published
-// after.
+// that something may have been lost (Resubscribes), and delivers across
+// nodes what is published after, once presence is back.
 func TestRedisRestart(t *testing.T) {
 	r := redistest.Start(t)
 	a, b := startNode(t, r.Addr, "a"), startNode(t, r.Addr, "b")
@@ -342,10 +343,12 @@ func TestRedisRestart(t *testing.T) {
 	}
 	missed, gaps := b1.stat("missed"), b1.stat("gaps")
 	dropped := a1.stat("dropped")
+	// Group messages are routed by presence to node channels: the five
+	// sent during the outage were numbered for no channel of b's (a's
+	// lookup failed, counted as dropped, or found Redis back and empty),
+	// so b sees no gap; what tells it is its resubscription (OnGap with
+	// 0), asserted above.
 	t.Logf("node a dropped %d publications while Redis was down; node b saw %d gap(s), %d message(s) missed, and resubscribed", dropped, gaps, missed)
-	if missed < 5 {
-		t.Errorf("node b counted %d missed messages, want the 5 published during the outage", missed)
-	}
 }
 
 // TestForeignMessages: what is published on the gateway's channels by
