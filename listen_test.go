@@ -8,6 +8,7 @@ package herd
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -20,6 +21,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/seed358e4494/herd/protocol"
 )
@@ -367,4 +370,55 @@ func TestUnixSocketFiles(t *testing.T) {
 			t.Errorf("the worker's own socket file is still there after it stopped: %v", err)
 		}
 	})
+}
+
+// TestReusePortOwner: a second ReusePort worker on a port another one
+// listens on fails in Run with an error that names the port and
+// JoinReusePort (before, it joined the group and took half of the
+// connections); with JoinReusePort set on both, both serve. A port whose
+// listener has gone, leaving connections in TIME_WAIT, is free again.
+func TestReusePortOwner(t *testing.T) {
+	if !reusePortBalances {
+		t.Skip("ReusePort falls back to shared accept here")
+	}
+	start := func(addr string, join bool) (*Worker, *running) {
+		w := &Worker{Addr: addr, Count: 2, ReusePort: true, JoinReusePort: join, OnMessage: textEcho}
+		return w, startWorker(t, w)
+	}
+	a, ra := start("text://127.0.0.1:0", false)
+	_, port, _ := net.SplitHostPort(ra.addr)
+	b := &Worker{Addr: "text://127.0.0.1:" + port, Count: 2, ReusePort: true, OnMessage: textEcho, Logger: quietLogger()}
+	ctx, cancel := contextWithTimeout(3 * time.Second) // a Run that serves returns nil then
+	err := b.Run(ctx)
+	cancel()
+	t.Logf("second instance: %v", err)
+	if err == nil || !errors.Is(err, unix.EADDRINUSE) || !strings.Contains(err.Error(), "port "+port) || !strings.Contains(err.Error(), "JoinReusePort") {
+		t.Fatalf("second instance on port %s: Run returned %v; want EADDRINUSE naming the port and JoinReusePort", port, err)
+	}
+	// Traffic for the first instance leaves TIME_WAIT behind on the port.
+	for range 20 {
+		c := ra.dial(t)
+		echoLine(t, c, bufio.NewReader(c), "a")
+		c.Close()
+	}
+	ra.cancel()
+	ra.wait(t)
+	if n := a.Stats().Total().Accepted; n != 20 {
+		t.Fatalf("the first instance accepted %d, want 20", n)
+	}
+
+	// On purpose: both set JoinReusePort, and both serve.
+	x, rx := start("text://127.0.0.1:"+port, true)
+	y, _ := start("text://127.0.0.1:"+port, true)
+	const conns = 400
+	for i := range conns {
+		c := rx.dial(t)
+		echoLine(t, c, bufio.NewReader(c), fmt.Sprint(i))
+		c.Close()
+	}
+	nx, ny := x.Stats().Total().Accepted, y.Stats().Total().Accepted
+	t.Logf("two instances with JoinReusePort: %d and %d of %d connections", nx, ny, conns)
+	if nx+ny != conns || nx < conns/4 || ny < conns/4 {
+		t.Errorf("accepted %d and %d of %d: want both to serve about half", nx, ny, conns)
+	}
 }

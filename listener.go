@@ -155,6 +155,39 @@ func listen(ep endpoint, reusePort bool) (int, error) {
 	return fd, nil
 }
 
+// probeOwner fails if a socket already listens on ep's TCP port, which a
+// ReusePort worker's sockets would otherwise join: a second instance
+// started by mistake would take a share of the connections. The probe
+// binds a socket with SO_REUSEADDR, as the group's have, but without
+// SO_REUSEPORT: the bind fails only where a socket listens (a connection
+// left in TIME_WAIT does not count), and the probe is closed unlistened.
+func probeOwner(ep endpoint) error {
+	port := 0
+	switch sa := ep.sa.(type) {
+	case *unix.SockaddrInet4:
+		port = sa.Port
+	case *unix.SockaddrInet6:
+		port = sa.Port
+	}
+	if ep.network != "tcp" || port == 0 {
+		return nil // port 0 is a new port; unix sockets have no groups
+	}
+	fd, err := unix.Socket(ep.domain, unix.SOCK_STREAM, 0)
+	if err != nil {
+		return fmt.Errorf("herd: socket: %w", err)
+	}
+	defer unix.Close(fd)
+	unix.CloseOnExec(fd)
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+		return fmt.Errorf("herd: SO_REUSEADDR: %w", err)
+	}
+	if err := unix.Bind(fd, ep.sa); errors.Is(err, unix.EADDRINUSE) {
+		return fmt.Errorf("herd: %s: port %d already has a listening socket this worker did not open (another instance of the program?); set Worker.JoinReusePort to share it on purpose: %w",
+			sockaddrString(ep.sa), port, err)
+	}
+	return nil // any other error, the real bind reports
+}
+
 // staleUnixSocket reports whether path is a socket file nobody listens on.
 func staleUnixSocket(path string) bool {
 	fi, err := os.Lstat(path)

@@ -80,11 +80,11 @@ type Loop struct {
 
 	// Counters, written by the loop (and by Send for the output ones) and
 	// read by Stats.
-	accepted, closedConns, messagesIn, bytesIn, bytesOut, wakeups, emptyAccepts, dropped, droppedFull, oversize, tlsHandshakes, tlsFailed, dialed, dialFailed, spliced atomic.Uint64
-	active, sendQueued, busyNanos                                                                                                                                      atomic.Int64
-	exitedAt                                                                                                                                                           atomic.Int64 // unix nanoseconds when run ended; 0 while it runs
-	started                                                                                                                                                            time.Time    // set before the loop goroutine starts
-	_                                                                                                                                                                  [64]byte     // keep loops' counters off each other's cache lines
+	accepted, closedConns, messagesIn, bytesIn, bytesOut, wakeups, emptyAccepts, dropped, droppedFull, oversize, tlsHandshakes, tlsFailed, dialed, dialFailed, spliced, movedIn, movedOut atomic.Uint64
+	active, sendQueued, busyNanos                                                                                                                                                         atomic.Int64
+	exitedAt                                                                                                                                                                              atomic.Int64 // unix nanoseconds when run ended; 0 while it runs
+	started                                                                                                                                                                               time.Time    // set before the loop goroutine starts
+	_                                                                                                                                                                                     [64]byte     // keep loops' counters off each other's cache lines
 }
 
 type taskKind uint8

@@ -7,16 +7,30 @@ package herd
 // loops that stay without a peer noticing.
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
+	"strconv"
+	"sync"
+	"time"
 
 	"github.com/seed358e4494/herd/internal/poll"
 	"golang.org/x/sys/unix"
 )
 
-// ErrBadCount is returned by Scale for a count below 1.
-var ErrBadCount = errors.New("herd: Scale needs at least one loop")
+// Errors returned by Scale.
+var (
+	// ErrBadCount is returned by Scale for a count below 1.
+	ErrBadCount = errors.New("herd: Scale needs at least one loop")
+	// ErrNotRunning is returned by Scale before Run has started the loops.
+	ErrNotRunning = errors.New("herd: worker not running yet (Scale before Run)")
+	// ErrScaleOnLoop is returned by Scale called on one of the worker's
+	// loops (from a callback): Scale waits for the loops, that one
+	// included. Call it from another goroutine: go w.Scale(ctx, n).
+	ErrScaleOnLoop = errors.New("herd: Scale called on one of the worker's loops, which it waits for; call it from another goroutine")
+)
 
 // Scale changes the number of loops to n while the worker serves, in every
 // listen mode, and returns once the change is done (or ctx ends; the change
@@ -25,7 +39,9 @@ var ErrBadCount = errors.New("herd: Scale needs at least one loop")
 // Growing starts loops numbered from the current count up; each runs
 // OnWorkerStart and takes a share of new connections: with ReusePort a
 // listener of the group (one a loop that left had kept, or a new one), in
-// the other modes the shared listener or the dispatcher's hand-offs.
+// the other modes the shared listener or the dispatcher's hand-offs. A
+// grow that fails (out of descriptors, say) leaves the worker as it was:
+// what it opened is closed, and Scale returns the error.
 //
 // Shrinking takes the highest-numbered loops away, and no peer notices:
 // each leaving loop first hands its listening sockets to a loop that stays
@@ -38,41 +54,123 @@ var ErrBadCount = errors.New("herd: Scale needs at least one loop")
 // (AfterFunc, Every) stop with it: OnWorkerStop is where to set them
 // again elsewhere.
 //
+// With ReusePort on Linux the worker steers its SO_REUSEPORT group (a
+// classic BPF program, SO_ATTACH_REUSEPORT_CBPF, set again on each Scale):
+// new connections go to one socket per loop serving, at random, so they
+// spread evenly over the loops whatever the history; the sockets loops
+// that left had stay open in the group, watched by the loops that stay,
+// and get nothing new. Without steering (FreeBSD, JoinReusePort, udp://)
+// the kernel hashes over every socket of the group, and a loop holding two
+// takes twice the share.
+//
 // Loop numbers are stable: a loop keeps its Index while it lives, and
 // Stats lists the loops of the moment (LoopsAdded and LoopsRemoved count
 // the changes). Calls to Scale are serialized. It returns ErrBadCount for
-// n < 1, and ErrWorkerClosed when the worker is not running, is stopping,
-// or has handed its listeners to an upgrade. Scale waits for the loops, so
-// a callback must not call it directly: use go w.Scale(ctx, n).
+// n < 1, ErrNotRunning before Run, ErrWorkerClosed when the worker is
+// stopping, has stopped, or has handed its listeners to an upgrade, and
+// ErrScaleOnLoop, at once, when called on one of the worker's loops.
 func (w *Worker) Scale(ctx context.Context, n int) error {
 	if n < 1 {
 		return fmt.Errorf("%w (got %d)", ErrBadCount, n)
 	}
+	if w.sc.onLoop() {
+		// Checked before scaleMu: a Scale under way may be waiting for
+		// this very loop.
+		return ErrScaleOnLoop
+	}
 	w.scaleMu.Lock()
 	defer w.scaleMu.Unlock()
 	w.mu.Lock()
-	serving, cur, mode := w.servingLocked(), len(w.loops), w.mode
+	st, serving, cur := w.state, w.servingLocked(), len(w.loops)
 	w.mu.Unlock()
 	switch {
+	case st == stateNew || st == stateListening:
+		return ErrNotRunning
 	case !serving:
 		return ErrWorkerClosed
 	case n > cur:
-		var spare []int
-		if mode == acceptReusePort {
-			// Without w.mu: the loops answer on their own goroutines, and
-			// a callback of theirs may be waiting for w.mu (Stats).
-			spare = w.reclaimListeners()
-		}
-		w.mu.Lock()
-		defer w.mu.Unlock()
-		if !w.servingLocked() {
-			return ErrWorkerClosed // the listeners taken back close with the worker
-		}
-		return w.growLocked(n, spare)
+		return w.grow(n)
 	case n < cur:
 		return w.shrink(ctx, n)
 	}
 	return nil
+}
+
+// scaleState is what Scale keeps beside the worker's loops.
+type scaleState struct {
+	// Under the worker's mu.
+	steered bool        // the worker steers its ReusePort group: loop i's first listener is listeners[i]
+	retired []LoopStats // by Index: the counters of loops that left and exited
+	base    []fairBase  // by Index: where the loops serving stood at since
+	since   time.Time   // when the loops last changed
+
+	gmu sync.Mutex
+	byG map[uint64]*Loop // the worker's loop goroutines, by goroutine id
+}
+
+// onGoroutine records that the calling goroutine runs l, until the
+// returned function is called.
+func (s *scaleState) onGoroutine(l *Loop) func() {
+	g := goroutineID()
+	s.gmu.Lock()
+	if s.byG == nil {
+		s.byG = make(map[uint64]*Loop)
+	}
+	s.byG[g] = l
+	s.gmu.Unlock()
+	return func() {
+		s.gmu.Lock()
+		delete(s.byG, g)
+		s.gmu.Unlock()
+	}
+}
+
+// onLoop reports whether the caller runs on one of the worker's loops.
+func (s *scaleState) onLoop() bool {
+	g := goroutineID()
+	s.gmu.Lock()
+	defer s.gmu.Unlock()
+	_, ok := s.byG[g]
+	return ok
+}
+
+// goroutineID is the calling goroutine's id, from the first line of its
+// stack ("goroutine 18 [running]:"). Go offers no cheaper way, and Scale
+// asks once per call.
+func goroutineID() uint64 {
+	var buf [32]byte
+	b := buf[:runtime.Stack(buf[:], false)]
+	b = bytes.TrimPrefix(b, []byte("goroutine "))
+	if i := bytes.IndexByte(b, ' '); i > 0 {
+		b = b[:i]
+	}
+	n, _ := strconv.ParseUint(string(b), 10, 64)
+	return n
+}
+
+// steerAtStart steers a ReusePort group over the loops Run starts, where
+// the kernel can. Called with w.mu held.
+func (w *Worker) steerAtStart() {
+	w.sc.since = time.Now()
+	if w.mode != acceptReusePort || w.ep.network != "tcp" || w.JoinReusePort {
+		return // udp:// keeps the kernel's hash: a sender's datagrams stay on one loop
+	}
+	if err := steerGroup(w.listeners[0], len(w.loops)); err != nil {
+		w.logger().Info("herd: cannot steer the SO_REUSEPORT group; after Scale a loop holding several sockets takes a larger share", "err", err)
+		return
+	}
+	w.sc.steered = true
+}
+
+// markChangeLocked starts a new fairness window: the loops serving now,
+// from their counts now. Called with w.mu held.
+func (w *Worker) markChangeLocked() {
+	rows := w.rowsLocked(w.loops, w.departing, w.sc.retired)
+	w.sc.base = w.sc.base[:0]
+	for _, r := range rows[:len(w.loops)] {
+		w.sc.base = append(w.sc.base, fairBase{accepted: r.Accepted, messages: r.MessagesIn})
+	}
+	w.sc.since = time.Now()
 }
 
 // shrink takes the loops numbered n and up away (see Scale).
@@ -81,6 +179,14 @@ func (w *Worker) shrink(ctx context.Context, n int) error {
 	if !w.servingLocked() {
 		w.mu.Unlock()
 		return ErrWorkerClosed
+	}
+	if w.sc.steered {
+		// First, so that the sockets of the loops that leave get nothing
+		// new; what waits in them goes with them to the heirs.
+		if err := steerGroup(w.listeners[0], n); err != nil {
+			w.mu.Unlock()
+			return fmt.Errorf("herd: scale to %d: %w", n, err)
+		}
 	}
 	cur := len(w.loops)
 	leaving := w.loops[n:]
@@ -92,10 +198,15 @@ func (w *Worker) shrink(ctx context.Context, n int) error {
 	if w.disp != nil {
 		w.disp.setLoops(staying)
 	}
+	pos := make(map[int]int, len(w.listeners))
+	for i, fd := range w.listeners {
+		pos[fd] = i
+	}
+	w.markChangeLocked()
 	w.mu.Unlock()
 	w.logger().Info("herd: scaling down", "from", cur, "to", n)
 	for _, l := range leaving {
-		l.post(task{kind: taskFunc, f: func() { l.leave(staying) }})
+		l.post(task{kind: taskFunc, f: func() { l.leave(staying, pos) }})
 	}
 	for i, l := range leaving {
 		select {
@@ -114,7 +225,8 @@ func (w *Worker) shrink(ctx context.Context, n int) error {
 	return nil
 }
 
-// departed forgets a loop that left and has exited.
+// departed forgets a loop that left and has exited; its counters stay in
+// its Index's row.
 func (w *Worker) departed(l *Loop) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -124,6 +236,10 @@ func (w *Worker) departed(l *Loop) {
 			break
 		}
 	}
+	for len(w.sc.retired) <= l.index {
+		w.sc.retired = append(w.sc.retired, LoopStats{Index: len(w.sc.retired)})
+	}
+	w.sc.retired[l.index] = w.sc.retired[l.index].plus(l.stats())
 	if w.state != stateClosed {
 		l.poller.Close() // else teardown closed it
 	}
@@ -143,65 +259,118 @@ func (w *Worker) servingLocked() bool {
 	}
 }
 
-// growLocked starts loops up to n. With ReusePort, the listeners spare
-// (taken back from loops that kept them for loops that left) go to the new
-// ones first; only the missing ones are opened. Called with w.mu held, the
-// worker serving.
-func (w *Worker) growLocked(n int, spare []int) error {
-	cur := len(w.loops)
-	added := make([]*Loop, 0, n-cur)
-	fail := func(err error) error {
+// heldListener is a ReusePort listener taken back from the loop that held
+// it.
+type heldListener struct {
+	fd   int
+	from *Loop
+}
+
+// grow starts loops up to n, or, on any error, leaves everything as it was
+// and returns the error. With ReusePort each new loop gets a socket of the
+// group: steered, loop i gets listeners[i] (kept by a loop that stays since
+// a loop numbered i left) or a new one, which joins the group as number i;
+// else the sockets loops that stay hold beyond their first, then new ones.
+func (w *Worker) grow(n int) error {
+	w.mu.Lock()
+	cur, steered := len(w.loops), w.sc.steered
+	staying := append([]*Loop(nil), w.loops...)
+	listeners := append([]int(nil), w.listeners...)
+	w.mu.Unlock()
+	var (
+		added []*Loop
+		made  []int          // sockets opened, in the order they joined the group
+		taken []heldListener // taken back from loops that stay
+	)
+	undo := func(err error) error {
 		for _, l := range added {
 			l.poller.Close()
 		}
-		// Listeners taken back go to the loops that stay.
-		for i, fd := range spare {
-			l := w.loops[i%cur]
-			w.listenRefs.Add(1)
-			if !l.Post(func() { l.adoptListener(fd) }) {
-				w.listenRefs.Add(-1)
-			}
+		// The last to join leaves first, so that the sockets before it
+		// keep their place in the group (the kernel fills a gap with the
+		// last one).
+		for i := len(made) - 1; i >= 0; i-- {
+			unix.Close(made[i])
 		}
-		return err
+		for _, h := range taken {
+			h.from.giveBack(h.fd)
+		}
+		return fmt.Errorf("herd: scale to %d: %w", n, err)
 	}
 	for i := cur; i < n; i++ {
 		l, err := newLoop(w, i)
 		if err != nil {
-			return fail(err)
+			return undo(err)
 		}
 		added = append(added, l)
-		switch {
-		case w.mode == acceptReusePort:
+	}
+	switch w.mode {
+	case acceptReusePort:
+		pick := func(fd int) bool { return true }
+		if steered {
+			want := make(map[int]bool)
+			for _, fd := range listeners[cur:min(n, len(listeners))] {
+				want[fd] = true
+			}
+			pick = func(fd int) bool { return want[fd] }
+		}
+		taken = w.takeBack(staying, pick)
+		var spare []int
+		for _, h := range taken {
+			spare = append(spare, h.fd)
+		}
+		for i, l := range added {
 			fd := -1
-			if len(spare) > 0 {
+			switch {
+			case steered && cur+i < len(listeners):
+				fd = listeners[cur+i]
+			case !steered && len(spare) > 0:
 				fd, spare = spare[0], spare[1:]
-			} else if fd, err = listen(w.ep, true); err != nil {
-				l.poller.Close()
-				added = added[:len(added)-1]
-				return fail(err)
-			} else {
-				w.listeners = append(w.listeners, fd)
+			default:
+				var err error
+				if fd, err = listen(w.ep, true); err != nil {
+					return undo(err)
+				}
+				made = append(made, fd)
 			}
 			if err := l.addListener(fd, false); err != nil {
-				spare = append(spare, fd)
-				return fail(err)
+				return undo(err)
 			}
-		case w.mode == AcceptShared:
-			if err := l.addListener(w.listeners[0], w.exclusive); err != nil {
-				return fail(err)
+		}
+		if !steered {
+			// More sockets than loops: the new loops watch them too.
+			for i, fd := range spare {
+				if err := added[i%len(added)].addListener(fd, false); err != nil {
+					return undo(err)
+				}
+			}
+		}
+	case AcceptShared:
+		for _, l := range added {
+			if err := l.addListener(listeners[0], w.exclusive); err != nil {
+				return undo(err)
 			}
 		}
 	}
-	// More listeners than loops (a loop that left kept one the kernel
-	// still hashes to): spread them.
-	for i, fd := range spare {
-		l := added[i%len(added)]
-		if err := l.addListener(fd, false); err != nil {
-			w.logger().Warn("herd: scale: watch listener", "loop", l.index, "err", err)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.servingLocked() {
+		return undo(ErrWorkerClosed)
+	}
+	if steered {
+		// Last: from now on the new sockets get connections, and the
+		// loops that watch them are about to run.
+		if err := steerGroup(listeners[0], n); err != nil {
+			return undo(err)
 		}
 	}
+	refs := -len(taken) // a socket taken back keeps the count it had
 	for _, l := range added {
-		w.listenRefs.Add(int32(len(l.accs)))
+		refs += len(l.accs)
+	}
+	w.listenRefs.Add(int32(refs))
+	w.listeners = append(w.listeners, made...)
+	for _, l := range added {
 		w.start(l)
 	}
 	w.loops = append(w.loops, added...)
@@ -210,41 +379,57 @@ func (w *Worker) growLocked(n int, spare []int) error {
 	if w.disp != nil {
 		w.disp.setLoops(w.loops)
 	}
+	w.markChangeLocked()
 	w.logger().Info("herd: scaled up", "from", cur, "to", n)
 	return nil
 }
 
-// reclaimListeners takes back, from each loop holding more than one
-// ReusePort listener, all but its first, and returns them. The sockets stay
-// open meanwhile: what arrives waits in their accept queues.
-func (w *Worker) reclaimListeners() []int {
-	var got []int
-	for _, l := range w.loops {
+// takeBack takes from the loops the ReusePort listeners pick chooses among
+// those each holds beyond its first. The sockets stay open meanwhile: what
+// arrives waits in their accept queues.
+func (w *Worker) takeBack(loops []*Loop, pick func(fd int) bool) []heldListener {
+	var got []heldListener
+	for _, l := range loops {
 		ch := make(chan []int, 1)
-		if !l.Post(func() { ch <- l.releaseListeners(1) }) {
+		if !l.Post(func() { ch <- l.releaseListeners(pick) }) {
 			continue
 		}
-		got = append(got, <-ch...)
+		for _, fd := range <-ch {
+			got = append(got, heldListener{fd: fd, from: l})
+		}
 	}
 	return got
 }
 
-// releaseListeners stops watching all of the loop's listeners but the
-// first keep, and returns their descriptors (still open).
-func (l *Loop) releaseListeners(keep int) []int {
-	if len(l.accs) <= keep {
+// giveBack returns a listener takeBack took, to the loop it came from.
+func (l *Loop) giveBack(fd int) {
+	if !l.Post(func() { l.adoptListener(fd) }) {
+		l.w.releaseListener() // stopped: it counts the socket no more
+	}
+}
+
+// releaseListeners stops watching the listeners beyond the loop's first
+// that pick chooses, and returns their descriptors (still open, and still
+// counted in listenRefs: the loop that takes one over counts it).
+func (l *Loop) releaseListeners(pick func(fd int) bool) []int {
+	if len(l.accs) <= 1 {
 		return nil
 	}
 	var fds []int
-	for _, a := range l.accs[keep:] {
+	keep := l.accs[:1]
+	for _, a := range l.accs[1:] {
+		if !pick(a.fd) {
+			keep = append(keep, a)
+			continue
+		}
 		if !a.resting {
 			l.poller.Delete(a.fd)
 		}
 		fds = append(fds, a.fd)
 		a.fd = -1
-		l.w.listenRefs.Add(-1) // the loop that takes it counts it again
 	}
-	l.accs = l.accs[:keep]
+	clear(l.accs[len(keep):])
+	l.accs = keep
 	return fds
 }
 
@@ -252,7 +437,9 @@ func (l *Loop) releaseListeners(keep int) []int {
 // connections go to the heirs, connections already closing finish here, and
 // the loop exits once they have (as a stopping loop does, without closing
 // anything that is still open).
-func (l *Loop) leave(heirs []*Loop) {
+// A listener goes to the heir its place in the group (pos) picks, so that
+// the sockets spread over the heirs.
+func (l *Loop) leave(heirs []*Loop, pos map[int]int) {
 	if l.draining {
 		return // the worker stops; the stop closes everything
 	}
@@ -269,6 +456,9 @@ func (l *Loop) leave(heirs []*Loop) {
 		fd := a.fd
 		a.fd = -1
 		h := heirs[i%len(heirs)]
+		if p, ok := pos[fd]; ok {
+			h = heirs[p%len(heirs)]
+		}
 		// The listening socket, and its accept queue, pass on whole.
 		if !h.Post(func() { h.adoptListener(fd) }) {
 			l.w.releaseListener()
@@ -344,6 +534,8 @@ func (l *Loop) handOver(c *Conn, to *Loop) {
 	}
 	c.loop.Store(to)
 	c.mu.Unlock()
+	l.movedOut.Add(1)
+	to.movedIn.Add(1)
 	l.conns[c.fd] = nil
 	l.nconns--
 	l.active.Add(-1)

@@ -7,9 +7,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -34,6 +36,9 @@ func migrateReq() string {
 type churn struct {
 	addr     string
 	stop     atomic.Bool
+	pause    atomic.Bool  // short clients wait between connections
+	limit    int64        // if above 0, the short clients make this many connections in all
+	claimed  atomic.Int64 // short connections begun
 	wg       sync.WaitGroup
 	short    atomic.Int64 // short connections completed
 	messages atomic.Int64 // keep-alive lines echoed
@@ -52,12 +57,30 @@ func (ch *churn) fail(err error) {
 }
 
 func startChurn(addr string, short, keepAlive int) *churn {
-	ch := &churn{addr: addr}
+	return startChurnLimit(addr, short, keepAlive, 0)
+}
+
+// startChurnN makes exactly total short connections, conc at a time; end
+// waits for them.
+func startChurnN(addr string, conc, total int) *churn {
+	ch := startChurnLimit(addr, conc, 0, int64(total))
+	ch.wg.Wait()
+	return ch
+}
+
+func startChurnLimit(addr string, short, keepAlive int, limit int64) *churn {
+	ch := &churn{addr: addr, limit: limit}
 	for i := range short {
 		ch.wg.Add(1)
 		go func() {
 			defer ch.wg.Done()
 			for n := 0; !ch.stop.Load(); n++ {
+				for ch.pause.Load() && !ch.stop.Load() {
+					time.Sleep(time.Millisecond)
+				}
+				if ch.limit > 0 && ch.claimed.Add(1) > ch.limit {
+					return
+				}
 				if err := ch.shortConn(fmt.Sprintf("s%d-%d", i, n)); err != nil {
 					ch.fail(err)
 					return
@@ -355,11 +378,18 @@ func naiveReusePortClose(t *testing.T, n int) int {
 	return int(resets.Load())
 }
 
-// TestScaleErrors: a count below one, and Scale on a worker not running.
+// TestScaleErrors: a count below one, Scale before Run (ErrNotRunning),
+// concurrent calls, and Scale after Run (ErrWorkerClosed).
 func TestScaleErrors(t *testing.T) {
 	w := &Worker{Addr: "tcp://127.0.0.1:0", Count: 2}
-	if err := w.Scale(context.Background(), 3); !errors.Is(err, ErrWorkerClosed) {
-		t.Errorf("Scale before Run: %v, want ErrWorkerClosed", err)
+	if err := w.Scale(context.Background(), 3); !errors.Is(err, ErrNotRunning) {
+		t.Errorf("Scale before Run: %v, want ErrNotRunning", err)
+	}
+	if err := w.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Scale(context.Background(), 3); !errors.Is(err, ErrNotRunning) {
+		t.Errorf("Scale after Listen, before Run: %v, want ErrNotRunning", err)
 	}
 	r := startWorker(t, w)
 	waitFor(t, 5*time.Second, "loops", func() bool { return w.Loops() != nil })
@@ -455,4 +485,319 @@ func testPipeScale(t *testing.T, splice bool) {
 		}
 	}
 	t.Logf("short proxied connections %d, keep-alive lines %d", ch.short.Load(), ch.messages.Load())
+}
+
+// TestScaleEvenness: after each Scale sequence, new short connections
+// spread evenly over the loops serving: Jain's index over what each loop
+// accepted after the last change is at least 0.98 with ReusePort (the
+// worker steers its group: one socket per loop serving), as with round
+// robin; and Stats.AcceptFairness measures that same window. No connection
+// fails. Before steering, 4 → 2 gave 21,108 / 7,095 (0.80) and 8 → 3 left
+// one loop with six of the eight sockets.
+func TestScaleEvenness(t *testing.T) {
+	t.Logf("kernel %s, net.ipv4.tcp_migrate_req = %q", kernelRelease(), migrateReq())
+	if want := os.Getenv("HERD_WANT_MIGRATE_REQ"); want != "" && migrateReq() != want {
+		t.Fatalf("tcp_migrate_req is %q, the namespace was to set %q", migrateReq(), want)
+	}
+	const conns = 1200 // per loop serving 300 to 1,200: Jain's expected shortfall under 0.003
+	seqs := [][]int{{4, 2}, {4, 3}, {8, 3}, {2, 8, 2}, {4, 1, 4}}
+	modes := []struct {
+		name      string
+		reusePort bool
+		accept    AcceptMode
+	}{{"reuseport", true, AcceptShared}, {"round-robin", false, AcceptRoundRobin}}
+	var table strings.Builder
+	for _, m := range modes {
+		for _, seq := range seqs {
+			name := fmt.Sprint(seq)
+			t.Run(m.name+"/"+strings.Trim(strings.ReplaceAll(name, " ", "-"), "[]"), func(t *testing.T) {
+				w := &Worker{Addr: "text://127.0.0.1:0", Count: seq[0], ReusePort: m.reusePort, Accept: m.accept, OnMessage: textEcho}
+				r := startWorker(t, w)
+				waitFor(t, 5*time.Second, "loops", func() bool { return w.Loops() != nil })
+				ch := startChurn(r.addr, 0, 20) // keep-alive connections move at each change
+				defer ch.end()
+				waitFor(t, 5*time.Second, "the keep-alive clients", func() bool { return w.Stats().Total().Accepted == 20 })
+				for _, n := range seq[1:] {
+					ctx, cancel := contextWithTimeout(10 * time.Second)
+					err := w.Scale(ctx, n)
+					cancel()
+					if err != nil {
+						t.Fatalf("Scale(%d): %v", n, err)
+					}
+				}
+				before := w.Stats()
+				short := startChurnN(r.addr, 8, conns)
+				for _, err := range short.end() {
+					t.Error(err)
+				}
+				after := w.Stats()
+				n := seq[len(seq)-1]
+				if len(after.Loops) != n {
+					t.Fatalf("%d loops, want %d", len(after.Loops), n)
+				}
+				shares := make([]LoopStats, n)
+				var counts []uint64
+				total := uint64(0)
+				for i := range shares {
+					shares[i].Accepted = after.Loops[i].Accepted - before.Loops[i].Accepted
+					total += shares[i].Accepted
+					counts = append(counts, shares[i].Accepted)
+				}
+				j := jain(shares, func(l LoopStats) uint64 { return l.Accepted })
+				fmt.Fprintf(&table, "%-12s %-10s Jain %.4f (Stats: %.4f) accepted per loop: %v\n", m.name, name, j, after.AcceptFairness, counts)
+				if total != conns {
+					t.Errorf("accepted %d after the change, want %d", total, conns)
+				}
+				if j < 0.98 {
+					t.Errorf("Jain's index %.4f over %v, want at least 0.98", j, counts)
+				}
+				if d := after.AcceptFairness - j; d > 1e-9 || d < -1e-9 {
+					t.Errorf("Stats.AcceptFairness %.4f, want the window since the change: %.4f", after.AcceptFairness, j)
+				}
+				for _, err := range ch.end() {
+					t.Error(err)
+				}
+			})
+		}
+	}
+	t.Logf("new connections after each Scale sequence (%d each):\n%s", conns, table.String())
+}
+
+// TestScaleEvennessMigrateReq runs TestScaleEvenness in a network namespace
+// where tcp_migrate_req is 1.
+func TestScaleEvennessMigrateReq(t *testing.T) {
+	if os.Getenv("HERD_WANT_MIGRATE_REQ") != "" {
+		t.Skip("already inside the namespace")
+	}
+	netnsRun(t, "^TestScaleEvenness$")
+}
+
+// kernelRelease is uname -r.
+func kernelRelease() string {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return "?"
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
+
+// TestScaleOnLoop: Scale called on one of the worker's loops, one that
+// would leave or one that would stay, growing or shrinking, returns
+// ErrScaleOnLoop instead of waiting for itself; the loops are unchanged
+// and serve on. (Before, a leaving loop waited forever.)
+func TestScaleOnLoop(t *testing.T) {
+	w := &Worker{Addr: "text://127.0.0.1:0", Count: 4, ReusePort: true, OnMessage: textEcho}
+	r := startWorker(t, w)
+	var loops []*Loop
+	waitFor(t, 5*time.Second, "loops", func() bool { loops = w.Loops(); return loops != nil })
+	for _, c := range []struct{ loop, n int }{{3, 1}, {0, 1}, {1, 6}} {
+		errc := make(chan error, 1)
+		loops[c.loop].Post(func() { errc <- w.Scale(context.Background(), c.n) })
+		select {
+		case err := <-errc:
+			if !errors.Is(err, ErrScaleOnLoop) {
+				t.Errorf("Scale(%d) on loop %d: %v, want ErrScaleOnLoop", c.n, c.loop, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("Scale(%d) on loop %d has not returned after 10s", c.n, c.loop)
+		}
+	}
+	if n := len(w.Stats().Loops); n != 4 {
+		t.Errorf("%d loops after refused Scales, want 4", n)
+	}
+	c := r.dial(t)
+	echoLine(t, c, bufio.NewReader(c), "still serving")
+	// From another goroutine, as the error says, it works.
+	done := make(chan error, 1)
+	loops[3].Post(func() { go func() { done <- w.Scale(context.Background(), 2) }() })
+	if err := <-done; err != nil {
+		t.Errorf("go w.Scale(ctx, 2) from a loop: %v", err)
+	}
+}
+
+// TestScaleFailedGrow: a grow that runs out of descriptors (a child process
+// with a low RLIMIT_NOFILE) returns the error and leaves the worker as it
+// was: the same loops, every new connection served, the descriptors back
+// to their count before. Before, the sockets opened for the new loops stayed
+// in the group unwatched (36 of 40 new connections hung) and descriptors
+// went from 12 to 147.
+func TestScaleFailedGrow(t *testing.T) {
+	if os.Getenv("HERD_TEST_FAILED_GROW") == "" {
+		execSelf(t)
+		cmd := exec.Command(os.Args[0], "-test.run=^TestScaleFailedGrow$", "-test.v", "-test.count=1")
+		cmd.Env = append(os.Environ(), "HERD_TEST_FAILED_GROW=1")
+		out, err := cmd.CombinedOutput()
+		t.Logf("child:\n%s", out)
+		if err != nil || !strings.Contains(string(out), "--- PASS: TestScaleFailedGrow") {
+			t.Fatalf("child process: %v", err)
+		}
+		return
+	}
+	w := &Worker{Addr: "text://127.0.0.1:0", Count: 4, ReusePort: true, OnMessage: textEcho}
+	r := startWorker(t, w)
+	waitFor(t, 5*time.Second, "loops", func() bool { return w.Loops() != nil })
+	serve := func(n int) {
+		t.Helper()
+		for i := range n {
+			c, err := net.DialTimeout("tcp", r.addr, 5*time.Second)
+			if err != nil {
+				t.Fatalf("dial %d: %v", i, err)
+			}
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			line := fmt.Sprintf("c%d\n", i)
+			c.Write([]byte(line))
+			got, err := bufio.NewReader(c).ReadString('\n')
+			c.Close()
+			if err != nil || got != line {
+				t.Fatalf("connection %d of %d after the failed Scale: got %q, %v", i, n, got, err)
+			}
+		}
+	}
+	serve(4) // the runtime's own descriptors (its poller) are open now
+	waitFor(t, 5*time.Second, "the server to close", func() bool { return w.Stats().Total().Closed == 4 })
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	// failGrow scales to n with room for extra more descriptors, and
+	// checks that it failed with EMFILE and changed nothing.
+	failGrow := func(n, extra int) {
+		t.Helper()
+		before, loops := countFDs(t), len(w.Stats().Loops)
+		low := lim
+		low.Cur = uint64(before + extra)
+		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &low); err != nil {
+			t.Fatal(err)
+		}
+		err := w.Scale(context.Background(), n)
+		unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
+		if !errors.Is(err, unix.EMFILE) {
+			t.Fatalf("Scale(%d) with room for %d descriptors: %v, want EMFILE", n, extra, err)
+		}
+		t.Logf("Scale(%d) with room for %d descriptors: %v", n, extra, err)
+		if got := len(w.Stats().Loops); got != loops {
+			t.Errorf("after the failed Scale: %d loops, want %d", got, loops)
+		}
+		if got := countFDs(t); got != before {
+			t.Errorf("%d descriptors after the failed Scale, %d before", got, before)
+		}
+		serve(200)
+	}
+	failGrow(1000, 30) // fails making the new loops' pollers
+	// A loop costs its poller's descriptors and a socket of the group:
+	// measured on a grow that works, then a grow with room for the
+	// pollers of 10 loops and 5 sockets fails making the sixth socket.
+	before := countFDs(t)
+	if err := w.Scale(context.Background(), 5); err != nil {
+		t.Fatalf("Scale(5): %v", err)
+	}
+	pollerFDs := countFDs(t) - before - 1
+	t.Logf("a loop's poller holds %d descriptors", pollerFDs)
+	failGrow(15, 10*pollerFDs+5)
+	if err := w.Scale(context.Background(), 6); err != nil {
+		t.Fatalf("Scale(6) after: %v", err)
+	}
+	serve(200)
+	if s := w.Stats(); s.Total().Accepted != 604 || s.LoopsAdded != 2 {
+		t.Errorf("accepted %d, loops added %d; want 604, 2", s.Total().Accepted, s.LoopsAdded)
+	}
+}
+
+// TestScaleCounters: 20 random Scale steps in each listen mode while
+// clients churn. Between steps: each loop's row adds up, Accepted + Dialed
+// + MovedIn = Active + Closed + MovedOut (once the short clients pause and
+// the server has closed their connections), and no counter of the worker's
+// totals, or of any row, ever goes down. Before, a loop that closed
+// connections handed over to it showed more closed than accepted, and the
+// counters of loops that left vanished from the totals.
+func TestScaleCounters(t *testing.T) {
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 1))
+	for _, m := range listenModes {
+		t.Run(m.name, func(t *testing.T) {
+			w := &Worker{Addr: "text://127.0.0.1:0", Count: 3, ReusePort: m.reusePort, Accept: m.accept, OnMessage: textEcho}
+			r := startWorker(t, w)
+			ch := startChurn(r.addr, 8, 20)
+			defer ch.end()
+			waitFor(t, 5*time.Second, "traffic", func() bool { return ch.messages.Load() > 200 })
+			prev := w.Stats()
+			moved := uint64(0)
+			for step := range 20 {
+				n := 1 + rng.IntN(6)
+				ctx, cancel := contextWithTimeout(10 * time.Second)
+				err := w.Scale(ctx, n)
+				cancel()
+				if err != nil {
+					t.Fatalf("step %d: Scale(%d): %v", step, n, err)
+				}
+				short := ch.short.Load()
+				waitFor(t, 5*time.Second, "short connections after Scale", func() bool { return ch.short.Load() > short+20 })
+				ch.pause.Store(true)
+				var s Stats
+				adds := func() bool {
+					s = w.Stats()
+					if s.Total().Active != 20 {
+						return false // a short connection still closing
+					}
+					for _, l := range append(s.Loops, s.Departed...) {
+						if l.Accepted+l.Dialed+l.MovedIn != uint64(l.Active)+l.Closed+l.MovedOut {
+							return false
+						}
+					}
+					return true
+				}
+				deadline := time.Now().Add(5 * time.Second)
+				for !adds() && time.Now().Before(deadline) {
+					time.Sleep(5 * time.Millisecond)
+				}
+				if !adds() {
+					t.Fatalf("step %d (Scale(%d)): the rows do not add up (Accepted + Dialed + MovedIn = Active + Closed + MovedOut), or more than the 20 keep-alive connections are open:\n%+v", step, n, append(s.Loops, s.Departed...))
+				}
+				ch.pause.Store(false)
+				if len(s.Loops) != n {
+					t.Fatalf("step %d: %d loops, want %d", step, len(s.Loops), n)
+				}
+				notLess(t, fmt.Sprintf("step %d: worker total", step), prev.Total(), s.Total())
+				rows := append(s.Loops, s.Departed...)
+				for _, p := range append(prev.Loops, prev.Departed...) {
+					found := false
+					for _, l := range rows {
+						if l.Index == p.Index {
+							found = true
+							notLess(t, fmt.Sprintf("step %d: loop %d", step, l.Index), p, l)
+						}
+					}
+					if !found && p != (LoopStats{Index: p.Index, Running: p.Running}) {
+						t.Errorf("step %d: the row of loop %d is gone", step, p.Index)
+					}
+				}
+				moved = s.Total().MovedIn
+				prev = s
+			}
+			for _, err := range ch.end() {
+				t.Error(err)
+			}
+			if tot := prev.Total(); tot.MovedIn != tot.MovedOut || moved == 0 {
+				t.Errorf("moved in %d, moved out %d: want equal, and above 0", tot.MovedIn, tot.MovedOut)
+			}
+			t.Logf("after 20 steps:\n%v", prev)
+		})
+	}
+}
+
+// notLess fails if a counter of now is below the same counter of was.
+func notLess(t *testing.T, what string, was, now LoopStats) {
+	t.Helper()
+	a, b := reflect.ValueOf(was), reflect.ValueOf(now)
+	for i := range a.NumField() {
+		name := a.Type().Field(i).Name
+		switch name {
+		case "Index", "Active", "SendQueueBytes":
+			continue // not counters
+		}
+		if a.Field(i).Convert(reflect.TypeFor[int64]()).Int() > b.Field(i).Convert(reflect.TypeFor[int64]()).Int() {
+			t.Errorf("%s: %s went down from %v to %v", what, name, a.Field(i), b.Field(i))
+		}
+	}
 }

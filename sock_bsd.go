@@ -7,6 +7,7 @@ package herd
 // sock_darwin.go and sock_freebsd.go.
 
 import (
+	"errors"
 	"net"
 	"os"
 	"runtime"
@@ -138,3 +139,7 @@ func sysConnect(fd int, sa unix.Sockaddr) error { return unix.Connect(fd, sa) }
 
 // sendMore is a write: these systems have no MSG_MORE.
 func sendMore(fd int, b []byte) (int, error) { return sysWrite(fd, b) }
+
+// steerGroup: these kernels take no program to choose a group's socket
+// (FreeBSD's SO_REUSEPORT_LB hashes); Scale then hands sockets out instead.
+func steerGroup(fd, n int) error { return errors.ErrUnsupported }

@@ -262,3 +262,22 @@ func sysConnect(fd int, sa unix.Sockaddr) error {
 	}
 	return nil
 }
+
+// The ancillary load of a random number in classic BPF (linux/filter.h's
+// SKF_AD_OFF + SKF_AD_RANDOM), which x/sys does not define.
+const skfAdRandom = 0xfffff000 + 56
+
+// steerGroup has the kernel hand each new connection of fd's SO_REUSEPORT
+// group to one of the group's first n sockets, at random (the program
+// returns an index into the group, whose sockets are in the order they
+// started listening). Sockets past n get nothing new but keep what waits in
+// their queues. Linux 4.5+; attaching again replaces the program.
+func steerGroup(fd, n int) error {
+	prog := []unix.SockFilter{
+		{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: skfAdRandom},
+		{Code: unix.BPF_ALU | unix.BPF_MOD | unix.BPF_K, K: uint32(n)},
+		{Code: unix.BPF_RET | unix.BPF_A},
+	}
+	err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF, &unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]})
+	return os.NewSyscallError("setsockopt SO_ATTACH_REUSEPORT_CBPF", err)
+}

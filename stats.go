@@ -16,8 +16,17 @@ type Stats struct {
 	Mode string
 	// Loops are the loops serving now, by Index (Scale adds and takes
 	// away the highest-numbered ones; a loop keeps its Index while it
-	// lives).
+	// lives). A row counts since Run started for its Index, over every
+	// loop that has had it: a loop that Scale adds again under an Index
+	// goes on from where the last one stopped, so no counter goes back.
 	Loops []LoopStats
+	// Departed are the rows of Indexes no loop has now (Scale took them
+	// away), as the last loop with each left them: with Loops, they make
+	// the worker's totals (Total), which never decrease.
+	Departed []LoopStats
+	// Since is when the loops last changed (Run or Scale): the start of the
+	// window AcceptFairness and MessageFairness measure.
+	Since time.Time
 	// LoopsAdded and LoopsRemoved count the loops Scale started and took
 	// away since Run started.
 	LoopsAdded, LoopsRemoved uint64
@@ -27,9 +36,10 @@ type Stats struct {
 	// DispatcherEmptyAccepts counts the dispatcher's wake-ups that found no
 	// connection (dispatch modes only).
 	DispatcherEmptyAccepts uint64
-	// AcceptFairness and MessageFairness are Jain's index over the loops'
-	// accepted connections and messages: 1 when all loops have the same
-	// share, 1/Count when one loop has everything.
+	// AcceptFairness and MessageFairness are Jain's index over the loops
+	// serving now of the connections they accepted and the messages they
+	// received since Since: 1 when all loops have the same share, 1/Count
+	// when one loop has everything. Connections Scale moved do not count.
 	AcceptFairness  float64
 	MessageFairness float64
 }
@@ -43,9 +53,12 @@ type LoopStats struct {
 	Dialed, DialFailed uint64
 	// Active counts the connections open now, accepted and dialed (those
 	// still connecting too); Closed those that closed, failed dials
-	// included: Accepted + Dialed = Active + Closed.
-	Active int64
-	Closed uint64
+	// included. MovedIn counts the open connections Scale handed to this
+	// loop from a loop that left, MovedOut those it handed on when it
+	// left: Accepted + Dialed + MovedIn = Active + Closed + MovedOut.
+	Active            int64
+	Closed            uint64
+	MovedIn, MovedOut uint64
 	// MessagesIn counts messages given to OnMessage (reads, without a
 	// protocol).
 	MessagesIn uint64
@@ -108,6 +121,109 @@ func (l LoopStats) BusyPercent() float64 {
 	return 100 * float64(l.Busy) / float64(l.Running)
 }
 
+// Total is the worker's totals since Run started: the sums of Loops and
+// Departed (Index is -1). Its counters never decrease, whatever Scale does.
+func (s Stats) Total() LoopStats {
+	t := LoopStats{Index: -1}
+	for _, l := range s.Loops {
+		t = t.plus(l)
+	}
+	for _, l := range s.Departed {
+		t = t.plus(l)
+	}
+	return t
+}
+
+// plus adds o's counters to l's (l's Index stays).
+func (l LoopStats) plus(o LoopStats) LoopStats {
+	l.Accepted += o.Accepted
+	l.Dialed += o.Dialed
+	l.DialFailed += o.DialFailed
+	l.Active += o.Active
+	l.Closed += o.Closed
+	l.MovedIn += o.MovedIn
+	l.MovedOut += o.MovedOut
+	l.MessagesIn += o.MessagesIn
+	l.BytesIn += o.BytesIn
+	l.BytesOut += o.BytesOut
+	l.Wakeups += o.Wakeups
+	l.EmptyAccepts += o.EmptyAccepts
+	l.SendQueueBytes += o.SendQueueBytes
+	l.Dropped += o.Dropped
+	l.DroppedFull += o.DroppedFull
+	l.Oversize += o.Oversize
+	l.KernelDrops += o.KernelDrops
+	l.Spliced += o.Spliced
+	l.TLSHandshakes += o.TLSHandshakes
+	l.TLSFailed += o.TLSFailed
+	l.Busy += o.Busy
+	l.Running += o.Running
+	l.ThreadSwitches += o.ThreadSwitches
+	return l
+}
+
+// Stats returns a snapshot of the worker's counters. Safe from any
+// goroutine, cheap enough to call often.
+func (w *Worker) Stats() Stats {
+	w.mu.Lock()
+	loops, departing, mode, disp := w.loops, append([]*Loop(nil), w.departing...), w.mode, w.disp
+	retired := append([]LoopStats(nil), w.sc.retired...)
+	base, since := append([]fairBase(nil), w.sc.base...), w.sc.since
+	// Read under w.mu: a loop that exits moves from departing to retired
+	// under it, so it is counted once.
+	rows := w.rowsLocked(loops, departing, retired)
+	w.mu.Unlock()
+	s := Stats{Name: w.Name, Mode: mode.String(), Loops: rows[:len(loops)], Since: since, Rejected: w.rejected.Load(),
+		LoopsAdded: w.loopsAdded.Load(), LoopsRemoved: w.loopsRemoved.Load()}
+	for _, r := range rows[len(loops):] {
+		if r != (LoopStats{Index: r.Index}) {
+			s.Departed = append(s.Departed, r)
+		}
+	}
+	if disp != nil {
+		s.DispatcherEmptyAccepts = disp.emptyAccepts.Load()
+	}
+	window := make([]LoopStats, len(s.Loops))
+	for i, l := range s.Loops {
+		window[i] = LoopStats{Accepted: l.Accepted, MessagesIn: l.MessagesIn}
+		if i < len(base) {
+			window[i].Accepted -= min(base[i].accepted, l.Accepted)
+			window[i].MessagesIn -= min(base[i].messages, l.MessagesIn)
+		}
+	}
+	s.AcceptFairness = jain(window, func(l LoopStats) uint64 { return l.Accepted })
+	s.MessageFairness = jain(window, func(l LoopStats) uint64 { return l.MessagesIn })
+	return s
+}
+
+// rowsLocked is one row per Index, from 0 to the highest any loop has had:
+// the loops serving now (the first len(loops)), those that left and are
+// still finishing, and what those that exited left (retired). Called with
+// w.mu held.
+func (w *Worker) rowsLocked(loops, departing []*Loop, retired []LoopStats) []LoopStats {
+	n := max(len(loops), len(retired))
+	for _, l := range departing {
+		n = max(n, l.index+1)
+	}
+	rows := make([]LoopStats, n)
+	for i := range rows {
+		rows[i].Index = i
+		if i < len(retired) {
+			rows[i] = retired[i]
+		}
+	}
+	for _, l := range departing {
+		rows[l.index] = rows[l.index].plus(l.stats())
+	}
+	for _, l := range loops {
+		rows[l.index] = rows[l.index].plus(l.stats())
+	}
+	return rows
+}
+
+// fairBase is where a row's counters stood when the loops last changed.
+type fairBase struct{ accepted, messages uint64 }
+
 // jain is Jain's fairness index (Σx)² / (n·Σx²) of one counter over loops.
 func jain(loops []LoopStats, x func(LoopStats) uint64) float64 {
 	var sum, sq float64
@@ -125,11 +241,11 @@ func jain(loops []LoopStats, x func(LoopStats) uint64) float64 {
 // String renders the stats as a table, one row per loop.
 func (s Stats) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "worker %q mode=%s loops=%d (+%d -%d) rejected=%d fairness: accepted=%.3f messages=%.3f\n",
-		s.Name, s.Mode, len(s.Loops), s.LoopsAdded, s.LoopsRemoved, s.Rejected, s.AcceptFairness, s.MessageFairness)
+	fmt.Fprintf(&b, "worker %q mode=%s loops=%d (+%d -%d) rejected=%d fairness since %s: accepted=%.3f messages=%.3f\n",
+		s.Name, s.Mode, len(s.Loops), s.LoopsAdded, s.LoopsRemoved, s.Rejected, s.Since.Format(time.TimeOnly), s.AcceptFairness, s.MessageFairness)
 	fmt.Fprintf(&b, "%4s %9s %7s %9s %11s %12s %12s %9s %8s %9s %8s %9s %9s %6s\n",
 		"loop", "accepted", "active", "closed", "messages", "bytes-in", "bytes-out", "wakeups", "empty-acc", "queued", "dropped", "drop-full", "switches", "busy%")
-	for _, l := range s.Loops {
+	for _, l := range append(s.Loops, s.Departed...) {
 		fmt.Fprintf(&b, "%4d %9d %7d %9d %11d %12d %12d %9d %8d %9d %8d %9d %9d %6.1f\n",
 			l.Index, l.Accepted, l.Active, l.Closed, l.MessagesIn, l.BytesIn, l.BytesOut, l.Wakeups, l.EmptyAccepts, l.SendQueueBytes, l.Dropped, l.DroppedFull, l.ThreadSwitches, l.BusyPercent())
 	}
@@ -147,6 +263,8 @@ func (l *Loop) stats() LoopStats {
 		DialFailed:     l.dialFailed.Load(),
 		Active:         l.active.Load(),
 		Closed:         l.closedConns.Load(),
+		MovedIn:        l.movedIn.Load(),
+		MovedOut:       l.movedOut.Load(),
 		MessagesIn:     l.messagesIn.Load(),
 		BytesIn:        l.bytesIn.Load(),
 		BytesOut:       l.bytesOut.Load(),

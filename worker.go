@@ -76,6 +76,14 @@ type Worker struct {
 	// back to AcceptShared and logs it once. It is a listen mode of its
 	// own: with Accept set to anything but AcceptShared, Run fails.
 	ReusePort bool
+	// JoinReusePort lets a ReusePort worker join a SO_REUSEPORT group that
+	// another process (or another Worker) already listens in, and then
+	// leaves the choice of socket to the kernel's hash. Without it, Listen
+	// refuses a port someone else listens on, so that a second instance
+	// started by mistake does not take half of the connections. Set it in
+	// every process sharing the port on purpose. Sockets handed over by an
+	// upgrade or by systemd are this worker's own either way.
+	JoinReusePort bool
 	// Accept chooses how connections reach loops without ReusePort.
 	Accept AcceptMode
 	// LockOSThread runs each loop on an OS thread of its own
@@ -196,6 +204,7 @@ type Worker struct {
 	departing                []*Loop    // left by Scale, not yet exited
 	running                  sync.WaitGroup
 	scaleMu                  sync.Mutex // serializes Scale
+	sc                       scaleState
 	disp                     *dispatcher
 	stopping                 chan struct{} // closed by Shutdown
 	done                     chan struct{} // closed when Run has stopped everything
@@ -288,6 +297,11 @@ func (w *Worker) Listen() error {
 			return err
 		}
 		ep.sa = sa
+	}
+	if len(w.listeners) == 0 && w.mode == acceptReusePort && !w.JoinReusePort {
+		if err := probeOwner(ep); err != nil {
+			return err
+		}
 	}
 	for i := len(w.listeners); i < n; i++ {
 		fd, err := listen(ep, w.mode == acceptReusePort)
@@ -544,6 +558,7 @@ func (w *Worker) startLoops() error {
 		refs++
 	}
 	w.listenRefs.Store(refs)
+	w.steerAtStart()
 	for _, l := range w.loops {
 		w.start(l)
 	}
@@ -563,6 +578,7 @@ func (w *Worker) start(l *Loop) {
 	w.running.Add(1)
 	go func() {
 		defer w.running.Done()
+		defer w.sc.onGoroutine(l)()
 		l.run()
 	}()
 }
@@ -659,25 +675,6 @@ func (w *Worker) Loops() []*Loop {
 		return nil
 	}
 	return append([]*Loop(nil), w.loops...)
-}
-
-// Stats returns a snapshot of the worker's counters. Safe from any
-// goroutine, cheap enough to call often.
-func (w *Worker) Stats() Stats {
-	w.mu.Lock()
-	loops, mode, disp := w.loops, w.mode, w.disp
-	w.mu.Unlock()
-	s := Stats{Name: w.Name, Mode: mode.String(), Loops: make([]LoopStats, len(loops)), Rejected: w.rejected.Load(),
-		LoopsAdded: w.loopsAdded.Load(), LoopsRemoved: w.loopsRemoved.Load()}
-	for i, l := range loops {
-		s.Loops[i] = l.stats()
-	}
-	if disp != nil {
-		s.DispatcherEmptyAccepts = disp.emptyAccepts.Load()
-	}
-	s.AcceptFairness = jain(s.Loops, func(l LoopStats) uint64 { return l.Accepted })
-	s.MessageFairness = jain(s.Loops, func(l LoopStats) uint64 { return l.MessagesIn })
-	return s
 }
 
 // highWater and lowWater are the send-queue marks of Backpressure.
