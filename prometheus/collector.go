@@ -26,6 +26,10 @@
 //	herd_loop_connections_dialed_total     counter: outbound connections (Loop.Dial)
 //	herd_loop_dial_failures_total          counter: outbound connections that never connected
 //	herd_loop_spliced_bytes_total          counter: bytes Pipe moved with splice(2)
+//	herd_loop_connections_moved_in_total   counter: open connections Scale handed to the loop
+//	herd_loop_connections_moved_out_total  counter: open connections the loop handed on when it left
+//
+// Per loop, accepted + dialed + moved in = active + closed + moved out.
 //
 // A balancer's per-backend figures have a collector of their own,
 // BalancerCollector.
@@ -36,10 +40,15 @@
 // herd_worker_accept_fairness and herd_worker_message_fairness (Jain's
 // index over the loops, 1 when even).
 //
-// A loop keeps its loop label while it lives, and Scale takes the
-// highest-numbered loops away: after a shrink their series stop, and a
-// loop added later under the same number starts its counters from zero,
-// which Prometheus's rate() reads as a counter reset.
+// Scale takes the highest-numbered loops away and adds loops numbered from
+// the count up. A loop label's series counts for every loop that has had
+// that number (herd.Stats' rows): after a shrink the series of a number no
+// loop has now stay, at the values the last loop left them, and a loop
+// added later under that number goes on from there. No _total series ever
+// decreases, so rate() sees no counter reset, and sums over the loop label
+// are the worker's totals. herd_worker_accept_fairness and
+// herd_worker_message_fairness cover the loops serving now, since the last
+// change.
 package prometheus
 
 import (
@@ -79,15 +88,17 @@ var (
 	descDialed     = prometheus.NewDesc("herd_loop_connections_dialed_total", "Outbound connections the loop dialed (Loop.Dial).", loopLabels, nil)
 	descDialFailed = prometheus.NewDesc("herd_loop_dial_failures_total", "Outbound connections that never connected.", loopLabels, nil)
 	descSpliced    = prometheus.NewDesc("herd_loop_spliced_bytes_total", "Bytes Pipe moved with splice(2).", loopLabels, nil)
+	descMovedIn    = prometheus.NewDesc("herd_loop_connections_moved_in_total", "Open connections Scale handed to the loop from a loop that left.", loopLabels, nil)
+	descMovedOut   = prometheus.NewDesc("herd_loop_connections_moved_out_total", "Open connections the loop handed on when Scale took it away.", loopLabels, nil)
 	descOversize   = prometheus.NewDesc("herd_loop_oversize_datagrams_total", "Datagrams (udp://) dropped on receipt: over MaxPackageSize, or not one whole message.", loopLabels, nil)
 	descKernelDrop = prometheus.NewDesc("herd_loop_kernel_dropped_datagrams_total", "Datagrams (udp://) the kernel dropped because the socket's receive buffer was full (Linux only).", loopLabels, nil)
 	descLoops      = prometheus.NewDesc("herd_worker_loops", "Event loops serving now.", workerLabels, nil)
 	descAdded      = prometheus.NewDesc("herd_worker_loops_added_total", "Loops Scale started.", workerLabels, nil)
 	descRemoved    = prometheus.NewDesc("herd_worker_loops_removed_total", "Loops Scale took away.", workerLabels, nil)
 	descRejected   = prometheus.NewDesc("herd_worker_connections_rejected_total", "Connections closed at once because MaxConns was reached.", workerLabels, nil)
-	descAccFair    = prometheus.NewDesc("herd_worker_accept_fairness", "Jain's index of accepted connections over the loops (1: even).", workerLabels, nil)
-	descMsgFair    = prometheus.NewDesc("herd_worker_message_fairness", "Jain's index of messages over the loops (1: even).", workerLabels, nil)
-	allDescs       = []*prometheus.Desc{descAccepted, descClosed, descActive, descMessages, descBytesIn, descBytesOut, descWakeups, descEmpty, descQueued, descDropped, descBusy, descOversize, descKernelDrop, descDialed, descDialFailed, descSpliced, descLoops, descAdded, descRemoved, descRejected, descAccFair, descMsgFair}
+	descAccFair    = prometheus.NewDesc("herd_worker_accept_fairness", "Jain's index of accepted connections over the loops serving, since the last Scale (1: even).", workerLabels, nil)
+	descMsgFair    = prometheus.NewDesc("herd_worker_message_fairness", "Jain's index of messages over the loops serving, since the last Scale (1: even).", workerLabels, nil)
+	allDescs       = []*prometheus.Desc{descAccepted, descClosed, descActive, descMessages, descBytesIn, descBytesOut, descWakeups, descEmpty, descQueued, descDropped, descBusy, descOversize, descKernelDrop, descDialed, descDialFailed, descSpliced, descMovedIn, descMovedOut, descLoops, descAdded, descRemoved, descRejected, descAccFair, descMsgFair}
 	counter, gauge = prometheus.CounterValue, prometheus.GaugeValue
 )
 
@@ -102,7 +113,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for _, w := range c.workers {
 		s := w.Stats()
-		for _, l := range s.Loops {
+		for _, l := range append(s.Loops, s.Departed...) {
 			loop := strconv.Itoa(l.Index)
 			m := func(d *prometheus.Desc, t prometheus.ValueType, v float64, extra ...string) {
 				ch <- prometheus.MustNewConstMetric(d, t, v, append([]string{s.Name, loop}, extra...)...)
@@ -124,6 +135,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			m(descDialed, counter, float64(l.Dialed))
 			m(descDialFailed, counter, float64(l.DialFailed))
 			m(descSpliced, counter, float64(l.Spliced))
+			m(descMovedIn, counter, float64(l.MovedIn))
+			m(descMovedOut, counter, float64(l.MovedOut))
 		}
 		ch <- prometheus.MustNewConstMetric(descLoops, gauge, float64(len(s.Loops)), s.Name)
 		ch <- prometheus.MustNewConstMetric(descAdded, counter, float64(s.LoopsAdded), s.Name)

@@ -5,7 +5,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/seed358e4494/herd"
 	"github.com/seed358e4494/herd/internal/herdtest"
@@ -179,8 +182,9 @@ func TestCollectorUnderTraffic(t *testing.T) {
 	t.Logf("%d scrapes while %d messages were echoed", scrapes.Load(), sent.Load())
 }
 
-// Scale changes the set of loop series, and the worker's loop figures say
-// what happened: 1 → 3 → 2 leaves loops 0 and 1, two added, one removed.
+// Scale changes the set of loops, and the worker's loop figures say what
+// happened: 1 → 3 → 2 leaves loops 0 and 1, two added, one removed; loop
+// 2's series stay, at what it left.
 func TestCollectorScale(t *testing.T) {
 	w, addr := echoWorker(t, "echo")
 	herdtest.WaitFor(t, "the worker running", func() bool { return w.Loops() != nil })
@@ -206,7 +210,124 @@ herd_worker_loops_removed_total{worker="echo"} 1
 	if err := testutil.CollectAndCompare(NewCollector(w), strings.NewReader(want), "herd_worker_loops", "herd_worker_loops_added_total", "herd_worker_loops_removed_total"); err != nil {
 		t.Fatal(err)
 	}
-	if n := testutil.CollectAndCount(NewCollector(w), "herd_loop_busy_seconds_total"); n != 2 {
-		t.Errorf("%d busy series after Scale to 2, want 2", n)
+	if n := testutil.CollectAndCount(NewCollector(w), "herd_loop_busy_seconds_total"); n != 3 {
+		t.Errorf("%d busy series after 1 → 3 → 2, want 3 (loop 2's stays)", n)
+	}
+}
+
+// 20 random Scale steps of a ReusePort worker while clients churn, the
+// collector scraped between steps: no _total series ever decreases or
+// disappears, and each loop's series add up once the clients are done.
+// Before, the series of a loop that left vanished and a loop added again
+// under its number started from zero: a counter reset to rate().
+func TestCollectorMonotonicAcrossScale(t *testing.T) {
+	w := &herd.Worker{Name: "scaled", Addr: "text://127.0.0.1:0", Count: 3, ReusePort: true, Logger: slog.New(slog.DiscardHandler),
+		OnMessage: func(c *herd.Conn, msg []byte) { c.Send(msg) }}
+	addr := herdtest.Run(t, w)
+	herdtest.WaitFor(t, "the worker running", func() bool { return w.Loops() != nil })
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewCollector(w))
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				if err := script(addr, 1, 3); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	scrape := func() map[string]float64 {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]float64{}
+		for _, mf := range mfs {
+			if !strings.HasSuffix(mf.GetName(), "_total") {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				key := mf.GetName()
+				for _, lp := range m.GetLabel() {
+					key += "," + lp.GetName() + "=" + lp.GetValue()
+				}
+				got[key] = m.GetCounter().GetValue()
+			}
+		}
+		return got
+	}
+	prev := scrape()
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 2))
+	steps := []int{}
+	for step := range 20 {
+		n := 1 + rng.IntN(6)
+		steps = append(steps, n)
+		if err := w.Scale(context.Background(), n); err != nil {
+			t.Fatalf("Scale(%d): %v", n, err)
+		}
+		time.Sleep(20 * time.Millisecond) // traffic on the new loops
+		now := scrape()
+		for k, v := range prev {
+			if nv, ok := now[k]; !ok {
+				t.Errorf("step %d (Scale(%d)): series %s is gone (was %v)", step, n, k, v)
+			} else if nv < v {
+				t.Errorf("step %d (Scale(%d)): %s went down from %v to %v", step, n, k, v, nv)
+			}
+		}
+		prev = now
+	}
+	cancel()
+	wg.Wait()
+	t.Logf("steps %v", steps)
+	herdtest.WaitFor(t, "the server to close every connection", func() bool { return w.Stats().Total().Active == 0 })
+	expected := map[string]float64{}
+	s := w.Stats()
+	for _, l := range append(s.Loops, s.Departed...) {
+		loop := fmt.Sprint(l.Index)
+		in := testutil.ToFloat64(loopCounter(w, "herd_loop_connections_accepted_total", loop)) + testutil.ToFloat64(loopCounter(w, "herd_loop_connections_moved_in_total", loop))
+		out := testutil.ToFloat64(loopCounter(w, "herd_loop_connections_closed_total", loop)) + testutil.ToFloat64(loopCounter(w, "herd_loop_connections_moved_out_total", loop))
+		if in != out {
+			t.Errorf("loop %s: accepted + moved in = %v, closed + moved out = %v", loop, in, out)
+		}
+		expected[loop] = in
+	}
+	if len(expected) != max(slices.Max(steps), 3) {
+		t.Errorf("%d loop rows, want one per number ever used (%d)", len(expected), max(slices.Max(steps), 3))
+	}
+}
+
+// loopCounter is a collector of one series of the worker's collector: name
+// for loop.
+func loopCounter(w *herd.Worker, name, loop string) prometheus.Collector {
+	return filtered{NewCollector(w), name, loop}
+}
+
+type filtered struct {
+	c          *Collector
+	name, loop string
+}
+
+func (f filtered) Describe(ch chan<- *prometheus.Desc) { f.c.Describe(ch) }
+
+func (f filtered) Collect(ch chan<- prometheus.Metric) {
+	all := make(chan prometheus.Metric, 1024)
+	f.c.Collect(all)
+	close(all)
+	for m := range all {
+		if !strings.Contains(m.Desc().String(), `"`+f.name+`"`) {
+			continue
+		}
+		var pb dto.Metric
+		m.Write(&pb)
+		for _, lp := range pb.GetLabel() {
+			if lp.GetName() == "loop" && lp.GetValue() == f.loop {
+				ch <- m
+			}
+		}
 	}
 }
