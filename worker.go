@@ -60,7 +60,8 @@ type Worker struct {
 	// An empty host (tcp://:9000) listens on every IPv4 address; use
 	// tcp://[::]:9000 for IPv6. Port 0 picks a free port; ListenAddr tells
 	// which. A unix socket file left by a dead process is replaced; one a
-	// live process listens on is an error.
+	// live process listens on is an error. An address without a scheme
+	// (host:port) is tcp://.
 	Addr string
 	// Protocol cuts the stream into messages: one of your own (the built-in
 	// ones have their schemes, text:// and frame://, as in Workerman), on a
@@ -108,7 +109,8 @@ type Worker struct {
 	// bound, and nothing is dropped.
 	Backpressure bool
 	// IdleTimeout closes (with Close) connections that have sent nothing
-	// for this long, and aborts closing connections whose queue has not
+	// for this long (resets those piped in mid-stream, see Pipe), and
+	// aborts closing connections whose queue has not
 	// moved for as long. A held connection (Conn.Hold) is not idle while
 	// its reply is being made; it is aborted only if that reply is queued
 	// and its peer has taken nothing of it for IdleTimeout. Zero means
@@ -227,6 +229,7 @@ type Worker struct {
 	maxPkg                   int
 	maxSend                  int
 	stopGrace                time.Duration
+	claimedBy                string // who Claim gave the connections to
 }
 
 type workerState int
@@ -331,6 +334,9 @@ func (w *Worker) Listen() error {
 func (w *Worker) configure() error {
 	ep, err := parseAddr(w.Addr)
 	if err != nil {
+		return err
+	}
+	if err := w.checkShape(ep); err != nil {
 		return err
 	}
 	w.ep = ep

@@ -114,9 +114,13 @@ type HealthCheck struct {
 	EjectFor time.Duration
 }
 
-// Attach makes w a balancer: it sets w's OnConnect (and runs
-// the active checks on w's loop 0, from OnWorkerStart to OnWorkerStop,
-// wrapping those callbacks if w has them). It checks the configuration:
+// Attach makes w a balancer: each connection w accepts is handed to the
+// balancer before w's OnConnect, which stays the application's, as
+// OnClose does; the active checks run on w's loop 0, from OnWorkerStart
+// to OnWorkerStop (chained, the application's too). Attach fails, naming
+// the field, where herd.Worker.Claim does (a udp:// worker, a Protocol,
+// OnMessage or OnPacket set, another server attached already: the
+// balancer reads every connection). It checks the configuration:
 // every backend address is parsed (a port must be a port: 1 to 65535, or
 // a service name) and, unless ResolveLater, its host name looked up, so
 // that a mistake fails here rather than every client later.
@@ -176,10 +180,20 @@ func (b *Balancer) Attach(w *herd.Worker) error {
 			}
 		}
 	}
+	if err := w.Claim("balancer.Balancer"); err != nil {
+		return fmt.Errorf("balancer: %w", err)
+	}
 	b.ctx, b.stop = context.WithCancel(context.Background())
 	b.attached = true
 
-	w.OnConnect = b.onConnect
+	if app := w.OnConnect; app != nil {
+		w.OnConnect = func(c *herd.Conn) {
+			b.onConnect(c)
+			app(c)
+		}
+	} else {
+		w.OnConnect = b.onConnect
+	}
 	start, stop := w.OnWorkerStart, w.OnWorkerStop
 	w.OnWorkerStart = func(l *herd.Loop) {
 		if start != nil {

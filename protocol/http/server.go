@@ -89,19 +89,14 @@ var (
 // application's, as w.OnClose does (for bookkeeping: counting, a
 // registry); and w.OnWorkerStart is chained (s's part runs first) to start
 // one timeout sweep per loop. The server takes each connection's raw
-// stream, so Attach fails if w.Protocol is set, or w.OnMessage (it would
-// never run). A Server serves one Worker.
+// stream: Attach fails, naming the field, where herd.Worker.Claim does
+// (a udp:// worker, a Protocol, OnMessage or OnPacket set, another server
+// attached already). A Server serves one Worker.
 func (s *Server) Attach(w *herd.Worker) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.attached {
 		return ErrAttached
-	}
-	if w.Protocol != nil {
-		return errors.New("http: the worker must not have a Protocol: the server reads the raw stream")
-	}
-	if w.OnMessage != nil {
-		return errors.New("http: the worker's OnMessage is set, and would never run: the server takes every connection's input")
 	}
 	if s.MaxHeaderBytes < 0 || s.MaxBodyBytes < 0 {
 		return fmt.Errorf("http: MaxHeaderBytes and MaxBodyBytes must not be negative")
@@ -116,6 +111,9 @@ func (s *Server) Attach(w *herd.Worker) error {
 	}
 	if hb+bb > maxLimit {
 		return fmt.Errorf("http: MaxHeaderBytes + MaxBodyBytes must be below 2 GiB")
+	}
+	if err := w.Claim("http.Server"); err != nil {
+		return fmt.Errorf("http: %w", err)
 	}
 	s.resolve()
 	s.attached = true

@@ -5,6 +5,7 @@ import (
 	"compress/flate"
 	"crypto/sha1"
 	"encoding/base64"
+	"fmt"
 	"net/url"
 	"slices"
 	"strconv"
@@ -125,10 +126,15 @@ func AcceptKey(key string) string {
 // Attach makes the worker a WebSocket-only server: every request on any
 // path is upgraded through s, and the rest of herd's HTTP server applies
 // (timeouts, limits). To serve WebSocket on some routes only, call Upgrade
-// from your own herdhttp.Handler instead.
+// from your own herdhttp.Handler instead. Attach fails as
+// herdhttp.Server's does (a udp:// worker, a Protocol, OnMessage or
+// OnPacket set, another server attached already).
 func (s *Server) Attach(w *herd.Worker) error {
 	hs := &herdhttp.Server{Handler: func(w *herdhttp.ResponseWriter, r *herdhttp.Request) { s.Upgrade(w, r) }}
-	return hs.Attach(w)
+	if err := hs.Attach(w); err != nil {
+		return fmt.Errorf("websocket: %w", err)
+	}
+	return nil
 }
 
 // Upgrade answers a WebSocket handshake request and, if it is valid,
