@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -61,6 +62,22 @@ type PresenceChange struct {
 // PresenceTTL is how long a presence entry lives without a refresh; each
 // node refreshes its entries every third of it.
 const PresenceTTL = 30 * time.Second
+
+// LivenessTimeout bounds how long a node that stopped (killed, paused
+// with SIGSTOP, frozen, cut off from the broker) is taken for live by the
+// others. Each node heartbeats every third of it: it adds itself to the
+// broker's presence set "live" with this TTL. A process is live while its
+// heartbeat is unexpired and it is subscribed to its channel; a killed
+// one loses its subscription at once, a paused one keeps it (the broker
+// buffers what is published to it) but stops heartbeating, and is gone
+// for the others within LivenessTimeout of its last heartbeat. The
+// heartbeat's expiry is the sender's clock plus the TTL, compared with
+// the reader's clock: the nodes' clocks must agree to well within a
+// second (NTP does).
+const LivenessTimeout = 3 * time.Second
+
+// liveKey is the presence set of the live node incarnations.
+const liveKey = "live"
 
 // Envelope kinds.
 const (
@@ -180,6 +197,9 @@ type publisher struct {
 	ctx       context.Context
 	cancel    context.CancelFunc
 	done      chan struct{}
+	beating   chan struct{} // closed when heartbeat returns
+	started   time.Time
+	lastBeat  atomic.Int64 // when the last heartbeat succeeded, in nanoseconds since started (monotonic: a SIGSTOP counts, a clock step does not)
 	readyOnce sync.Once
 
 	// Owned by the publishing goroutine.
@@ -202,7 +222,7 @@ type job struct {
 func newPublisher(g *Gateway) *publisher {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &publisher{g: g, epoch: g.inc, jobs: make(chan job, publishQueue),
-		ctx: ctx, cancel: cancel, done: make(chan struct{}), seq: map[string]uint64{}, last: map[seqKey]uint64{}, seen: map[string][]uint64{}}
+		ctx: ctx, cancel: cancel, done: make(chan struct{}), beating: make(chan struct{}), started: time.Now(), seq: map[string]uint64{}, last: map[seqKey]uint64{}, seen: map[string][]uint64{}}
 }
 
 // enqueue queues a job, or drops and counts it when the queue is full.
@@ -225,9 +245,13 @@ func (p *publisher) start() {
 	g := p.g
 	subscribed := func(again bool) {
 		if !again {
+			// Live before ready: the others route to this node from
+			// its first client on.
+			p.beat()
 			p.readyOnce.Do(func() { close(g.ready) })
 			return
 		}
+		p.beat()
 		g.stats.resubscribes.Add(1)
 		g.logger().Warn("gateway: reconnected to the broker; messages published meanwhile are lost", "node", g.node)
 		if g.OnGap != nil {
@@ -243,12 +267,55 @@ func (p *publisher) start() {
 		}
 	}()
 	go p.run()
+	go p.heartbeat()
 }
 
 func (p *publisher) close() error {
 	p.cancel()
 	<-p.done
-	return nil
+	<-p.beating
+	// Gone for the others at once, not after LivenessTimeout.
+	ctx, cancel := context.WithTimeout(context.Background(), brokerTimeout)
+	defer cancel()
+	return p.g.Broker.UpdatePresence(ctx, LivenessTimeout, []PresenceChange{{Key: liveKey, Member: p.g.instance}})
+}
+
+// heartbeat beats every third of LivenessTimeout until the gateway
+// closes. A beat that comes more than LivenessTimeout after the last one
+// that succeeded means the others took this node for gone meanwhile (it
+// was paused, starved, or cut off): counted in Stats.Suspended, and its
+// presence is written again at once, in case it expired meanwhile.
+func (p *publisher) heartbeat() {
+	defer close(p.beating)
+	t := time.NewTicker(LivenessTimeout / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-t.C:
+		}
+		last := p.lastBeat.Load()
+		if last != 0 && time.Since(p.started)-time.Duration(last) > LivenessTimeout {
+			p.g.stats.suspended.Add(1)
+			p.g.logger().Warn("gateway: no heartbeat for longer than LivenessTimeout; the other nodes took this one for gone meanwhile", "node", p.g.node)
+			p.beat()
+			p.enqueue(job{}) // refresh presence now
+			continue
+		}
+		p.beat()
+	}
+}
+
+// beat adds this incarnation to the live set.
+func (p *publisher) beat() {
+	ctx, cancel := context.WithTimeout(p.ctx, brokerTimeout)
+	defer cancel()
+	if err := p.g.Broker.UpdatePresence(ctx, LivenessTimeout, []PresenceChange{{Key: liveKey, Member: p.g.instance, In: true}}); err != nil {
+		p.g.logger().Debug("gateway: heartbeat failed", "err", err)
+		return
+	}
+	p.lastBeat.Store(int64(time.Since(p.started)))
 }
 
 // maxBatch bounds the messages published in one call.
@@ -288,7 +355,7 @@ func (p *publisher) run() {
 // they came (one subscriber receives them in that order, whatever their
 // channels), then the presence changes.
 func (p *publisher) handle(batch []job) {
-	nodes := p.routeNodes(batch)
+	nodes, live := p.routeNodes(batch)
 	var out []Outgoing
 	var from []int // per message in out: its job's index in batch
 	var changes []PresenceChange
@@ -302,6 +369,10 @@ func (p *publisher) handle(batch []job) {
 			for _, node := range nodes[i] {
 				out = p.stamp(out, nodeChannel(node), j.env)
 			}
+		case (j.env.kind == kindClient || j.env.kind == kindClose) && live != nil && !live[ClientID(j.env.target).instance()]:
+			// Its process stopped heartbeating: gone for this node.
+			p.g.stats.unknown.Add(1)
+			continue
 		case j.channel != "":
 			out = p.stamp(out, j.channel, j.env)
 		default:
@@ -323,21 +394,28 @@ func (p *publisher) stamp(out []Outgoing, channel string, e envelope) []Outgoing
 }
 
 // routeNodes gives, for each message of the batch to a uid or group
-// (by its index in batch), the other node incarnations
+// (by its index in batch), the other live node incarnations
 // ("<node>-<incarnation>", another of this node's name included) that
 // hold a member of it, from its presence set; for a group, members the
-// message excludes do not count. The lookups take one round trip for the
-// batch. A uid bound nowhere else is counted as an unknown target there
-// (a group is not: this node may hold it).
-func (p *publisher) routeNodes(batch []job) map[int][]string {
+// message excludes do not count. With them comes the set of live
+// incarnations (heartbeat unexpired) if the batch has a message to a
+// uid, group or client; nil if not, or if the lookup failed. The lookups
+// take one round trip for the batch. A uid bound nowhere else live is
+// counted as an unknown target there (a group is not: this node may hold
+// it).
+func (p *publisher) routeNodes(batch []job) (map[int][]string, map[string]bool) {
 	var keys []string
 	for _, j := range batch {
-		if j.route != "" && !(j.env.kind == kindUid && p.g.UidBroadcast) && !contains(keys, j.route) {
+		routed := j.route != "" && !(j.env.kind == kindUid && p.g.UidBroadcast)
+		if routed && !contains(keys, j.route) {
 			keys = append(keys, j.route)
+		}
+		if (routed || j.env.kind == kindClient || j.env.kind == kindClose) && !contains(keys, liveKey) {
+			keys = append(keys, liveKey)
 		}
 	}
 	if len(keys) == 0 {
-		return nil
+		return nil, nil
 	}
 	ctx, cancel := context.WithTimeout(p.ctx, brokerTimeout)
 	defer cancel()
@@ -345,6 +423,13 @@ func (p *publisher) routeNodes(batch []job) map[int][]string {
 	if err != nil {
 		p.g.logger().Debug("gateway: presence lookup failed", "err", err)
 		members = make([][]string, len(keys)) // sent nowhere: counted as dropped below
+	}
+	var live map[string]bool
+	if err == nil {
+		live = map[string]bool{}
+		for _, inst := range members[slices.Index(keys, liveKey)] {
+			live[inst] = true
+		}
 	}
 	nodes := make(map[int][]string)
 	for i, j := range batch {
@@ -354,7 +439,7 @@ func (p *publisher) routeNodes(batch []job) map[int][]string {
 		var ns []string
 		for _, m := range members[slices.Index(keys, j.route)] {
 			id := ClientID(m)
-			if inst := id.instance(); inst != "" && inst != p.g.instance && !contains(ns, inst) && !slices.Contains(j.env.exclude, id) {
+			if inst := id.instance(); inst != "" && inst != p.g.instance && live[inst] && !contains(ns, inst) && !slices.Contains(j.env.exclude, id) {
 				ns = append(ns, inst)
 			}
 		}
@@ -368,7 +453,7 @@ func (p *publisher) routeNodes(batch []job) map[int][]string {
 		}
 		nodes[i] = ns
 	}
-	return nodes
+	return nodes, live
 }
 
 func contains(s []string, v string) bool {

@@ -50,13 +50,24 @@
 // issues, and it never reads the dead one's set. Through the dead IDs
 // themselves, no node sees those clients: an incarnation is live while it
 // is subscribed to its channel (the broker drops the subscription of a
-// connection that closed, which a killed process's does at once), and
-// IsOnline, ClientIDsByUid, ClientIDsByGroup, GroupCount and the session
-// methods skip the members of one that is not; SendToClient and
-// CloseClient to one reach no subscriber and are counted as unknown
-// targets. A message to a uid held there is routed to its dead channel
-// until the entry expires, and reaches no one, as it would a node that
-// crashed for good.
+// connection that closed, which a killed process's does at once) and
+// heartbeats (a paused or frozen process keeps its subscription but
+// stops beating: see LivenessTimeout), and IsOnline, ClientIDsByUid,
+// ClientIDsByGroup, GroupCount and the session methods skip the members
+// of one that is not. Messages to its uids, groups and clients are not
+// published to it once its heartbeat expired: sends to a client or uid
+// held only there are counted as unknown targets; before that, a killed
+// one's channel has no subscriber, which counts them the same way.
+//
+// A paused process that goes on (SIGCONT) is live again at its next
+// heartbeat, within a third of LivenessTimeout; it counts the pause in
+// Stats.Suspended and writes its presence again at once. What was
+// published to it before the others took it for gone waits in the
+// broker (Redis buffers it, up to its client-output-buffer-limit for
+// pub/sub, beyond which it drops the subscription: a resubscription,
+// counted) and is delivered late, once; what was sent while it was
+// taken for gone was never published to it and is not delivered. No
+// message is published twice.
 //
 // GatewayWorker → herd:
 //
@@ -251,11 +262,15 @@ type Stats struct {
 	// message was on its way (a leave, an unbind, a close), and with
 	// UidBroadcast, where every node receives every uid message.
 	Stray uint64
+	// Suspended counts the times this node went longer than
+	// LivenessTimeout without a heartbeat (paused, starved, cut off from
+	// the broker), so that the other nodes took it for gone meanwhile.
+	Suspended uint64
 }
 
 type counters struct {
-	clients                                                                                atomic.Int64
-	unknown, published, pubDropped, received, malformed, gaps, missed, resubscribes, stray atomic.Uint64
+	clients                                                                                           atomic.Int64
+	unknown, published, pubDropped, received, malformed, gaps, missed, resubscribes, stray, suspended atomic.Uint64
 }
 
 // Stats returns the gateway's counters.
@@ -263,7 +278,7 @@ func (g *Gateway) Stats() Stats {
 	s := &g.stats
 	return Stats{Clients: s.clients.Load(), UnknownTargets: s.unknown.Load(), Published: s.published.Load(), PublishDropped: s.pubDropped.Load(),
 		Received: s.received.Load(), Malformed: s.malformed.Load(), Gaps: s.gaps.Load(), Missed: s.missed.Load(), Resubscribes: s.resubscribes.Load(),
-		Stray: s.stray.Load()}
+		Stray: s.stray.Load(), Suspended: s.suspended.Load()}
 }
 
 func (g *Gateway) logger() *slog.Logger {

@@ -44,7 +44,9 @@ func (g *Gateway) online(ctx context.Context, id ClientID) (bool, error) {
 }
 
 // live tells which of the given instances ("<node>-<incarnation>") are
-// subscribed to their channels, in one round trip.
+// live: subscribed to their channels (a killed process is not, at once)
+// and heartbeating (a paused one is not, within LivenessTimeout). Two
+// round trips.
 func (g *Gateway) live(ctx context.Context, instances []string) (map[string]bool, error) {
 	channels := make([]string, len(instances))
 	for i, inst := range instances {
@@ -57,9 +59,16 @@ func (g *Gateway) live(ctx context.Context, instances []string) (map[string]bool
 	if len(n) != len(instances) {
 		return nil, errors.New("gateway: the broker's Subscribers answered for another number of channels")
 	}
+	beating, err := g.Broker.Members(ctx, []string{liveKey})
+	if err != nil {
+		return nil, err
+	}
+	if len(beating) != 1 {
+		return nil, errors.New("gateway: the broker's Members answered for another number of keys")
+	}
 	live := make(map[string]bool, len(instances))
 	for i, inst := range instances {
-		live[inst] = n[i] > 0
+		live[inst] = n[i] > 0 && slices.Contains(beating[0], inst)
 	}
 	return live, nil
 }

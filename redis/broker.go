@@ -18,8 +18,8 @@
 // Keys and channels start with Prefix ("herd:" by default): channels
 // herd:node:<node>-<incarnation> (one per process: see gateway.ClientID)
 // and herd:all; presence sets herd:p:u:<uid>, herd:p:g:<group> and
-// herd:p:n:<node>-<incarnation>, sorted sets whose scores are expiry
-// times; sessions herd:s:<key>, hashes.
+// herd:p:n:<node>-<incarnation>, and the heartbeats herd:p:live, sorted
+// sets whose scores are expiry times; sessions herd:s:<key>, hashes.
 //
 // What a node killed with kill -9 leaves here: its presence set and its
 // clients' entries in the uid and group sets, which expire (each member
@@ -30,6 +30,9 @@
 // old IDs, and so reaches none of it; the other nodes see the old
 // incarnation gone at once, because Redis dropped its subscription when
 // its connection closed (PUBSUB NUMSUB, and PUBLISH's count of receivers).
+// A paused process keeps its subscription; the others take it for gone
+// when its heartbeat, a member of herd:p:live, expires
+// (gateway.LivenessTimeout).
 package redis
 
 import (

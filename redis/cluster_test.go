@@ -64,6 +64,7 @@ func startNode(t *testing.T, redisAddr, name string, extra ...string) *nodeProc 
 	exited := n.exited
 	go func() { n.cmd.Wait(); close(exited) }()
 	t.Cleanup(func() {
+		n.cmd.Process.Signal(syscall.SIGCONT) // if a test paused it
 		n.cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-exited:

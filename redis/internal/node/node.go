@@ -167,8 +167,8 @@ func command(g *gateway.Gateway, c *herd.Conn, self gateway.ClientID, line strin
 		})
 	case "stats":
 		s := g.Stats()
-		reply("stats published=%d dropped=%d received=%d malformed=%d gaps=%d missed=%d resubscribes=%d unknown=%d stray=%d",
-			s.Published, s.PublishDropped, s.Received, s.Malformed, s.Gaps, s.Missed, s.Resubscribes, s.UnknownTargets, s.Stray)
+		reply("stats published=%d dropped=%d received=%d malformed=%d gaps=%d missed=%d resubscribes=%d unknown=%d stray=%d suspended=%d",
+			s.Published, s.PublishDropped, s.Received, s.Malformed, s.Gaps, s.Missed, s.Resubscribes, s.UnknownTargets, s.Stray, s.Suspended)
 	default:
 		reply("error unknown command %q", cmd)
 	}
