@@ -27,6 +27,13 @@
 // on. With ProxyProtocol, backends get the client's address in a PROXY
 // protocol header (v1 or v2), as HAProxy's send-proxy sends it.
 //
+// Stopping: a graceful stop of the worker (Shutdown, Run's context,
+// herd.RunAll's first signal, an upgrade after its grace) accepts no more
+// and lets proxied connections finish, as HAProxy's soft stop does; those
+// left when the stop's context ends are reset on both sides (see
+// herd.Pipe). A client whose backend is still connecting when the stop
+// begins is closed, as one no backend could take.
+//
 // Stats gives per-backend figures (state, sessions, bytes each way,
 // connect errors, failed checks, time down); the prometheus module
 // exports them (BalancerCollector). examples/balancer is a command on

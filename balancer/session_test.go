@@ -4,6 +4,7 @@ package balancer
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -13,6 +14,8 @@ import (
 	"time"
 
 	"github.com/seed358e4494/herd"
+	"github.com/seed358e4494/herd/internal/herdtest"
+	"github.com/seed358e4494/herd/internal/loopback"
 )
 
 // errorCounter is a slog.Handler that counts records at Error and above
@@ -150,4 +153,39 @@ func resetSoon(addr string) {
 	}
 	tc.SetLinger(0)
 	tc.Close()
+}
+
+// TestStopWhileConnecting: a client whose backend is still connecting
+// when the worker stops gracefully is closed at once (no backend took it),
+// not held until the stop's context ends, and its session leaves the
+// active count.
+func TestStopWhileConnecting(t *testing.T) {
+	b := &Balancer{Backends: []Backend{{Addr: loopback.SilentAddr(t)}}, ConnectTimeout: time.Minute, Logger: quiet}
+	w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 1, Logger: quiet}
+	if err := b.Attach(w); err != nil {
+		t.Fatal(err)
+	}
+	addr := herdtest.Run(t, w)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("hello?"))
+	herdtest.WaitFor(t, "the connect under way", func() bool { return b.Stats().Backends[0].Active == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stopped := make(chan error, 1)
+	go func() { stopped <- w.Shutdown(ctx) }()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("client read %d bytes, %v; want the end of stream", n, err)
+	}
+	c.Close()
+	if err := <-stopped; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if a := b.Stats().Backends[0].Active; a != 0 {
+		t.Fatalf("active count %d after the stop", a)
+	}
 }

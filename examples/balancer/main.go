@@ -12,7 +12,16 @@
 // The config file is JSON with the flags' names (see config); flags given
 // on the command line override it. The first line of output is the bound
 // address and the process ID. SIGUSR1 prints the per-backend table, as
-// the end of a run does; SIGINT or SIGTERM stops it gracefully.
+// the end of a run does.
+//
+// SIGTERM (or SIGINT) stops it softly, as HAProxy's soft stop: it accepts
+// no more, lets the proxied connections finish, for up to -stop-timeout,
+// then resets what is left (a reset, so that no client takes a cut stream
+// for a whole one); a second signal resets them at once. A client not yet
+// connected to a backend when the stop begins is closed. SIGHUP upgrades
+// it: the executable starts again and takes over the listening socket,
+// and this process serves its connections for -upgrade-grace, then stops
+// softly as on SIGTERM.
 package main
 
 import (
@@ -56,6 +65,8 @@ type config struct {
 	ResolveLater   bool               `json:"resolve-later"`
 	ConnectTimeout duration           `json:"connect-timeout"`
 	IdleTimeout    duration           `json:"idle-timeout"`
+	StopTimeout    duration           `json:"stop-timeout"`
+	UpgradeGrace   duration           `json:"upgrade-grace"`
 	Retries        int                `json:"retries"`
 	CheckInterval  duration           `json:"check-interval"`
 	CheckHTTP      string             `json:"check-http"`
@@ -69,7 +80,8 @@ type config struct {
 // defaults are the settings nobody gave: the flags' defaults, and the
 // config file's.
 func defaults() config {
-	return config{Listen: "127.0.0.1:8000", ReusePort: true, Algorithm: string(balancer.RoundRobin)}
+	return config{Listen: "127.0.0.1:8000", ReusePort: true, Algorithm: string(balancer.RoundRobin),
+		StopTimeout: duration(30 * time.Second)}
 }
 
 // duration is a time.Duration written as "2s" in JSON.
@@ -119,6 +131,9 @@ func parse(args []string, stderr io.Writer) (config, error) {
 	fs.BoolVar(&flagged.ResolveLater, "resolve-later", def.ResolveLater, "start even if a backend's name does not resolve")
 	fs.Func("connect-timeout", "connect timeout (default 5s)", durationFlag(&flagged.ConnectTimeout))
 	fs.Func("idle-timeout", "reset a proxied connection idle this long (0: never)", durationFlag(&flagged.IdleTimeout))
+	flagged.StopTimeout = def.StopTimeout
+	fs.Func("stop-timeout", "on SIGTERM, how long proxied connections may go on before they are reset (default 30s)", durationFlag(&flagged.StopTimeout))
+	fs.Func("upgrade-grace", "on SIGHUP, how long this process serves its connections once the new one took over, before it stops", durationFlag(&flagged.UpgradeGrace))
 	fs.IntVar(&flagged.Retries, "retries", def.Retries, "other backends to try after a failed connect (0: 2)")
 	fs.Func("check-interval", "active health check interval (0: none)", durationFlag(&flagged.CheckInterval))
 	fs.StringVar(&flagged.CheckHTTP, "check-http", def.CheckHTTP, "health check path (HTTP GET); empty: TCP connect")
@@ -159,6 +174,10 @@ func parse(args []string, stderr io.Writer) (config, error) {
 			cfg.ConnectTimeout = flagged.ConnectTimeout
 		case "idle-timeout":
 			cfg.IdleTimeout = flagged.IdleTimeout
+		case "stop-timeout":
+			cfg.StopTimeout = flagged.StopTimeout
+		case "upgrade-grace":
+			cfg.UpgradeGrace = flagged.UpgradeGrace
 		case "retries":
 			cfg.Retries = flagged.Retries
 		case "check-interval":
@@ -239,7 +258,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Logger:        logger,
 	}
 	w := &herd.Worker{Name: "balancer", Addr: cfg.Listen, Count: cfg.Count, ReusePort: cfg.ReusePort,
-		IdleTimeout: time.Duration(cfg.IdleTimeout), MaxSendBufferSize: 1 << 20, Logger: logger}
+		IdleTimeout: time.Duration(cfg.IdleTimeout), StopTimeout: time.Duration(cfg.StopTimeout), MaxSendBufferSize: 1 << 20, Logger: logger}
 	if err := b.Attach(w); err != nil {
 		return err
 	}
@@ -255,7 +274,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			printTable(stdout, b.Stats())
 		}
 	}()
-	err = herd.RunAll(ctx, w)
+	err = (&herd.Process{Workers: []*herd.Worker{w}, UpgradeGrace: time.Duration(cfg.UpgradeGrace)}).Run(ctx)
 	printTable(stdout, b.Stats())
 	return err
 }
