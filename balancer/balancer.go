@@ -45,8 +45,10 @@ type Backend struct {
 // another backend, up to Retries times; Fall failures in a row (connects
 // of proxied connections and active checks alike) mark the backend down.
 // A client for which no backend is left is closed at once. The Worker's
-// IdleTimeout closes a proxied connection in which neither side has
-// sent anything for that long (a backend that accepts and never answers).
+// IdleTimeout resets both sides of a proxied connection in which neither
+// has sent anything for that long (a backend that accepts and never
+// answers, or stalls mid-answer): the client sees a reset, not an end of
+// stream it could take for a whole answer.
 type Balancer struct {
 	Backends  []Backend
 	Algorithm Algorithm // zero: RoundRobin
