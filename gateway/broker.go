@@ -555,7 +555,7 @@ func (p *publisher) receive(channel string, payload []byte) {
 		// onClient checks the whole instance, incarnation included: a
 		// client of another process of this name is not one of ours.
 		m := newMessage(e.payload)
-		g.onClient(ClientID(e.target), func(s *shard, r *record) { r.c.deliver(m) })
+		g.onClient(ClientID(e.target), func(s *shard, r *record) { g.deliver(r, m) })
 	case kindClose:
 		g.onClient(ClientID(e.target), func(s *shard, r *record) { r.c.Herd().Close() })
 	case kindUid:

@@ -26,9 +26,10 @@ type Client interface {
 }
 
 // WebSocket makes a WebSocket connection a gateway client: messages go out
-// as text frames, prepared once per fan-out (websocket.PreparedMessage),
-// and a receiver over its MaxQueuedBytes is closed as a slow consumer
-// rather than holding the others back.
+// as text frames, prepared once per fan-out (websocket.PreparedMessage).
+// A receiver that does not keep up is closed (by its server, 1008) or
+// skipped, as the Gateway's SlowConsumer says, rather than holding the
+// others back.
 func WebSocket(c *websocket.Conn) Client { return wsClient{c} }
 
 type wsClient struct{ c *websocket.Conn }
@@ -43,8 +44,10 @@ func (w wsClient) deliver(m *message) {
 
 // Raw makes a herd connection a gateway client: each message is encoded
 // with p (once per fan-out; nil sends the bytes as they are) and sent with
-// SendRaw, which drops it when the connection's send queue is full
-// (Workerman's policy, counted in the worker's Stats).
+// SendRaw. A receiver whose queue is at the Gateway's MaxQueuedBytes is
+// closed or skipped, as its SlowConsumer says; below that, SendRaw itself
+// drops a message that does not fit the worker's send queue (counted in
+// the worker's Stats).
 func Raw(c *herd.Conn, p protocol.Protocol) Client { return rawClient{c, p} }
 
 type rawClient struct {

@@ -11,8 +11,9 @@
 // changes them on its own goroutine (through Loop.Post), so no lock is
 // shared by the loops. A message to a group or to everyone is encoded once
 // (a WebSocket prepared message) and written by every loop to its own
-// members at the same time; each receiver's slow-consumer policy applies,
-// so one slow reader holds no one back.
+// members at the same time; a receiver that does not keep up is closed or
+// skipped, as the Gateway's SlowConsumer says (SlowClose, SlowDrop), so
+// one slow reader holds no one back.
 //
 // With no Broker the gateway serves one process and needs no external
 // service. With one (the redis module's), messages for clients on other
@@ -207,6 +208,63 @@ func newIncarnation() uint64 {
 	}
 }
 
+// SlowPolicy is what the gateway does with a message for a client whose
+// send queue is over the bound: the client cannot keep up with what is
+// pushed to it (a room's fast sender, a broadcast).
+type SlowPolicy int
+
+const (
+	// SlowClose closes the client: it receives, in order and without a
+	// gap, every message up to the one that found its queue over the
+	// bound, and none after; the application sees the close (OnClose)
+	// and the client may reconnect and catch up. A WebSocket client is
+	// closed by its server, at the websocket Server's MaxQueuedBytes,
+	// with 1008 "slow consumer" (counted in Server.SlowConsumers); a Raw
+	// one at the Gateway's MaxQueuedBytes (counted in Stats.SlowClosed).
+	SlowClose SlowPolicy = iota
+	// SlowDrop keeps the client and drops the messages that find its
+	// queue at the Gateway's MaxQueuedBytes or over, counted in
+	// Stats.SlowDropped (GatewayWorker's policy): what the client
+	// receives is in order, with gaps it is not told of, and its queue
+	// stays under MaxQueuedBytes plus one message.
+	SlowDrop
+)
+
+// DefaultMaxQueuedBytes is the Gateway's MaxQueuedBytes when zero: half
+// of websocket.DefaultMaxQueuedBytes, so that with SlowDrop a WebSocket
+// client under the server's default bound is never closed by gateway
+// messages under 512 KiB.
+const DefaultMaxQueuedBytes = 512 << 10
+
+func (g *Gateway) maxQueued() int {
+	if g.MaxQueuedBytes == 0 {
+		return DefaultMaxQueuedBytes
+	}
+	return g.MaxQueuedBytes
+}
+
+// deliver writes m to r's client, under the slow-consumer policy. It runs
+// on r's loop.
+func (g *Gateway) deliver(r *record, m *message) {
+	if r.slow {
+		return // closed as a slow consumer, on its way out
+	}
+	if limit := g.maxQueued(); limit >= 0 && r.c.Herd().SendQueueBytes() >= limit {
+		switch _, ws := r.c.(wsClient); {
+		case g.SlowConsumer == SlowDrop:
+			g.stats.slowDropped.Add(1)
+			return
+		case !ws:
+			r.slow = true
+			g.stats.slowClosed.Add(1)
+			r.c.Herd().Close()
+			return
+		}
+		// A WebSocket client under SlowClose: its server's bound decides.
+	}
+	r.c.deliver(m)
+}
+
 // A Gateway registers clients and delivers messages to them by client,
 // uid, group or to all. Set its fields, then Attach it to the worker
 // before Run. Its methods are safe from any goroutine; the ones that
@@ -225,6 +283,17 @@ type Gateway struct {
 	// those where the uid's presence set says it is bound: no lookup per
 	// message, every node woken for each (see the bench module).
 	UidBroadcast bool
+	// SlowConsumer is what happens to a message for a client that does
+	// not read fast enough: SlowClose (the zero value) or SlowDrop.
+	SlowConsumer SlowPolicy
+	// MaxQueuedBytes is the slow-consumer bound of a client's send queue
+	// (herd.Conn.SendQueueBytes) for the policies that check it here:
+	// SlowDrop for every client, SlowClose for Raw clients. Zero means
+	// DefaultMaxQueuedBytes; negative means no bound. With SlowDrop and
+	// WebSocket clients, keep it below the websocket Server's
+	// MaxQueuedBytes by more than the largest message, or the server's
+	// own bound closes the client first.
+	MaxQueuedBytes int
 	// OnGap is told when messages from another node were lost in the
 	// broker (missed counts them; 0 after a reconnection, when how many is
 	// not known). It runs on the broker's goroutine.
@@ -262,6 +331,11 @@ type Stats struct {
 	// message was on its way (a leave, an unbind, a close), and with
 	// UidBroadcast, where every node receives every uid message.
 	Stray uint64
+	// SlowDropped counts messages not sent to a slow client (SlowDrop).
+	SlowDropped uint64
+	// SlowClosed counts Raw clients closed as slow consumers (SlowClose;
+	// the websocket Server counts its own in SlowConsumers).
+	SlowClosed uint64
 	// Suspended counts the times this node went longer than
 	// LivenessTimeout without a heartbeat (paused, starved, cut off from
 	// the broker), so that the other nodes took it for gone meanwhile.
@@ -269,8 +343,8 @@ type Stats struct {
 }
 
 type counters struct {
-	clients                                                                                           atomic.Int64
-	unknown, published, pubDropped, received, malformed, gaps, missed, resubscribes, stray, suspended atomic.Uint64
+	clients                                                                                                                    atomic.Int64
+	unknown, published, pubDropped, received, malformed, gaps, missed, resubscribes, stray, suspended, slowDropped, slowClosed atomic.Uint64
 }
 
 // Stats returns the gateway's counters.
@@ -278,7 +352,8 @@ func (g *Gateway) Stats() Stats {
 	s := &g.stats
 	return Stats{Clients: s.clients.Load(), UnknownTargets: s.unknown.Load(), Published: s.published.Load(), PublishDropped: s.pubDropped.Load(),
 		Received: s.received.Load(), Malformed: s.malformed.Load(), Gaps: s.gaps.Load(), Missed: s.missed.Load(), Resubscribes: s.resubscribes.Load(),
-		Stray: s.stray.Load(), Suspended: s.suspended.Load()}
+		Stray: s.stray.Load(), Suspended: s.suspended.Load(),
+		SlowDropped: s.slowDropped.Load(), SlowClosed: s.slowClosed.Load()}
 }
 
 func (g *Gateway) logger() *slog.Logger {
@@ -457,7 +532,7 @@ func (g *Gateway) SendToClient(id ClientID, msg []byte) {
 		g.publish(nodeChannel(id.instance()), envelope{kind: kindClient, target: string(id), payload: m.data})
 		return
 	}
-	g.onClient(id, func(s *shard, r *record) { r.c.deliver(m) })
+	g.onClient(id, func(s *shard, r *record) { g.deliver(r, m) })
 }
 
 // SendToUid sends msg to every client bound to uid, on every node.

@@ -37,6 +37,7 @@ func (s *shard) retire() []func() {
 type record struct {
 	id     ClientID
 	conn   uint64
+	slow   bool   // closed as a slow consumer (SlowClose, Raw)
 	since  uint64 // the view version from which this shard holds it (absorbed from a loop that left), else 0
 	c      Client
 	uids   map[string]struct{}
@@ -130,7 +131,7 @@ func remove(m map[string]map[uint64]*record, key string, r *record) {
 func (s *shard) sendUid(uid string, m *message, version uint64) (member bool) {
 	for _, r := range s.uids[uid] {
 		if r.since <= version {
-			r.c.deliver(m)
+			s.g.deliver(r, m)
 			member = true
 		}
 	}
@@ -142,7 +143,7 @@ func (s *shard) sendGroup(group string, m *message, exclude map[uint64]bool, ver
 		if r.since <= version {
 			member = true
 			if !exclude[conn] {
-				r.c.deliver(m)
+				s.g.deliver(r, m)
 			}
 		}
 	}
@@ -152,7 +153,7 @@ func (s *shard) sendGroup(group string, m *message, exclude map[uint64]bool, ver
 func (s *shard) sendAll(m *message, exclude map[uint64]bool, version uint64) {
 	for conn, r := range s.clients {
 		if !exclude[conn] && r.since <= version {
-			r.c.deliver(m)
+			s.g.deliver(r, m)
 		}
 	}
 }
