@@ -15,9 +15,20 @@
 // a node learns it was cut off, and because it is the client most Go
 // programs already use.
 //
+// It takes any go-redis client (goredis.UniversalClient): one server, a
+// Sentinel failover client, or a Redis Cluster. On a cluster it uses
+// sharded pub/sub (SSUBSCRIBE and SPUBLISH, Redis 7 and Valkey): each
+// message goes to the shard that owns its channel's slot only, where
+// classic PUBLISH is forwarded to every master, so pub/sub capacity grows
+// with the shards. Each process's channel is hashed by its whole name,
+// incarnation included (herd:{node:<node>-<incarnation>}), so the nodes'
+// channels spread over the shards; herd:{all} lives on one. Presence and
+// session keys are one slot each, and no command spans two keys, so they
+// work on any slot layout.
+//
 // Keys and channels start with Prefix ("herd:" by default): channels
 // herd:node:<node>-<incarnation> (one per process: see gateway.ClientID)
-// and herd:all; presence sets herd:p:u:<uid>, herd:p:g:<group> and
+// and herd:all (on a cluster, with the braces above); presence sets herd:p:u:<uid>, herd:p:g:<group> and
 // herd:p:n:<node>-<incarnation>, and the heartbeats herd:p:live, sorted
 // sets whose scores are expiry times; sessions herd:s:<key>, hashes.
 //
@@ -40,6 +51,7 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -52,8 +64,12 @@ const DefaultPrefix = "herd:"
 
 // Broker is a gateway.Broker on Redis.
 type Broker struct {
-	// Client is the Redis client. Its pub/sub connection is its own.
-	Client *goredis.Client
+	// Client is the Redis client: a *goredis.Client (one server, or a
+	// Sentinel failover client), or a *goredis.ClusterClient, with which
+	// the broker uses sharded pub/sub (SPUBLISH, SSUBSCRIBE: Redis 7 or
+	// Valkey), so that pub/sub capacity grows with the shards. Its pub/sub
+	// connections are its own.
+	Client goredis.UniversalClient
 	// Prefix starts every key and channel; empty means DefaultPrefix.
 	Prefix string
 }
@@ -69,14 +85,52 @@ func (b *Broker) prefix() string {
 
 // Subscribe implements gateway.Broker. go-redis reconnects and
 // resubscribes on its own; each time all the channels are subscribed
-// again, subscribed(true) runs.
+// again, subscribed(true) runs. On a cluster each channel has a sharded
+// subscription (SSUBSCRIBE) of its own, to the master of its slot, which
+// go-redis moves when the slot moves; deliver still runs on one
+// goroutine at a time, and in the order of publication per channel (not
+// across channels, which other shards carry).
 func (b *Broker) Subscribe(ctx context.Context, channels []string, deliver func(string, []byte), subscribed func(again bool)) error {
-	p := b.prefix()
 	names := make([]string, len(channels))
 	for i, c := range channels {
-		names[i] = p + c
+		names[i] = b.channel(c)
 	}
-	ps := b.Client.Subscribe(ctx, names...)
+	cc, ok := b.Client.(*goredis.ClusterClient)
+	if !ok {
+		return b.receive(ctx, b.Client.Subscribe(ctx, names...), "subscribe", len(names), deliver, subscribed)
+	}
+	var mu sync.Mutex // serializes deliver and subscribed
+	confirmed := 0    // channels subscribed at least once
+	var wg sync.WaitGroup
+	for _, name := range names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b.receive(ctx, cc.SSubscribe(ctx, name), "ssubscribe", 1, func(c string, payload []byte) {
+				mu.Lock()
+				defer mu.Unlock()
+				deliver(c, payload)
+			}, func(again bool) {
+				mu.Lock()
+				defer mu.Unlock()
+				switch {
+				case !again:
+					if confirmed++; confirmed == len(names) {
+						subscribed(false)
+					}
+				case confirmed == len(names):
+					subscribed(true)
+				}
+			})
+		}()
+	}
+	wg.Wait()
+	return nil
+}
+
+// receive runs one subscription (kind "subscribe" or "ssubscribe", of n
+// channels) until ctx ends.
+func (b *Broker) receive(ctx context.Context, ps *goredis.PubSub, kind string, n int, deliver func(string, []byte), subscribed func(again bool)) error {
 	defer ps.Close()
 	confirmed, rounds := 0, 0
 	backoff := 10 * time.Millisecond
@@ -100,27 +154,32 @@ func (b *Broker) Subscribe(ctx context.Context, channels []string, deliver func(
 		backoff = 10 * time.Millisecond
 		switch m := msg.(type) {
 		case *goredis.Subscription:
-			if m.Kind != "subscribe" {
+			if m.Kind != kind {
 				continue
 			}
-			if confirmed++; confirmed == len(names) {
+			if confirmed++; confirmed == n {
 				subscribed(rounds > 0)
 				rounds++
 			}
 		case *goredis.Message:
-			deliver(strings.TrimPrefix(m.Channel, p), []byte(m.Payload))
+			deliver(b.unchannel(m.Channel), []byte(m.Payload))
 		}
 	}
 }
 
-// Publish implements gateway.Broker: one pipeline; each message's count
-// of receivers is PUBLISH's answer.
+// Publish implements gateway.Broker: one pipeline (on a cluster, one per
+// master, SPUBLISH); each message's count of receivers is PUBLISH's (or
+// SPUBLISH's) answer.
 func (b *Broker) Publish(ctx context.Context, msgs []gateway.Outgoing) ([]int, error) {
-	p := b.prefix()
+	_, sharded := b.Client.(*goredis.ClusterClient)
 	cmds := make([]*goredis.IntCmd, len(msgs))
 	_, err := b.Client.Pipelined(ctx, func(pipe goredis.Pipeliner) error {
 		for i, m := range msgs {
-			cmds[i] = pipe.Publish(ctx, p+m.Channel, m.Payload)
+			if sharded {
+				cmds[i] = pipe.SPublish(ctx, b.channel(m.Channel), m.Payload)
+			} else {
+				cmds[i] = pipe.Publish(ctx, b.channel(m.Channel), m.Payload)
+			}
 		}
 		return nil
 	})
@@ -134,12 +193,28 @@ func (b *Broker) Publish(ctx context.Context, msgs []gateway.Outgoing) ([]int, e
 	return received, nil
 }
 
-// Subscribers implements gateway.Broker: PUBSUB NUMSUB.
+// Subscribers implements gateway.Broker: PUBSUB NUMSUB; on a cluster,
+// PUBSUB SHARDNUMSUB to the master of each channel's slot, a round trip
+// per channel.
 func (b *Broker) Subscribers(ctx context.Context, channels []string) ([]int, error) {
-	p := b.prefix()
 	names := make([]string, len(channels))
 	for i, c := range channels {
-		names[i] = p + c
+		names[i] = b.channel(c)
+	}
+	if cc, ok := b.Client.(*goredis.ClusterClient); ok {
+		out := make([]int, len(names))
+		for i, name := range names {
+			master, err := cc.MasterForKey(ctx, name)
+			if err != nil {
+				return nil, err
+			}
+			m, err := master.PubSubShardNumSub(ctx, name).Result()
+			if err != nil {
+				return nil, err
+			}
+			out[i] = int(m[name])
+		}
+		return out, nil
 	}
 	m, err := b.Client.PubSubNumSub(ctx, names...).Result()
 	if err != nil {
@@ -153,6 +228,26 @@ func (b *Broker) Subscribers(ctx context.Context, channels []string) ([]int, err
 }
 
 func (b *Broker) presenceKey(key string) string { return b.prefix() + "p:" + key }
+
+// channel is a gateway channel's name in Redis. On a cluster the whole
+// gateway channel is the hash tag ("herd:{node:one-2k7x9q0v3mzp1}"), so
+// that the node channels, each named by its incarnation's random part,
+// spread over the slots and so over the shards; herd:{all} is one shard's.
+func (b *Broker) channel(c string) string {
+	if _, ok := b.Client.(*goredis.ClusterClient); ok {
+		return b.prefix() + "{" + c + "}"
+	}
+	return b.prefix() + c
+}
+
+// unchannel undoes channel.
+func (b *Broker) unchannel(name string) string {
+	c := strings.TrimPrefix(name, b.prefix())
+	if _, ok := b.Client.(*goredis.ClusterClient); ok {
+		c = strings.TrimSuffix(strings.TrimPrefix(c, "{"), "}")
+	}
+	return c
+}
 
 // UpdatePresence implements gateway.Broker: members are scored with their
 // expiry time; a set whose members all stopped refreshing expires as a

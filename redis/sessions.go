@@ -14,7 +14,9 @@ import (
 // Sessions is a gateway.SessionStore in Redis hashes, shared by every node:
 // a client that comes back through another node finds its session there.
 type Sessions struct {
-	Client *goredis.Client
+	// Client is the Redis client: one server, Sentinel or Cluster (each
+	// session is one key).
+	Client goredis.UniversalClient
 	// Prefix starts every key; empty means DefaultPrefix.
 	Prefix string
 	// TTL, if set, makes a session expire that long after it was last

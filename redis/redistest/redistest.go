@@ -1,5 +1,6 @@
-// Package redistest runs a redis-server for tests and benchmarks: on a free
-// loopback port, with no persistence, stopped by PID when the test ends.
+// Package redistest runs a redis-server, or a Redis Cluster of several,
+// for tests and benchmarks: on free loopback ports, with no persistence,
+// stopped by PID when the test ends.
 package redistest
 
 import (
@@ -8,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -15,11 +17,12 @@ import (
 
 // Server is a redis-server started by Start.
 type Server struct {
-	Addr string
-	port int
-	dir  string
-	cmd  *exec.Cmd
-	done chan struct{}
+	Addr  string
+	port  int
+	dir   string
+	cmd   *exec.Cmd
+	done  chan struct{}
+	extra []string // more arguments for redis-server
 }
 
 // Start runs redis-server, or skips the test where it is not installed
@@ -46,8 +49,8 @@ func Start(t testing.TB) *Server {
 
 func (s *Server) start(t testing.TB) {
 	t.Helper()
-	s.cmd = exec.Command("redis-server", "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", s.dir, "--loglevel", "warning")
+	s.cmd = exec.Command("redis-server", append([]string{"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", s.dir, "--loglevel", "warning"}, s.extra...)...)
 	s.cmd.Stderr = os.Stderr
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -99,4 +102,61 @@ func (s *Server) Restart(t testing.TB) {
 	t.Helper()
 	s.Stop(t)
 	s.start(t)
+}
+
+// Cluster is a Redis Cluster of masters without replicas started by
+// StartCluster.
+type Cluster struct {
+	Addrs   []string // the masters' addresses
+	servers []*Server
+}
+
+// StartCluster runs masters redis-server processes in cluster mode, on
+// free loopback ports, and joins them into one cluster with
+// redis-cli --cluster create (the slots split evenly); it returns once
+// every master reports cluster_state:ok, and stops them by PID when the
+// test ends. It skips (fails under CI) where redis-server or redis-cli
+// is missing.
+func StartCluster(t testing.TB, masters int) *Cluster {
+	t.Helper()
+	for _, bin := range []string{"redis-server", "redis-cli"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			if os.Getenv("CI") != "" {
+				t.Fatalf("%s is not installed; .ci/run should have installed it", bin)
+			}
+			t.Skipf("%s is not installed", bin)
+		}
+	}
+	c := &Cluster{}
+	for range masters {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		s := &Server{Addr: "127.0.0.1:" + strconv.Itoa(port), port: port, dir: t.TempDir(),
+			extra: []string{"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"}}
+		s.start(t)
+		t.Cleanup(func() { s.Stop(t) })
+		c.servers = append(c.servers, s)
+		c.Addrs = append(c.Addrs, s.Addr)
+	}
+	args := append([]string{"--cluster", "create"}, c.Addrs...)
+	out, err := exec.Command("redis-cli", append(args, "--cluster-replicas", "0", "--cluster-yes")...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
+	}
+	for _, addr := range c.Addrs {
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			info, _ := exec.Command("redis-cli", "-h", "127.0.0.1", "-p", addr[len("127.0.0.1:"):], "cluster", "info").Output()
+			if strings.Contains(string(info), "cluster_state:ok") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the cluster node %s is not ok within 20s:\n%s", addr, info)
+			}
+		}
+	}
+	return c
 }

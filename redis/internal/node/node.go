@@ -6,7 +6,9 @@
 // whose connections are gateway clients, joined to other nodes through
 // Redis.
 //
-//	node -addr tcp://127.0.0.1:0 -redis 127.0.0.1:6379 -node a [-count N] [-uid-broadcast]
+//	node -addr tcp://127.0.0.1:0 -redis 127.0.0.1:6379 -node a [-count N] [-uid-broadcast] [-cluster]
+//
+// With -cluster, -redis lists the cluster's masters, comma-separated.
 //
 // It prints "node <name> listening on <host:port> pid <pid> incarnation
 // <incarnation>". Each line a client sends is a command; what the gateway
@@ -48,21 +50,25 @@ func Main(args []string) int {
 	name := fs.String("node", "", "node name")
 	count := fs.Int("count", 0, "event loops")
 	uidBroadcast := fs.Bool("uid-broadcast", false, "publish SendToUid to every node (no presence lookup)")
+	cluster := fs.Bool("cluster", false, "-redis lists the masters of a Redis Cluster")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if err := run(*addr, *redisAddr, *name, *count, *uidBroadcast); err != nil {
+	if err := run(*addr, *redisAddr, *name, *count, *uidBroadcast, *cluster); err != nil {
 		fmt.Fprintln(os.Stderr, "node:", err)
 		return 1
 	}
 	return 0
 }
 
-func run(addr, redisAddr, name string, count int, uidBroadcast bool) error {
+func run(addr, redisAddr, name string, count int, uidBroadcast, cluster bool) error {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	g := &gateway.Gateway{Node: name, Logger: logger, UidBroadcast: uidBroadcast}
 	if redisAddr != "" {
-		rdb := goredis.NewClient(&goredis.Options{Addr: redisAddr, MaxRetries: -1, DialTimeout: time.Second})
+		var rdb goredis.UniversalClient = goredis.NewClient(&goredis.Options{Addr: redisAddr, MaxRetries: -1, DialTimeout: time.Second})
+		if cluster {
+			rdb = goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: strings.Split(redisAddr, ","), DialTimeout: time.Second})
+		}
 		defer rdb.Close()
 		g.Broker = &herdredis.Broker{Client: rdb}
 		g.Sessions = &herdredis.Sessions{Client: rdb}
