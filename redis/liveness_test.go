@@ -3,11 +3,14 @@
 package redis_test
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/seed358e4494/herd/gateway"
 	"github.com/seed358e4494/herd/redis/redistest"
@@ -59,13 +62,33 @@ func TestPausedNode(t *testing.T) {
 		t.Errorf("node a published %d messages to a node it took for gone", got-published)
 	}
 
+	// As if the pause had outlasted PresenceTTL: b's presence entries
+	// are gone.
+	rdb := goredis.NewClient(&goredis.Options{Addr: r.Addr})
+	defer rdb.Close()
+	if n, err := rdb.Del(context.Background(), "herd:p:u:alice", "herd:p:g:room", "herd:p:n:b-"+b.inc).Result(); n != 3 || err != nil {
+		t.Fatalf("deleting b's presence: %d keys, %v", n, err)
+	}
+
 	if err := b.cmd.Process.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
 	continued := time.Now()
+	sender.ask("alive "+b1.id, prefix("alive "+b1.id+" true "))
+	live := time.Since(continued)
 	sender.ask("online alice", prefix("online alice true "))
-	t.Logf("taken for gone %v after SIGSTOP, back %v after SIGCONT", gone.Round(time.Millisecond), time.Since(continued).Round(time.Millisecond))
 	sender.ask("count room", prefix("count room 1 "))
+	back := time.Since(continued)
+	t.Logf("taken for gone %v after SIGSTOP; after SIGCONT live again in %v, presence back in %v", gone.Round(time.Millisecond), live.Round(time.Millisecond), back.Round(time.Millisecond))
+	// Live at its next heartbeat (a third of LivenessTimeout), its
+	// presence written at once, not at the periodic refresh (a third of
+	// PresenceTTL); a second of slack for a loaded machine.
+	if bound := gateway.LivenessTimeout/3 + time.Second; live > bound {
+		t.Errorf("live again %v after SIGCONT, want within %v", live, bound)
+	}
+	if bound := gateway.LivenessTimeout/3 + time.Second; back > bound {
+		t.Errorf("presence back %v after SIGCONT, want within %v", back, bound)
+	}
 	sender.send("touid alice after")
 	b1.expect("after") // no lost message, no second "before"
 	sender.send("togroup room after-group")
