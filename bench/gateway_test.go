@@ -291,3 +291,224 @@ func (cl *gatewayCluster) close() {
 		p.Wait()
 	}
 }
+
+// The gateway at N nodes: 1, 2, 4 and 8 receiving node processes, each
+// with scaleClientsPerNode clients (uid u<i> of their own; groups of
+// scaleGroupSize members, each group on one node), and a sender node with
+// no clients, all joined by one redis-server or by a local 3-master Redis
+// Cluster (sharded pub/sub). The sender sends to a random uid, a random
+// group, or to all. Reported per message sent: how many node processes
+// received it (the sum of the nodes' Stats.Received; routed by presence,
+// a uid or group message reaches its one node at any N, a message to all
+// every node), and the CPU the receiving nodes spent on it, in all
+// (node-cpu-µs/msg) and per node (per-node-cpu-µs/msg); every delivery is
+// checked and no node may count a stray message for uid and group sends.
+//
+//	go test -run '^$' -bench GatewayNodes -benchtime 2000x
+const (
+	scaleClientsPerNode = 100
+	scaleGroupSize      = 10
+)
+
+func BenchmarkGatewayNodes(b *testing.B) {
+	parent := b
+	for _, broker := range []string{"redis", "cluster"} {
+		for _, nodes := range []int{1, 2, 4, 8} {
+			var sc *scaleCluster
+			for _, kind := range []string{"uid", "group", "all"} {
+				b.Run(fmt.Sprintf("%s/nodes=%d/%s", broker, nodes, kind), func(b *testing.B) {
+					if sc == nil {
+						sc = startScaleCluster(b, parent, broker, nodes)
+					}
+					sc.run(b, kind)
+				})
+			}
+			if sc != nil {
+				sc.close()
+			}
+		}
+	}
+}
+
+type scaleCluster struct {
+	nodes     int
+	procs     []*exec.Cmd // procs[0] is the sender's node
+	ctl       []*bufio.ReadWriter
+	conns     []net.Conn
+	delivered atomic.Int64
+	stop      func() // the broker's servers
+}
+
+func startScaleCluster(b, parent *testing.B, broker string, nodes int) *scaleCluster {
+	bin := buildGatewayNode(b, parent)
+	sc := &scaleCluster{nodes: nodes}
+	var args []string
+	switch broker {
+	case "redis":
+		r := redistest.Start(parent)
+		sc.stop = func() { r.Stop(parent) }
+		args = []string{"-redis", r.Addr}
+	case "cluster":
+		c := redistest.StartCluster(parent, 3)
+		sc.stop = func() { c.Stop(parent) }
+		args = []string{"-cluster", "-redis", strings.Join(c.Addrs, ",")}
+	}
+	var addrs []string
+	for i := range nodes + 1 {
+		cmd := exec.Command(bin, append([]string{"-count", "1", "-node", fmt.Sprintf("s%d", i)}, args...)...)
+		cmd.Stderr = os.Stderr
+		out, _ := cmd.StdoutPipe()
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		sc.procs = append(sc.procs, cmd)
+		s := bufio.NewScanner(out)
+		if !s.Scan() {
+			b.Fatal("the node printed nothing")
+		}
+		m := nodeListening.FindStringSubmatch(s.Text())
+		if m == nil {
+			b.Fatalf("the node printed %q", s.Text())
+		}
+		addrs = append(addrs, m[1])
+		go func() {
+			for s.Scan() {
+			}
+		}()
+		c, err := net.DialTimeout("tcp", m[1], 10*time.Second)
+		if err != nil {
+			b.Fatal(err)
+		}
+		sc.conns = append(sc.conns, c)
+		sc.ctl = append(sc.ctl, bufio.NewReadWriter(bufio.NewReader(c), bufio.NewWriter(c)))
+	}
+	// Client i is on receiving node i%nodes, in group g<node>_<k>.
+	total := nodes * scaleClientsPerNode
+	for i := range total {
+		node := i % nodes
+		c, err := net.DialTimeout("tcp", addrs[1+node], 10*time.Second)
+		if err != nil {
+			b.Fatalf("client %d: %v", i, err)
+		}
+		sc.conns = append(sc.conns, c)
+		fmt.Fprintf(c, "bind u%d\njoin g%d_%d\n", i, node, (i/nodes)%(scaleClientsPerNode/scaleGroupSize))
+		go func() {
+			s := bufio.NewScanner(c)
+			for s.Scan() {
+				sc.delivered.Add(1)
+			}
+		}()
+	}
+	// Every membership is in place when the sender's node counts the
+	// last group full.
+	last := fmt.Sprintf("g%d_%d", nodes-1, scaleClientsPerNode/scaleGroupSize-1)
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		line := sc.ask(0, "count "+last)
+		if strings.HasPrefix(line, fmt.Sprintf("count %s %d ", last, scaleGroupSize)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("memberships not in place: %q", line)
+		}
+	}
+	return sc
+}
+
+// ask sends a query on a node's control connection and returns its
+// answer, skipping what reached that connection as a client (the
+// messages to all).
+func (sc *scaleCluster) ask(node int, line string) string {
+	rw := sc.ctl[node]
+	rw.WriteString(line + "\n")
+	rw.Flush()
+	cmd, _, _ := strings.Cut(line, " ")
+	for {
+		got, err := rw.ReadString('\n')
+		if err != nil || strings.HasPrefix(got, cmd+" ") {
+			return strings.TrimSuffix(got, "\n")
+		}
+	}
+}
+
+// stats sums a figure of the receiving nodes' stats.
+func (sc *scaleCluster) stats(name string) int {
+	re := regexp.MustCompile(" " + name + `=(\d+)`)
+	sum := 0
+	for i := 1; i <= sc.nodes; i++ {
+		m := re.FindStringSubmatch(sc.ask(i, "stats"))
+		if m == nil {
+			return -1
+		}
+		n, _ := strconv.Atoi(m[1])
+		sum += n
+	}
+	return sum
+}
+
+// cpu is the CPU time of the receiving nodes.
+func (sc *scaleCluster) cpu() time.Duration {
+	var total time.Duration
+	for _, p := range sc.procs[1:] {
+		total += procCPU(p.Process.Pid)
+	}
+	return total
+}
+
+func (sc *scaleCluster) run(b *testing.B, kind string) {
+	total := sc.nodes * scaleClientsPerNode
+	fanout := map[string]int{"all": total, "group": scaleGroupSize, "uid": 1}[kind]
+	window := int64(max(1000, fanout))
+	received0, stray0 := sc.stats("received"), sc.stats("stray")
+	start := sc.delivered.Load()
+	cpu0 := sc.cpu()
+	rw := sc.ctl[0]
+	rng := rand.New(rand.NewPCG(3, 4))
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for int64(i*fanout)-(sc.delivered.Load()-start) > window {
+			rw.Flush()
+			time.Sleep(50 * time.Microsecond)
+		}
+		switch kind {
+		case "all":
+			rw.WriteString("toall x\n")
+		case "group":
+			fmt.Fprintf(rw, "togroup g%d_%d x\n", rng.IntN(sc.nodes), rng.IntN(scaleClientsPerNode/scaleGroupSize))
+		case "uid":
+			fmt.Fprintf(rw, "touid u%d x\n", rng.IntN(total))
+		}
+	}
+	rw.Flush()
+	want := int64(b.N * fanout)
+	for deadline := time.Now().Add(60 * time.Second); sc.delivered.Load()-start < want && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Microsecond)
+	}
+	b.StopTimer()
+	if got := sc.delivered.Load() - start; got != want {
+		b.Fatalf("%d deliveries of %d", got, want)
+	}
+	cpu := sc.cpu() - cpu0
+	received := sc.stats("received") - received0
+	if stray := sc.stats("stray") - stray0; stray != 0 {
+		b.Errorf("the nodes received %d stray messages", stray)
+	}
+	b.ReportMetric(float64(received)/float64(b.N), "recv/msg")
+	b.ReportMetric(float64(cpu.Nanoseconds())/1e3/float64(b.N), "node-cpu-µs/msg")
+	b.ReportMetric(float64(cpu.Nanoseconds())/1e3/float64(b.N)/float64(sc.nodes), "per-node-cpu-µs/msg")
+	b.ReportMetric(0, "ns/op")
+}
+
+func (sc *scaleCluster) close() {
+	for _, c := range sc.conns {
+		c.Close()
+	}
+	sc.conns = nil
+	for _, p := range sc.procs {
+		p.Process.Kill()
+		p.Wait()
+	}
+	sc.procs = nil
+	if sc.stop != nil {
+		sc.stop()
+	}
+}

@@ -160,3 +160,11 @@ func StartCluster(t testing.TB, masters int) *Cluster {
 	}
 	return c
 }
+
+// Stop kills the cluster's servers (SIGKILL) and waits for them.
+// Stopping a stopped cluster does nothing.
+func (c *Cluster) Stop(t testing.TB) {
+	for _, s := range c.servers {
+		s.Stop(t)
+	}
+}
