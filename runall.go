@@ -255,6 +255,9 @@ func (p *Process) Upgrade(ctx context.Context) error {
 	defer cancel()
 	pid, err := p.startChild(ctx)
 	if err != nil {
+		for _, w := range p.Workers {
+			w.resteer()
+		}
 		p.logNotify(notify("READY=1")) // the reload is over: this process serves on
 		p.upgrading.Store(false)
 		return err

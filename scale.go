@@ -162,6 +162,20 @@ func (w *Worker) steerAtStart() {
 	w.sc.steered = true
 }
 
+// resteer steers the group over this worker's loops again: a new process
+// of an upgrade that failed may have steered it, through the sockets it
+// shares, over its own count of loops.
+func (w *Worker) resteer() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.sc.steered || !w.servingLocked() {
+		return
+	}
+	if err := steerGroup(w.listeners[0], len(w.loops)); err != nil {
+		w.logger().Warn("herd: steering the SO_REUSEPORT group again after a failed upgrade", "err", err)
+	}
+}
+
 // markChangeLocked starts a new fairness window: the loops serving now,
 // from their counts now. Called with w.mu held.
 func (w *Worker) markChangeLocked() {

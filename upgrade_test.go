@@ -51,6 +51,15 @@ func upgradeChild(mode string) int {
 	switch mode {
 	case "exit":
 		return 3
+	case "steer-exit":
+		// Serves the parent's sockets on one loop, steering the group to
+		// it, and exits before it is ready.
+		w := &Worker{Name: "up", Addr: os.Getenv("HERD_TEST_ADDR"), Count: 1, ReusePort: true, OnMessage: textEcho, Logger: quietLogger()}
+		go w.Run(context.Background())
+		for w.Loops() == nil {
+			time.Sleep(time.Millisecond)
+		}
+		return 3
 	case "hang":
 		time.Sleep(time.Minute)
 		return 0
@@ -288,6 +297,41 @@ func TestUpgradeFailures(t *testing.T) {
 				t.Errorf("the failed child %d still runs", pid)
 			}
 		})
+	}
+}
+
+// TestUpgradeFailureResteers: a new process with one loop steers the
+// shared SO_REUSEPORT group to its own loop, then dies before it is ready;
+// the old process, serving on with two loops, steers the group over both
+// again: new connections reach both of its loops.
+func TestUpgradeFailureResteers(t *testing.T) {
+	f := startUpgradeFixture(t, "steer-exit")
+	if err := f.p.Upgrade(context.Background()); err == nil {
+		t.Fatal("Upgrade succeeded")
+	}
+	accepted := func() []uint64 {
+		var n []uint64
+		for _, l := range f.w.Stats().Loops {
+			n = append(n, l.Accepted)
+		}
+		return n
+	}
+	before := accepted()
+	const n = 400
+	for range n {
+		c, err := net.Dial("tcp", f.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		br := bufio.NewReader(c)
+		echoLine(t, c, br, "hi")
+		c.Close()
+	}
+	after := accepted()
+	for i := range after {
+		if got := after[i] - before[i]; got < n/4 {
+			t.Errorf("loop %d accepted %d of %d new connections after the failed upgrade (%v before, %v after)", i, got, n, before, after)
+		}
 	}
 }
 
