@@ -150,11 +150,7 @@ func (p *tlsPipe) Read(b []byte) (int, error) {
 		// All read: an idle connection keeps no buffer here.
 		p.in, p.off, p.lent = nil, 0, false
 	}
-	if p.full {
-		p.full = false
-		c := p.c
-		c.Post(func() { c.loop.Load().resumeHandshakeInput(c) })
-	}
+	p.resumeLocked()
 	return n, nil
 }
 
@@ -191,11 +187,23 @@ func (p *tlsPipe) room(admitted bool) int {
 	return n
 }
 
-// start marks the handshake as taken up by its goroutine.
+// start marks the handshake as taken up by its goroutine. Reading stopped
+// for the budget resumes: the budget holds it no more.
 func (p *tlsPipe) start() {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	p.started = true
-	p.mu.Unlock()
+	p.resumeLocked()
+}
+
+// resumeLocked has the loop read the connection again if it stopped for
+// the pipe; under mu.
+func (p *tlsPipe) resumeLocked() {
+	if p.full {
+		p.full = false
+		c := p.c
+		c.Post(func() { c.loop.Load().resumeHandshakeInput(c) })
+	}
 }
 
 func (p *tlsPipe) Write(b []byte) (int, error) {
