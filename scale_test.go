@@ -801,3 +801,32 @@ func notLess(t *testing.T, what string, was, now LoopStats) {
 		}
 	}
 }
+
+// TestStatsStringAfterScale: the table Stats.String prints (the status
+// page's text) shows the connections Scale moved, and the rows of loops
+// it took away, marked.
+func TestStatsStringAfterScale(t *testing.T) {
+	w := &Worker{Addr: "text://127.0.0.1:0", Count: 2, Accept: AcceptRoundRobin, OnMessage: textEcho}
+	r := startWorker(t, w)
+	for i := range 2 {
+		c := r.dial(t)
+		echoLine(t, c, bufio.NewReader(c), fmt.Sprint("hi ", i))
+	}
+	if err := w.Scale(context.Background(), 1); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the loop gone", func() bool { return len(w.Stats().Departed) == 1 })
+	rows := map[string][]string{}
+	for _, line := range strings.Split(w.Stats().String(), "\n") {
+		if f := strings.Fields(line); len(f) == 16 {
+			rows[f[0]] = f
+		}
+	}
+	// loop accepted active closed moved-in moved-out ...
+	if got := rows["0"]; got == nil || got[2] != "2" || got[4] != "1" {
+		t.Errorf("loop 0's row %v, want 2 active, 1 moved in", got)
+	}
+	if got := rows["1*"]; got == nil || got[2] != "0" || got[5] != "1" {
+		t.Errorf("the departed loop's row %v, want it marked, 0 active, 1 moved out", got)
+	}
+}

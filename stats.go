@@ -4,6 +4,7 @@ package herd
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -243,11 +244,20 @@ func (s Stats) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "worker %q mode=%s loops=%d (+%d -%d) rejected=%d fairness since %s: accepted=%.3f messages=%.3f\n",
 		s.Name, s.Mode, len(s.Loops), s.LoopsAdded, s.LoopsRemoved, s.Rejected, s.Since.Format(time.TimeOnly), s.AcceptFairness, s.MessageFairness)
-	fmt.Fprintf(&b, "%4s %9s %7s %9s %11s %12s %12s %9s %8s %9s %8s %9s %9s %6s\n",
-		"loop", "accepted", "active", "closed", "messages", "bytes-in", "bytes-out", "wakeups", "empty-acc", "queued", "dropped", "drop-full", "switches", "busy%")
-	for _, l := range append(s.Loops, s.Departed...) {
-		fmt.Fprintf(&b, "%4d %9d %7d %9d %11d %12d %12d %9d %8d %9d %8d %9d %9d %6.1f\n",
-			l.Index, l.Accepted, l.Active, l.Closed, l.MessagesIn, l.BytesIn, l.BytesOut, l.Wakeups, l.EmptyAccepts, l.SendQueueBytes, l.Dropped, l.DroppedFull, l.ThreadSwitches, l.BusyPercent())
+	fmt.Fprintf(&b, "%5s %9s %7s %9s %8s %9s %11s %12s %12s %9s %8s %9s %8s %9s %9s %6s\n",
+		"loop", "accepted", "active", "closed", "moved-in", "moved-out", "messages", "bytes-in", "bytes-out", "wakeups", "empty-acc", "queued", "dropped", "drop-full", "switches", "busy%")
+	row := func(index string, l LoopStats) {
+		fmt.Fprintf(&b, "%5s %9d %7d %9d %8d %9d %11d %12d %12d %9d %8d %9d %8d %9d %9d %6.1f\n",
+			index, l.Accepted, l.Active, l.Closed, l.MovedIn, l.MovedOut, l.MessagesIn, l.BytesIn, l.BytesOut, l.Wakeups, l.EmptyAccepts, l.SendQueueBytes, l.Dropped, l.DroppedFull, l.ThreadSwitches, l.BusyPercent())
+	}
+	for _, l := range s.Loops {
+		row(strconv.Itoa(l.Index), l)
+	}
+	for _, l := range s.Departed {
+		row(strconv.Itoa(l.Index)+"*", l)
+	}
+	if len(s.Departed) > 0 {
+		b.WriteString("* a loop Scale took away: its counts until then\n")
 	}
 	return b.String()
 }
