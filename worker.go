@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"runtime"
 	"sync"
@@ -33,8 +34,10 @@ var (
 	// the connection's send queue is at MaxSendBufferSize.
 	ErrSendBufferFull = errors.New("herd: send buffer full, message dropped")
 	// ErrConnClosed is returned by Conn.Write and Conn.WaitWritable once
-	// the connection is closing or closed: nothing more can be sent.
-	ErrConnClosed = errors.New("herd: connection closing or closed")
+	// the connection is closing or closed: nothing more can be sent. It
+	// wraps net.ErrClosed, so errors.Is(err, net.ErrClosed) holds for it
+	// as for a closed net.Conn.
+	ErrConnClosed = fmt.Errorf("herd: connection closing or closed: %w", net.ErrClosed)
 	// ErrPanic wraps a panic recovered from a callback; the connection it
 	// concerned is closed and the loop goes on.
 	ErrPanic = errors.New("herd: panic in callback")
