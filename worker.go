@@ -59,7 +59,8 @@ type Worker struct {
 	Name string
 	// Addr is "scheme://address": tcp://host:port (raw stream, or Protocol),
 	// text://host:port and frame://host:port (TCP with that protocol),
-	// unix:///path/to.sock. IPv6 hosts go in brackets: tcp://[::1]:9000.
+	// unix:///path/to.sock, udp://host:port (datagrams, to OnPacket).
+	// IPv6 hosts go in brackets: tcp://[::1]:9000.
 	// An empty host (tcp://:9000) listens on every IPv4 address; use
 	// tcp://[::]:9000 for IPv6. Port 0 picks a free port; ListenAddr tells
 	// which. A unix socket file left by a dead process is replaced; one a
@@ -423,7 +424,8 @@ func (w *Worker) ListenAddr() Addr {
 	return w.listenAddrLocked()
 }
 
-// Addr is a listening address (a *net.TCPAddr or *net.UnixAddr).
+// Addr is a listening address: a *net.TCPAddr, *net.UnixAddr or
+// *net.UDPAddr.
 type Addr = interface {
 	Network() string
 	String() string
