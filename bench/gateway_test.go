@@ -349,7 +349,7 @@ func startScaleCluster(b, parent *testing.B, broker string, nodes int) *scaleClu
 		sc.stop = func() { r.Stop(parent) }
 		args = []string{"-redis", r.Addr}
 	case "cluster":
-		c := redistest.StartCluster(parent, 3)
+		c := redistest.StartCluster(parent, 3, 0)
 		sc.stop = func() { c.Stop(parent) }
 		args = []string{"-cluster", "-redis", strings.Join(c.Addrs, ",")}
 	}

@@ -281,10 +281,7 @@ func (p *publisher) close() error {
 }
 
 // heartbeat beats every third of LivenessTimeout until the gateway
-// closes. A beat that comes more than LivenessTimeout after the last one
-// that succeeded means the others took this node for gone meanwhile (it
-// was paused, starved, or cut off): counted in Stats.Suspended, and its
-// presence is written again at once, in case it expired meanwhile.
+// closes.
 func (p *publisher) heartbeat() {
 	defer close(p.beating)
 	t := time.NewTicker(LivenessTimeout / 3)
@@ -294,20 +291,16 @@ func (p *publisher) heartbeat() {
 		case <-p.ctx.Done():
 			return
 		case <-t.C:
-		}
-		last := p.lastBeat.Load()
-		if last != 0 && time.Since(p.started)-time.Duration(last) > LivenessTimeout {
-			p.g.stats.suspended.Add(1)
-			p.g.logger().Warn("gateway: no heartbeat for longer than LivenessTimeout; the other nodes took this one for gone meanwhile", "node", p.g.node)
 			p.beat()
-			p.enqueue(job{}) // refresh presence now
-			continue
 		}
-		p.beat()
 	}
 }
 
-// beat adds this incarnation to the live set.
+// beat adds this incarnation to the live set. A beat that succeeds more
+// than LivenessTimeout after the last one that did means the others took
+// this node for gone meanwhile (it was paused, starved, or cut off from
+// the broker): counted once in Stats.Suspended, and its presence is
+// written again at once, in case it expired meanwhile.
 func (p *publisher) beat() {
 	ctx, cancel := context.WithTimeout(p.ctx, brokerTimeout)
 	defer cancel()
@@ -315,7 +308,12 @@ func (p *publisher) beat() {
 		p.g.logger().Debug("gateway: heartbeat failed", "err", err)
 		return
 	}
-	p.lastBeat.Store(int64(time.Since(p.started)))
+	now := time.Since(p.started)
+	if last := time.Duration(p.lastBeat.Swap(int64(now))); last != 0 && now-last > LivenessTimeout {
+		p.g.stats.suspended.Add(1)
+		p.g.logger().Warn("gateway: no heartbeat for longer than LivenessTimeout; the other nodes took this one for gone meanwhile", "node", p.g.node, "for", now-last)
+		p.enqueue(job{}) // refresh presence now
+	}
 }
 
 // maxBatch bounds the messages published in one call.

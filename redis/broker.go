@@ -142,6 +142,7 @@ func (b *Broker) receive(ctx context.Context, ps *goredis.PubSub, kind string, n
 			}
 			// Redis is unreachable: the next Receive reconnects. Do not
 			// spin meanwhile.
+			b.failed(err)
 			confirmed = 0
 			select {
 			case <-time.After(backoff):
@@ -184,7 +185,7 @@ func (b *Broker) Publish(ctx context.Context, msgs []gateway.Outgoing) ([]int, e
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, b.failed(err)
 	}
 	received := make([]int, len(msgs))
 	for i, c := range cmds {
@@ -206,11 +207,11 @@ func (b *Broker) Subscribers(ctx context.Context, channels []string) ([]int, err
 		for i, name := range names {
 			master, err := cc.MasterForKey(ctx, name)
 			if err != nil {
-				return nil, err
+				return nil, b.failed(err)
 			}
 			m, err := master.PubSubShardNumSub(ctx, name).Result()
 			if err != nil {
-				return nil, err
+				return nil, b.failed(err)
 			}
 			out[i] = int(m[name])
 		}
@@ -228,6 +229,18 @@ func (b *Broker) Subscribers(ctx context.Context, channels []string) ([]int, err
 }
 
 func (b *Broker) presenceKey(key string) string { return b.prefix() + "p:" + key }
+
+// failed tells a cluster client to reload the slot map after an error:
+// go-redis learns of a failover from a MOVED answer, which a master that
+// is down never gives, so without this it would dial the dead master
+// until its periodic reload (ClusterStateReloadInterval, a minute by
+// default). go-redis runs one reload at a time. It returns err.
+func (b *Broker) failed(err error) error {
+	if cc, ok := b.Client.(*goredis.ClusterClient); ok && err != nil && !errors.Is(err, goredis.Nil) {
+		cc.ReloadState(context.Background())
+	}
+	return err
+}
 
 // channel is a gateway channel's name in Redis. On a cluster the whole
 // gateway channel is the hash tag ("herd:{node:one-2k7x9q0v3mzp1}"), so
@@ -272,7 +285,7 @@ func (b *Broker) UpdatePresence(ctx context.Context, ttl time.Duration, changes 
 		}
 		return nil
 	})
-	return err
+	return b.failed(err)
 }
 
 // Members implements gateway.Broker: one pipeline.
@@ -286,7 +299,7 @@ func (b *Broker) Members(ctx context.Context, keys []string) ([][]string, error)
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, b.failed(err)
 	}
 	out := make([][]string, len(keys))
 	for i, c := range cmds {
@@ -301,5 +314,5 @@ func (b *Broker) IsMember(ctx context.Context, key, member string) (bool, error)
 	if errors.Is(err, goredis.Nil) {
 		return false, nil
 	}
-	return err == nil && score > float64(time.Now().UnixMilli()), err
+	return err == nil && score > float64(time.Now().UnixMilli()), b.failed(err)
 }

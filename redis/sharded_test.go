@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 
@@ -23,7 +24,7 @@ import (
 // holds no member, receives only the message to all); a node killed is
 // gone at once (PUBSUB SHARDNUMSUB).
 func TestCluster(t *testing.T) {
-	cl := redistest.StartCluster(t, 3)
+	cl := redistest.StartCluster(t, 3, 0)
 	addrs := strings.Join(cl.Addrs, ",")
 	a, b, c := startNode(t, addrs, "a", "-cluster"), startNode(t, addrs, "b", "-cluster"), startNode(t, addrs, "c", "-cluster")
 	sender, b1, b2, c1 := a.connect(t), b.connect(t), b.connect(t), c.connect(t)
@@ -96,7 +97,7 @@ func TestCluster(t *testing.T) {
 // master of a 3-master cluster (each gets about 30; none is left out with
 // probability 3·(2/3)^90, about 4e-16).
 func TestClusterChannelsSpread(t *testing.T) {
-	cl := redistest.StartCluster(t, 3)
+	cl := redistest.StartCluster(t, 3, 0)
 	cc := goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: cl.Addrs})
 	defer cc.Close()
 	b := &herdredis.Broker{Client: cc}
@@ -113,5 +114,80 @@ func TestClusterChannelsSpread(t *testing.T) {
 	t.Logf("node channels per master: %v", per)
 	if len(per) != 3 {
 		t.Errorf("90 node channels on %d masters, want all 3: %v", len(per), per)
+	}
+}
+
+// TestClusterFailover: on a cluster of three masters with a replica each,
+// the master that carries node b's channel is killed. Its replica takes
+// over; node b resubscribes on its own (counted); node a's messages to
+// b's client, one every 20 ms, arrive again; and each one that did not
+// arrive is counted somewhere: dropped or unknown on a, missed on b.
+// None arrives twice or out of order.
+func TestClusterFailover(t *testing.T) {
+	cl := redistest.StartCluster(t, 3, 1)
+	addrs := strings.Join(cl.Addrs, ",")
+	a, b := startNode(t, addrs, "a", "-cluster"), startNode(t, addrs, "b", "-cluster")
+	sender, b1 := a.connect(t), b.connect(t)
+	sender.ask("alive "+b1.id, prefix("alive "+b1.id+" true "))
+
+	cc := goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: cl.Addrs})
+	defer cc.Close()
+	ctx := context.Background()
+	channel := (&herdredis.Broker{Client: cc}).Channel("node:b-" + b.inc)
+	master, err := cc.MasterForKey(ctx, channel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sender.send("toclient %s m0", b1.id)
+	b1.expect("m0")
+
+	cl.Kill(t, master.Options().Addr)
+	killed := time.Now()
+	// Send until b's client receives again, and 10 more.
+	received, last, sent := 1, 0, 1
+	after := -1
+	for deadline := time.Now().Add(30 * time.Second); after < 0 || sent < after+10; sent++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("no message reached b's client within 30s of the kill (%d sent)", sent)
+		}
+		sender.send("toclient %s m%d", b1.id, sent)
+		time.Sleep(20 * time.Millisecond)
+		for drained := false; !drained; {
+			select {
+			case l := <-b1.lines:
+				i, err := strconv.Atoi(strings.TrimPrefix(l, "m"))
+				if err != nil || i <= last {
+					t.Fatalf("b's client got %q after m%d", l, last)
+				}
+				last = i
+				received++
+				if after < 0 {
+					after = sent
+				}
+			default:
+				drained = true
+			}
+		}
+	}
+	// The last ones arrive (nothing is in the way any more).
+	for last < sent-1 {
+		l := b1.next()
+		i, err := strconv.Atoi(strings.TrimPrefix(l, "m"))
+		if err != nil || i <= last {
+			t.Fatalf("b's client got %q after m%d", l, last)
+		}
+		last = i
+		received++
+	}
+	lost := sent - received
+	dropped, unknown := sender.stat("dropped"), sender.stat("unknown")
+	missed, resub := b1.stat("missed"), b1.stat("resubscribes")
+	t.Logf("%d sent, %d received, %d lost; node a: %d dropped, %d unknown; node b: %d missed, %d resubscriptions; back %v after the kill",
+		sent, received, lost, dropped, unknown, missed, resub, time.Since(killed).Round(time.Millisecond))
+	if resub < 1 {
+		t.Errorf("node b counted %d resubscriptions, want at least 1", resub)
+	}
+	if lost > dropped+unknown+missed {
+		t.Errorf("%d messages lost, %d counted (dropped %d, unknown %d, missed %d)", lost, dropped+unknown+missed, dropped, unknown, missed)
 	}
 }

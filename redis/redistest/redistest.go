@@ -104,20 +104,22 @@ func (s *Server) Restart(t testing.TB) {
 	s.start(t)
 }
 
-// Cluster is a Redis Cluster of masters without replicas started by
-// StartCluster.
+// Cluster is a Redis Cluster started by StartCluster.
 type Cluster struct {
-	Addrs   []string // the masters' addresses
-	servers []*Server
+	Addrs    []string // the masters' addresses, as created
+	Replicas []string // the replicas' addresses
+	servers  []*Server
 }
 
-// StartCluster runs masters redis-server processes in cluster mode, on
-// free loopback ports, and joins them into one cluster with
-// redis-cli --cluster create (the slots split evenly); it returns once
-// every master reports cluster_state:ok, and stops them by PID when the
-// test ends. It skips (fails under CI) where redis-server or redis-cli
-// is missing.
-func StartCluster(t testing.TB, masters int) *Cluster {
+// StartCluster runs masters redis-server processes in cluster mode, and
+// replicas more for each master, on free loopback ports, and joins them
+// into one cluster with redis-cli --cluster create (the slots split
+// evenly; a node that is down for 2 s fails over to its replica); it
+// returns once every node reports cluster_state:ok (and every replica
+// its link to its master up), and stops them by
+// PID when the test ends. It skips (fails under CI) where redis-server or
+// redis-cli is missing.
+func StartCluster(t testing.TB, masters, replicas int) *Cluster {
 	t.Helper()
 	for _, bin := range []string{"redis-server", "redis-cli"} {
 		if _, err := exec.LookPath(bin); err != nil {
@@ -128,7 +130,8 @@ func StartCluster(t testing.TB, masters int) *Cluster {
 		}
 	}
 	c := &Cluster{}
-	for range masters {
+	var all []string
+	for i := range masters * (1 + replicas) {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
@@ -136,21 +139,32 @@ func StartCluster(t testing.TB, masters int) *Cluster {
 		port := l.Addr().(*net.TCPAddr).Port
 		l.Close()
 		s := &Server{Addr: "127.0.0.1:" + strconv.Itoa(port), port: port, dir: t.TempDir(),
-			extra: []string{"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"}}
+			extra: []string{"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+				// A replica may take over however old its data: a test's
+				// master is killed moments after it was made.
+				"--cluster-replica-validity-factor", "0"}}
 		s.start(t)
 		t.Cleanup(func() { s.Stop(t) })
 		c.servers = append(c.servers, s)
-		c.Addrs = append(c.Addrs, s.Addr)
+		all = append(all, s.Addr)
+		if i < masters {
+			c.Addrs = append(c.Addrs, s.Addr)
+		} else {
+			c.Replicas = append(c.Replicas, s.Addr)
+		}
 	}
-	args := append([]string{"--cluster", "create"}, c.Addrs...)
-	out, err := exec.Command("redis-cli", append(args, "--cluster-replicas", "0", "--cluster-yes")...).CombinedOutput()
+	// redis-cli makes the first addresses given the masters.
+	args := append([]string{"--cluster", "create"}, all...)
+	out, err := exec.Command("redis-cli", append(args, "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
 	}
-	for _, addr := range c.Addrs {
+	for _, addr := range all {
 		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 			info, _ := exec.Command("redis-cli", "-h", "127.0.0.1", "-p", addr[len("127.0.0.1:"):], "cluster", "info").Output()
-			if strings.Contains(string(info), "cluster_state:ok") {
+			repl, _ := exec.Command("redis-cli", "-h", "127.0.0.1", "-p", addr[len("127.0.0.1:"):], "info", "replication").Output()
+			synced := !strings.Contains(string(repl), "role:slave") || strings.Contains(string(repl), "master_link_status:up")
+			if strings.Contains(string(info), "cluster_state:ok") && synced {
 				break
 			}
 			if time.Now().After(deadline) {
@@ -159,6 +173,18 @@ func StartCluster(t testing.TB, masters int) *Cluster {
 		}
 	}
 	return c
+}
+
+// Kill kills the cluster's server at addr (SIGKILL) and waits for it.
+func (c *Cluster) Kill(t testing.TB, addr string) {
+	t.Helper()
+	for _, s := range c.servers {
+		if s.Addr == addr {
+			s.Stop(t)
+			return
+		}
+	}
+	t.Fatalf("no cluster server at %s", addr)
 }
 
 // Stop kills the cluster's servers (SIGKILL) and waits for them.
