@@ -40,7 +40,8 @@ func (r SendResult) String() string {
 // Conn is one connection, accepted by a Worker or dialed by a loop
 // (Loop.Dial). It belongs to one loop at a time, and its callbacks (the
 // Worker's, or its Dialer's) run there; Worker.Scale may hand it to another loop when its
-// loop leaves (see LoopMover). Every method is safe from any goroutine.
+// loop leaves (see LoopMover). Every method is safe from any goroutine
+// except LastActive and SetHandler, which only its loop may call.
 type Conn struct {
 	id uint64
 	fd int32

@@ -31,8 +31,13 @@
 // Callbacks (OnConnect, OnMessage, OnClose, timers, Loop.Post) run on the
 // goroutine of the loop that owns the connection, one at a time, and must
 // not block: hand slow work to a goroutine. Every method of Conn, Loop and
-// Timer is safe from any goroutine, except Loop.Now, the loop's clock, which
-// is for its callbacks. Conn.Send writes directly when nothing
+// Timer is safe from any goroutine, except four that read or change what
+// only the loop touches, and may only be called on the loop (from a
+// callback, or a function given to Post): Loop.Now (the loop's clock),
+// Loop.Conns, Conn.LastActive and Conn.SetHandler. Work for a connection
+// goes through Conn.Post, which follows the connection when Scale moves it
+// to another loop; Loop.Post runs on that one loop, wherever its
+// connections have gone. Conn.Send writes directly when nothing
 // is queued, so a reply sent from a worker goroutine costs no hop through the
 // loop.
 //

@@ -23,7 +23,8 @@ const readBufferSize = 64 << 10
 
 // Loop is one event loop: a goroutine (locked to an OS thread with
 // Worker.LockOSThread) with its own poller, connections and timers. Its
-// methods are safe from any goroutine.
+// methods are safe from any goroutine except Now and Conns, which only the
+// loop itself may call.
 type Loop struct {
 	w      *Worker
 	index  int
@@ -181,7 +182,8 @@ func (l *Loop) Conns(f func(*Conn) bool) {
 func (l *Loop) Worker() *Worker { return l.w }
 
 // Post runs f on the loop. It reports false, and f never runs, once the loop
-// has stopped.
+// has stopped. For work on a connection use Conn.Post: this loop may have
+// handed the connection to another by the time f runs (Scale).
 func (l *Loop) Post(f func()) bool { return l.post(task{kind: taskFunc, f: f}) }
 
 func (l *Loop) post(t task) bool {
