@@ -269,7 +269,8 @@ func (g *Gateway) deliver(r *record, m *message) {
 // uid, group or to all. Set its fields, then Attach it to the worker
 // before Run. Its methods are safe from any goroutine; the ones that
 // change membership or send return at once, and their effects on one
-// client happen in the order they were called.
+// client happen in the order they were called. The Send methods copy msg
+// before they return: the caller may reuse it at once.
 type Gateway struct {
 	// Node names this process in the cluster; unique per process. Empty
 	// means the host name, the process ID and a random suffix.

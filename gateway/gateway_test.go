@@ -307,3 +307,15 @@ func TestGatewayScale(t *testing.T) {
 		}
 	}
 }
+
+// TestSendCopiesMsg: what SendToAll was given may be overwritten as soon
+// as it returns; the clients get what it held then.
+func TestSendCopiesMsg(t *testing.T) {
+	g := &Gateway{}
+	n := startTextNode(t, g, 1)
+	c := n.dial(t)
+	msg := []byte("first")
+	g.SendToAll(msg)
+	copy(msg, "XXXXX")
+	c.expect(t, "first")
+}
