@@ -403,3 +403,67 @@ func ExamplePipe() {
 	<-done
 	// Output: backend: hello
 }
+
+// numbered is a protocol that keeps state per connection: it numbers the
+// lines each client sends, and answers the client's end of stream with a
+// count. Its state is the Handler the loop hands each read to (a
+// Protocol holds none); EndHandler lets it answer the end before the
+// connection closes.
+type numbered struct {
+	partial []byte // the start of a line not yet whole
+	lines   int
+}
+
+func (n *numbered) OnData(c *herd.Conn, data []byte) {
+	for {
+		i := bytes.IndexByte(data, '\n')
+		if i < 0 {
+			n.partial = append(n.partial, data...) // data is only valid during the call
+			return
+		}
+		n.lines++
+		line := append(n.partial, data[:i]...)
+		c.Send([]byte(fmt.Sprintf("%d: %s\n", n.lines, line)))
+		n.partial, data = n.partial[:0], data[i+1:]
+	}
+}
+
+func (n *numbered) OnEnd(c *herd.Conn) {
+	c.Send([]byte(fmt.Sprintf("bye after %d lines\n", n.lines)))
+	c.Close() // once the queue is written
+}
+
+func (n *numbered) OnClose(*herd.Conn) {}
+
+// A protocol of your own with state per connection: OnConnect gives each
+// connection its Handler (see Handler, EndHandler, Stopper and LoopMover
+// for what the loop asks of one).
+func ExampleHandler() {
+	w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 1, Logger: slog.New(slog.DiscardHandler)}
+	w.OnConnect = func(c *herd.Conn) { c.SetHandler(&numbered{}) }
+	if err := w.Listen(); err != nil {
+		fmt.Println(err)
+		return
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	go w.Run(ctx)
+
+	conn, err := net.Dial("tcp", w.ListenAddr().String())
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprint(conn, "alpha\nbe")
+	time.Sleep(10 * time.Millisecond) // the line arrives in two reads
+	fmt.Fprint(conn, "ta\n")
+	conn.(*net.TCPConn).CloseWrite()
+	out, _ := io.ReadAll(conn)
+	fmt.Print(string(out))
+	// Output:
+	// 1: alpha
+	// 2: beta
+	// bye after 2 lines
+}
