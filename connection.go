@@ -100,6 +100,7 @@ type connRare struct {
 	ctx            any           // SetContext (under mu)
 	writable       chan struct{} // closed when the queue goes below the high mark (WaitWritable; under mu)
 	lastDropReport int64         // loop clock of the last report of drops (reportDrops; loop-owned)
+	unsent         int           // the kernel's send queue at the last idle sweep (progressed; under mu)
 	tls            *tlsState     // set once, before flagTLS, when the worker serves TLS
 	dial           *dialState    // set once, before flagDialed, for a connection the loop dialed
 	waiter         *Conn         // paused until this queue is low again (Pipe; under mu)
@@ -579,8 +580,13 @@ func (c *Conn) brokenLocked() {
 	c.wakeWritersLocked()
 }
 
-// dropQueueLocked discards the send queue.
+// dropQueueLocked discards the send queue. Bytes it still held are cut
+// off: the socket's close will reset the connection, so that its peer does
+// not take what it got for the whole stream.
 func (c *Conn) dropQueueLocked() {
+	if c.queuedLocked() > 0 && c.fd >= 0 && c.state.Load() != connClosed {
+		unix.SetsockoptLinger(int(c.fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	}
 	if c.q != nil {
 		c.loop.Load().sendQueued.Add(-int64(c.q.n))
 		c.q.free()

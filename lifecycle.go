@@ -386,6 +386,36 @@ func (l *Loop) sweepLinger() {
 	}
 }
 
+// progressed reports whether c's peer has shown itself since limit: c
+// read something or made progress writing, or the kernel's send queue (what
+// the peer has not taken yet) changed since the last sweep, which counts as
+// progress from now. A reader slower than the socket's buffer takes from
+// the kernel for seconds without the loop writing; so may a pipe's slow
+// side while its other side waits. A peer that takes nothing is cut after
+// one IdleTimeout, or two if the kernel held bytes for it when the first
+// began.
+func (l *Loop) progressed(c *Conn, limit int64) bool {
+	if c.lastActive >= limit {
+		return true
+	}
+	if c.fd < 0 {
+		return false
+	}
+	n := unsentBytes(int(c.fd))
+	if n <= 0 {
+		return false
+	}
+	c.mu.Lock()
+	r := c.rareLocked()
+	moved := r.unsent != n
+	r.unsent = n
+	c.mu.Unlock()
+	if moved {
+		c.lastActive = l.now.UnixNano()
+	}
+	return moved
+}
+
 // startIdleSweep, every quarter of IdleTimeout, closes the connections that
 // have been silent for longer than IdleTimeout, and aborts those whose close
 // has made no progress for as long (a peer that reads nothing).
@@ -395,8 +425,11 @@ func (l *Loop) startIdleSweep() {
 	l.addTimer(period, period, func() {
 		limit := l.now.Add(-idle).UnixNano()
 		for _, c := range l.conns {
-			if c == nil || c.lastActive >= limit || c.flags.Load()&flagConnecting != 0 {
+			if c == nil || c.flags.Load()&flagConnecting != 0 || l.progressed(c, limit) {
 				continue // a connect has its own timeout
+			}
+			if e, ok := c.h.(*pipeEnd); ok && l.progressed(e.other, limit) {
+				continue // a pipe is idle only when neither end moves
 			}
 			if c.holds.Load() > 0 || c.flags.Load()&flagDrainWait != 0 {
 				// Held: a reply is being made elsewhere and will be sent;

@@ -1,0 +1,109 @@
+//go:build linux
+
+package balancer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/seed358e4494/herd"
+	"github.com/seed358e4494/herd/internal/herdtest"
+)
+
+// A proxied answer cut short must not reach the client as a whole one. Here
+// both peers end (the client's request half-closed, the backend's answer
+// whole and closed), and the proxy still holds part of the answer for a
+// client that reads nothing: when IdleTimeout, or the end of a graceful
+// stop, cuts it, the client sees a reset, not an end of stream (it did
+// once the proxy had read the backend's end: the queue was dropped and the
+// socket closed as usual).
+func TestCutAnswerResets(t *testing.T) {
+	const answer = 5 << 20
+	for _, how := range []string{"idle", "stop"} {
+		for _, splice := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/splice=%v", how, splice), func(t *testing.T) {
+				be := startBackend(t, func(c *net.TCPConn) {
+					c.Read(make([]byte, 100))
+					c.Write(make([]byte, answer))
+				})
+				b := &Balancer{Backends: []Backend{{Addr: be.addr}}, Splice: splice, Logger: quiet}
+				w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 1, Logger: quiet}
+				if how == "idle" {
+					w.IdleTimeout = 500 * time.Millisecond
+				}
+				if err := b.Attach(w); err != nil {
+					t.Fatal(err)
+				}
+				addr := herdtest.Run(t, w)
+				c, err := net.Dial("tcp", addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				c.(*net.TCPConn).SetReadBuffer(64 << 10)
+				c.Write([]byte("GET"))
+				c.(*net.TCPConn).CloseWrite()
+				// Whether the proxy has read the backend's end by then (its
+				// reading pauses while the client's queue is high) or not, a
+				// cut must reset.
+				herdtest.WaitFor(t, "the answer under way", func() bool {
+					return b.Stats().Backends[0].BytesOut > 1<<20
+				})
+				time.Sleep(200 * time.Millisecond)
+				if how == "stop" {
+					ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+					defer cancel()
+					w.Shutdown(ctx)
+				} else {
+					time.Sleep(1500 * time.Millisecond) // past IdleTimeout, twice over
+				}
+				c.SetReadDeadline(time.Now().Add(10 * time.Second))
+				n, err := io.Copy(io.Discard, c)
+				if n < answer && !errors.Is(err, syscall.ECONNRESET) {
+					t.Errorf("the client got %d of %d bytes, then %v; want a reset for a cut answer", n, answer, err)
+				}
+			})
+		}
+	}
+}
+
+// A client that downloads steadily but slower than the backend sends is
+// never idle, however long the proxy's reading of the backend waits for
+// it: IdleTimeout cuts only a pipe neither of whose ends moves.
+func TestSlowDownloadNotIdle(t *testing.T) {
+	const total = 2 << 20
+	for _, splice := range []bool{false, true} {
+		t.Run(fmt.Sprintf("splice=%v", splice), func(t *testing.T) {
+			be := startBackend(t, func(c *net.TCPConn) {
+				c.Write(make([]byte, total))
+				c.CloseWrite()
+				io.Copy(io.Discard, c)
+			})
+			b := &Balancer{Backends: []Backend{{Addr: be.addr}}, Splice: splice, Logger: quiet}
+			addr := runBalancer(t, b, func(w *herd.Worker) { w.IdleTimeout = 500 * time.Millisecond })
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.(*net.TCPConn).SetReadBuffer(32 << 10)
+			c.SetReadDeadline(time.Now().Add(30 * time.Second))
+			buf := make([]byte, 16<<10)
+			got := 0
+			for got < total {
+				n, err := c.Read(buf)
+				got += n
+				if err != nil {
+					t.Fatalf("the download was cut after %d of %d bytes: %v", got, total, err)
+				}
+				time.Sleep(20 * time.Millisecond) // about 800 KB/s at most, 16 KiB at a time
+			}
+		})
+	}
+}
