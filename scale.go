@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -88,6 +89,11 @@ func (w *Worker) Scale(ctx context.Context, n int) error {
 		return ErrNotRunning
 	case !serving:
 		return ErrWorkerClosed
+	}
+	if err := w.awaitDeparting(ctx); err != nil {
+		return fmt.Errorf("herd: scale to %d: loops an earlier Scale took away are still leaving: %w", n, err)
+	}
+	switch {
 	case n > cur:
 		return w.grow(n)
 	case n < cur:
@@ -233,6 +239,24 @@ func (w *Worker) shrink(ctx context.Context, n int) error {
 					w.departed(l)
 				}
 			}()
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// awaitDeparting waits until the loops an earlier Scale took away have
+// exited (that Scale returned when its context ended, and the change went
+// on): until then they still hand their sockets over, and a grow would give
+// one of those to a new loop as well.
+func (w *Worker) awaitDeparting(ctx context.Context) error {
+	w.mu.Lock()
+	departing := slices.Clone(w.departing)
+	w.mu.Unlock()
+	for _, l := range departing {
+		select {
+		case <-l.exited:
+		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}

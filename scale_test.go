@@ -830,3 +830,101 @@ func TestStatsStringAfterScale(t *testing.T) {
 		t.Errorf("the departed loop's row %v, want it marked, 0 active, 1 moved out", got)
 	}
 }
+
+// TestScaleGrowPortZero: a ReusePort worker on port 0 grown by Scale gives
+// its new loops sockets in the same group, on the port it was given (they
+// were bound to new free ports, and those loops got nothing), and new
+// connections reach every loop.
+func TestScaleGrowPortZero(t *testing.T) {
+	w := &Worker{Addr: "text://127.0.0.1:0", Count: 1, ReusePort: true, OnMessage: textEcho}
+	r := startWorker(t, w)
+	waitFor(t, 5*time.Second, "the loops", func() bool { return w.Loops() != nil })
+	if err := w.Scale(context.Background(), 4); err != nil {
+		t.Fatal(err)
+	}
+	w.mu.Lock()
+	var ports []int
+	for _, fd := range w.listeners {
+		sa, err := boundSockaddr(fd)
+		if err != nil {
+			w.mu.Unlock()
+			t.Fatal(err)
+		}
+		ports = append(ports, sa.(*unix.SockaddrInet4).Port)
+	}
+	w.mu.Unlock()
+	for _, p := range ports[1:] {
+		if p != ports[0] {
+			t.Fatalf("listener ports %v after Scale(4), want one port", ports)
+		}
+	}
+	for i := range 400 {
+		c := r.dial(t)
+		echoLine(t, c, bufio.NewReader(c), fmt.Sprint("hi ", i))
+		c.Close()
+	}
+	for _, l := range w.Stats().Loops {
+		if l.Accepted < 50 {
+			t.Errorf("loop %d accepted %d of 400 new connections after Scale(4)", l.Index, l.Accepted)
+		}
+	}
+}
+
+// TestScaleAfterUnfinishedShrink: a shrink whose context ends before the
+// leaving loop has gone (it is busy in a callback) goes on in the
+// background; a grow right after waits for it, so that no socket ends up
+// watched by two loops (the leaving loop handed to a staying one the
+// socket the grow had given the new loop too).
+func TestScaleAfterUnfinishedShrink(t *testing.T) {
+	w := &Worker{Addr: "text://127.0.0.1:0", Count: 2, ReusePort: true, OnMessage: func(c *Conn, m []byte) {
+		if string(m) == "block" {
+			time.Sleep(600 * time.Millisecond)
+		}
+		c.Send(m)
+	}}
+	r := startWorker(t, w)
+	waitFor(t, 5*time.Second, "the loops", func() bool { return w.Loops() != nil })
+	for blocked := false; !blocked; {
+		c := r.dial(t)
+		echoLine(t, c, bufio.NewReader(c), "which loop")
+		onLoop(t, w.Loops()[1], func() {
+			w.Loops()[1].Conns(func(cc *Conn) bool {
+				if cc.RemoteAddr().String() == c.LocalAddr().String() {
+					blocked = true
+				}
+				return true
+			})
+		})
+		if blocked {
+			c.Write([]byte("block\n"))
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	err := w.Scale(ctx, 1)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Scale(1) with loop 1 busy: %v, want its context's end", err)
+	}
+	if err := w.Scale(context.Background(), 2); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the loop that left gone", func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return len(w.departing) == 0
+	})
+	watchers := map[int]int{}
+	for _, l := range w.Loops() {
+		onLoop(t, l, func() {
+			for _, a := range l.accs {
+				watchers[a.fd]++
+			}
+		})
+	}
+	for fd, n := range watchers {
+		if n != 1 {
+			t.Errorf("listener %d watched by %d loops (all: %v)", fd, n, watchers)
+		}
+	}
+}

@@ -328,6 +328,7 @@ func (w *Worker) Listen() error {
 			ep.sa = sa
 		}
 	}
+	w.ep = ep // with the port bound: Scale's new sockets join this group, not a new port
 	w.state = stateListening
 	w.boundPath = ep.path != ""
 	w.logger().Info("herd: listening", "addr", w.listenAddrLocked(), "loops", w.count, "mode", w.mode.String(), "inherited", w.inheritedListeners)
