@@ -4,6 +4,7 @@ package herd_test
 
 import (
 	"context"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -124,3 +125,27 @@ func TestValidWorkerShape(t *testing.T) {
 
 // textProto is a Protocol set in Worker.Protocol.
 type textProto = protocol.Text
+
+// TestClaimCheckedAtListen: a field a server's Attach would have refused,
+// set after it, is refused at Listen, naming it and the server.
+func TestClaimCheckedAtListen(t *testing.T) {
+	for name, set := range map[string]func(w *herd.Worker){
+		"OnMessage": func(w *herd.Worker) { w.OnMessage = func(*herd.Conn, []byte) {} },
+		"Protocol":  func(w *herd.Worker) { w.Protocol = protocol.Text{} },
+	} {
+		w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Logger: slog.New(slog.DiscardHandler)}
+		if err := w.Claim("the test server"); err != nil {
+			t.Fatal(err)
+		}
+		set(w)
+		err := w.Listen()
+		if err == nil {
+			w.Shutdown(context.Background())
+			t.Errorf("%s set after Attach: Listen succeeded", name)
+			continue
+		}
+		if !strings.Contains(err.Error(), name) || !strings.Contains(err.Error(), "the test server") {
+			t.Errorf("%s set after Attach: %v, want it and the server named", name, err)
+		}
+	}
+}

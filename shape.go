@@ -60,6 +60,13 @@ func (w *Worker) checkShape(ep endpoint) error {
 		if w.OnPacket != nil {
 			return fmt.Errorf("herd: Worker.OnPacket is set and would never run: %q is a stream address (OnPacket is for udp://)", w.Addr)
 		}
+		// Set after the server's Attach: the same rule as Claim's.
+		switch {
+		case w.claimedBy != "" && (w.Protocol != nil || ep.proto != nil):
+			return fmt.Errorf("herd: %s reads the raw stream; the worker has a Protocol (Worker.Protocol or Addr %q), set after Attach", w.claimedBy, w.Addr)
+		case w.claimedBy != "" && w.OnMessage != nil:
+			return fmt.Errorf("herd: %s takes every connection's input; Worker.OnMessage, set after Attach, would never run", w.claimedBy)
+		}
 		return nil
 	}
 	if w.OnPacket == nil {
