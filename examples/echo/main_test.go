@@ -136,9 +136,10 @@ func parseStats(t *testing.T, out string) []statsTable {
 		if i >= len(lines) || !strings.Contains(lines[i], "accepted") || !strings.Contains(lines[i], "messages") {
 			t.Fatalf("stats table without its column names:\n%s", out)
 		}
-		swCol := slices.Index(strings.Fields(lines[i]), "switches")
-		if swCol < 0 {
-			t.Fatalf("stats table without a switches column:\n%s", out)
+		cols := strings.Fields(lines[i])
+		accCol, msgCol, swCol := slices.Index(cols, "accepted"), slices.Index(cols, "messages"), slices.Index(cols, "switches")
+		if accCol < 0 || msgCol < 0 || swCol < 0 {
+			t.Fatalf("stats table without its accepted, messages and switches columns:\n%s", out)
 		}
 		for i+1 < len(lines) {
 			f := strings.Fields(lines[i+1])
@@ -148,8 +149,8 @@ func parseStats(t *testing.T, out string) []statsTable {
 			if _, err := strconv.Atoi(f[0]); err != nil {
 				break
 			}
-			acc, err1 := strconv.ParseUint(f[1], 10, 64)
-			msgs, err2 := strconv.ParseUint(f[4], 10, 64)
+			acc, err1 := strconv.ParseUint(f[accCol], 10, 64)
+			msgs, err2 := strconv.ParseUint(f[msgCol], 10, 64)
 			if err1 != nil || err2 != nil {
 				t.Fatalf("bad stats row %q", lines[i+1])
 			}
