@@ -483,6 +483,20 @@ func (l *Loop) read(c *Conn, failed, peerEnd bool) {
 	if st == connClosed {
 		return
 	}
+	if f := c.flags.Load(); poll.EdgeTriggered && failed && st == connOpen && f&flagsInputPaused != 0 && f&flagPeerEnded == 0 {
+		// Hung up both ways (a proxied peer that sent its answer and
+		// closed) while its reading is paused: the input before the
+		// hang-up waits as it would have, however much the kernel holds,
+		// unless the socket failed. Resuming re-arms it, and the poller
+		// reports the hang-up again.
+		if v, err := unix.GetsockoptInt(int(c.fd), unix.SOL_SOCKET, unix.SO_ERROR); err != nil || v != 0 {
+			if err == nil {
+				err = unix.Errno(v)
+			}
+			l.closeConn(c, err)
+		}
+		return
+	}
 	if poll.EdgeTriggered && failed {
 		// A failure is reported once: it is served again each turn until
 		// the connection has closed, as a level-triggered poller would.

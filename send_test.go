@@ -293,8 +293,14 @@ func TestLargeSendLeavesLoopFree(t *testing.T) {
 	}
 	turns := w.Stats().Loops[0].Wakeups - after.Wakeups
 	t.Logf("%d loop turns and %d echoes on another connection while %d MiB went out", turns, echoes, size>>20)
-	if min := uint64((size - 8<<20) / maxFlush); turns < min {
-		t.Errorf("the transfer took %d loop turns; at most %d bytes per turn means at least %d", turns, maxFlush, min)
+	// maxFlush bounds one writable event's flush; a turn can serve the
+	// connection twice (listed from the last turn, and reported again by
+	// the poller), and the reader's pace varies, so the bound checked is
+	// loose: the transfer is spread over turns, and the other connection
+	// is answered meanwhile (before, the loop did neither until the socket
+	// was full, which with a fast reader is the whole transfer).
+	if min := uint64(size / (8 * maxFlush)); turns < min || echoes < 5 {
+		t.Errorf("the transfer took %d loop turns and let %d echoes through; want at least %d turns and 5 echoes", turns, echoes, min)
 	}
 }
 

@@ -107,3 +107,43 @@ func TestSlowDownloadNotIdle(t *testing.T) {
 		})
 	}
 }
+
+// TestBackpressureWithBackendGone: a backend that sends 8 MiB and closes,
+// to a client that reads nothing yet, is read no further than about the
+// high mark ahead of the client, as when it stays open (the hang-up both
+// ways made the proxy read it all, several MB per client); once the client
+// reads, it gets every byte, then the end.
+func TestBackpressureWithBackendGone(t *testing.T) {
+	const answer = 8 << 20
+	for _, splice := range []bool{false, true} {
+		t.Run(fmt.Sprintf("splice=%v", splice), func(t *testing.T) {
+			be := startBackend(t, func(c *net.TCPConn) {
+				c.Read(make([]byte, 100))
+				c.Write(make([]byte, answer))
+			})
+			b := &Balancer{Backends: []Backend{{Addr: be.addr}}, Splice: splice, Logger: quiet}
+			var w *herd.Worker
+			addr := runBalancer(t, b, func(wk *herd.Worker) { w = wk })
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.(*net.TCPConn).SetReadBuffer(64 << 10)
+			c.Write([]byte("GET"))
+			c.(*net.TCPConn).CloseWrite()
+			time.Sleep(1500 * time.Millisecond)
+			var queued int64
+			for _, l := range w.Stats().Loops {
+				queued += l.SendQueueBytes
+			}
+			if queued > 1<<20 {
+				t.Errorf("%d bytes queued for a client that reads nothing, want about the high mark (512 KiB)", queued)
+			}
+			c.SetReadDeadline(time.Now().Add(20 * time.Second))
+			if n, err := io.Copy(io.Discard, c); n != answer || err != nil {
+				t.Errorf("the client got %d of %d bytes, then %v; want all, then the end", n, answer, err)
+			}
+		})
+	}
+}
