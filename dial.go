@@ -182,6 +182,12 @@ func parseDialAddr(addr string) (network, host, port, path string, err error) {
 	if host == "" {
 		return "", "", "", "", fmt.Errorf("herd: dial %q: no host", addr)
 	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		// A literal of the other family would fail every connect.
+		if v4 := ip.Unmap().Is4(); scheme == "tcp4" && !v4 || scheme == "tcp6" && v4 && !ip.Is4In6() {
+			return "", "", "", "", fmt.Errorf("herd: dial %q: %s is not an address for %s", addr, host, scheme)
+		}
+	}
 	// A port out of range or a service name that is not one would fail
 	// every connect: refuse it here, where a configuration is checked.
 	if p, err := net.LookupPort("tcp", port); err != nil || p == 0 {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -159,10 +160,11 @@ func (b *Balancer) Attach(w *herd.Worker) error {
 	b.backends = make([]*backend, len(b.Backends))
 	seen := map[string]bool{}
 	for i, cfg := range b.Backends {
-		if seen[cfg.Addr] {
+		key := strings.TrimPrefix(cfg.Addr, "tcp://") // host:port is tcp://host:port
+		if seen[key] {
 			return fmt.Errorf("balancer: backend %q listed twice", cfg.Addr)
 		}
-		seen[cfg.Addr] = true
+		seen[key] = true
 		if cfg.Weight < 0 || cfg.Weight > MaxWeight {
 			return fmt.Errorf("balancer: backend %q: weight %d (want 0 to %d)", cfg.Addr, cfg.Weight, MaxWeight)
 		}

@@ -74,7 +74,8 @@ func TestLocalShortage(t *testing.T) {
 // does not resolve through, and refuses the rest all the same.
 func TestAttachChecksAddresses(t *testing.T) {
 	for _, addr := range []string{"127.0.0.1", "udp://127.0.0.1:9", "tcp://:80", "unix://",
-		"127.0.0.1:99999", "127.0.0.1:abc", "127.0.0.1:-5", "127.0.0.1:0", "nosuchhost.invalid:31001"} {
+		"127.0.0.1:99999", "127.0.0.1:abc", "127.0.0.1:-5", "127.0.0.1:0", "nosuchhost.invalid:31001",
+		"tcp4://[::1]:31001", "tcp6://127.0.0.1:31001"} {
 		b := &Balancer{Backends: []Backend{{Addr: "127.0.0.1:31000"}, {Addr: addr}}, ConnectTimeout: 2 * time.Second}
 		err := b.Attach(&herd.Worker{Addr: "tcp://127.0.0.1:0"})
 		if err == nil || !strings.HasPrefix(err.Error(), "balancer: backend: herd: dial "+strconv.Quote(addr)+": ") {
@@ -86,6 +87,11 @@ func TestAttachChecksAddresses(t *testing.T) {
 		if err := b.Attach(&herd.Worker{Addr: "tcp://127.0.0.1:0"}); err != nil {
 			t.Errorf("backend %q: Attach said %v", addr, err)
 		}
+	}
+	// One backend, spelled with and without its scheme.
+	twice := &Balancer{Backends: []Backend{{Addr: "127.0.0.1:31001"}, {Addr: "tcp://127.0.0.1:31001"}}}
+	if err := twice.Attach(&herd.Worker{Addr: "tcp://127.0.0.1:0"}); err == nil || !strings.Contains(err.Error(), "listed twice") {
+		t.Errorf("a backend with and without tcp://: Attach said %v; want it refused as listed twice", err)
 	}
 	late := &Balancer{Backends: []Backend{{Addr: "nosuchhost.invalid:31001"}}, ResolveLater: true}
 	if err := late.Attach(&herd.Worker{Addr: "tcp://127.0.0.1:0"}); err != nil {
