@@ -25,6 +25,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -34,6 +35,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"reflect"
 	"strconv"
 	"strings"
 	"syscall"
@@ -208,7 +210,16 @@ func readConfig(path string, cfg *config) error {
 		return err
 	}
 	defer f.Close()
-	dec := json.NewDecoder(f)
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return err
+	}
+	// encoding/json matches keys without regard to case and lets a
+	// repeated key win silently: the keys are checked as written first.
+	if err := checkKeys(json.NewDecoder(bytes.NewReader(data)), configKeys, backendKeys); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(cfg); err != nil {
 		return fmt.Errorf("%s: %w", path, err)
@@ -219,9 +230,74 @@ func readConfig(path string, cfg *config) error {
 	return nil
 }
 
+// The keys a config file may hold, as written: the top level's (config's
+// json tags) and a backend's.
+var (
+	configKeys  = jsonKeys(reflect.TypeFor[config]())
+	backendKeys = map[string]bool{"addr": true, "weight": true}
+)
+
+func jsonKeys(t reflect.Type) map[string]bool {
+	keys := map[string]bool{}
+	for i := range t.NumField() {
+		keys[strings.Split(t.Field(i).Tag.Get("json"), ",")[0]] = true
+	}
+	return keys
+}
+
+// checkKeys reads the config's JSON object and refuses a key not written
+// exactly as one of keys (the backends' objects against backendKeys), or
+// written twice, naming it. Other errors are left to the decoding.
+func checkKeys(dec *json.Decoder, keys, backendKeys map[string]bool) error {
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil
+		}
+		key, _ := tok.(string)
+		switch {
+		case seen[key]:
+			return fmt.Errorf("key %q given twice", key)
+		case !keys[key]:
+			return fmt.Errorf("json: unknown field %q", key)
+		}
+		seen[key] = true
+		if key != "backends" {
+			var skip json.RawMessage
+			if dec.Decode(&skip) != nil {
+				return nil
+			}
+			continue
+		}
+		var list []json.RawMessage
+		if dec.Decode(&list) != nil {
+			return nil
+		}
+		for _, b := range list {
+			if err := checkKeys(json.NewDecoder(bytes.NewReader(b)), backendKeys, nil); err != nil {
+				return fmt.Errorf("backends: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
 func checkConfig(cfg config) error {
 	if len(cfg.Backends) == 0 {
 		return errors.New("no backends: give -backend (or backends in -config)")
+	}
+	for _, d := range []struct {
+		name string
+		d    duration
+	}{{"connect-timeout", cfg.ConnectTimeout}, {"idle-timeout", cfg.IdleTimeout}, {"stop-timeout", cfg.StopTimeout},
+		{"upgrade-grace", cfg.UpgradeGrace}, {"check-interval", cfg.CheckInterval}, {"slow-start", cfg.SlowStart}} {
+		if d.d < 0 {
+			return fmt.Errorf("%s %v: must not be negative", d.name, time.Duration(d.d))
+		}
 	}
 	return nil
 }

@@ -126,12 +126,30 @@ func TestConfigFileUnknownKeys(t *testing.T) {
 		{`{"backends": [{"addr": "127.0.0.1:9001"}], "proxy_protocol": 2}`, "proxy_protocol"},
 		{`{"backends": [{"addr": "127.0.0.1:9001"}], "chek-interval": "100ms"}`, "chek-interval"},
 		{`{"backends": [{"adress": "127.0.0.1:9001"}]}`, "adress"},
+		// encoding/json alone took these: keys in another case, and a key
+		// given twice (the last won).
+		{`{"backends": [{"addr": "127.0.0.1:9001"}], "LISTEN": "127.0.0.1:0"}`, "LISTEN"},
+		{`{"backends": [{"Addr": "127.0.0.1:9001"}]}`, "Addr"},
+		{`{"backends": [{"addr": "127.0.0.1:9001"}], "listen": "127.0.0.1:0", "listen": "127.0.0.1:1"}`, "listen"},
 	} {
 		os.WriteFile(path, []byte(tc.json), 0o600)
 		_, err := parse([]string{"-config", path}, io.Discard)
 		if err == nil || !strings.Contains(err.Error(), strconv.Quote(tc.key)) || !strings.HasPrefix(err.Error(), path+": ") {
 			t.Errorf("%s: %v; want the key %q refused, named", tc.json, err, tc.key)
 		}
+	}
+}
+
+// TestNegativeDurationsRefused: a negative duration, in the file or as a
+// flag, is refused, named.
+func TestNegativeDurationsRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "balancer.json")
+	os.WriteFile(path, []byte(`{"backends": [{"addr": "127.0.0.1:9001"}], "upgrade-grace": "-5s"}`), 0o600)
+	if _, err := parse([]string{"-config", path}, io.Discard); err == nil || !strings.Contains(err.Error(), "upgrade-grace") {
+		t.Errorf("upgrade-grace -5s in the file: %v; want it refused, named", err)
+	}
+	if _, err := parse([]string{"-backend", "127.0.0.1:9001", "-idle-timeout", "-1s"}, io.Discard); err == nil || !strings.Contains(err.Error(), "idle-timeout") {
+		t.Errorf("-idle-timeout -1s: %v; want it refused, named", err)
 	}
 }
 
