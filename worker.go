@@ -85,8 +85,11 @@ type Worker struct {
 	// another process (or another Worker) already listens in, and then
 	// leaves the choice of socket to the kernel's hash. Without it, Listen
 	// refuses a port someone else listens on, so that a second instance
-	// started by mistake does not take half of the connections. Set it in
-	// every process sharing the port on purpose. Sockets handed over by an
+	// started by mistake does not take half of the connections. The check
+	// is a probe before binding: two processes calling Listen at the same
+	// instant can both pass it. Set it in every process sharing the port
+	// on purpose: one without it steers the whole group by its own count
+	// of loops, and the others' loops go short. Sockets handed over by an
 	// upgrade or by systemd are this worker's own either way.
 	JoinReusePort bool
 	// Accept chooses how connections reach loops without ReusePort.
