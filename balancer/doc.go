@@ -32,7 +32,9 @@
 // and lets proxied connections finish, as HAProxy's soft stop does; those
 // left when the stop's context ends are reset on both sides (see
 // herd.Pipe). A client whose backend is still connecting when the stop
-// begins is closed, as one no backend could take.
+// begins is closed, as one no backend could take; so is one the worker's
+// IdleTimeout finds idle while its backend is still connecting (an end of
+// stream: no answer was begun).
 //
 // Stats gives per-backend figures (state, sessions, bytes each way,
 // connect errors, failed checks, time down); the prometheus module
