@@ -201,9 +201,25 @@ type EndHandler interface {
 func (c *Conn) SetHandler(h Handler) { c.h = h }
 
 // LastActive is when the connection last read something or made progress
-// writing, on its loop's clock. Like Loop.Now, it may only be called on the
-// connection's loop.
-func (c *Conn) LastActive() time.Time { return time.Unix(0, c.lastActive) }
+// writing, on its loop's clock. Progress writing includes the kernel's: a
+// reader slower than the socket's buffer takes from the kernel for seconds
+// without the loop writing, and the kernel's send queue going down since
+// the last call counts as progress now. Like Loop.Now, it may only be
+// called on the connection's loop.
+func (c *Conn) LastActive() time.Time {
+	if c.fd >= 0 && c.state.Load() != connClosed {
+		if n := unsentBytes(int(c.fd)); n > 0 {
+			c.mu.Lock()
+			r := c.rareLocked()
+			if n < r.unsent {
+				c.lastActive = c.loop.Load().now.UnixNano()
+			}
+			r.unsent = n
+			c.mu.Unlock()
+		}
+	}
+	return time.Unix(0, c.lastActive)
+}
 
 // ID is unique among the connections of a Worker.
 func (c *Conn) ID() uint64 { return c.id }
