@@ -369,7 +369,9 @@ func TestStalledUploadsBounded(t *testing.T) {
 		}
 	}
 	var caps []int
-	herdtest.WaitFor(t, "every upload buffered", func() bool {
+	// 50 MiB to read (and, over TLS under -race beside the package's other
+	// parallel tests, to decrypt): more than WaitFor's 10 s in a loaded CI.
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		caps = inputCaps(t, s)
 		full := 0
 		for _, c := range caps {
@@ -377,8 +379,13 @@ func TestStalledUploadsBounded(t *testing.T) {
 				full++
 			}
 		}
-		return full == n
-	})
+		if full == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d uploads buffered after 60 s", full, n)
+		}
+	}
 	for _, c := range caps {
 		if c > len(head)+size {
 			t.Errorf("an upload of %d bytes holds a %d-byte buffer", len(head)+size, c)
