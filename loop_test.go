@@ -142,28 +142,52 @@ func TestTimerStopBeforeFiring(t *testing.T) {
 	l := loops[0]
 	var fired atomic.Int32
 	// Stopped before the loop even scheduled it.
+	pending := time.Now()
+	t1Stopped := true
 	t1 := l.AfterFunc(20*time.Millisecond, func() { fired.Add(1) })
 	if !t1.Stop() {
-		t.Error("Stop of a pending AfterFunc reported it inactive")
+		if time.Since(pending) < 20*time.Millisecond {
+			t.Error("Stop of a pending AfterFunc reported it inactive")
+		}
+		t1Stopped = false // it was due, and runs rightly
 	}
-	// Stopped once it sits in the loop's heap.
-	t2 := l.AfterFunc(40*time.Millisecond, func() { fired.Add(10) })
+	// Stopped once it sits in the loop's heap. A loaded run can take longer
+	// than the delay to get here, when the timer has rightly fired: only a
+	// Stop that comes before the deadline must report it active, so the
+	// delay grows until one does.
+	for delay := 40 * time.Millisecond; ; delay *= 4 {
+		var ran atomic.Int32
+		scheduled := time.Now()
+		t2 := l.AfterFunc(delay, func() { ran.Add(1) })
+		onLoop(t, l, func() {})
+		stopped := t2.Stop()
+		early := time.Since(scheduled) < delay
+		if !stopped {
+			if early {
+				t.Fatalf("Stop %v before a %v AfterFunc was due reported it inactive", time.Since(scheduled), delay)
+			}
+			if delay > 5*time.Second {
+				t.Fatal("Stop never came before the deadline")
+			}
+			continue
+		}
+		// A control timer that does fire, later than the stopped one.
+		control := make(chan struct{})
+		l.AfterFunc(2*delay, func() { close(control) })
+		select {
+		case <-control:
+		case <-time.After(10*time.Second + 2*delay):
+			t.Fatal("control timer did not fire")
+		}
+		onLoop(t, l, func() {})
+		if n := ran.Load(); n != 0 {
+			t.Errorf("an AfterFunc whose Stop reported it active ran %d times", n)
+		}
+		break
+	}
 	onLoop(t, l, func() {})
-	if !t2.Stop() {
-		t.Error("Stop of a scheduled AfterFunc reported it inactive")
-	}
-	// A control timer that does fire, later than both.
-	control := make(chan struct{})
-	l.AfterFunc(80*time.Millisecond, func() { close(control) })
-	select {
-	case <-control:
-	case <-time.After(10 * time.Second):
-		t.Fatal("control timer did not fire")
-	}
-	time.Sleep(20 * time.Millisecond)
-	onLoop(t, l, func() {})
-	if n := fired.Load(); n != 0 {
-		t.Errorf("stopped AfterFunc ran (sum %d)", n)
+	if n := fired.Load(); t1Stopped && n != 0 {
+		t.Errorf("an AfterFunc stopped while pending ran %d times", n)
 	}
 }
 
