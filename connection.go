@@ -736,7 +736,11 @@ func (c *Conn) Abort() {
 // Release, the connection stays open for that reply: a graceful stop keeps
 // it (no longer reading; the stop's context bounds the wait), a peer that
 // ends its side of the stream (a half-close) is still answered, and
-// IdleTimeout leaves it alone. Each Hold needs exactly one Release.
+// IdleTimeout leaves it alone. A dialed connection held before its connect
+// completes goes on connecting through a graceful stop, and once connected
+// stops as the others do (a proxy holds its backend's connect this way, so
+// that a session in flight at the stop is served). Each Hold needs exactly
+// one Release.
 func (c *Conn) Hold() { c.holds.Add(1) }
 
 // Release ends a Hold. A Release without a Hold is ignored.

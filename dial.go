@@ -51,7 +51,8 @@ type Dialer struct {
 	OnClose func(c *Conn)
 	// OnError reports a failed connect (a *net.OpError naming the address
 	// and the cause; OnClose does not follow, since no connection was made)
-	// and the faults the Worker's OnError reports.
+	// and the faults the Worker's OnError reports. A connect the worker's
+	// stop ends (one not held: see Conn.Hold) fails with ErrWorkerClosed.
 	OnError func(c *Conn, err error)
 	// OnBufferFull and OnBufferDrain are the Worker's, for these
 	// connections.
@@ -262,9 +263,14 @@ func (l *Loop) connect(c *Conn) {
 	ds.sa, ds.err = nil, nil
 	l.dialed.Add(1)
 	l.active.Add(1)
-	if c.state.Load() == connClosed || (c.state.Load() != connOpen && c.queueEmpty()) || l.draining {
-		// Closed or aborted before it began, or the worker stops.
-		l.dialFailedNow(c, nil)
+	if c.state.Load() == connClosed || (c.state.Load() != connOpen && c.queueEmpty()) || (l.draining && c.holds.Load() == 0) {
+		// Closed or aborted before it began, or the worker stops (a held
+		// connect goes on: see Hold).
+		var err error
+		if c.state.Load() == connOpen {
+			err = ErrWorkerClosed
+		}
+		l.dialFailedNow(c, err)
 		return
 	}
 	if err == nil {
@@ -400,6 +406,9 @@ func (l *Loop) connected(c *Conn, failed bool) {
 	}
 	if c.state.Load() == connClosing && c.queueEmpty() {
 		l.queueEmptied(c) // closed while connecting, with nothing to send
+	}
+	if l.draining && l.heirs == nil && c.state.Load() == connOpen {
+		l.stopConn(c) // a held connect the worker's graceful stop let finish
 	}
 }
 

@@ -218,6 +218,7 @@ func (l *Loop) closeConn(c *Conn, err error) {
 // and answer what each connection has already sent, then close each one
 // once its queue is written. Forced: close everything now.
 func (l *Loop) drain(force bool) {
+	graceful := l.draining
 	if !l.draining {
 		l.draining = true
 		l.stopAcceptors()
@@ -226,8 +227,10 @@ func (l *Loop) drain(force bool) {
 				continue
 			}
 			if c.flags.Load()&flagConnecting != 0 {
-				l.closeConn(c, nil) // not connected yet: nothing to finish
-				continue
+				if c.holds.Load() == 0 {
+					l.closeConn(c, ErrWorkerClosed) // not connected yet: nothing to finish
+				}
+				continue // held: connected, it stops as the others (connected)
 			}
 			if c.state.Load() == connOpen && c.receiving() {
 				// What the peer sent before the stop is answered: it was
@@ -240,24 +243,42 @@ func (l *Loop) drain(force bool) {
 					}
 				}
 			}
-			if st, ok := c.h.(Stopper); ok && c.state.Load() == connOpen {
-				l.callConn(st.Stop, c) // the protocol ends it its own way
-				continue
-			}
-			if l.awaitRelease(c) {
-				continue // work under way elsewhere will still send
-			}
-			l.beginClose(c)
+			l.stopConn(c)
 		}
 	}
 	if force {
 		l.forced = true
 		for _, c := range l.conns {
-			if c != nil {
-				l.closeConn(c, nil)
+			if c == nil {
+				continue
 			}
+			var err error
+			switch {
+			case c.flags.Load()&flagConnecting != 0:
+				err = ErrWorkerClosed // for the Dialer's OnError
+			case graceful && c.state.Load() == connOpen:
+				// Still open after the graceful stop's time: held, or a
+				// Stopper's stream in progress. It is cut, and a reset
+				// says so where an end of stream could pass for whole.
+				c.resetOnClose()
+			}
+			l.closeConn(c, err)
 		}
 	}
+}
+
+// stopConn ends an open connection when the worker stops gracefully: a
+// Stopper its own way, a held connection at its last Release, any other
+// once its queue is written.
+func (l *Loop) stopConn(c *Conn) {
+	if st, ok := c.h.(Stopper); ok && c.state.Load() == connOpen {
+		l.callConn(st.Stop, c) // the protocol ends it its own way
+		return
+	}
+	if l.awaitRelease(c) {
+		return // work under way elsewhere will still send
+	}
+	l.beginClose(c)
 }
 
 // stopAcceptors stops watching the loop's listeners for good.

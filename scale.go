@@ -613,9 +613,7 @@ func (l *Loop) moveIn(c *Conn) {
 	switch {
 	case l.draining && l.heirs == nil:
 		// The worker stops: the connection stops like the others.
-		if !l.awaitRelease(c) {
-			l.beginClose(c)
-		}
+		l.stopConn(c)
 	default:
 		l.resumeInput(c) // what was read, or decrypted, before the move
 	}

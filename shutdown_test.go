@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/seed358e4494/herd/internal/loopback"
 )
 
 // conversation is a server that counts, per connection and on its loop,
@@ -354,6 +356,66 @@ func TestShutdownWaitsForHold(t *testing.T) {
 		t.Fatalf("reply: %q, %v", line, err)
 	}
 	cl.Close()
+	if err := <-stopped; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+}
+
+// TestShutdownHeldConnect: a graceful stop ends a connect under way at
+// once (OnError, ErrWorkerClosed), unless it is held; a held one goes on, and once connected it runs
+// OnConnect and stops as any connection does (here: closed once what
+// OnConnect wrote is out).
+func TestShutdownHeldConnect(t *testing.T) {
+	t.Parallel()
+	w, l := dialWorker(t)
+	addr, open := loopback.LateAddr(t)
+	unheld := make(chan error, 1)
+	var connectedUnheld atomic.Bool
+	onLoop(t, l, func() {
+		l.Dial(context.Background(), addr, &Dialer{
+			OnConnect: func(*Conn) { connectedUnheld.Store(true) },
+			OnError:   func(_ *Conn, err error) { unheld <- err },
+		})
+		c, _ := l.Dial(context.Background(), addr, &Dialer{
+			OnConnect: func(c *Conn) {
+				c.Release()
+				c.Write([]byte("made it"))
+			},
+		})
+		c.Hold()
+	})
+	sctx, cancel := contextWithTimeout(15 * time.Second)
+	defer cancel()
+	stopped := make(chan error, 1)
+	go func() { stopped <- w.Shutdown(sctx) }()
+	select {
+	case err := <-unheld:
+		if !errors.Is(err, ErrWorkerClosed) {
+			t.Fatalf("the connect that was not held failed with %v, want ErrWorkerClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the stop did not close the connect that was not held")
+	}
+	if connectedUnheld.Load() {
+		t.Fatal("the connect that was not held connected")
+	}
+	select {
+	case err := <-stopped:
+		t.Fatalf("Shutdown returned (%v) with a held connect under way", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	ln := open()
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.SetDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(s)
+	if err != nil || string(got) != "made it" {
+		t.Fatalf("the held connection delivered %q, %v; want \"made it\" and its end", got, err)
+	}
+	s.Close()
 	if err := <-stopped; err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}

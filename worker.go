@@ -603,7 +603,8 @@ func (w *Worker) start(l *Loop) {
 // closes each connection (after the peer has seen the end of the stream),
 // runs OnWorkerStop on every loop, and returns once Run has returned. When
 // ctx ends first, the remaining connections are closed at once and Shutdown
-// returns ctx.Err() after Run has returned.
+// returns ctx.Err() after Run has returned; those still open then (held,
+// or a Stopper's stream in progress) are reset, since their streams are cut.
 //
 // A graceful stop waits for each peer to end its side of the stream, so a
 // peer that never does holds it until ctx ends. Connections paused with

@@ -7,6 +7,7 @@ package loopback
 
 import (
 	"net"
+	"os"
 	"syscall"
 	"testing"
 	"time"
@@ -46,15 +47,56 @@ func RefusedAddr(t testing.TB) string {
 // kernel drops further SYNs (how a connect timeout is made on loopback).
 func SilentAddr(t testing.TB) string {
 	t.Helper()
+	_, addr, _ := silent(t)
+	return addr
+}
+
+// silent is SilentAddr, with the listening socket and how many of the
+// connections that fill its queue it took.
+func silent(t testing.TB) (int, string, int) {
+	t.Helper()
 	fd, addr := boundSocket(t)
 	if err := syscall.Listen(fd, 0); err != nil {
 		t.Fatal(err)
 	}
+	queued := 0
 	for i := 0; i < 4; i++ {
 		d := net.Dialer{Timeout: 300 * time.Millisecond}
 		if c, err := d.Dial("tcp", addr); err == nil {
+			queued++
 			t.Cleanup(func() { c.Close() })
 		}
 	}
-	return addr
+	return fd, addr, queued
+}
+
+// LateAddr is a SilentAddr that can come up later: open accepts what
+// fills its queue and returns its listener, and a connect that hung
+// meanwhile then completes at its next SYN (the first retry comes a
+// second after the first SYN, the next two seconds later).
+func LateAddr(t testing.TB) (addr string, open func() net.Listener) {
+	t.Helper()
+	fd, addr, queued := silent(t)
+	return addr, func() net.Listener {
+		t.Helper()
+		dup, err := syscall.Dup(fd) // fd is the cleanup's to close
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := os.NewFile(uintptr(dup), "late")
+		ln, err := net.FileListener(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		for range queued {
+			c, err := ln.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Close()
+		}
+		return ln
+	}
 }
