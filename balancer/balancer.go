@@ -322,6 +322,11 @@ func (s *session) OnData(c *herd.Conn, data []byte) {
 // OnEnd: the client ended its stream before the pipe; Pipe passes it on.
 func (s *session) OnEnd(*herd.Conn) {}
 
+// Stop lets a session whose backend connect is under way go on when the
+// worker stops gracefully: the connect is held, and the pipe it becomes
+// stops softly (Pipe). The stop's timeout cuts it, with a reset.
+func (s *session) Stop(*herd.Conn) {}
+
 // OnClose ends a session whose client left before it was piped.
 func (s *session) OnClose(*herd.Conn) {
 	s.closed = true
@@ -354,6 +359,7 @@ func (b *Balancer) next(s *session) {
 		b.dialFailed(s, be, err)
 		return
 	}
+	c.Hold() // a graceful stop lets the connect finish: the session is in flight
 	s.dialing = c
 	c.SetContext(s)
 	if v := b.ProxyProtocol; v != 0 {
@@ -367,6 +373,7 @@ func (b *Balancer) connected(c *herd.Conn) {
 	be := s.be
 	be.connectOK()
 	s.dialing = nil
+	c.Release()
 	if s.client.Loop() != c.Loop() {
 		// Worker.Scale moved the client while this connected: dial again
 		// from where it is now (not the backend's fault).
@@ -415,6 +422,11 @@ func localShortage(err error) bool {
 func (b *Balancer) dialFailed(s *session, be *backend, err error) {
 	s.dialing = nil
 	s.uncount()
+	if errors.Is(err, herd.ErrWorkerClosed) {
+		// The stop's time ran out: not the backend's fault. The stop
+		// closes the client too, with a reset, as a cut session.
+		return
+	}
 	if localShortage(err) {
 		// Out of descriptors or memory here: not the backend's fault, and
 		// another backend would fare no better.

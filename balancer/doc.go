@@ -31,10 +31,13 @@
 // herd.RunAll's first signal, an upgrade after its grace) accepts no more
 // and lets proxied connections finish, as HAProxy's soft stop does; those
 // left when the stop's context ends are reset on both sides (see
-// herd.Pipe). A client whose backend is still connecting when the stop
-// begins is closed, as one no backend could take; so is one the worker's
-// IdleTimeout finds idle while its backend is still connecting (an end of
-// stream: no answer was begun).
+// herd.Pipe). A session whose backend is still connecting when the stop
+// begins is in flight too: the connect goes on (retried on another backend
+// if it fails), and the session is piped and stops softly once it
+// completes; one still connecting when the stop's context ends is reset,
+// and the backend not counted as failed. A client the worker's
+// IdleTimeout finds idle while its backend is still connecting is closed
+// (an end of stream: no answer was begun).
 //
 // Stats gives per-backend figures (state, sessions, bytes each way,
 // connect errors, failed checks, time down); the prometheus module

@@ -4,12 +4,16 @@ package balancer
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -156,12 +160,94 @@ func resetSoon(addr string) {
 }
 
 // TestStopWhileConnecting: a client whose backend is still connecting
-// when the worker stops gracefully is closed at once (no backend took it),
-// not held until the stop's context ends, and its session leaves the
-// active count.
+// when the worker stops gracefully is served whole: the connect goes on,
+// the session is piped once it completes and ends as the stream does, and
+// Shutdown returns once it has. Before, the stop closed the client at once
+// with nothing (a session in flight lost, where HAProxy's soft stop lets
+// it finish).
 func TestStopWhileConnecting(t *testing.T) {
-	b := &Balancer{Backends: []Backend{{Addr: loopback.SilentAddr(t)}}, ConnectTimeout: time.Minute, Logger: quiet}
+	backend, open := loopback.LateAddr(t)
+	b, w, c := connectingSession(t, backend, false)
+	stopped := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		stopped <- w.Shutdown(ctx)
+	}()
+	// The backend comes up after the stop began; the connect completes at
+	// its next SYN.
+	time.Sleep(100 * time.Millisecond)
+	ln := open()
+	go func() {
+		s, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer s.Close()
+		s.SetDeadline(time.Now().Add(10 * time.Second))
+		q := make([]byte, len("hello?"))
+		if _, err := io.ReadFull(s, q); err == nil {
+			s.Write(append([]byte("answer to "), q...))
+		}
+	}()
+	c.SetReadDeadline(time.Now().Add(15 * time.Second))
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != "answer to hello?" {
+		t.Fatalf("client read %q, %v; want the whole answer and the end of stream", got, err)
+	}
+	c.Close() // both peers have ended: the pipe closes, and the stop is done
+	if err := <-stopped; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if a := b.Stats().Backends[0].Active; a != 0 {
+		t.Fatalf("active count %d after the stop", a)
+	}
+}
+
+// TestStopTimeoutWhileConnecting: a session whose connect has not
+// completed when the stop's context ends is cut, and its client sees a
+// reset, not an end of stream that could pass for a whole (empty) answer;
+// whichever of the two connections the stop closes first, the backend is
+// not blamed for the connect the stop ended.
+func TestStopTimeoutWhileConnecting(t *testing.T) {
+	for _, dialFirst := range []bool{false, true} {
+		t.Run(fmt.Sprintf("backend-closed-first=%v", dialFirst), func(t *testing.T) {
+			b, w, c := connectingSession(t, loopback.SilentAddr(t), dialFirst)
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			defer cancel()
+			if err := w.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("Shutdown: %v, want the context's deadline", err)
+			}
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if n, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+				t.Fatalf("client read %d bytes, %v; want a reset", n, err)
+			}
+			if st := b.Stats().Backends[0]; st.Active != 0 || st.ConnectErrors != 0 {
+				t.Fatalf("after the stop: active count %d, %d connect errors (the stop is not the backend's fault)", st.Active, st.ConnectErrors)
+			}
+		})
+	}
+}
+
+// connectingSession runs a balancer on one loop whose single backend is
+// at backend, and connects a client that sends "hello?", once the
+// backend's connect is under way. With dialFirst, the backend
+// connection's descriptor is below the client's, so that a stop, which
+// closes the loop's connections in order of descriptors, ends the connect
+// before the client's close can take it out of the session.
+func connectingSession(t *testing.T, backend string, dialFirst bool) (*Balancer, *herd.Worker, net.Conn) {
+	t.Helper()
+	b := &Balancer{Backends: []Backend{{Addr: backend}}, ConnectTimeout: time.Minute, Logger: quiet}
 	w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 1, Logger: quiet}
+	if dialFirst {
+		hole, err := os.Open(os.DevNull)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Runs after the balancer's, which posted the connect: its socket
+		// takes the lowest descriptor free, this one.
+		w.OnConnect = func(*herd.Conn) { hole.Close() }
+	}
 	if err := b.Attach(w); err != nil {
 		t.Fatal(err)
 	}
@@ -170,22 +256,8 @@ func TestStopWhileConnecting(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
 	c.Write([]byte("hello?"))
 	herdtest.WaitFor(t, "the connect under way", func() bool { return b.Stats().Backends[0].Active == 1 })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	stopped := make(chan error, 1)
-	go func() { stopped <- w.Shutdown(ctx) }()
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if n, err := c.Read(make([]byte, 1)); n != 0 || err != io.EOF {
-		t.Fatalf("client read %d bytes, %v; want the end of stream", n, err)
-	}
-	c.Close()
-	if err := <-stopped; err != nil {
-		t.Fatalf("Shutdown: %v", err)
-	}
-	if a := b.Stats().Backends[0].Active; a != 0 {
-		t.Fatalf("active count %d after the stop", a)
-	}
+	return b, w, c
 }
