@@ -361,6 +361,39 @@ func TestShutdownWaitsForHold(t *testing.T) {
 	}
 }
 
+// TestShutdownTimeoutResetsHeld: a held connection whose reply has not
+// come when the stop's context ends is reset, since its stream is cut; an
+// idle one closed by the same stop ends cleanly.
+func TestShutdownTimeoutResetsHeld(t *testing.T) {
+	t.Parallel()
+	received := make(chan struct{})
+	w := &Worker{
+		Addr:      "text://127.0.0.1:0",
+		Count:     1,
+		OnMessage: func(c *Conn, msg []byte) { c.Hold(); close(received) }, // never Released
+	}
+	r := startWorker(t, w)
+	idle := r.dial(t)
+	held := r.dial(t)
+	if _, err := held.Write([]byte("question\n")); err != nil {
+		t.Fatal(err)
+	}
+	<-received
+	sctx, cancel := contextWithTimeout(300 * time.Millisecond)
+	defer cancel()
+	if err := w.Shutdown(sctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown: %v, want the context's deadline", err)
+	}
+	held.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := held.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("held connection: read %d bytes, %v; want a reset", n, err)
+	}
+	idle.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := idle.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("idle connection: read %d bytes, %v; want the end of stream", n, err)
+	}
+}
+
 // TestShutdownHeldConnect: a graceful stop ends a connect under way at
 // once (OnError, ErrWorkerClosed), unless it is held; a held one goes on, and once connected it runs
 // OnConnect and stops as any connection does (here: closed once what
