@@ -132,6 +132,7 @@ const (
 	flagSelfEnd                          // Close or Abort was called: a Dialer does not reconnect
 	flagPeerEnded                        // mirrors peerClosed, for the loop to check without the lock
 	flagHandshakeFull                    // not read until its TLS handshake takes some of what it holds (set under mu)
+	flagBroken                           // aborted, or its socket failed: closed by a task posted, with no graceful end before
 )
 
 // Flags that, on an open connection, stop its reading.
@@ -588,6 +589,7 @@ type flushResult struct {
 // brokenLocked forgets the queue of a connection whose socket failed or
 // that was aborted: no OnBufferDrain follows.
 func (c *Conn) brokenLocked() {
+	c.flags.Or(flagBroken)
 	c.dropQueueLocked()
 	c.full = false
 	if c.state.Load() < connClosing {

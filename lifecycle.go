@@ -78,8 +78,8 @@ func (l *Loop) attach(c *Conn) {
 // queueEmptied finishes a Close, an EOF or a graceful stop waiting on the
 // queue.
 func (l *Loop) queueEmptied(c *Conn) {
-	if c.state.Load() != connClosing {
-		return
+	if c.state.Load() != connClosing || c.flags.Load()&flagBroken != 0 {
+		return // an aborted connection gets no end of stream: its close follows
 	}
 	switch {
 	case c.peerClosed:

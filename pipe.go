@@ -26,6 +26,11 @@ type PipeOptions struct {
 	// pipes are pooled per loop), and pays off for bulk transfers:
 	// see bench/README.md.
 	Splice bool
+	// Early is input a's handler took before the pipe (a proxy's client
+	// data, read while its backend connected): forwarded to b first, and
+	// counted in AToB, once both connections are known to be open, so
+	// that none of it reaches b if a has gone.
+	Early []byte
 }
 
 // ErrNotSameLoop is returned by Pipe for connections on different loops.
@@ -94,6 +99,10 @@ func Pipe(a, b *Conn, o *PipeOptions) error {
 	b.mu.Unlock()
 	if l.draining {
 		p.a.Stop(a) // the drain has already asked the others
+	}
+	if len(p.opt.Early) > 0 {
+		p.a.OnData(a, p.opt.Early)
+		p.opt.Early = nil
 	}
 	p.a.catchUp(a)
 	p.b.catchUp(b)

@@ -383,17 +383,17 @@ func (b *Balancer) connected(c *herd.Conn) {
 		s.client.Post(func() { b.next(s) })
 		return
 	}
-	if len(s.early) > 0 {
-		c.Write(s.early) // before Pipe, which may pass the client's end on
-		be.bytesIn.Add(uint64(len(s.early)))
-		s.early = nil
-	}
+	// Pipe sends the early data only once it knows the client is still
+	// there: a client the IdleTimeout closed while this connected gets
+	// nothing sent on its behalf.
 	err := herd.Pipe(s.client, c, &herd.PipeOptions{
 		Splice: b.Splice,
 		AToB:   &be.bytesIn,
 		BToA:   &be.bytesOut,
 		OnDone: s.pipeDone,
+		Early:  s.early,
 	})
+	s.early = nil
 	if err != nil {
 		// ErrConnClosed: the client left meanwhile (its OnClose took the
 		// session out of the count already), and Pipe reset the backend.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/seed358e4494/herd"
 	"github.com/seed358e4494/herd/internal/herdtest"
+	"github.com/seed358e4494/herd/internal/loopback"
 )
 
 // A proxied answer cut short must not reach the client as a whole one. Here
@@ -145,5 +146,46 @@ func TestBackpressureWithBackendGone(t *testing.T) {
 				t.Errorf("the client got %d of %d bytes, then %v; want all, then the end", n, answer, err)
 			}
 		})
+	}
+}
+
+// A client the IdleTimeout closes while its backend is still connecting
+// was told there is no answer (an end of stream): nothing it sent may
+// reach the backend afterwards. Before, the connect completing later sent
+// the early data and then a clean end, so that a backend could take a
+// request that its client would retry elsewhere for a whole one.
+func TestIdleWhileConnectingSendsNothing(t *testing.T) {
+	backend, open := loopback.LateAddr(t)
+	b := &Balancer{Backends: []Backend{{Addr: backend}}, ConnectTimeout: time.Minute, Logger: quiet}
+	w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 1, IdleTimeout: 300 * time.Millisecond, Logger: quiet}
+	if err := b.Attach(w); err != nil {
+		t.Fatal(err)
+	}
+	addr := herdtest.Run(t, w)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("hello"))
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("client read %d bytes, %v; want the end of stream of an idle close", n, err)
+	}
+	// The client keeps its socket open: its close never reaches the
+	// balancer before the connect completes.
+	ln := open()
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(s)
+	if len(got) != 0 || !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("the backend read %q, then %v; want nothing, and a reset", got, err)
+	}
+	if st := b.Stats().Backends[0]; st.BytesIn != 0 {
+		t.Fatalf("%d bytes counted as sent to the backend", st.BytesIn)
 	}
 }
