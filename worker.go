@@ -354,8 +354,18 @@ func (w *Worker) configure() error {
 	} else if ep.proto != nil {
 		return fmt.Errorf("herd: address %q names a protocol and Worker.Protocol is set too", w.Addr)
 	}
-	if w.Count < 0 || w.MaxPackageSize < 0 || w.MaxConns < 0 || w.IdleTimeout < 0 || w.StopTimeout < 0 {
-		return errors.New("herd: Count, MaxPackageSize, MaxConns, IdleTimeout and StopTimeout must not be negative")
+	for _, f := range []struct {
+		name     string
+		value    any
+		negative bool
+	}{
+		{"Count", w.Count, w.Count < 0}, {"MaxPackageSize", w.MaxPackageSize, w.MaxPackageSize < 0},
+		{"MaxConns", w.MaxConns, w.MaxConns < 0}, {"IdleTimeout", w.IdleTimeout, w.IdleTimeout < 0},
+		{"StopTimeout", w.StopTimeout, w.StopTimeout < 0},
+	} {
+		if f.negative {
+			return fmt.Errorf("herd: Worker.%s is %v: must not be negative", f.name, f.value)
+		}
 	}
 	w.count = w.Count
 	if w.count == 0 {

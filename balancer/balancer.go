@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -148,8 +150,22 @@ func (b *Balancer) Attach(w *herd.Worker) error {
 		return fmt.Errorf("balancer: ProxyProtocol %d (want 0, 1 or 2)", b.ProxyProtocol)
 	}
 	h := &b.Health
-	if h.Interval < 0 || h.Timeout < 0 || h.Rise < 0 || h.Fall < 0 || b.ConnectTimeout < 0 || b.SlowStart < 0 {
-		return errors.New("balancer: durations and counts must not be negative")
+	for _, f := range []struct {
+		name     string
+		value    any
+		negative bool
+	}{
+		{"Health.Interval", h.Interval, h.Interval < 0}, {"Health.Timeout", h.Timeout, h.Timeout < 0},
+		{"Health.Rise", h.Rise, h.Rise < 0}, {"Health.Fall", h.Fall, h.Fall < 0},
+		{"ConnectTimeout", b.ConnectTimeout, b.ConnectTimeout < 0}, {"SlowStart", b.SlowStart, b.SlowStart < 0},
+	} {
+		if f.negative {
+			return fmt.Errorf("balancer: %s is %v: must not be negative", f.name, f.value)
+		}
+	}
+	if p := h.HTTPPath; p != "" && (p[0] != '/' || strings.ContainsFunc(p, func(r rune) bool { return r <= ' ' || r == 0x7f })) {
+		// It goes into the request line as it is.
+		return fmt.Errorf("balancer: Health.HTTPPath %q: want a path that starts with / and holds no space or control character", p)
 	}
 	b.picker = p
 	b.sourceHash = alg == SourceHash
@@ -158,13 +174,8 @@ func (b *Balancer) Attach(w *herd.Worker) error {
 		b.retries = DefaultRetries
 	}
 	b.backends = make([]*backend, len(b.Backends))
-	seen := map[string]bool{}
+	seen := map[string]string{}
 	for i, cfg := range b.Backends {
-		key := strings.TrimPrefix(cfg.Addr, "tcp://") // host:port is tcp://host:port
-		if seen[key] {
-			return fmt.Errorf("balancer: backend %q listed twice", cfg.Addr)
-		}
-		seen[key] = true
 		if cfg.Weight < 0 || cfg.Weight > MaxWeight {
 			return fmt.Errorf("balancer: backend %q: weight %d (want 0 to %d)", cfg.Addr, cfg.Weight, MaxWeight)
 		}
@@ -172,6 +183,11 @@ func (b *Balancer) Attach(w *herd.Worker) error {
 		if err != nil {
 			return err
 		}
+		key := endpoint(cfg.Addr)
+		if first, ok := seen[key]; ok {
+			return fmt.Errorf("balancer: backend %q listed twice (as %q first)", cfg.Addr, first)
+		}
+		seen[key] = cfg.Addr
 		b.backends[i] = be
 	}
 	if !b.ResolveLater {
@@ -404,6 +420,30 @@ func (b *Balancer) connected(c *herd.Conn) {
 	if s.paused {
 		s.client.ResumeRecv()
 	}
+}
+
+// endpoint is a checked backend address in one spelling per endpoint, so
+// that one backend cannot be listed twice under two: the scheme tcp://
+// is the default, a port may be a service name or have leading zeros, an
+// IP literal fixes the family whatever the scheme says, and host names
+// are not case-sensitive.
+func endpoint(addr string) string {
+	scheme, rest, ok := strings.Cut(addr, "://")
+	if !ok {
+		scheme, rest = "tcp", addr
+	}
+	host, port, err := net.SplitHostPort(rest)
+	if scheme == "unix" || err != nil {
+		return addr
+	}
+	p, err := net.LookupPort("tcp", port)
+	if err != nil {
+		return addr
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		return netip.AddrPortFrom(ip.Unmap(), uint16(p)).String()
+	}
+	return scheme + "://" + strings.ToLower(host) + ":" + strconv.Itoa(p)
 }
 
 // localShortage reports whether a failed connect failed here, for want of

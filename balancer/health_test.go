@@ -88,10 +88,45 @@ func TestAttachChecksAddresses(t *testing.T) {
 			t.Errorf("backend %q: Attach said %v", addr, err)
 		}
 	}
-	// One backend, spelled with and without its scheme.
-	twice := &Balancer{Backends: []Backend{{Addr: "127.0.0.1:31001"}, {Addr: "tcp://127.0.0.1:31001"}}}
-	if err := twice.Attach(&herd.Worker{Addr: "tcp://127.0.0.1:0"}); err == nil || !strings.Contains(err.Error(), "listed twice") {
-		t.Errorf("a backend with and without tcp://: Attach said %v; want it refused as listed twice", err)
+	// One backend, spelled two ways.
+	for _, other := range []string{"tcp://127.0.0.1:80", "127.0.0.1:http", "tcp4://127.0.0.1:80", "127.0.0.1:080",
+		"[::ffff:127.0.0.1]:80"} {
+		twice := &Balancer{Backends: []Backend{{Addr: "127.0.0.1:80"}, {Addr: other}}}
+		if err := twice.Attach(&herd.Worker{Addr: "tcp://127.0.0.1:0"}); err == nil || !strings.Contains(err.Error(), "listed twice") {
+			t.Errorf("127.0.0.1:80 and %s: Attach said %v; want it refused as listed twice", other, err)
+		}
+	}
+	for _, other := range []string{"LOCALHOST:80", "tcp://localhost:http"} {
+		twice := &Balancer{Backends: []Backend{{Addr: "localhost:80"}, {Addr: other}}}
+		if err := twice.Attach(&herd.Worker{Addr: "tcp://127.0.0.1:0"}); err == nil || !strings.Contains(err.Error(), "listed twice") {
+			t.Errorf("localhost:80 and %s: Attach said %v; want it refused as listed twice", other, err)
+		}
+	}
+	// Two endpoints: a name and an address it resolves to may well be two
+	// (a host with several addresses), and the families differ.
+	for _, pair := range [][2]string{{"localhost:80", "127.0.0.1:80"}, {"tcp4://localhost:80", "tcp6://localhost:80"}, {"127.0.0.1:80", "127.0.0.1:81"}} {
+		b := &Balancer{Backends: []Backend{{Addr: pair[0]}, {Addr: pair[1]}}, ResolveLater: true}
+		if err := b.Attach(&herd.Worker{Addr: "tcp://127.0.0.1:0"}); err != nil {
+			t.Errorf("%s and %s: Attach said %v", pair[0], pair[1], err)
+		}
+	}
+	// Negative settings and a health path that is not one, each named.
+	for _, c := range []struct {
+		b    Balancer
+		want string
+	}{
+		{Balancer{Health: HealthCheck{Rise: -1}}, "Health.Rise is -1"},
+		{Balancer{Health: HealthCheck{Fall: -2}}, "Health.Fall is -2"},
+		{Balancer{Health: HealthCheck{Interval: -time.Second}}, "Health.Interval is -1s"},
+		{Balancer{ConnectTimeout: -time.Second}, "ConnectTimeout is -1s"},
+		{Balancer{Health: HealthCheck{HTTPPath: "nopath"}}, `Health.HTTPPath "nopath"`},
+		{Balancer{Health: HealthCheck{HTTPPath: "/a b"}}, `Health.HTTPPath "/a b"`},
+		{Balancer{Health: HealthCheck{HTTPPath: "/\r\nX-Injected: 1"}}, `Health.HTTPPath "/\r\nX-Injected: 1"`},
+	} {
+		c.b.Backends = []Backend{{Addr: "127.0.0.1:80"}}
+		if err := c.b.Attach(&herd.Worker{Addr: "tcp://127.0.0.1:0"}); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("Attach said %v; want an error with %q", err, c.want)
+		}
 	}
 	late := &Balancer{Backends: []Backend{{Addr: "nosuchhost.invalid:31001"}}, ResolveLater: true}
 	if err := late.Attach(&herd.Worker{Addr: "tcp://127.0.0.1:0"}); err != nil {

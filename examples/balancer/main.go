@@ -17,8 +17,9 @@
 // SIGTERM (or SIGINT) stops it softly, as HAProxy's soft stop: it accepts
 // no more, lets the proxied connections finish, for up to -stop-timeout,
 // then resets what is left (a reset, so that no client takes a cut stream
-// for a whole one); a second signal resets them at once. A client not yet
-// connected to a backend when the stop begins is closed. SIGHUP upgrades
+// for a whole one); a second signal resets them at once. A client whose
+// backend is still connecting when the stop begins is in flight too: it is
+// served once the connect completes, or reset at the end. SIGHUP upgrades
 // it: the executable starts again and takes over the listening socket,
 // and this process serves its connections for -upgrade-grace, then stops
 // softly as on SIGTERM.
@@ -48,7 +49,11 @@ import (
 
 func main() {
 	if err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		fmt.Fprintln(os.Stderr, "balancer:", err)
+		msg := err.Error()
+		if !strings.HasPrefix(msg, "balancer: ") { // the package's errors say it already
+			msg = "balancer: " + msg
+		}
+		fmt.Fprintln(os.Stderr, msg)
 		os.Exit(1)
 	}
 }
@@ -216,7 +221,7 @@ func readConfig(path string, cfg *config) error {
 	}
 	// encoding/json matches keys without regard to case and lets a
 	// repeated key win silently: the keys are checked as written first.
-	if err := checkKeys(json.NewDecoder(bytes.NewReader(data)), configKeys, backendKeys); err != nil {
+	if err := checkKeys(json.NewDecoder(bytes.NewReader(data)), configKeys, backendKeys, func() any { return new(config) }); err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
@@ -247,8 +252,9 @@ func jsonKeys(t reflect.Type) map[string]bool {
 
 // checkKeys reads the config's JSON object and refuses a key not written
 // exactly as one of keys (the backends' objects against backendKeys), or
-// written twice, naming it. Other errors are left to the decoding.
-func checkKeys(dec *json.Decoder, keys, backendKeys map[string]bool) error {
+// written twice, or whose value target (a new config or Backend) refuses,
+// naming it. Other errors are left to the decoding.
+func checkKeys(dec *json.Decoder, keys, backendKeys map[string]bool, target func() any) error {
 	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
 		return nil
 	}
@@ -267,9 +273,14 @@ func checkKeys(dec *json.Decoder, keys, backendKeys map[string]bool) error {
 		}
 		seen[key] = true
 		if key != "backends" {
-			var skip json.RawMessage
-			if dec.Decode(&skip) != nil {
+			var value json.RawMessage
+			if dec.Decode(&value) != nil {
 				return nil
+			}
+			// The value alone, so that an error can name its key.
+			alone := fmt.Appendf(nil, "{%q:%s}", key, value)
+			if err := json.Unmarshal(alone, target()); err != nil {
+				return fmt.Errorf("%s: %w", key, err)
 			}
 			continue
 		}
@@ -278,7 +289,7 @@ func checkKeys(dec *json.Decoder, keys, backendKeys map[string]bool) error {
 			return nil
 		}
 		for _, b := range list {
-			if err := checkKeys(json.NewDecoder(bytes.NewReader(b)), backendKeys, nil); err != nil {
+			if err := checkKeys(json.NewDecoder(bytes.NewReader(b)), backendKeys, nil, func() any { return new(balancer.Backend) }); err != nil {
 				return fmt.Errorf("backends: %w", err)
 			}
 		}
@@ -297,6 +308,14 @@ func checkConfig(cfg config) error {
 		{"upgrade-grace", cfg.UpgradeGrace}, {"check-interval", cfg.CheckInterval}, {"slow-start", cfg.SlowStart}} {
 		if d.d < 0 {
 			return fmt.Errorf("%s %v: must not be negative", d.name, time.Duration(d.d))
+		}
+	}
+	for _, n := range []struct {
+		name string
+		n    int
+	}{{"count", cfg.Count}, {"retries", cfg.Retries}, {"rise", cfg.Rise}, {"fall", cfg.Fall}} {
+		if n.n < 0 {
+			return fmt.Errorf("%s %d: must not be negative", n.name, n.n)
 		}
 	}
 	return nil

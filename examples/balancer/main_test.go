@@ -140,8 +140,9 @@ func TestConfigFileUnknownKeys(t *testing.T) {
 	}
 }
 
-// TestNegativeDurationsRefused: a negative duration, in the file or as a
-// flag, is refused, named.
+// TestNegativeDurationsRefused: a negative duration or count, in the file
+// or as a flag, and a value of the wrong form in the file, are refused,
+// named.
 func TestNegativeDurationsRefused(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "balancer.json")
 	os.WriteFile(path, []byte(`{"backends": [{"addr": "127.0.0.1:9001"}], "upgrade-grace": "-5s"}`), 0o600)
@@ -150,6 +151,20 @@ func TestNegativeDurationsRefused(t *testing.T) {
 	}
 	if _, err := parse([]string{"-backend", "127.0.0.1:9001", "-idle-timeout", "-1s"}, io.Discard); err == nil || !strings.Contains(err.Error(), "idle-timeout") {
 		t.Errorf("-idle-timeout -1s: %v; want it refused, named", err)
+	}
+	for _, name := range []string{"count", "retries", "rise", "fall"} {
+		if _, err := parse([]string{"-backend", "127.0.0.1:9001", "-" + name, "-1"}, io.Discard); err == nil || !strings.HasPrefix(err.Error(), name+" -1") {
+			t.Errorf("-%s -1: %v; want it refused, named", name, err)
+		}
+	}
+	// A value the file gets wrong is named by its key too.
+	os.WriteFile(path, []byte(`{"backends": [{"addr": "127.0.0.1:9001"}], "stop-timeout": "5 sec"}`), 0o600)
+	if _, err := parse([]string{"-config", path}, io.Discard); err == nil || !strings.Contains(err.Error(), "stop-timeout") {
+		t.Errorf("stop-timeout \"5 sec\" in the file: %v; want it refused, named", err)
+	}
+	os.WriteFile(path, []byte(`{"backends": [{"addr": "127.0.0.1:9001", "weight": "3"}]}`), 0o600)
+	if _, err := parse([]string{"-config", path}, io.Discard); err == nil || !strings.Contains(err.Error(), "weight") {
+		t.Errorf("weight \"3\" in the file: %v; want it refused, named", err)
 	}
 }
 
