@@ -24,6 +24,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/seed358e4494/herd/internal/soak"
 	"github.com/seed358e4494/herd/protocol"
 )
 
@@ -41,7 +42,7 @@ func TestConnectCloseNoLeaks(t *testing.T) {
 		t.Skip("counts descriptors in /proc/self/fd")
 	}
 	cycles := 5000
-	if testing.Short() {
+	if !soak.Enabled() {
 		cycles = 1000
 	}
 	t.Run("shared", func(t *testing.T) { testConnectCloseNoLeaks(t, AcceptShared, cycles) })
@@ -268,7 +269,9 @@ func TestAddressErrors(t *testing.T) {
 		{&Worker{Addr: "frame://127.0.0.1:0", Protocol: protocol.Text{}}, "Protocol"},
 		{&Worker{Addr: "unix://"}, "unix"},
 		{&Worker{Addr: "tcp://127.0.0.1:notaport"}, "127.0.0.1:notaport"},
-		{&Worker{Addr: "tcp://127.0.0.1:0", Count: -1}, "negative"},
+		{&Worker{Addr: "tcp://127.0.0.1:0", Count: -1}, "Worker.Count is -1: must not be negative"},
+		{&Worker{Addr: "tcp://127.0.0.1:0", IdleTimeout: -time.Second}, "Worker.IdleTimeout is -1s"},
+		{&Worker{Addr: "tcp://127.0.0.1:0", MaxConns: -3}, "Worker.MaxConns is -3"},
 	}
 	for _, tc := range cases {
 		tc.w.Logger = quietLogger()
