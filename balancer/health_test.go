@@ -112,16 +112,16 @@ func TestAttachChecksAddresses(t *testing.T) {
 	}
 	// Negative settings and a health path that is not one, each named.
 	for _, c := range []struct {
-		b    Balancer
+		b    *Balancer
 		want string
 	}{
-		{Balancer{Health: HealthCheck{Rise: -1}}, "Health.Rise is -1"},
-		{Balancer{Health: HealthCheck{Fall: -2}}, "Health.Fall is -2"},
-		{Balancer{Health: HealthCheck{Interval: -time.Second}}, "Health.Interval is -1s"},
-		{Balancer{ConnectTimeout: -time.Second}, "ConnectTimeout is -1s"},
-		{Balancer{Health: HealthCheck{HTTPPath: "nopath"}}, `Health.HTTPPath "nopath"`},
-		{Balancer{Health: HealthCheck{HTTPPath: "/a b"}}, `Health.HTTPPath "/a b"`},
-		{Balancer{Health: HealthCheck{HTTPPath: "/\r\nX-Injected: 1"}}, `Health.HTTPPath "/\r\nX-Injected: 1"`},
+		{&Balancer{Health: HealthCheck{Rise: -1}}, "Health.Rise is -1"},
+		{&Balancer{Health: HealthCheck{Fall: -2}}, "Health.Fall is -2"},
+		{&Balancer{Health: HealthCheck{Interval: -time.Second}}, "Health.Interval is -1s"},
+		{&Balancer{ConnectTimeout: -time.Second}, "ConnectTimeout is -1s"},
+		{&Balancer{Health: HealthCheck{HTTPPath: "nopath"}}, `Health.HTTPPath "nopath"`},
+		{&Balancer{Health: HealthCheck{HTTPPath: "/a b"}}, `Health.HTTPPath "/a b"`},
+		{&Balancer{Health: HealthCheck{HTTPPath: "/\r\nX-Injected: 1"}}, `Health.HTTPPath "/\r\nX-Injected: 1"`},
 	} {
 		c.b.Backends = []Backend{{Addr: "127.0.0.1:80"}}
 		if err := c.b.Attach(&herd.Worker{Addr: "tcp://127.0.0.1:0"}); err == nil || !strings.Contains(err.Error(), c.want) {
