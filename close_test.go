@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/seed358e4494/herd/internal/soak"
 	"github.com/seed358e4494/herd/protocol"
 )
 
@@ -347,7 +348,7 @@ func TestHalfCloseAnsweredWhileHeld(t *testing.T) {
 func TestHalfClose(t *testing.T) {
 	t.Parallel()
 	n := 20000
-	if testing.Short() {
+	if !soak.Enabled() {
 		n = 2000
 	}
 	w := &Worker{Addr: "text://127.0.0.1:0", Count: 1, OnMessage: textEcho}

@@ -214,6 +214,7 @@ var (
 )
 
 func TestDialTimeoutAndCancel(t *testing.T) {
+	t.Parallel()
 	_, l := dialWorker(t)
 	addr := silentAddr(t)
 

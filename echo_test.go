@@ -18,6 +18,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/seed358e4494/herd/internal/soak"
 )
 
 // Helpers shared by echo_test.go and distribution_test.go carry an "ed"
@@ -159,7 +161,7 @@ const (
 	echoFrame                 // 4-byte big-endian total length, then the bytes
 )
 
-// TestEcho runs 1,000 concurrent connections (100 with -short) against an
+// TestEcho runs 1,000 concurrent connections with HERD_SOAK (100 without) against an
 // echo server for every protocol and listen mode. Each connection sends a few
 // messages of random sizes up to 64 KiB, written in random fragments, and
 // must read back exactly the bytes it sent, in order.
@@ -174,7 +176,7 @@ func TestEcho(t *testing.T) {
 		{"frame", "frame", echoFrame},
 	}
 	conns := 1000
-	if testing.Short() {
+	if !soak.Enabled() {
 		conns = 100
 	}
 	seed := edSeed(t)

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/seed358e4494/herd/internal/soak"
 )
 
 // migrateReq is the kernel's net.ipv4.tcp_migrate_req ("" where it has
@@ -160,7 +162,7 @@ func TestScaleUnderChurn(t *testing.T) {
 	steps := map[string][]int{"4-1-4": {4, 1, 4}, "2-8-2": {2, 8, 2}}
 	for _, m := range listenModes {
 		for name, counts := range steps {
-			if testing.Short() && (name != "4-1-4" || m.name != "reuseport") {
+			if !soak.Enabled() && (name != "4-1-4" || m.name != "reuseport") {
 				continue
 			}
 			t.Run(m.name+"/"+name, func(t *testing.T) {
@@ -224,7 +226,7 @@ func TestScaleUnderChurnMigrateReq(t *testing.T) {
 // namespace (loopback up, tcp_migrate_req=1), or skips saying why it
 // cannot.
 func netnsRun(t *testing.T, run string) {
-	if testing.Short() {
+	if !soak.Enabled() {
 		t.Skip("short mode")
 	}
 	execSelf(t)

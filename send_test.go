@@ -25,6 +25,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/seed358e4494/herd/internal/soak"
 )
 
 // slowRead reads exactly len(want) bytes at about rate bytes per second
@@ -764,7 +766,7 @@ func TestBufferFullDrainOrder(t *testing.T) {
 	go io.Copy(io.Discard, cl) // a fast reader: queues fill and drain at once
 	chunk := bytes.Repeat([]byte("x"), 512<<10)
 	sends := 400
-	if testing.Short() {
+	if !soak.Enabled() {
 		sends = 100
 	}
 	deadline := time.Now().Add(20 * time.Second)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/seed358e4494/herd/internal/loopback"
+	"github.com/seed358e4494/herd/internal/soak"
 )
 
 // conversation is a server that counts, per connection and on its loop,
@@ -198,7 +199,7 @@ func loopsStops(cv *conversation) []int32 {
 func TestShutdownMidConversation(t *testing.T) {
 	t.Parallel()
 	n := 200
-	if testing.Short() {
+	if !soak.Enabled() {
 		n = 50
 	}
 	runConversation(t, n, 2, func(cv *conversation, r *running) {

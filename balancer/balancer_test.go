@@ -24,6 +24,7 @@ import (
 	"github.com/seed358e4494/herd"
 	"github.com/seed358e4494/herd/internal/herdtest"
 	"github.com/seed358e4494/herd/internal/loopback"
+	"github.com/seed358e4494/herd/internal/soak"
 )
 
 // testBackend is a goroutine TCP server standing in for a real one.
@@ -116,12 +117,12 @@ func askID(addr string, local net.Addr) (byte, net.Conn, error) {
 	return id[0], c, nil
 }
 
-// TestDistribution sends 10,000 short connections (2,000 in -short)
+// TestDistribution sends 10,000 short connections with HERD_SOAK (2,000 without)
 // through the balancer per algorithm, weights 1, 2, 3, 4, and checks the
 // shares the backends got, with the bounds of the pickers' own tests.
 func TestDistribution(t *testing.T) {
 	n := 10000
-	if testing.Short() {
+	if !soak.Enabled() {
 		n = 2000
 	}
 	weights := []int{1, 2, 3, 4}
@@ -173,11 +174,11 @@ func TestDistribution(t *testing.T) {
 	}
 }
 
-// TestLeastConnsLongLivedProxied: 1,000 connections that stay open (200 in
-// -short) are spread exactly by weight.
+// TestLeastConnsLongLivedProxied: 1,000 connections that stay open (200
+// without HERD_SOAK) are spread exactly by weight.
 func TestLeastConnsLongLivedProxied(t *testing.T) {
 	n := 1000
-	if testing.Short() {
+	if !soak.Enabled() {
 		n = 200
 	}
 	weights := []int{1, 1, 3, 5}
@@ -601,6 +602,7 @@ func TestEarlyBytesAndRetry(t *testing.T) {
 // ConnectTimeout, counted against it, and the client is served by
 // another.
 func TestConnectTimeout(t *testing.T) {
+	t.Parallel()
 	good := startBackend(t, idServer(1))
 	b := &Balancer{Backends: []Backend{{Addr: loopback.SilentAddr(t)}, {Addr: good.addr}}, Algorithm: RoundRobin,
 		ConnectTimeout: 200 * time.Millisecond}
@@ -702,7 +704,7 @@ func TestScaleUnderLoad(t *testing.T) {
 // for the session's own Pipe OnDone, which counts it out). The bound keeps
 // it from creeping back.
 func TestAllocsPerConnection(t *testing.T) {
-	if testing.Short() {
+	if !soak.Enabled() {
 		t.Skip("counts allocations over 2,000 connections")
 	}
 	tb := startBackend(t, func(c *net.TCPConn) {

@@ -25,6 +25,7 @@ import (
 // once the proxy had read the backend's end: the queue was dropped and the
 // socket closed as usual).
 func TestCutAnswerResets(t *testing.T) {
+	t.Parallel()
 	const answer = 5 << 20
 	for _, how := range []string{"idle", "stop"} {
 		for _, splice := range []bool{false, true} {
@@ -78,6 +79,7 @@ func TestCutAnswerResets(t *testing.T) {
 // never idle, however long the proxy's reading of the backend waits for
 // it: IdleTimeout cuts only a pipe neither of whose ends moves.
 func TestSlowDownloadNotIdle(t *testing.T) {
+	t.Parallel()
 	const total = 2 << 20
 	for _, splice := range []bool{false, true} {
 		t.Run(fmt.Sprintf("splice=%v", splice), func(t *testing.T) {
@@ -115,6 +117,7 @@ func TestSlowDownloadNotIdle(t *testing.T) {
 // ways made the proxy read it all, several MB per client); once the client
 // reads, it gets every byte, then the end.
 func TestBackpressureWithBackendGone(t *testing.T) {
+	t.Parallel()
 	const answer = 8 << 20
 	for _, splice := range []bool{false, true} {
 		t.Run(fmt.Sprintf("splice=%v", splice), func(t *testing.T) {
@@ -155,6 +158,7 @@ func TestBackpressureWithBackendGone(t *testing.T) {
 // the early data and then a clean end, so that a backend could take a
 // request that its client would retry elsewhere for a whole one.
 func TestIdleWhileConnectingSendsNothing(t *testing.T) {
+	t.Parallel()
 	backend, open := loopback.LateAddr(t)
 	b := &Balancer{Backends: []Backend{{Addr: backend}}, ConnectTimeout: time.Minute, Logger: quiet}
 	w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 1, IdleTimeout: 300 * time.Millisecond, Logger: quiet}

@@ -42,6 +42,7 @@ func (h errorCounter) WithGroup(string) slog.Handler                { return h }
 // to that backend. The clients come 64 at a time (each costs 4 descriptors
 // in this process: client, accepted, dialed, backend's).
 func TestActiveCountsUnderResets(t *testing.T) {
+	t.Parallel()
 	const (
 		resets, served = 5000, 5000
 		parallel       = 64
@@ -166,6 +167,7 @@ func resetSoon(addr string) {
 // with nothing (a session in flight lost, where HAProxy's soft stop lets
 // it finish).
 func TestStopWhileConnecting(t *testing.T) {
+	t.Parallel()
 	backend, open := loopback.LateAddr(t)
 	b, w, c := connectingSession(t, backend, false)
 	stopped := make(chan error, 1)

@@ -335,6 +335,7 @@ func streamAcross(t *testing.T, addr string, during func()) (int64, error) {
 // second SIGTERM resets it at once. (The stop used to end the client's
 // stream at once, cleanly, after 1 or 2 of the 6 chunks.)
 func TestSoftStop(t *testing.T) {
+	t.Parallel() // a child process of its own, and waits
 	backend := slowBackend(t)
 	t.Run("whole", func(t *testing.T) {
 		c := startChild(t, "-backend", backend, "-stop-timeout", "10s")
@@ -382,9 +383,11 @@ func TestSoftStop(t *testing.T) {
 // the soft stop that follows the grace carries it (the stop after the
 // grace used to cut it, with a clean end).
 func TestUpgradeKeepsStreams(t *testing.T) {
+	t.Parallel() // child processes of its own, and waits
 	backend := slowBackend(t)
 	for _, grace := range []string{"5s", "500ms"} {
 		t.Run("grace "+grace, func(t *testing.T) {
+			t.Parallel()
 			c := startChild(t, "-backend", backend, "-upgrade-grace", grace, "-stop-timeout", "10s")
 			var newPID int
 			n, err := streamAcross(t, c.addr, func() {

@@ -4,6 +4,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/seed358e4494/herd/internal/soak"
 )
 
 // TestWakeNeverLost hammers Wake from two goroutines while the owner waits,
@@ -11,7 +13,7 @@ import (
 // stay set with the wake-up already consumed.
 func TestWakeNeverLost(t *testing.T) {
 	rounds := 200
-	if testing.Short() {
+	if !soak.Enabled() {
 		rounds = 20
 	}
 	for round := 0; round < rounds; round++ {

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/seed358e4494/herd/internal/herdtest"
+	"github.com/seed358e4494/herd/internal/soak"
 )
 
 // pattern is n bytes that depend on seed and offset, so that a lost,
@@ -76,10 +77,15 @@ func readResponse(t testing.TB, br *bufio.Reader, method string) (int, []byte) {
 func bodyEcho(w *ResponseWriter, r *Request) { w.Write(r.Body()) }
 
 // Finding 1: 24 pipelined 1 MiB POSTs read back at 8 MB/s: 5 whole
-// responses, half of the sixth, then a hang. Now all 24, whole, in order.
+// responses, half of the sixth, then a hang. Now all 24 (12 without
+// HERD_SOAK), whole, in order.
 func TestPipelinedSlowReader(t *testing.T) {
 	t.Parallel()
-	const n, size = 24, 1 << 20
+	const size = 1 << 20
+	n := 24
+	if !soak.Enabled() {
+		n = 12 // it hung at the sixth
+	}
 	addr := startServer(t, &Server{Handler: bodyEcho}, 1)
 	c := dialSmall(t, addr)
 	go func() {
@@ -99,7 +105,8 @@ func TestPipelinedSlowReader(t *testing.T) {
 }
 
 // Finding 2: an 8 MB echo and a 20 MB response to a reader that starts
-// late never ended (the last chunk was dropped). Now both end.
+// late never ended (the last chunk was dropped). Now both end (2 and 5 MB
+// without HERD_SOAK).
 func TestLargeResponsesEnd(t *testing.T) {
 	t.Parallel()
 	addr := startServer(t, &Server{Handler: func(w *ResponseWriter, r *Request) {
@@ -114,19 +121,23 @@ func TestLargeResponsesEnd(t *testing.T) {
 		}
 	}}, 1)
 	c := dialSmall(t, addr)
-	up := pattern(1, 8_000_000)
+	echoSize, bigSize := 8_000_000, 20_000_000
+	if !soak.Enabled() {
+		echoSize, bigSize = 2_000_000, 5_000_000 // still many times the send queue's high mark
+	}
+	up := pattern(1, echoSize)
 	go func() {
 		fmt.Fprintf(c, "POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n", len(up))
 		c.Write(up)
-		io.WriteString(c, "GET /big?20000000 HTTP/1.1\r\nHost: a\r\n\r\n")
+		fmt.Fprintf(c, "GET /big?%d HTTP/1.1\r\nHost: a\r\n\r\n", bigSize)
 	}()
 	time.Sleep(time.Second) // the reader starts 1 s late
 	br := bufio.NewReader(c)
 	if code, body := readResponse(t, br, "POST"); code != 200 || !bytes.Equal(body, up) {
-		t.Fatalf("8 MB echo: status %d, %d bytes", code, len(body))
+		t.Fatalf("%d-byte echo: status %d, %d bytes", echoSize, code, len(body))
 	}
-	if code, body := readResponse(t, br, "GET"); code != 200 || !bytes.Equal(body, pattern(7, 20_000_000)) {
-		t.Fatalf("20 MB response: status %d, %d bytes", code, len(body))
+	if code, body := readResponse(t, br, "GET"); code != 200 || !bytes.Equal(body, pattern(7, bigSize)) {
+		t.Fatalf("%d-byte response: status %d, %d bytes", bigSize, code, len(body))
 	}
 }
 
@@ -134,10 +145,13 @@ func TestLargeResponsesEnd(t *testing.T) {
 // a bridged 50 MB file read at 50 MB/s got 5 MB: Write and Flush never
 // waited. Now the producer waits for the client, and the queue stays near
 // its high mark: the stream arrives whole, unthrottled, and the file whole
-// at 20 MB/s.
+// at 20 MB/s (20 and 10 MB without HERD_SOAK).
 func TestStreamsWaitForClient(t *testing.T) {
 	t.Parallel()
-	const streamSize, fileSize = 200 << 20, 50 << 20
+	streamSize, fileSize := 200<<20, 50<<20
+	if !soak.Enabled() {
+		streamSize, fileSize = 20<<20, 10<<20 // still past the 5 MB where they stopped
+	}
 	file := bytes.Repeat(pattern(3, 1<<20), fileSize>>20)
 	var peak atomic.Int64
 	mux := nethttp.NewServeMux()
@@ -355,7 +369,11 @@ func TestSlowUploadTimesOut(t *testing.T) {
 // input buffer doubled). Now an upload's buffer is its Content-Length.
 func TestStalledUploadsBounded(t *testing.T) {
 	t.Parallel()
-	const n, size = 50, 1 << 20
+	const size = 1 << 20
+	n := 50
+	if !soak.Enabled() {
+		n = 20
+	}
 	s := &Server{MaxBodyBytes: size, Handler: bodyEcho}
 	addr := startServer(t, s, 1)
 	head := fmt.Sprintf("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n", size)
@@ -369,7 +387,7 @@ func TestStalledUploadsBounded(t *testing.T) {
 		}
 	}
 	var caps []int
-	// 50 MiB to read (and, over TLS under -race beside the package's other
+	// Up to 50 MiB to read (and, over TLS under -race beside the package's other
 	// parallel tests, to decrypt): more than WaitFor's 10 s in a loaded CI.
 	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		caps = inputCaps(t, s)

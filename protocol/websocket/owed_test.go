@@ -20,6 +20,7 @@ import (
 
 	"github.com/seed358e4494/herd"
 	"github.com/seed358e4494/herd/internal/herdtest"
+	"github.com/seed358e4494/herd/internal/soak"
 	herdhttp "github.com/seed358e4494/herd/protocol/http"
 )
 
@@ -81,7 +82,9 @@ func TestSlowReaderGetsEveryEcho(t *testing.T) {
 		t.Run(fmt.Sprintf("deflate=%v", deflate), func(t *testing.T) {
 			t.Parallel()
 			n, size := 20000, 2<<10
-			if raceDetector && deflate {
+			if raceDetector && (deflate || !soak.Enabled()) {
+				// Still past the 4,321 (8.6 MB) after which echoes went
+				// missing; CI runs all 20,000 without the race detector.
 				n = 5000
 				t.Logf("%d echoes under the race detector", n)
 			}
