@@ -787,3 +787,39 @@ func TestIdleTimeoutAbortsStalledHeld(t *testing.T) {
 		t.Fatal("a held connection whose peer reads nothing was never ended")
 	}
 }
+
+// TestLingerTimeout: a connection closed with its reply written waits for
+// its peer's end for LingerTimeout, apart from StopTimeout: here a peer
+// that never closes holds it about 300 ms, not the 30 s of StopTimeout.
+func TestLingerTimeout(t *testing.T) {
+	t.Parallel()
+	const linger = 300 * time.Millisecond
+	closed := make(chan time.Time, 1)
+	w := &Worker{
+		Addr:          "tcp://127.0.0.1:0",
+		Count:         1,
+		StopTimeout:   30 * time.Second,
+		LingerTimeout: linger,
+		OnConnect: func(c *Conn) {
+			c.Send([]byte("bye"))
+			c.Close()
+		},
+		OnClose: func(*Conn) { closed <- time.Now() },
+	}
+	r := startWorker(t, w)
+	cl := r.dial(t) // reads, and never closes its side
+	cl.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, err := io.ReadAll(cl)
+	if err != nil || string(got) != "bye" {
+		t.Fatalf("read %q, %v; want the reply and the end of stream", got, err)
+	}
+	ended := time.Now()
+	select {
+	case at := <-closed:
+		if held := at.Sub(ended); held < linger/2 {
+			t.Fatalf("closed %v after its end of stream: it did not wait for the peer", held)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("still lingering 5 s after its end of stream; LingerTimeout is %v", linger)
+	}
+}

@@ -683,12 +683,12 @@ func (c *Conn) SendQueueBytes() int {
 
 // Close closes the connection gracefully: it stops delivering input (what
 // still arrives is discarded), writes out the send queue, ends our side of
-// the stream and waits up to StopTimeout for the peer to end its side
+// the stream and waits up to LingerTimeout for the peer to end its side
 // before closing the socket (closing with unread input
 // would make the kernel reset the connection, and the peer could lose the
 // last bytes sent). Messages sent after Close are dropped and counted. OnClose
 // runs on the loop once the socket is closed. A queue that does not shrink
-// for StopTimeout (a peer that reads nothing) is dropped and the connection
+// for LingerTimeout (a peer that reads nothing) is dropped and the connection
 // aborted.
 func (c *Conn) Close() { c.close(false) }
 

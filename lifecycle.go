@@ -308,7 +308,7 @@ func (l *Loop) beginClose(c *Conn) {
 }
 
 // linger half-closes a connection whose queue is written and waits, at most
-// StopTimeout, for the peer to close its side, discarding what it still
+// LingerTimeout, for the peer to close its side, discarding what it still
 // sends: closing with unread input would make the kernel reset the
 // connection and the peer could lose the answers just sent.
 func (l *Loop) linger(c *Conn) {
@@ -325,14 +325,14 @@ func (l *Loop) linger(c *Conn) {
 	l.listLinger(c)
 }
 
-// listLinger puts c at the end of the lingering list, due in StopTimeout.
+// listLinger puts c at the end of the lingering list, due in LingerTimeout.
 // The grace is the same for all, so the list stays in the order of due
 // times.
 func (l *Loop) listLinger(c *Conn) {
 	if c.lingerListed {
 		l.unlinkLinger(c) // from watching its queue to watching the kernel's
 	}
-	c.lingerDue = l.now.Add(l.w.stopGrace).UnixNano()
+	c.lingerDue = l.now.Add(l.w.lingerFor).UnixNano()
 	c.lingerListed = true
 	c.lingerPrev, c.lingerNext = l.lingerTail, nil
 	if l.lingerTail != nil {
@@ -345,7 +345,7 @@ func (l *Loop) listLinger(c *Conn) {
 }
 
 // watchClose puts a closing connection whose queue is not yet written on the
-// lingering list: if the queue does not shrink within StopTimeout (a peer
+// lingering list: if the queue does not shrink within LingerTimeout (a peer
 // that reads nothing), the connection is aborted.
 func (l *Loop) watchClose(c *Conn) {
 	c.lingerUnsent = -1
@@ -375,7 +375,7 @@ func (l *Loop) armLinger(when time.Time) {
 	l.timers.arm(l.lingerTimer, when)
 }
 
-// sweepLinger closes the lingering connections whose StopTimeout is over,
+// sweepLinger closes the lingering connections whose LingerTimeout is over,
 // unless what they still have to send (the kernel's unsent bytes, or the
 // send queue of one still closing) went down since it was last looked at: a
 // slow reader still taking the reply gets all of it, a peer that reads

@@ -128,10 +128,13 @@ type Worker struct {
 	// bound beyond the process's file limit.
 	MaxConns int
 	// StopTimeout bounds the graceful stop that Run starts when its context
-	// ends, and how long Close waits for the peer to end its side, or for a
-	// send queue that has stopped shrinking (longer while the peer is still
-	// taking data). Zero means DefaultStopTimeout.
+	// ends. Zero means DefaultStopTimeout.
 	StopTimeout time.Duration
+	// LingerTimeout bounds how long a closing connection waits for its
+	// peer to end its side, or for a send queue that has stopped
+	// shrinking (longer while the peer is still taking data), before it is
+	// aborted. Zero means StopTimeout's value.
+	LingerTimeout time.Duration
 	// Logger receives the worker's logs. Nil means slog.Default().
 	Logger *slog.Logger
 
@@ -236,6 +239,7 @@ type Worker struct {
 	maxPkg                   int
 	maxSend                  int
 	stopGrace                time.Duration
+	lingerFor                time.Duration
 	claimedBy                string // who Claim gave the connections to
 }
 
@@ -361,7 +365,7 @@ func (w *Worker) configure() error {
 	}{
 		{"Count", w.Count, w.Count < 0}, {"MaxPackageSize", w.MaxPackageSize, w.MaxPackageSize < 0},
 		{"MaxConns", w.MaxConns, w.MaxConns < 0}, {"IdleTimeout", w.IdleTimeout, w.IdleTimeout < 0},
-		{"StopTimeout", w.StopTimeout, w.StopTimeout < 0},
+		{"StopTimeout", w.StopTimeout, w.StopTimeout < 0}, {"LingerTimeout", w.LingerTimeout, w.LingerTimeout < 0},
 	} {
 		if f.negative {
 			return fmt.Errorf("herd: Worker.%s is %v: must not be negative", f.name, f.value)
@@ -382,6 +386,10 @@ func (w *Worker) configure() error {
 	w.stopGrace = w.StopTimeout
 	if w.stopGrace == 0 {
 		w.stopGrace = DefaultStopTimeout
+	}
+	w.lingerFor = w.LingerTimeout
+	if w.lingerFor == 0 {
+		w.lingerFor = w.stopGrace
 	}
 	w.log = w.Logger
 	if w.log == nil {
