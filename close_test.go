@@ -2,7 +2,7 @@
 
 package herd
 
-// Closing: Close and its linger, CloseNoLinger, the peer's end of stream
+// Closing: Close and its linger, CloseNoWait, the peer's end of stream
 // (half-close), IdleTimeout, held connections.
 
 import (
@@ -120,23 +120,23 @@ func readReplyThenEOF(t *testing.T, cl net.Conn) {
 	}
 }
 
-// CloseNoLinger closes as soon as the reply is written, while the client,
+// CloseNoWait closes as soon as the reply is written, while the client,
 // having read the reply and the end of stream, keeps its side open; Close
 // waits for the client's side.
-func TestCloseNoLinger(t *testing.T) {
+func TestCloseNoWait(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		name    string
 		closeFn func(*Conn)
 		lingers bool
 	}{
-		{"CloseNoLinger", (*Conn).CloseNoLinger, false},
+		{"CloseNoWait", (*Conn).CloseNoWait, false},
 		// In a later loop turn than the read: the kernel is asked
 		// whether input waits.
-		{"CloseNoLinger later", func(c *Conn) {
+		{"CloseNoWait later", func(c *Conn) {
 			go func() {
 				time.Sleep(20 * time.Millisecond)
-				c.CloseNoLinger()
+				c.CloseNoWait()
 			}()
 		}, false},
 		{"Close", (*Conn).Close, true},
@@ -172,13 +172,13 @@ func TestCloseNoLinger(t *testing.T) {
 	}
 }
 
-// CloseNoLinger with input still unread in the kernel lingers after all:
+// CloseNoWait with input still unread in the kernel lingers after all:
 // closing then would reset the connection.
-func TestCloseNoLingerWithInputWaiting(t *testing.T) {
+func TestCloseNoWaitWithInputWaiting(t *testing.T) {
 	t.Parallel()
 	closed := make(chan struct{}, 1)
 	conns := make(chan *Conn, 1)
-	w := closeWorker((*Conn).CloseNoLinger, closed)
+	w := closeWorker((*Conn).CloseNoWait, closed)
 	w.OnConnect = func(c *Conn) {
 		c.PauseRecv()
 		conns <- c

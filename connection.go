@@ -39,9 +39,23 @@ func (r SendResult) String() string {
 
 // Conn is one connection, accepted by a Worker or dialed by a loop
 // (Loop.Dial). It belongs to one loop at a time, and its callbacks (the
-// Worker's, or its Dialer's) run there; Worker.Scale may hand it to another loop when its
-// loop leaves (see LoopMover). Every method is safe from any goroutine
-// except LastActive and SetHandler, which only its loop may call.
+// Worker's, or its Dialer's) run there; Worker.Scale may hand it to another
+// loop when its loop leaves (see LoopMover). Every method is safe from any
+// goroutine except LastActive and SetHandler, which only its loop may call.
+//
+// Sending: the three methods differ in framing and in what a full send
+// queue (MaxSendBufferSize) does to them. None blocks.
+//
+//	method   framing                  queue full                 for
+//	Send     the protocol's Encode    dropped (SendResult)       pushed messages a slow peer may miss
+//	SendRaw  none                     dropped (SendResult)       pre-framed pushes (a broadcast encoded once)
+//	Write    none                     queued all the same;       replies and responses, owed to the peer;
+//	                                  reading pauses meanwhile   from a goroutine, WaitWritable before each
+//
+// Closing: Close writes what is queued, ends the stream and waits (up to
+// LingerTimeout) for the peer's end; CloseNoWait does not wait for it, for
+// a peer whose protocol says it sends nothing more; CloseWrite ends this
+// side only; Abort closes at once, dropping the queue.
 type Conn struct {
 	id uint64
 	fd int32
@@ -121,7 +135,7 @@ const (
 	flagRecvPaused    uint32 = 1 << iota // mirrors userPaused, checked between the messages of one read
 	flagBackpressure                     // mirrors bpPaused, checked between the messages of one read
 	flagDrainWait                        // a graceful stop waits for the Holds to be Released
-	flagNoLinger                         // CloseNoLinger: the peer sends nothing more
+	flagNoLinger                         // CloseNoWait: the peer sends nothing more
 	flagMoving                           // being handed to another loop (Scale): in no poller (set under mu)
 	flagTLS                              // rare.tls is set: a TLS connection
 	flagHandshaking                      // its TLS handshake is under way: no OnConnect yet, nor OnClose
@@ -316,8 +330,10 @@ func (c *Conn) SendRaw(b []byte) SendResult {
 	return r
 }
 
-// Write writes b as it is (no Encode) and never drops it for a full queue:
-// it is for what a protocol owes its peer, such as responses and replies.
+// Write writes b as it is (no Encode) and never drops it for a full queue,
+// nor waits: from a goroutine, call WaitWritable before each Write (as an
+// io.Writer, Write queues without bound for a peer that does not read). It
+// is for what a protocol owes its peer, such as responses and replies.
 // What the socket does not take at once is queued, past MaxSendBufferSize
 // if need be; while the queue is above the high mark (half of
 // MaxSendBufferSize, or of 1 MiB when unlimited) the connection is not
@@ -692,7 +708,7 @@ func (c *Conn) SendQueueBytes() int {
 // aborted.
 func (c *Conn) Close() { c.close(false) }
 
-// CloseNoLinger is Close for a peer that, by its protocol, sends nothing
+// CloseNoWait is Close for a peer that, by its protocol, sends nothing
 // more: an HTTP request with "Connection: close" read whole, a WebSocket
 // peer whose close frame has arrived. Once the send queue is written the
 // socket is closed at once, without waiting for the peer's end of stream,
@@ -700,7 +716,13 @@ func (c *Conn) Close() { c.close(false) }
 // is waiting in the kernel at that moment all the same, it lingers as Close
 // does, so that the reset such a close would cause cannot cut the reply
 // short.
-func (c *Conn) CloseNoLinger() { c.close(true) }
+func (c *Conn) CloseNoWait() { c.close(true) }
+
+// CloseNoLinger is CloseNoWait's former name: in socket terms, "no linger"
+// reads as an abortive close (a reset), which this is not.
+//
+// Deprecated: use CloseNoWait.
+func (c *Conn) CloseNoLinger() { c.CloseNoWait() }
 
 func (c *Conn) close(noLinger bool) {
 	c.flags.Or(flagSelfEnd)

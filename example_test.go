@@ -147,11 +147,11 @@ func ExampleLoop_Every() {
 // end of the stream. By the protocol it sends nothing more, so the server
 // closes without waiting for the client's end of stream (Close would wait
 // up to StopTimeout for it).
-func ExampleConn_CloseNoLinger() {
+func ExampleConn_CloseNoWait() {
 	w := &herd.Worker{Addr: "text://127.0.0.1:0", Count: 1}
 	w.OnMessage = func(c *herd.Conn, msg []byte) {
 		c.Send([]byte("bye " + string(msg)))
-		c.CloseNoLinger()
+		c.CloseNoWait()
 	}
 	closed := make(chan struct{})
 	w.OnClose = func(c *herd.Conn) { close(closed) }

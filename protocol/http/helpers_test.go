@@ -26,7 +26,7 @@ type fakeConn struct {
 	discard  bool
 	closed   bool
 	aborted  bool
-	noLinger bool // closed with CloseNoLinger
+	noLinger bool // closed with CloseNoWait
 	paused   bool
 	pauses   int
 	sends    int // Write calls
@@ -66,7 +66,7 @@ func (f *fakeConn) Close() {
 	f.mu.Unlock()
 }
 
-func (f *fakeConn) CloseNoLinger() {
+func (f *fakeConn) CloseNoWait() {
 	f.mu.Lock()
 	f.closed, f.noLinger = true, true
 	f.mu.Unlock()
@@ -178,7 +178,7 @@ func (h *harness) closed() bool {
 }
 
 // closedNoLinger reports whether the connection was closed with
-// CloseNoLinger: the server judged that the client sends nothing more.
+// CloseNoWait: the server judged that the client sends nothing more.
 func (h *harness) closedNoLinger() bool {
 	h.f.mu.Lock()
 	defer h.f.mu.Unlock()

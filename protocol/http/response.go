@@ -257,7 +257,7 @@ func (cs *conn) closeLocked() {
 	if cs.peerDone {
 		// By HTTP the client sends nothing after a Connection: close
 		// request, so waiting for its end of stream buys nothing.
-		cs.c.CloseNoLinger()
+		cs.c.CloseNoWait()
 	} else {
 		cs.c.Close()
 	}

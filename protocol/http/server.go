@@ -330,7 +330,7 @@ type link interface {
 	WaitWritable(ctx context.Context) error
 	SendQueueBytes() int
 	Close()
-	CloseNoLinger()
+	CloseNoWait()
 	Abort()
 	PauseRecv()
 	ResumeRecv()

@@ -11,7 +11,7 @@ func (d *discardTransport) Write(b []byte) (int, error) { d.n += len(b); return 
 func (d *discardTransport) SendQueueBytes() int         { return 0 }
 func (d *discardTransport) Close()                      {}
 func (d *discardTransport) Post(func()) bool            { return true }
-func (d *discardTransport) CloseNoLinger()              {}
+func (d *discardTransport) CloseNoWait()                {}
 func (d *discardTransport) Abort()                      {}
 
 // benchEcho runs frames of one message through parser, OnMessage echo and

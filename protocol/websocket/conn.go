@@ -34,7 +34,7 @@ type link interface {
 	Write(b []byte) (int, error)
 	SendQueueBytes() int
 	Close()
-	CloseNoLinger()
+	CloseNoWait()
 	Abort()
 	Post(f func()) bool // on the connection's loop, wherever Scale moved it
 }
@@ -271,7 +271,7 @@ func (c *Conn) closeTransport(peerDone bool) {
 	c.startLocked()
 	c.wmu.Unlock()
 	if peerDone {
-		c.c.CloseNoLinger()
+		c.c.CloseNoWait()
 	} else {
 		c.c.Close()
 	}

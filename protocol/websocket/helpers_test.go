@@ -137,7 +137,7 @@ type fakeTransport struct {
 	mu       sync.Mutex
 	out      bytes.Buffer
 	closed   bool
-	noLinger bool // closed with CloseNoLinger
+	noLinger bool // closed with CloseNoWait
 	aborted  bool
 }
 
@@ -153,7 +153,7 @@ func (t *fakeTransport) Write(b []byte) (int, error) {
 
 func (t *fakeTransport) SendQueueBytes() int { return 0 }
 func (t *fakeTransport) Close()              { t.mu.Lock(); t.closed = true; t.mu.Unlock() }
-func (t *fakeTransport) CloseNoLinger() {
+func (t *fakeTransport) CloseNoWait() {
 	t.mu.Lock()
 	t.closed, t.noLinger = true, true
 	t.mu.Unlock()
