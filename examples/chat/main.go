@@ -93,7 +93,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 
 	ws := &websocket.Server{PingInterval: 30 * time.Second}
-	ws.OnOpen = func(c *websocket.Conn, _ *http.Request) {
+	ws.OnOpen = func(c *websocket.Conn, _ *herdhttp.Request) {
 		u := &user{id: g.Add(gateway.WebSocket(c))}
 		c.SetContext(u)
 		c.WriteText(encode(event{Type: "welcome", Node: g.NodeName(), ID: string(u.id)}))
@@ -154,7 +154,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		g.Remove(u.id)
 	}
 
-	srv := &http.Server{Handler: func(w *http.ResponseWriter, r *http.Request) {
+	srv := &herdhttp.Server{Handler: func(w *herdhttp.ResponseWriter, r *herdhttp.Request) {
 		switch string(r.Path()) {
 		case "/":
 			w.Header().Set("Content-Type", "text/html; charset=utf-8")
@@ -164,7 +164,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		case "/health":
 			w.WriteString("ok " + g.NodeName())
 		default:
-			http.Error(w, nethttp.StatusNotFound)
+			herdhttp.Error(w, nethttp.StatusNotFound)
 		}
 	}}
 	w := &herd.Worker{Name: "chat", Addr: *addr, Count: *count, Accept: herd.AcceptLeastConns, Logger: logger}

@@ -74,7 +74,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	g := &gateway.Gateway{Logger: logger}
 	chatServer := &websocket.Server{
 		PingInterval: *ping,
-		OnOpen: func(c *websocket.Conn, r *http.Request) {
+		OnOpen: func(c *websocket.Conn, r *herdhttp.Request) {
 			id := g.Add(gateway.WebSocket(c))
 			c.SetContext(id)
 			g.JoinGroup(id, "chat")
@@ -87,7 +87,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		},
 	}
 
-	srv := &http.Server{Handler: func(w *http.ResponseWriter, r *http.Request) {
+	srv := &herdhttp.Server{Handler: func(w *herdhttp.ResponseWriter, r *herdhttp.Request) {
 		switch string(r.Path()) {
 		case "/":
 			w.Header().Set("Content-Type", "text/html; charset=utf-8")
@@ -97,7 +97,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		case "/chat":
 			chatServer.Upgrade(w, r)
 		default:
-			http.Error(w, nethttp.StatusNotFound)
+			herdhttp.Error(w, nethttp.StatusNotFound)
 		}
 	}}
 

@@ -1,4 +1,4 @@
-// Package http serves HTTP/1.1 on a herd.Worker, on the event loops: no
+// Package herdhttp (at protocol/http) serves HTTP/1.1 on a herd.Worker, on the event loops: no
 // goroutine per connection, and no allocation per request on the hot path.
 //
 //	w := &herd.Worker{Addr: "tcp://127.0.0.1:8080", ReusePort: true}
@@ -139,4 +139,4 @@
 // then. The websocket package is built on it. A WriteHeader(101) without
 // Upgrade is not an upgrade: it sends a 101 status line, and the
 // connection goes on with HTTP.
-package http
+package herdhttp

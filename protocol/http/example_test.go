@@ -1,4 +1,4 @@
-package http_test
+package herdhttp_test
 
 import (
 	"context"
@@ -37,7 +37,7 @@ func get(client *nethttp.Client, url string) {
 // and the response is written without allocating.
 func ExampleServer() {
 	w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 2}
-	s := &http.Server{Handler: func(w *http.ResponseWriter, r *http.Request) {
+	s := &herdhttp.Server{Handler: func(w *herdhttp.ResponseWriter, r *herdhttp.Request) {
 		switch string(r.Path()) {
 		case "/hello":
 			w.Header().Set("Content-Type", "text/plain")
@@ -48,7 +48,7 @@ func ExampleServer() {
 			}
 			w.Write(name)
 		default:
-			http.Error(w, 404)
+			herdhttp.Error(w, 404)
 		}
 	}}
 	if err := s.Attach(w); err != nil {
@@ -77,7 +77,7 @@ func ExampleBridge() {
 		fmt.Fprintf(w, "item %s", r.PathValue("id"))
 	})
 	w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 1}
-	s := &http.Server{Handler: http.Bridge(mux, 0)}
+	s := &herdhttp.Server{Handler: herdhttp.Bridge(mux, 0)}
 	if err := s.Attach(w); err != nil {
 		fmt.Println(err)
 		return
@@ -98,7 +98,7 @@ func ExampleBridge() {
 // in request order.
 func ExampleResponseWriter_Async() {
 	w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 1}
-	s := &http.Server{Handler: func(w *http.ResponseWriter, r *http.Request) {
+	s := &herdhttp.Server{Handler: func(w *herdhttp.ResponseWriter, r *herdhttp.Request) {
 		path := r.PathString() // a copy: r is not valid after the handler returns
 		w.Async()
 		go func() {

@@ -1,4 +1,4 @@
-package http
+package herdhttp
 
 // Responses are owed: every test here has a slow, stalled or half-closing
 // client, and expects every response whole, or a bounded wait and a clean

@@ -56,7 +56,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, routes fu
 	mux.HandleFunc("GET /std/{name}", func(w nethttp.ResponseWriter, r *nethttp.Request) {
 		fmt.Fprintf(w, "Hello, %s, from net/http!\n", r.PathValue("name"))
 	})
-	std := http.Bridge(mux, 0)
+	std := herdhttp.Bridge(mux, 0)
 	logger := slog.New(slog.NewTextHandler(stderr, nil))
 	w := &herd.Worker{Name: "http", Addr: *addr, Count: *count, ReusePort: true, StopTimeout: *stopTimeout, Logger: logger}
 	scheme, fingerprint, err := selfsigned.Setup(w, *useTLS, *certFile, *keyFile)
@@ -65,7 +65,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, routes fu
 	}
 
 	hello := []byte("Hello, World!")
-	srv := &http.Server{Handler: func(w *http.ResponseWriter, r *http.Request) {
+	srv := &herdhttp.Server{Handler: func(w *herdhttp.ResponseWriter, r *herdhttp.Request) {
 		path := r.Path()
 		switch {
 		case string(path) == "/":
@@ -77,7 +77,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, routes fu
 		case strings.HasPrefix(string(path), "/std/"):
 			std(w, r)
 		default:
-			http.Error(w, nethttp.StatusNotFound)
+			herdhttp.Error(w, nethttp.StatusNotFound)
 		}
 	}}
 	if err := srv.Attach(w); err != nil {
@@ -141,7 +141,7 @@ func adminWorker(app *herd.Worker, addr string, routes func(*herd.Worker) map[st
 	}
 	slices.Sort(pages)
 	w := &herd.Worker{Name: "admin", Addr: addr, Count: 1, StopTimeout: app.StopTimeout, Logger: logger}
-	srv := &http.Server{Handler: http.Bridge(mux, 8)}
+	srv := &herdhttp.Server{Handler: herdhttp.Bridge(mux, 8)}
 	if err := srv.Attach(w); err != nil {
 		return nil, nil, err
 	}
