@@ -182,8 +182,11 @@ func TestStreamsWaitForClient(t *testing.T) {
 	}}
 	addr := startServer(t, s, 1)
 
-	// An unthrottled client of the stream.
+	// An unthrottled client of the stream. Through a 16 KiB window at
+	// loopback's pace under -race, 200 MB (HERD_SOAK) took over dialSmall's
+	// 60 s once in a loaded CI run.
 	c := dialSmall(t, addr)
+	c.SetDeadline(time.Now().Add(3 * time.Minute))
 	io.WriteString(c, "GET /stream HTTP/1.1\r\nHost: a\r\n\r\n")
 	code, body := readResponse(t, bufio.NewReader(c), "GET")
 	want := bytes.Repeat(pattern(5, 32<<10), streamSize/(32<<10))
