@@ -33,6 +33,7 @@ func udpEcho(t *testing.T, count int, p protocol.Protocol) (*Worker, *running) {
 // back; the test counts what was lost (loopback at this rate should lose
 // nothing) and checks that every echo is the datagram that was sent.
 func TestUDPEcho(t *testing.T) {
+	t.Parallel()
 	w, r := udpEcho(t, 2, nil)
 	if r.net != "udp" {
 		t.Fatalf("ListenAddr network %q, want udp", r.net)

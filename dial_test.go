@@ -298,6 +298,7 @@ func TestDialReconnect(t *testing.T) {
 // queues what it is written (Write: nothing dropped) and delivers it
 // whole once the peer reads.
 func TestDialStalledPeer(t *testing.T) {
+	t.Parallel()
 	_, l := dialWorker(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

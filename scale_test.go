@@ -457,7 +457,10 @@ func TestScaleDuringShutdown(t *testing.T) {
 // TestPipeScale: Worker.Scale while short proxied connections churn and
 // long ones exchange lines: nothing fails, and every pipe that ended
 // ended clean.
-func TestPipeScale(t *testing.T) { bothWays(t, testPipeScale) }
+func TestPipeScale(t *testing.T) {
+	t.Parallel()
+	bothWays(t, testPipeScale)
+}
 
 func testPipeScale(t *testing.T, splice bool) {
 	ln := lineEchoServer(t, "tcp", "127.0.0.1:0")

@@ -571,6 +571,7 @@ func TestTLSBudgetEviction(t *testing.T) {
 // reset the connection at once are each counted, as a handshake or a
 // failure: Accepted = TLSHandshakes + TLSFailed.
 func TestTLSResetAfterHandshake(t *testing.T) {
+	t.Parallel()
 	const n, parallel = 300, 50
 	srv, cli := herdtest.TLSConfigs(t)
 	cli.MinVersion = tls.VersionTLS13 // the client is done before the server

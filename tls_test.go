@@ -250,6 +250,7 @@ func settledGoroutines(t *testing.T, w *herd.Worker, addr string, cli *tls.Confi
 // Scale 2 → 1 → 2; and a client that reads slowly gets every byte of 8 MiB
 // written with Write (owed bytes over TLS, backpressure on the way).
 func TestTLSReloadAndScale(t *testing.T) {
+	t.Parallel()
 	srv1, cli1 := herdtest.TLSConfigs(t)
 	srv2, cli2 := herdtest.TLSConfigs(t)
 	var current atomic.Pointer[tls.Certificate]
