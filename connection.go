@@ -306,10 +306,7 @@ func (c *Conn) SetContext(v any) {
 // MaxSendBufferSize drops the message (Workerman's policy for raw
 // servers); use Write for bytes that must not be dropped.
 func (c *Conn) Send(msg []byte) SendResult {
-	p := c.loop.Load().w.proto
-	if d := c.dialer(); d != nil {
-		p = d.Protocol
-	}
+	p := c.callbacks(c.loop.Load().w).proto
 	if p == nil {
 		r, _ := c.send(msg, sendDroppable)
 		return r

@@ -500,3 +500,25 @@ func (c *Conn) dialer() *Dialer {
 	}
 	return c.rare.dial.d
 }
+
+// callbacks are what serves a connection's input and events: its Dialer's
+// for a connection a loop dialed (the Dialer plays the Worker's part for
+// it), else the Worker's. OnConnect is not among them: the two begin
+// differently (an accept, a connect completed).
+type callbacks struct {
+	proto         protocol.Protocol
+	onMessage     func(*Conn, []byte)
+	onClose       func(*Conn)
+	onError       func(*Conn, error)
+	onBufferFull  func(*Conn)
+	onBufferDrain func(*Conn)
+}
+
+// callbacks gives c's callbacks; w is its Worker. Read at each use, not
+// copied once, as the Worker's fields always were.
+func (c *Conn) callbacks(w *Worker) callbacks {
+	if d := c.dialer(); d != nil {
+		return callbacks{d.Protocol, d.OnMessage, d.OnClose, d.OnError, d.OnBufferFull, d.OnBufferDrain}
+	}
+	return callbacks{w.proto, w.OnMessage, w.OnClose, w.OnError, w.OnBufferFull, w.OnBufferDrain}
+}

@@ -204,13 +204,11 @@ func (l *Loop) closeConn(c *Conn, err error) {
 		c.h = nil
 		l.callConn(h.OnClose, c)
 	}
+	if f := c.callbacks(l.w).onClose; f != nil {
+		l.callConn(f, c)
+	}
 	if dialed {
-		if f := c.rare.dial.d.OnClose; f != nil {
-			l.callConn(f, c)
-		}
 		l.dialEnded(c, true, nil)
-	} else if l.w.OnClose != nil {
-		l.callConn(l.w.OnClose, c)
 	}
 }
 
@@ -518,22 +516,14 @@ func (l *Loop) bufferFull(c *Conn) {
 
 // bufferFullNow runs OnBufferFull.
 func (l *Loop) bufferFullNow(c *Conn) {
-	f := l.w.OnBufferFull
-	if d := c.dialer(); d != nil {
-		f = d.OnBufferFull
-	}
-	if f != nil {
+	if f := c.callbacks(l.w).onBufferFull; f != nil {
 		l.callConn(f, c)
 	}
 }
 
 // bufferDrained runs OnBufferDrain.
 func (l *Loop) bufferDrained(c *Conn) {
-	f := l.w.OnBufferDrain
-	if d := c.dialer(); d != nil {
-		f = d.OnBufferDrain
-	}
-	if f != nil {
+	if f := c.callbacks(l.w).onBufferDrain; f != nil {
 		l.callConn(f, c)
 	}
 }

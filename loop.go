@@ -623,10 +623,7 @@ func (l *Loop) deliver(c *Conn, data []byte) {
 		l.callHandler(c, data)
 		return
 	}
-	p := l.w.proto
-	if d := c.dialer(); d != nil {
-		p = d.Protocol
-	}
+	p := c.callbacks(l.w).proto
 	if p == nil {
 		l.messagesIn.Add(1)
 		l.callMessage(c, data)
@@ -747,11 +744,7 @@ func (l *Loop) callMessage(c *Conn, msg []byte) {
 			l.recovered(c, r)
 		}
 	}()
-	f := l.w.OnMessage
-	if d := c.dialer(); d != nil {
-		f = d.OnMessage
-	}
-	if f != nil {
+	if f := c.callbacks(l.w).onMessage; f != nil {
 		f(c, msg)
 	}
 }
@@ -766,10 +759,7 @@ func (l *Loop) callConn(f func(*Conn), c *Conn) {
 }
 
 func (l *Loop) callError(c *Conn, err error) {
-	f := l.w.OnError
-	if d := c.dialer(); d != nil {
-		f = d.OnError
-	}
+	f := c.callbacks(l.w).onError
 	if f == nil {
 		l.w.logger().Debug("herd: connection error", "conn", c.id, "err", err)
 		return
