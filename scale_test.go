@@ -783,7 +783,9 @@ func TestScaleCounters(t *testing.T) {
 			for _, err := range ch.end() {
 				t.Error(err)
 			}
-			if tot := prev.Total(); tot.MovedIn != tot.MovedOut || moved == 0 {
+			// Shared accept may put every keep-alive connection on loop 0,
+			// which never leaves: then nothing need move (1 run in 16).
+			if tot := prev.Total(); tot.MovedIn != tot.MovedOut || moved == 0 && m.name != "shared" {
 				t.Errorf("moved in %d, moved out %d: want equal, and above 0", tot.MovedIn, tot.MovedOut)
 			}
 			t.Logf("after 20 steps:\n%v", prev)
