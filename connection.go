@@ -92,15 +92,11 @@ type Conn struct {
 	// holds counts Holds not yet Released.
 	holds atomic.Int32
 
-	mu         sync.Mutex // guards what follows, and writes to fd
-	q          *sendQueue // what waits to be written; nil when nothing does
-	readOn     bool       // the poller watches reads
-	writeOn    bool       // the poller watches writes
-	userPaused bool       // PauseRecv
-	bpPaused   bool       // paused above the high mark (Write, or Backpressure)
-	drainStop  bool       // no more input: a graceful stop, or the peer's end of stream, waits for a Release
-	full       bool       // OnBufferFull fired; OnBufferDrain pending
-	peerClosed bool       // the peer ended its side (EOF)
+	mu      sync.Mutex // guards what follows, and writes to fd
+	q       *sendQueue // what waits to be written; nil when nothing does
+	readOn  bool       // the poller watches reads
+	writeOn bool       // the poller watches writes
+	full    bool       // OnBufferFull fired; OnBufferDrain pending
 	// lingerListed is owned by the loop; it sits here to keep Conn in a
 	// smaller allocation class (an idle connection's whole cost).
 	lingerListed bool
@@ -132,9 +128,9 @@ func (c *Conn) rareLocked() *connRare {
 
 // Conn.flags bits.
 const (
-	flagRecvPaused    uint32 = 1 << iota // mirrors userPaused, checked between the messages of one read
-	flagBackpressure                     // mirrors bpPaused, checked between the messages of one read
-	flagDrainWait                        // a graceful stop waits for the Holds to be Released
+	flagRecvPaused    uint32 = 1 << iota // PauseRecv (set under mu, as every input flag is; read anywhere)
+	flagBackpressure                     // paused above the high mark (Write, or Backpressure)
+	flagDrainWait                        // no more input: a graceful stop, or the peer's end of stream, waits for the Holds to be Released
 	flagNoLinger                         // CloseNoWait: the peer sends nothing more
 	flagMoving                           // being handed to another loop (Scale): in no poller (set under mu)
 	flagTLS                              // rare.tls is set: a TLS connection
@@ -144,7 +140,7 @@ const (
 	flagWriteShut                        // CloseWrite: our side ends once the queue is written (set under mu)
 	flagLinkPaused                       // not read until the connection it forwards to drains (Pipe; set under mu)
 	flagSelfEnd                          // Close or Abort was called: a Dialer does not reconnect
-	flagPeerEnded                        // mirrors peerClosed, for the loop to check without the lock
+	flagPeerEnded                        // the peer ended its side (EOF)
 	flagHandshakeFull                    // not read until its TLS handshake takes some of what it holds (set under mu)
 	flagBroken                           // aborted, or its socket failed: closed by a task posted, with no graceful end before
 )
@@ -480,7 +476,6 @@ func (c *Conn) sendBytes(data []byte, mode sendMode) (r SendResult, ok bool) {
 		c.post(task{kind: taskBufferFull, c: c})
 	}
 	if (mode == sendOwed || (mode == sendDroppable && l.w.Backpressure)) && queued >= l.w.highWater() {
-		c.bpPaused = true
 		c.flags.Or(flagBackpressure)
 	}
 	c.updateInterestLocked()
@@ -584,8 +579,7 @@ func (c *Conn) flush() (f flushResult, err error) {
 	if left <= l.w.lowWater() && (kp == nil || kp.n == 0) {
 		f.waiter = c.takeWaiterLocked()
 	}
-	if c.bpPaused && left <= l.w.lowWater() {
-		c.bpPaused = false
+	if c.flags.Load()&flagBackpressure != 0 && left <= l.w.lowWater() {
 		c.flags.And(^flagBackpressure)
 		f.resumed = true
 	}
@@ -640,7 +634,7 @@ func (c *Conn) updateInterestLocked() {
 		// it is then; a connecting one when it has connected.
 		return
 	}
-	if st == connClosing && c.peerClosed && c.queuedLocked() == 0 {
+	if st == connClosing && c.flags.Load()&flagPeerEnded != 0 && c.queuedLocked() == 0 {
 		// It closes in this turn or the next (queueEmptied), which takes
 		// it out of the poller: a change now would be a wasted system
 		// call, and an event meanwhile only closes it sooner.
@@ -650,7 +644,7 @@ func (c *Conn) updateInterestLocked() {
 	// Close and linger need no change of interest, and input left unread
 	// cannot make the final close reset the connection. Once the peer has
 	// ended its side there is nothing more to read.
-	read := !c.peerClosed && (st != connOpen || (!c.userPaused && !c.bpPaused && !c.drainStop && c.flags.Load()&(flagLinkPaused|flagHandshakeFull) == 0))
+	read := !c.inputOff(st)
 	write := c.q != nil || (c.rare != nil && c.rare.kp != nil && c.rare.kp.n > 0)
 	if read == c.readOn && write == c.writeOn {
 		return
@@ -785,7 +779,6 @@ func (c *Conn) Release() {
 // wait too.
 func (c *Conn) PauseRecv() {
 	c.mu.Lock()
-	c.userPaused = true
 	c.flags.Or(flagRecvPaused)
 	c.updateInterestLocked()
 	c.mu.Unlock()
@@ -794,8 +787,7 @@ func (c *Conn) PauseRecv() {
 // ResumeRecv undoes PauseRecv.
 func (c *Conn) ResumeRecv() {
 	c.mu.Lock()
-	was := c.userPaused
-	c.userPaused = false
+	was := c.flags.Load()&flagRecvPaused != 0
 	c.flags.And(^flagRecvPaused)
 	c.updateInterestLocked()
 	c.mu.Unlock()
@@ -807,21 +799,22 @@ func (c *Conn) ResumeRecv() {
 }
 
 // peerClosedNow reports whether the peer's end of stream has been seen.
-func (c *Conn) peerClosedNow() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.peerClosed
-}
+func (c *Conn) peerClosedNow() bool { return c.flags.Load()&flagPeerEnded != 0 }
 
-// inputOff reports, without the lock, what updateInterestLocked computes
-// under it: that the connection's reading is off (its peer has ended its
-// side, or it is open and paused). st is its state.
+// inputOff reports that the connection's reading is off: its peer has
+// ended its side, or it is open and paused (for any cause in
+// flagsInputPaused). st is its state. The one predicate: the poller's
+// interest (updateInterestLocked) and the loop's reads both use it.
 func (c *Conn) inputOff(st int32) bool {
 	f := c.flags.Load()
 	return f&flagPeerEnded != 0 || st == connOpen && f&flagsInputPaused != 0
 }
 
-// readable reports whether the loop should deliver input to the connection.
+// readable reports whether the loop should deliver input to the
+// connection: not what inputOff says. Input read before a graceful stop
+// (flagDrainWait) is still delivered, since it was received before the
+// stop, and flagHandshakeFull concerns what the TLS handshake has not yet
+// taken, not what is delivered.
 func (c *Conn) readable() bool {
 	return c.state.Load() == connOpen && c.flags.Load()&(flagRecvPaused|flagBackpressure|flagLinkPaused) == 0
 }
@@ -839,7 +832,7 @@ func (c *Conn) CloseWrite() {
 		c.mu.Unlock()
 		return
 	}
-	if c.peerClosed {
+	if c.flags.Load()&flagPeerEnded != 0 {
 		c.mu.Unlock()
 		c.Close()
 		return

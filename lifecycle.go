@@ -82,7 +82,7 @@ func (l *Loop) queueEmptied(c *Conn) {
 		return // an aborted connection gets no end of stream: its close follows
 	}
 	switch {
-	case c.peerClosed:
+	case c.flags.Load()&flagPeerEnded != 0:
 		l.closeConn(c, nil) // nothing more can arrive: no reset to fear
 	case c.flags.Load()&flagNoLinger != 0 && (c.drainedTurn == l.turn || unreadBytes(int(c.fd)) == 0):
 		// The peer is done by its protocol, and nothing is unread: a read
@@ -101,7 +101,6 @@ func (l *Loop) queueEmptied(c *Conn) {
 // replies, reading nothing, until the last Release.
 func (l *Loop) peerEnded(c *Conn) {
 	c.mu.Lock()
-	c.peerClosed = true
 	c.flags.Or(flagPeerEnded)
 	c.mu.Unlock()
 	if e, ok := c.h.(EndHandler); ok && c.state.Load() == connOpen {
@@ -126,9 +125,8 @@ func (l *Loop) awaitRelease(c *Conn) bool {
 	if c.holds.Load() == 0 {
 		return false
 	}
-	c.flags.Or(flagDrainWait)
 	c.mu.Lock()
-	c.drainStop = true
+	c.flags.Or(flagDrainWait)
 	c.updateInterestLocked()
 	c.mu.Unlock()
 	return c.holds.Load() > 0

@@ -657,7 +657,7 @@ func TestBackpressureOption(t *testing.T) {
 			t.Fatalf("%d messages dropped: the server kept reading and queueing", s.Dropped)
 		}
 		c.mu.Lock()
-		paused := c.bpPaused
+		paused := c.flags.Load()&flagBackpressure != 0
 		c.mu.Unlock()
 		if s.BytesIn == lastIn && s.BytesIn > 0 && paused {
 			stable++
@@ -681,10 +681,10 @@ func TestBackpressureOption(t *testing.T) {
 		t.Errorf("nothing queued while the client does not read")
 	}
 	c.mu.Lock()
-	paused, readOn := c.bpPaused, c.readOn
+	paused, readOn := c.flags.Load()&flagBackpressure != 0, c.readOn
 	c.mu.Unlock()
 	if !paused || readOn {
-		t.Errorf("connection not paused by backpressure: bpPaused=%v readOn=%v", paused, readOn)
+		t.Errorf("connection not paused by backpressure: backpressure=%v readOn=%v", paused, readOn)
 	}
 	t.Logf("server paused after reading %d bytes; queue %d (max seen %d); client wrote %d", lastIn, s.queued, maxQueue, written.Load())
 

@@ -527,7 +527,6 @@ func (l *Loop) handshakePeerEnded(c *Conn, t *tlsState) {
 		return
 	}
 	c.mu.Lock()
-	c.peerClosed = true
 	c.flags.Or(flagPeerEnded)
 	c.updateInterestLocked()
 	c.mu.Unlock()
