@@ -2,6 +2,12 @@
 
 package herd
 
+// A connection: its state (open, closing, lingering, closed, moving
+// forward only), the flags the loop reads without the lock, the send
+// queue and its high and low marks, and the methods any goroutine may
+// call (Send, Write, Close, Pause, Hold). What the loop does with it is in
+// input.go and lifecycle.go.
+
 import (
 	"bytes"
 	"context"

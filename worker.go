@@ -2,6 +2,11 @@
 
 package herd
 
+// The Worker: its settings (Workerman's fields and callbacks), Listen's
+// checks, Run and Shutdown. Its loops are in loop.go and their figures in
+// stats.go; Scale in scale.go; process-wide signals, upgrades and
+// readiness in runall.go, handover.go and notify.go.
+
 import (
 	"context"
 	"crypto/tls"
