@@ -263,9 +263,11 @@ func (l *Loop) connect(c *Conn) {
 	ds.sa, ds.err = nil, nil
 	l.dialed.Add(1)
 	l.active.Add(1)
-	if c.state.Load() == connClosed || (c.state.Load() != connOpen && c.queueEmpty()) || (l.draining && c.holds.Load() == 0) {
+	if c.state.Load() == connClosed || (c.state.Load() != connOpen && c.queueEmpty()) ||
+		(l.draining && (c.holds.Load() == 0 || l.forced || l.exiting)) {
 		// Closed or aborted before it began, or the worker stops (a held
-		// connect goes on: see Hold).
+		// connect goes on, unless the stop is forced or the loop has
+		// stopped: see Hold).
 		var err error
 		if c.state.Load() == connOpen {
 			err = ErrWorkerClosed
@@ -401,8 +403,8 @@ func (l *Loop) connected(c *Conn, failed bool) {
 	if c.state.Load() == connClosed {
 		return
 	}
-	if c.flags.Load()&flagWriteShut != 0 && c.queueEmpty() {
-		c.shutWrite()
+	if c.flags.Load()&(flagWriteShut|flagBroken) == flagWriteShut && c.queueEmpty() {
+		c.shutWrite() // not if aborted meanwhile: its reset follows
 	}
 	if c.state.Load() == connClosing && c.queueEmpty() {
 		l.queueEmptied(c) // closed while connecting, with nothing to send

@@ -214,7 +214,7 @@ func (l *Loop) closeConn(c *Conn, err error) {
 // and answer what each connection has already sent, then close each one
 // once its queue is written. Forced: close everything now.
 func (l *Loop) drain(force bool) {
-	graceful := l.draining
+	graceful := l.draining && l.heirs == nil // a loop leaving for Scale had no graceful phase
 	if !l.draining {
 		l.draining = true
 		l.stopAcceptors()
@@ -248,10 +248,9 @@ func (l *Loop) drain(force bool) {
 			if c == nil {
 				continue
 			}
-			var err error
+			err := stopError(c)
 			switch {
-			case c.flags.Load()&flagConnecting != 0:
-				err = ErrWorkerClosed // for the Dialer's OnError
+			case err != nil:
 			case graceful && c.state.Load() == connOpen:
 				// Still open after the graceful stop's time: held, or a
 				// Stopper's stream in progress. It is cut, and a reset
@@ -261,6 +260,15 @@ func (l *Loop) drain(force bool) {
 			l.closeConn(c, err)
 		}
 	}
+}
+
+// stopError is what a stop that closes c reports: ErrWorkerClosed for a
+// connect it ends (to the Dialer's OnError), else nothing.
+func stopError(c *Conn) error {
+	if c.flags.Load()&flagConnecting != 0 {
+		return ErrWorkerClosed
+	}
+	return nil
 }
 
 // stopConn ends an open connection when the worker stops gracefully: a

@@ -58,6 +58,7 @@ type Loop struct {
 	now               time.Time
 	draining          bool
 	forced            bool
+	exiting           bool      // the loop has left its run loop: only ending what is left
 	hot               bool      // the last sleeping Wait found events
 	idleFrom          time.Time // when the loop went idle in this wait; zero if it did not
 	turn              uint32    // counts Waits; never 0 once running
@@ -261,11 +262,33 @@ func (l *Loop) run() {
 		l.runTasks()
 		l.timers.run(l.now, l.callFunc)
 	}
-	l.taskMu.Lock()
-	l.closed = true
-	rest := l.tasks
-	l.tasks = nil
-	l.taskMu.Unlock()
+	// What was posted and not run yet is ended, in a few rounds: the
+	// callbacks that end it (a connect's OnError) may post more.
+	l.exiting = true
+	for round := 0; ; round++ {
+		l.taskMu.Lock()
+		rest := l.tasks
+		l.tasks = nil
+		if len(rest) == 0 || round == exitRounds-1 {
+			l.closed = true // Post refuses from now on
+		}
+		closed := l.closed
+		l.taskMu.Unlock()
+		l.endTasks(rest)
+		if closed {
+			break
+		}
+	}
+	l.callLoop(l.w.OnWorkerStop)
+}
+
+// exitRounds bounds the rounds in which a stopped loop ends the tasks
+// posted to it, so that a callback that posts again each time cannot hold
+// it.
+const exitRounds = 8
+
+// endTasks ends, as the loop exits, tasks it will not serve.
+func (l *Loop) endTasks(rest []task) {
 	for i := range rest {
 		t := &rest[i]
 		switch {
@@ -277,14 +300,13 @@ func (l *Loop) run() {
 		case t.kind == taskMoved:
 			// Handed over as the worker stopped, too late to be served.
 			l.moveIn(t.c)
-			l.closeConn(t.c, nil)
+			l.closeConn(t.c, stopError(t.c))
 		case t.kind == taskFunc:
 			l.callFunc(t.f) // Post said it would run
 		case t.kind == taskDial:
 			l.connect(t.c) // the worker stops: it ends at once
 		}
 	}
-	l.callLoop(l.w.OnWorkerStop)
 }
 
 // goIdle counts the time since the loop's last wake-up as busy, as it is

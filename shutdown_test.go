@@ -635,3 +635,51 @@ func notifySocket(t *testing.T) func(d time.Duration) string {
 		return string(buf[:n])
 	}
 }
+
+// TestStopEndsEveryConnect: each connect a stop ends reports
+// OnError(ErrWorkerClosed), held or not, even one a callback starts, held,
+// while the stop is being forced (each OnError here dials the next): a
+// held connect could start on a loop forced to stop, which never served
+// it, its descriptor and count left behind.
+func TestStopEndsEveryConnect(t *testing.T) {
+	t.Parallel()
+	w, l := dialWorker(t)
+	addr := silentAddr(t)
+	const chain = 4
+	var made, reported atomic.Int32
+	errs := make(chan error, chain)
+	var d *Dialer
+	dial := func() {
+		c, err := l.Dial(context.Background(), addr, d)
+		if err != nil {
+			errs <- err
+			return
+		}
+		made.Add(1)
+		c.Hold()
+	}
+	d = &Dialer{Timeout: time.Minute, OnError: func(_ *Conn, err error) {
+		reported.Add(1)
+		errs <- err
+		if made.Load() < chain {
+			dial()
+		}
+	}}
+	onLoop(t, l, dial)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // a stop forced at once
+	w.Shutdown(ctx)
+	for i := 0; i < chain; i++ {
+		select {
+		case err := <-errs:
+			if !errors.Is(err, ErrWorkerClosed) {
+				t.Fatalf("connect %d ended with %v, want ErrWorkerClosed", i+1, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%d connects made, %d reported ended", made.Load(), reported.Load())
+		}
+	}
+	if a := w.Stats().Total().Active; a != 0 {
+		t.Fatalf("active %d after the stop", a)
+	}
+}

@@ -7,6 +7,7 @@ package balancer
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -213,7 +214,20 @@ func (c *check) closed(*herd.Conn) {
 	c.end(false, &checkError{"closed without an answer"})
 }
 
-func (c *check) dialError(_ *herd.Conn, err error) { c.end(false, err) }
+func (c *check) dialError(_ *herd.Conn, err error) {
+	if errors.Is(err, herd.ErrWorkerClosed) {
+		// The stop ended the check: it has no result, and the backend
+		// did not fail it.
+		c.running = false
+		if c.timer != nil {
+			c.timer.Stop()
+			c.timer = nil
+		}
+		c.conn = nil
+		return
+	}
+	c.end(false, err)
+}
 
 // end records the check's result, once.
 func (c *check) end(ok bool, err error) {

@@ -263,3 +263,25 @@ func connectingSession(t *testing.T, backend string, dialFirst bool) (*Balancer,
 	herdtest.WaitFor(t, "the connect under way", func() bool { return b.Stats().Backends[0].Active == 1 })
 	return b, w, c
 }
+
+// TestStopDuringHealthCheck: a health check whose connect the worker's
+// stop ends has no result: the backend is not counted as having failed it.
+func TestStopDuringHealthCheck(t *testing.T) {
+	t.Parallel()
+	b := &Balancer{Backends: []Backend{{Addr: loopback.SilentAddr(t)}}, Logger: quiet,
+		Health: HealthCheck{Interval: 50 * time.Millisecond, Timeout: time.Minute}}
+	w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 1, Logger: quiet}
+	if err := b.Attach(w); err != nil {
+		t.Fatal(err)
+	}
+	herdtest.Run(t, w)
+	time.Sleep(200 * time.Millisecond) // the first check's connect hangs
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := w.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if n := b.Stats().Backends[0].ChecksFailed; n != 0 {
+		t.Fatalf("%d checks counted failed: the stop ended them, not the backend", n)
+	}
+}
