@@ -33,7 +33,8 @@ func udpEcho(t *testing.T, count int, p protocol.Protocol) (*Worker, *running) {
 // back; the test counts what was lost (loopback at this rate should lose
 // nothing) and checks that every echo is the datagram that was sent.
 func TestUDPEcho(t *testing.T) {
-	t.Parallel()
+	// Not parallel: it asserts no datagram lost, which holds only while
+	// the loops are not starved by other tests (16 lost once beside them).
 	w, r := udpEcho(t, 2, nil)
 	if r.net != "udp" {
 		t.Fatalf("ListenAddr network %q, want udp", r.net)
