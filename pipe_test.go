@@ -365,10 +365,7 @@ func testPipeAbortPassesOn(t *testing.T, splice bool) {
 // not an end of stream; a client that does so leaves the backend with
 // one. (The idle sweep used to Close both ends in one pass, and each peer
 // saw an end of stream before Pipe's reset could come.)
-func TestPipeIdleTimeoutResets(t *testing.T) {
-	t.Parallel()
-	bothWays(t, testPipeIdleTimeoutResets)
-}
+func TestPipeIdleTimeoutResets(t *testing.T) { bothWays(t, testPipeIdleTimeoutResets) }
 
 func testPipeIdleTimeoutResets(t *testing.T, splice bool) {
 	const idle = 200 * time.Millisecond
