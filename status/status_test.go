@@ -5,7 +5,6 @@ package status
 import (
 	"bufio"
 	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -14,8 +13,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -132,45 +129,8 @@ func TestDatagrams(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("kernel drops are counted on Linux only")
 	}
-	gate := make(chan struct{})
-	var first sync.Once
-	var marker atomic.Int64
-	w := &herd.Worker{Name: "dns", Addr: "udp://127.0.0.1:0", Count: 1, Logger: slog.New(slog.DiscardHandler),
-		OnPacket: func(p *herd.Packet, msg []byte) {
-			first.Do(func() { <-gate })
-			if n, err := strconv.Atoi(strings.TrimPrefix(string(msg), "end ")); err == nil {
-				marker.Store(int64(n))
-			}
-		}}
-	addr := herdtest.Run(t, w)
-	c, err := net.Dial("udp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	payload := make([]byte, 1400)
-	for range 10_000 {
-		c.Write(payload)
-	}
-	close(gate)
-	// The kernel gives its count with the next datagram it queues: send
-	// markers until the last one sent is read.
-	for n := int64(1); ; n++ {
-		if n > 100 {
-			t.Fatal("no marker read")
-		}
-		fmt.Fprintf(c, "end %d", n)
-		for end := time.Now().Add(100 * time.Millisecond); marker.Load() != n && time.Now().Before(end); {
-			time.Sleep(time.Millisecond)
-		}
-		if marker.Load() == n {
-			break
-		}
-	}
+	w := herdtest.OverflowedUDP(t, "dns")
 	want := w.Stats().Loops[0].KernelDrops
-	if want == 0 {
-		t.Fatal("the flood did not overflow the socket")
-	}
 	srv := httptest.NewServer(Handler(w))
 	defer srv.Close()
 	resp, err := http.Get(srv.URL)
