@@ -26,6 +26,12 @@ import (
 
 // echoBackend is a goroutine echo server.
 func echoBackend(t *testing.T) string {
+	return serveEach(t, func(c net.Conn) { io.Copy(c, c) })
+}
+
+// serveEach is a goroutine-per-connection server on a free loopback port:
+// f serves each connection, which is closed when f returns.
+func serveEach(t *testing.T, f func(c net.Conn)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -38,7 +44,7 @@ func echoBackend(t *testing.T) string {
 			if err != nil {
 				return
 			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
+			go func() { defer c.Close(); f(c) }()
 		}
 	}()
 	return ln.Addr().String()
@@ -282,32 +288,16 @@ func (c *child) wait(t *testing.T) error {
 // slowBackend answers each connection with 6 chunks of 1,000 bytes over
 // 3 seconds, then ends its stream.
 func slowBackend(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
+	return serveEach(t, func(c net.Conn) {
+		for i := 0; i < 6; i++ {
+			if i > 0 {
+				time.Sleep(600 * time.Millisecond)
+			}
+			if _, err := c.Write(make([]byte, 1000)); err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				for i := 0; i < 6; i++ {
-					if i > 0 {
-						time.Sleep(600 * time.Millisecond)
-					}
-					if _, err := c.Write(make([]byte, 1000)); err != nil {
-						return
-					}
-				}
-			}()
 		}
-	}()
-	return ln.Addr().String()
+	})
 }
 
 // streamAcross reads the slow backend's answer through the balancer at
