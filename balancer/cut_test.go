@@ -160,18 +160,7 @@ func TestBackpressureWithBackendGone(t *testing.T) {
 func TestIdleWhileConnectingSendsNothing(t *testing.T) {
 	t.Parallel()
 	backend, open := loopback.LateAddr(t)
-	b := &Balancer{Backends: []Backend{{Addr: backend}}, ConnectTimeout: time.Minute, Logger: quiet}
-	w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 1, IdleTimeout: 300 * time.Millisecond, Logger: quiet}
-	if err := b.Attach(w); err != nil {
-		t.Fatal(err)
-	}
-	addr := herdtest.Run(t, w)
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.Write([]byte("hello"))
+	b, _, c := connectingSession(t, backend, func(w *herd.Worker) { w.IdleTimeout = 300 * time.Millisecond })
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if n, err := c.Read(make([]byte, 1)); n != 0 || err != io.EOF {
 		t.Fatalf("client read %d bytes, %v; want the end of stream of an idle close", n, err)

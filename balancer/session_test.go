@@ -169,7 +169,7 @@ func resetSoon(addr string) {
 func TestStopWhileConnecting(t *testing.T) {
 	t.Parallel()
 	backend, open := loopback.LateAddr(t)
-	b, w, c := connectingSession(t, backend, false)
+	b, w, c := connectingSession(t, backend, nil)
 	stopped := make(chan error, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -212,9 +212,13 @@ func TestStopWhileConnecting(t *testing.T) {
 // whichever of the two connections the stop closes first, the backend is
 // not blamed for the connect the stop ended.
 func TestStopTimeoutWhileConnecting(t *testing.T) {
-	for _, dialFirst := range []bool{false, true} {
-		t.Run(fmt.Sprintf("backend-closed-first=%v", dialFirst), func(t *testing.T) {
-			b, w, c := connectingSession(t, loopback.SilentAddr(t), dialFirst)
+	for _, backendFirst := range []bool{false, true} {
+		t.Run(fmt.Sprintf("backend-closed-first=%v", backendFirst), func(t *testing.T) {
+			var tune func(*herd.Worker)
+			if backendFirst {
+				tune = dialFirst(t)
+			}
+			b, w, c := connectingSession(t, loopback.SilentAddr(t), tune)
 			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 			defer cancel()
 			if err := w.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
@@ -233,27 +237,18 @@ func TestStopTimeoutWhileConnecting(t *testing.T) {
 
 // connectingSession runs a balancer on one loop whose single backend is
 // at backend, and connects a client that sends "hello?", once the
-// backend's connect is under way. With dialFirst, the backend
-// connection's descriptor is below the client's, so that a stop, which
-// closes the loop's connections in order of descriptors, ends the connect
-// before the client's close can take it out of the session.
-func connectingSession(t *testing.T, backend string, dialFirst bool) (*Balancer, *herd.Worker, net.Conn) {
+// backend's connect is under way. tune, if set, adjusts the worker.
+func connectingSession(t *testing.T, backend string, tune func(w *herd.Worker)) (*Balancer, *herd.Worker, net.Conn) {
 	t.Helper()
-	b := &Balancer{Backends: []Backend{{Addr: backend}}, ConnectTimeout: time.Minute, Logger: quiet}
-	w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 1, Logger: quiet}
-	if dialFirst {
-		hole, err := os.Open(os.DevNull)
-		if err != nil {
-			t.Fatal(err)
+	b := &Balancer{Backends: []Backend{{Addr: backend}}, ConnectTimeout: time.Minute}
+	var w *herd.Worker
+	addr := runBalancer(t, b, func(rw *herd.Worker) {
+		w = rw
+		w.Count = 1
+		if tune != nil {
+			tune(w)
 		}
-		// Runs after the balancer's, which posted the connect: its socket
-		// takes the lowest descriptor free, this one.
-		w.OnConnect = func(*herd.Conn) { hole.Close() }
-	}
-	if err := b.Attach(w); err != nil {
-		t.Fatal(err)
-	}
-	addr := herdtest.Run(t, w)
+	})
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -264,17 +259,30 @@ func connectingSession(t *testing.T, backend string, dialFirst bool) (*Balancer,
 	return b, w, c
 }
 
+// dialFirst makes the backend connection's descriptor lower than the
+// client's, so that a stop, which closes the loop's connections in order
+// of descriptors, ends the connect before the client's close can take it
+// out of the session.
+func dialFirst(t *testing.T) func(w *herd.Worker) {
+	return func(w *herd.Worker) {
+		hole, err := os.Open(os.DevNull)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Runs after the balancer's, which posted the connect: its socket
+		// takes the lowest descriptor free, this one.
+		w.OnConnect = func(*herd.Conn) { hole.Close() }
+	}
+}
+
 // TestStopDuringHealthCheck: a health check whose connect the worker's
 // stop ends has no result: the backend is not counted as having failed it.
 func TestStopDuringHealthCheck(t *testing.T) {
 	t.Parallel()
-	b := &Balancer{Backends: []Backend{{Addr: loopback.SilentAddr(t)}}, Logger: quiet,
+	b := &Balancer{Backends: []Backend{{Addr: loopback.SilentAddr(t)}},
 		Health: HealthCheck{Interval: 50 * time.Millisecond, Timeout: time.Minute}}
-	w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 1, Logger: quiet}
-	if err := b.Attach(w); err != nil {
-		t.Fatal(err)
-	}
-	herdtest.Run(t, w)
+	var w *herd.Worker
+	runBalancer(t, b, func(rw *herd.Worker) { w = rw; w.Count = 1 })
 	time.Sleep(200 * time.Millisecond) // the first check's connect hangs
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
