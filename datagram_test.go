@@ -168,15 +168,7 @@ func TestUDPSendTo(t *testing.T) {
 func TestUDPScale(t *testing.T) {
 	w, r := udpEcho(t, 4, nil)
 	waitFor(t, 5*time.Second, "loops", func() bool { return w.Loops() != nil })
-	conns := make([]net.Conn, 32)
-	for i := range conns {
-		c, err := net.Dial("udp", r.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		conns[i] = c
-	}
+	conns := dialUDP(t, r.addr, 32)
 	echoAll := func(when string) {
 		t.Helper()
 		buf := make([]byte, 64)
@@ -253,15 +245,7 @@ func TestUDPKernelDrops(t *testing.T) {
 				loops[0].Post(func() { close(blocked); <-gate })
 				<-blocked
 			}
-			conns := make([]net.Conn, tc.senders)
-			for i := range conns {
-				c, err := net.Dial("udp", r.addr)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer c.Close()
-				conns[i] = c
-			}
+			conns := dialUDP(t, r.addr, tc.senders)
 			before := udpRcvbufErrors(t)
 			start := time.Now()
 			payload := bytes.Repeat([]byte("x"), 32)
@@ -380,4 +364,19 @@ func udpRcvbufErrors(t *testing.T) uint64 {
 	}
 	t.Fatal("no Udp RcvbufErrors in /proc/net/snmp")
 	return 0
+}
+
+// dialUDP opens n UDP sockets connected to addr, closed when the test ends.
+func dialUDP(t *testing.T, addr string, n int) []net.Conn {
+	t.Helper()
+	conns := make([]net.Conn, n)
+	for i := range conns {
+		c, err := net.Dial("udp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		conns[i] = c
+	}
+	return conns
 }
