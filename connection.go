@@ -116,7 +116,7 @@ type connRare struct {
 	ctx            any           // SetContext (under mu)
 	writable       chan struct{} // closed when the queue goes below the high mark (WaitWritable; under mu)
 	lastDropReport int64         // loop clock of the last report of drops (reportDrops; loop-owned)
-	unsent         int           // the kernel's send queue at the last idle sweep (progressed; under mu)
+	unsent         int           // the kernel's send queue at the last look (lookUnsent; under mu)
 	tls            *tlsState     // set once, before flagTLS, when the worker serves TLS
 	dial           *dialState    // set once, before flagDialed, for a connection the loop dialed
 	waiter         *Conn         // paused until this queue is low again (Pipe; under mu)
@@ -224,18 +224,30 @@ func (c *Conn) SetHandler(h Handler) { c.h = h }
 // the last call counts as progress now. Like Loop.Now, it may only be
 // called on the connection's loop.
 func (c *Conn) LastActive() time.Time {
-	if c.fd >= 0 && c.state.Load() != connClosed {
-		if n := unsentBytes(int(c.fd)); n > 0 {
-			c.mu.Lock()
-			r := c.rareLocked()
-			if n < r.unsent {
-				c.lastActive = c.loop.Load().now.UnixNano()
-			}
-			r.unsent = n
-			c.mu.Unlock()
+	if c.state.Load() != connClosed {
+		if n, before := c.lookUnsent(); n > 0 && n < before {
+			c.lastActive = c.loop.Load().now.UnixNano()
 		}
 	}
 	return time.Unix(0, c.lastActive)
+}
+
+// lookUnsent gives the bytes the kernel has yet to send for c, and what
+// the last look found (then remembered as this one), for the loop to tell
+// a slow reader that still takes from an idle one. n is 0 when nothing is
+// unsent, or c has no socket; that look is not remembered.
+func (c *Conn) lookUnsent() (n, before int) {
+	if c.fd < 0 {
+		return 0, 0
+	}
+	if n = unsentBytes(int(c.fd)); n <= 0 {
+		return 0, 0
+	}
+	c.mu.Lock()
+	r := c.rareLocked()
+	before, r.unsent = r.unsent, n
+	c.mu.Unlock()
+	return n, before
 }
 
 // ID is unique among the connections of a Worker.

@@ -423,18 +423,8 @@ func (l *Loop) progressed(c *Conn, limit int64) bool {
 	if c.lastActive >= limit {
 		return true
 	}
-	if c.fd < 0 {
-		return false
-	}
-	n := unsentBytes(int(c.fd))
-	if n <= 0 {
-		return false
-	}
-	c.mu.Lock()
-	r := c.rareLocked()
-	moved := r.unsent != n
-	r.unsent = n
-	c.mu.Unlock()
+	n, before := c.lookUnsent()
+	moved := n > 0 && n != before
 	if moved {
 		c.lastActive = l.now.UnixNano()
 	}
