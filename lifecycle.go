@@ -223,10 +223,8 @@ func (l *Loop) drain(force bool) {
 				continue
 			}
 			if c.flags.Load()&flagConnecting != 0 {
-				if c.holds.Load() == 0 {
-					l.closeConn(c, ErrWorkerClosed) // not connected yet: nothing to finish
-				}
-				continue // held: connected, it stops as the others (connected)
+				l.stopConn(c) // nothing read yet
+				continue
 			}
 			if c.state.Load() == connOpen && c.receiving() {
 				// What the peer sent before the stop is answered: it was
@@ -273,8 +271,16 @@ func stopError(c *Conn) error {
 
 // stopConn ends an open connection when the worker stops gracefully: a
 // Stopper its own way, a held connection at its last Release, any other
-// once its queue is written.
+// once its queue is written. A connect under way ends at once
+// (ErrWorkerClosed to its Dialer), unless it is held: connected stops it
+// once made.
 func (l *Loop) stopConn(c *Conn) {
+	if c.flags.Load()&flagConnecting != 0 {
+		if c.holds.Load() == 0 {
+			l.closeConn(c, ErrWorkerClosed) // nothing to finish
+		}
+		return
+	}
 	if st, ok := c.h.(Stopper); ok && c.state.Load() == connOpen {
 		l.callConn(st.Stop, c) // the protocol ends it its own way
 		return

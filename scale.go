@@ -611,12 +611,6 @@ func (l *Loop) moveIn(c *Conn) {
 		l.reportDrops(c) // its report may have been due on the loop that left
 	}
 	switch {
-	case l.draining && l.heirs == nil && c.flags.Load()&flagConnecting != 0:
-		// The worker stops while it connects: as drain does, a held
-		// connect goes on (connected stops it), any other ends.
-		if c.holds.Load() == 0 {
-			l.closeConn(c, ErrWorkerClosed)
-		}
 	case l.draining && l.heirs == nil:
 		// The worker stops: the connection stops like the others.
 		l.stopConn(c)
