@@ -272,6 +272,7 @@ func TestAddressErrors(t *testing.T) {
 		{&Worker{Addr: "tcp://127.0.0.1:0", Count: -1}, "Worker.Count is -1: must not be negative"},
 		{&Worker{Addr: "tcp://127.0.0.1:0", IdleTimeout: -time.Second}, "Worker.IdleTimeout is -1s"},
 		{&Worker{Addr: "tcp://127.0.0.1:0", MaxConns: -3}, "Worker.MaxConns is -3"},
+		{&Worker{Addr: "tcp://127.0.0.1:0", LingerTimeout: -time.Millisecond}, "Worker.LingerTimeout is -1ms"},
 	}
 	for _, tc := range cases {
 		tc.w.Logger = quietLogger()
