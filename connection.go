@@ -137,7 +137,7 @@ const (
 	flagRecvPaused    uint32 = 1 << iota // PauseRecv (set under mu, as every input flag is; read anywhere)
 	flagBackpressure                     // paused above the high mark (Write, or Backpressure)
 	flagDrainWait                        // no more input: a graceful stop, or the peer's end of stream, waits for the Holds to be Released
-	flagNoLinger                         // CloseNoWait: the peer sends nothing more
+	flagNoWait                           // CloseNoWait: the peer sends nothing more
 	flagMoving                           // being handed to another loop (Scale): in no poller (set under mu)
 	flagTLS                              // rare.tls is set: a TLS connection
 	flagHandshaking                      // its TLS handshake is under way: no OnConnect yet, nor OnClose
@@ -742,7 +742,7 @@ func (c *Conn) close(noLinger bool) {
 		return
 	}
 	if noLinger {
-		c.flags.Or(flagNoLinger)
+		c.flags.Or(flagNoWait)
 	}
 	c.state.Store(connClosing)
 	c.updateInterestLocked()

@@ -84,7 +84,7 @@ func (l *Loop) queueEmptied(c *Conn) {
 	switch {
 	case c.flags.Load()&flagPeerEnded != 0:
 		l.closeConn(c, nil) // nothing more can arrive: no reset to fear
-	case c.flags.Load()&flagNoLinger != 0 && (c.drainedTurn == l.turn || unreadBytes(int(c.fd)) == 0):
+	case c.flags.Load()&flagNoWait != 0 && (c.drainedTurn == l.turn || unreadBytes(int(c.fd)) == 0):
 		// The peer is done by its protocol, and nothing is unread: a read
 		// emptied the socket moments ago, in this turn, or the kernel says
 		// so.
