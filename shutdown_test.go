@@ -683,3 +683,34 @@ func TestStopEndsEveryConnect(t *testing.T) {
 		t.Fatalf("active %d after the stop", a)
 	}
 }
+
+// TestStopBoundsRedials: a Dialer whose OnError dials again, held, each
+// time the stop ends a connect does not hold the stopped loop: the loop
+// ends what callbacks post in a bounded number of rounds, and Shutdown
+// returns.
+func TestStopBoundsRedials(t *testing.T) {
+	t.Parallel()
+	w, l := dialWorker(t)
+	addr := silentAddr(t)
+	var ended atomic.Int32
+	var d *Dialer
+	dial := func() {
+		if c, err := l.Dial(context.Background(), addr, d); err == nil {
+			c.Hold()
+		}
+	}
+	d = &Dialer{Timeout: time.Minute, OnError: func(*Conn, error) { ended.Add(1); dial() }}
+	onLoop(t, l, dial)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	stopped := make(chan struct{})
+	go func() { w.Shutdown(ctx); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("Shutdown still running after %d connects ended", ended.Load())
+	}
+	if ended.Load() == 0 {
+		t.Fatal("no connect ended")
+	}
+}
