@@ -327,16 +327,48 @@ func ExampleWorker_Scale() {
 	// loops: 3 added: 2 removed: 3
 }
 
-// A Process runs workers as one program: SIGINT and SIGTERM stop it
-// gracefully, and SIGHUP upgrades it to the executable now at its path,
-// which takes over the listening sockets while this process drains.
-func ExampleProcess() {
-	w := &herd.Worker{Name: "echo", Addr: "text://0.0.0.0:9000", ReusePort: true,
-		OnMessage: func(c *herd.Conn, msg []byte) { c.Send(msg) }}
-	p := &herd.Process{Workers: []*herd.Worker{w}, UpgradeGrace: 5 * time.Second}
-	if err := p.Run(context.Background()); err != nil {
-		fmt.Println(err)
+// A Handover passes a worker's listening sockets to another worker (in
+// an upgrade, one in a new process: package upgrade does that), which
+// serves them with ListenFiles; once Committed, the first accepts no more
+// and the second serves every new connection, on the same address.
+func ExampleWorker_Handover() {
+	echo := func(c *herd.Conn, msg []byte) { c.Send(msg) }
+	quiet := slog.New(slog.DiscardHandler)
+	old := &herd.Worker{Addr: "text://127.0.0.1:0", Count: 1, OnMessage: echo, Logger: quiet}
+	old.Listen()
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	go old.Run(ctx)
+	for old.Loops() == nil { // Handover lends a running worker's sockets
+		time.Sleep(time.Millisecond)
 	}
+
+	h, err := old.Handover()
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer h.Rollback() // nothing after Commit
+	next := &herd.Worker{Addr: old.Addr, Count: 1, OnMessage: func(c *herd.Conn, msg []byte) {
+		c.Send(append([]byte("next: "), msg...))
+	}, Logger: quiet}
+	used, err := next.ListenFiles(h.Files)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println("took", len(used), "socket; same address:", next.ListenAddr().String() == old.ListenAddr().String())
+	go next.Run(ctx)
+	h.Commit()
+
+	c, _ := net.Dial("tcp", next.ListenAddr().String())
+	defer c.Close()
+	fmt.Fprintln(c, "hello")
+	line, _ := bufio.NewReader(c).ReadString('\n')
+	fmt.Print(line)
+	// Output:
+	// took 1 socket; same address: true
+	// next: hello
 }
 
 // A loop dials out (Workerman's AsyncTcpConnection): a client of a text

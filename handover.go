@@ -2,42 +2,198 @@
 
 package herd
 
-// The old process's side of an upgrade: its listening sockets go to the
-// child, and once the child serves, it accepts no more.
+// Listening sockets across processes: ListenFiles serves those the process
+// holds already (an upgrade's parent handed them over, systemd's socket
+// activation passed them), and Handover lends a worker's to another
+// process. Package upgrade builds zero-downtime upgrades on these two;
+// tableflip or a supervisor of one's own can too.
 
 import (
 	"fmt"
 	"os"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
 
-// listenerFiles duplicates the worker's listening sockets for a child
-// process (close-on-exec here; exec.Cmd's ExtraFiles passes them on).
-func (w *Worker) listenerFiles() ([]*os.File, error) {
+// ListenFiles is Listen over sockets the process holds already. It serves
+// those of files that are listening stream sockets (datagram sockets for
+// udp://) bound to the worker's address, any port when Addr's port is 0,
+// instead of binding anew, and returns them; the others it leaves alone.
+// Where none is bound there, it binds as Listen does. It serves duplicates:
+// files stay the caller's to close. A ReusePort worker given one socket
+// that is not in a SO_REUSEPORT group (systemd without ReusePort=yes)
+// accepts from it on all its loops.
+//
+// With systemd's socket activation, pass the files it gives (descriptors
+// 3 and up, LISTEN_FDS of them, coreos/go-systemd's activation.Files).
+func (w *Worker) ListenFiles(files []*os.File) (used []*os.File, err error) {
+	return w.listen(files)
+}
+
+// adopt duplicates the sockets among files that ep can serve, non-blocking
+// and close-on-exec, and returns their descriptors and the files they came
+// from.
+func adopt(ep endpoint, files []*os.File) (fds []int, used []*os.File, err error) {
+	for _, f := range files {
+		raw, err := f.SyscallConn()
+		if err != nil {
+			continue // not a socket
+		}
+		var nfd int
+		var dupErr error
+		raw.Control(func(fd uintptr) {
+			if !serves(ep, int(fd)) {
+				nfd = -1
+				return
+			}
+			nfd, dupErr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+		})
+		if nfd < 0 {
+			continue
+		}
+		if dupErr == nil {
+			dupErr = unix.SetNonblock(nfd, true)
+		}
+		if dupErr != nil {
+			for _, fd := range append(fds, nfd) {
+				if fd >= 0 {
+					unix.Close(fd)
+				}
+			}
+			return nil, nil, fmt.Errorf("herd: take the socket %s for %s: %w", f.Name(), ep.network, dupErr)
+		}
+		if ep.network == "udp" {
+			inheritDrops(nfd)
+		}
+		fds, used = append(fds, nfd), append(used, f)
+	}
+	return fds, used, nil
+}
+
+// serves reports whether fd is a socket ep can serve: listening (a
+// datagram socket for udp) and bound to ep's address, any port where ep's
+// is 0.
+func serves(ep endpoint, fd int) bool {
+	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	if err != nil {
+		return false
+	}
+	if ep.network == "udp" {
+		if typ != unix.SOCK_DGRAM {
+			return false
+		}
+	} else if v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); typ != unix.SOCK_STREAM || err != nil || v != 1 {
+		return false
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return false
+	}
+	switch want := ep.sa.(type) {
+	case *unix.SockaddrInet4:
+		got, ok := sa.(*unix.SockaddrInet4)
+		return ok && got.Addr == want.Addr && (want.Port == 0 || got.Port == want.Port)
+	case *unix.SockaddrInet6:
+		got, ok := sa.(*unix.SockaddrInet6)
+		return ok && got.Addr == want.Addr && (want.Port == 0 || got.Port == want.Port)
+	case *unix.SockaddrUnix:
+		got, ok := sa.(*unix.SockaddrUnix)
+		return ok && got.Name == want.Name
+	}
+	return false
+}
+
+// A Handover lends a worker's listening sockets to another process, the
+// new one of an upgrade, which serves them with ListenFiles. Commit once
+// that process serves: this worker accepts no more. Rollback if it failed:
+// this worker takes its sockets back. Use it as a database transaction:
+//
+//	h, err := w.Handover()
+//	if err != nil { ... }
+//	defer h.Rollback() // does nothing after Commit
+//	// start the new process with h.Files; wait until it is ready
+//	h.Commit()
+type Handover struct {
+	// Files are duplicates of the worker's listening sockets, for the new
+	// process (exec.Cmd's ExtraFiles). Commit and Rollback close them.
+	Files []*os.File
+
+	w    *Worker
+	once sync.Once
+}
+
+// Handover duplicates the running worker's listening sockets for another
+// process; the worker goes on accepting until Commit. It returns
+// ErrNotRunning before Run, ErrWorkerClosed once the worker stops or has
+// handed its sockets over, and ErrLent while another Handover is open.
+// Until Commit or Rollback, Scale returns ErrLent: a loop it added would
+// accept from a socket the other process does not have.
+func (w *Worker) Handover() (*Handover, error) {
+	w.scaleMu.Lock() // no Scale half-way
+	defer w.scaleMu.Unlock()
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if !w.servingLocked() {
+	switch {
+	case w.state == stateNew || w.state == stateListening:
+		return nil, ErrNotRunning
+	case !w.servingLocked():
 		return nil, fmt.Errorf("herd: worker %q: %w", w.Addr, ErrWorkerClosed)
+	case w.lent:
+		return nil, ErrLent
 	}
-	files := make([]*os.File, 0, len(w.listeners))
+	h := &Handover{w: w}
 	for _, fd := range w.listeners {
 		nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
 		if err != nil {
-			for _, f := range files {
-				f.Close()
-			}
+			h.closeFiles()
 			return nil, fmt.Errorf("herd: duplicate listener of %q: %w", w.Addr, err)
 		}
-		files = append(files, os.NewFile(uintptr(nfd), "herd listener "+w.Addr))
+		h.Files = append(h.Files, os.NewFile(uintptr(nfd), "herd listener "+w.Addr))
 	}
-	return files, nil
+	w.lent = true
+	return h, nil
 }
 
-// stopAccepting hands the listening sockets over for good: an upgrade's
-// child accepts from them now. It returns once no loop of this worker
-// watches them any more; the worker serves the connections it has until it
-// is shut down, and leaves a unix socket's file in place for the child.
+func (h *Handover) closeFiles() {
+	for _, f := range h.Files {
+		f.Close()
+	}
+}
+
+// Commit hands the sockets over for good: the other process accepts from
+// them now. It returns once no loop of the worker watches them any more;
+// the worker serves the connections it has until it is shut down, and
+// leaves a unix socket's file in place for the other process. Commit and
+// Rollback act once between them.
+func (h *Handover) Commit() {
+	h.once.Do(func() {
+		h.closeFiles()
+		h.w.stopAccepting()
+		h.w.endLoan()
+	})
+}
+
+// Rollback takes the sockets back after the other process failed: the
+// worker steers the SO_REUSEPORT group over its own loops again (the
+// other process may have steered it over its own), and accepts on. After
+// Commit it does nothing.
+func (h *Handover) Rollback() {
+	h.once.Do(func() {
+		h.closeFiles()
+		h.w.resteer()
+		h.w.endLoan()
+	})
+}
+
+func (w *Worker) endLoan() {
+	w.mu.Lock()
+	w.lent = false
+	w.mu.Unlock()
+}
+
+// stopAccepting stops the worker's loops and dispatcher watching the
+// listening sockets, and returns once none does.
 func (w *Worker) stopAccepting() {
 	w.mu.Lock()
 	w.handedOver = true

@@ -12,6 +12,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"os/exec"
 	"runtime"
 	"slices"
 	"strconv"
@@ -369,3 +371,18 @@ func offsetPayload(n int) []byte {
 	}
 	return b
 }
+
+// execSelf skips a test that runs this test binary as another process
+// where that cannot be done: under qemu-user without binfmt_misc, the
+// binary is not the host's and exec fails.
+func execSelf(t *testing.T) {
+	execSelfOnce.Do(func() { execSelfErr = exec.Command(os.Args[0], "-test.run=^$").Run() })
+	if execSelfErr != nil {
+		t.Skipf("cannot run the test binary as a child process here (emulated?): %v", execSelfErr)
+	}
+}
+
+var (
+	execSelfOnce sync.Once
+	execSelfErr  error
+)

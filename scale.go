@@ -25,8 +25,13 @@ import (
 var (
 	// ErrBadCount is returned by Scale for a count below 1.
 	ErrBadCount = errors.New("herd: Scale needs at least one loop")
-	// ErrNotRunning is returned by Scale before Run has started the loops.
-	ErrNotRunning = errors.New("herd: worker not running yet (Scale before Run)")
+	// ErrNotRunning is returned by Scale and Handover before Run has
+	// started the loops.
+	ErrNotRunning = errors.New("herd: worker not running yet")
+	// ErrLent is returned by Scale and Handover while a Handover of the
+	// worker's listening sockets is open (neither committed nor rolled
+	// back).
+	ErrLent = errors.New("herd: the listening sockets are lent to another process (Handover open)")
 	// ErrScaleOnLoop is returned by Scale called on one of the worker's
 	// loops (from a callback): Scale waits for the loops, that one
 	// included. Call it from another goroutine: go w.Scale(ctx, n).
@@ -68,8 +73,9 @@ var (
 // Stats lists the loops of the moment (LoopsAdded and LoopsRemoved count
 // the changes). Calls to Scale are serialized. It returns ErrBadCount for
 // n < 1, ErrNotRunning before Run, ErrWorkerClosed when the worker is
-// stopping, has stopped, or has handed its listeners to an upgrade, and
-// ErrScaleOnLoop, at once, when called on one of the worker's loops.
+// stopping, has stopped, or has handed its listeners to an upgrade,
+// ErrLent while a Handover is open, and ErrScaleOnLoop, at once, when
+// called on one of the worker's loops.
 func (w *Worker) Scale(ctx context.Context, n int) error {
 	if n < 1 {
 		return fmt.Errorf("%w (got %d)", ErrBadCount, n)
@@ -82,13 +88,15 @@ func (w *Worker) Scale(ctx context.Context, n int) error {
 	w.scaleMu.Lock()
 	defer w.scaleMu.Unlock()
 	w.mu.Lock()
-	st, serving, cur := w.state, w.servingLocked(), len(w.loops)
+	st, serving, lent, cur := w.state, w.servingLocked(), w.lent, len(w.loops)
 	w.mu.Unlock()
 	switch {
 	case st == stateNew || st == stateListening:
 		return ErrNotRunning
 	case !serving:
 		return ErrWorkerClosed
+	case lent:
+		return ErrLent
 	}
 	if err := w.awaitDeparting(ctx); err != nil {
 		return fmt.Errorf("herd: scale to %d: loops an earlier Scale took away are still leaving: %w", n, err)

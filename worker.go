@@ -240,6 +240,7 @@ type Worker struct {
 	boundPath                bool         // this worker owns the unix socket file: it removes it at the end
 	inheritedListeners       bool         // Listen took sockets handed over (upgrade, systemd)
 	handedOver               bool         // the listeners went to an upgrade's child, which owns the socket file now
+	lent                     bool         // a Handover is open: Scale waits for its end
 	listenRefs               atomic.Int32 // loops and dispatcher still watching the listeners
 	maxPkg                   int
 	maxSend                  int
@@ -269,27 +270,39 @@ func (w *Worker) logger() *slog.Logger {
 
 // Listen binds the address without serving it yet, so that ListenAddr is
 // known before Run (port 0). Run calls it when it has not been called.
+// Once the worker listens, Listen and ListenFiles do nothing.
 func (w *Worker) Listen() error {
+	_, err := w.listen(nil)
+	return err
+}
+
+// listen binds the address, or serves those of files bound to it (see
+// ListenFiles), and returns the files it serves.
+func (w *Worker) listen(files []*os.File) ([]*os.File, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	switch w.state {
 	case stateClosed:
-		return ErrWorkerClosed
+		return nil, ErrWorkerClosed
 	case stateNew:
 	default:
-		return nil
+		return nil, nil
 	}
 	if err := w.configure(); err != nil {
-		return err
+		return nil, err
 	}
 	n := 1
 	if w.mode == acceptReusePort {
 		n = w.count
 	}
 	ep := w.ep
-	// Sockets handed over by the process this one upgrades (or by
-	// systemd) come first: connections already in their queues are served.
-	w.listeners = w.takeInherited(ep)
+	// Sockets the process holds already come first: connections waiting
+	// in their queues are served.
+	listeners, used, err := adopt(ep, files)
+	if err != nil {
+		return nil, err
+	}
+	w.listeners = listeners
 	if len(w.listeners) > 0 {
 		w.inheritedListeners = true
 		if w.mode == acceptReusePort {
@@ -313,20 +326,20 @@ func (w *Worker) Listen() error {
 		sa, err := boundSockaddr(w.listeners[0])
 		if err != nil {
 			w.closeListeners()
-			return err
+			return nil, err
 		}
 		ep.sa = sa
 	}
 	if len(w.listeners) == 0 && w.mode == acceptReusePort && !w.JoinReusePort {
 		if err := probeOwner(ep); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	for i := len(w.listeners); i < n; i++ {
 		fd, err := listen(ep, w.mode == acceptReusePort)
 		if err != nil {
 			w.closeListeners()
-			return err
+			return nil, err
 		}
 		w.listeners = append(w.listeners, fd)
 		if i == 0 && ep.network != "unix" {
@@ -335,7 +348,7 @@ func (w *Worker) Listen() error {
 			sa, err := boundSockaddr(fd)
 			if err != nil {
 				w.closeListeners()
-				return err
+				return nil, err
 			}
 			ep.sa = sa
 		}
@@ -344,7 +357,7 @@ func (w *Worker) Listen() error {
 	w.state = stateListening
 	w.boundPath = ep.path != ""
 	w.logger().Info("herd: listening", "addr", w.listenAddrLocked(), "loops", w.count, "mode", w.mode.String(), "inherited", w.inheritedListeners)
-	return nil
+	return used, nil
 }
 
 // configure validates the fields and resolves defaults and the listen mode.

@@ -37,7 +37,7 @@
 // -admin (127.0.0.1:9091 by default) serves /status through
 // protocol/http's Bridge, and /status is a 404 on the application's
 // address. A worker (rather than net/http's server) keeps the admin
-// socket across herd.Process upgrades.
+// socket across package upgrade's upgrades.
 package status
 
 import (

@@ -45,6 +45,7 @@ import (
 
 	"github.com/seed358e4494/herd"
 	"github.com/seed358e4494/herd/balancer"
+	"github.com/seed358e4494/herd/upgrade"
 )
 
 func main() {
@@ -357,7 +358,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := b.Attach(w); err != nil {
 		return err
 	}
-	if err := w.Listen(); err != nil {
+	p := &upgrade.Process{Workers: []*herd.Worker{w}, UpgradeGrace: time.Duration(cfg.UpgradeGrace)}
+	if err := p.Listen(); err != nil { // takes the sockets of an upgrade's old process
 		return err
 	}
 	fmt.Fprintf(stdout, "balancer: listening on %s pid %d\n", w.ListenAddr(), os.Getpid())
@@ -369,7 +371,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			printTable(stdout, b.Stats())
 		}
 	}()
-	err = (&herd.Process{Workers: []*herd.Worker{w}, UpgradeGrace: time.Duration(cfg.UpgradeGrace)}).Run(ctx)
+	err = p.Run(ctx)
 	printTable(stdout, b.Stats())
 	return err
 }

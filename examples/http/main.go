@@ -31,7 +31,7 @@
 // stops it gracefully. SIGHUP upgrades it without failing a connection:
 // the executable is started again (rebuild it first to run new code),
 // takes over both listening sockets, and this process drains and exits
-// (see herd.Process). The prometheus module's prometheus/examples/http is
+// (see upgrade.Process). The prometheus module's prometheus/examples/http is
 // this server with /metrics on the admin address.
 package main
 

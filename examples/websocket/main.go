@@ -13,7 +13,7 @@
 //
 // The first line of output is the bound address (port 0 picks a free one)
 // and the process ID. SIGINT or SIGTERM stops it gracefully: each peer gets
-// a close frame 1001 (Going Away). SIGHUP upgrades it (see herd.Process):
+// a close frame 1001 (Going Away). SIGHUP upgrades it (see upgrade.Process):
 // the executable starts again and takes over the listening socket, and the
 // connections of this process get 1001 after -upgrade-grace.
 package main
@@ -34,6 +34,7 @@ import (
 	"github.com/seed358e4494/herd/internal/selfsigned"
 	"github.com/seed358e4494/herd/protocol/http"
 	"github.com/seed358e4494/herd/protocol/websocket"
+	"github.com/seed358e4494/herd/upgrade"
 )
 
 //go:embed chat.html
@@ -114,13 +115,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := g.Attach(w); err != nil {
 		return err
 	}
-	if err := w.Listen(); err != nil {
+	p := &upgrade.Process{Workers: []*herd.Worker{w}, UpgradeGrace: *grace}
+	if err := p.Listen(); err != nil { // takes the sockets of an upgrade's old process
 		return err
 	}
 	fmt.Fprintf(stdout, "websocket: listening on %s://%s pid %d\n", scheme, w.ListenAddr(), os.Getpid())
 	if fingerprint != "" {
 		fmt.Fprintf(stdout, "websocket: self-signed certificate, SHA-256 fingerprint %s (wss://)\n", fingerprint)
 	}
-	p := &herd.Process{Workers: []*herd.Worker{w}, UpgradeGrace: *grace}
 	return p.Run(ctx)
 }

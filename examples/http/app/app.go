@@ -21,10 +21,11 @@ import (
 	"github.com/seed358e4494/herd/internal/selfsigned"
 	"github.com/seed358e4494/herd/protocol/http"
 	"github.com/seed358e4494/herd/status"
+	"github.com/seed358e4494/herd/upgrade"
 )
 
 // Run parses args as the command's flags and serves until ctx ends or a
-// stop signal arrives (see herd.Process; SIGHUP upgrades).
+// stop signal arrives (see upgrade.Process; SIGHUP upgrades).
 //
 // The operator pages (status.Handler's per-loop table and connection
 // listing at /status, and the handlers routes gives) are served on a
@@ -93,10 +94,11 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, routes fu
 		}
 		workers = append(workers, admin)
 	}
-	for _, w := range workers {
-		if err := w.Listen(); err != nil {
-			return err
-		}
+	// The Process binds, taking the sockets an upgrade's old process
+	// handed over, so that the addresses are known before it runs.
+	p := &upgrade.Process{Workers: workers, UpgradeGrace: *grace}
+	if err := p.Listen(); err != nil {
+		return err
 	}
 	fmt.Fprintf(stdout, "http: listening on %s://%s pid %d\n", scheme, w.ListenAddr(), os.Getpid())
 	if admin != nil {
@@ -109,7 +111,6 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, routes fu
 	if fingerprint != "" {
 		fmt.Fprintf(stdout, "http: self-signed certificate, SHA-256 fingerprint %s\n", fingerprint)
 	}
-	p := &herd.Process{Workers: workers, UpgradeGrace: *grace}
 	return p.Run(ctx)
 }
 

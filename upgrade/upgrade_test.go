@@ -1,12 +1,14 @@
 //go:build linux
 
-package herd
+package upgrade
 
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -16,12 +18,14 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/seed358e4494/herd"
 	"github.com/seed358e4494/herd/internal/soak"
 )
 
@@ -37,10 +41,18 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+func echo(c *herd.Conn, msg []byte) { c.Send(msg) }
+
+func quietLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelError}))
+}
+
 // upgradeChild is the new process: it records the descriptors it started
 // with, then serves the parent's worker (same Name and Addr) until SIGTERM.
 // Modes: "serve"; "hup" (sends itself SIGHUP first, then serves); "exit"
-// (exits with status 3 before it is ready); "hang" (never ready).
+// (exits with status 3 before it is ready); "hang" (never ready);
+// "steer-exit" (serves the parent's sockets on one loop, steering the
+// group to it, and exits before it is ready).
 func upgradeChild(mode string) int {
 	if mode == "hup" {
 		// Before anything else of this program, and after Go's runtime
@@ -54,9 +66,10 @@ func upgradeChild(mode string) int {
 	case "exit":
 		return 3
 	case "steer-exit":
-		// Serves the parent's sockets on one loop, steering the group to
-		// it, and exits before it is ready.
-		w := &Worker{Name: "up", Addr: os.Getenv("HERD_TEST_ADDR"), Count: 1, ReusePort: true, OnMessage: textEcho, Logger: quietLogger()}
+		w := &herd.Worker{Name: "up", Addr: os.Getenv("HERD_TEST_ADDR"), Count: 1, ReusePort: true, OnMessage: echo, Logger: quietLogger()}
+		if _, err := w.ListenFiles(takeEnv().byKey[key(w)]); err != nil {
+			return 1
+		}
 		go w.Run(context.Background())
 		for w.Loops() == nil {
 			time.Sleep(time.Millisecond)
@@ -66,18 +79,19 @@ func upgradeChild(mode string) int {
 		time.Sleep(time.Minute)
 		return 0
 	}
-	w := &Worker{Name: "up", Addr: os.Getenv("HERD_TEST_ADDR"), Count: 2, ReusePort: true, OnMessage: textEcho,
+	w := &herd.Worker{Name: "up", Addr: os.Getenv("HERD_TEST_ADDR"), Count: 2, ReusePort: true, OnMessage: echo,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
-	if err := w.Listen(); err != nil {
-		fmt.Fprintln(os.Stderr, "child:", err)
-		return 1
-	}
-	f, _ := os.OpenFile(report, os.O_APPEND|os.O_WRONLY, 0)
-	fmt.Fprintf(f, "\ninherited %v", w.inheritedListeners)
-	f.Close()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
-	if err := (&Process{Workers: []*Worker{w}}).Run(ctx); err != nil {
+	go func() {
+		for w.Loops() == nil {
+			time.Sleep(time.Millisecond)
+		}
+		f, _ := os.OpenFile(report, os.O_APPEND|os.O_WRONLY, 0)
+		fmt.Fprintf(f, "\nbound %s", w.ListenAddr())
+		f.Close()
+	}()
+	if err := (&Process{Workers: []*herd.Worker{w}}).Run(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "child:", err)
 		return 1
 	}
@@ -102,7 +116,7 @@ func openDescriptors() []string {
 		kind := target
 		if strings.HasPrefix(target, "socket:") {
 			kind = "socket"
-			if isListener(fd) {
+			if v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err == nil && v == 1 {
 				kind = "listener"
 			}
 		}
@@ -130,20 +144,30 @@ var (
 	execSelfErr  error
 )
 
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // upgradeFixture runs a Process whose worker the test child serves too.
 type upgradeFixture struct {
 	p      *Process
-	w      *Worker
+	w      *herd.Worker
 	addr   string
 	report string
 	exited chan struct{} // closed when Run returned, with err
 	err    error
-	cancel context.CancelFunc
 }
 
 func startUpgradeFixture(t *testing.T, childMode string) *upgradeFixture {
 	execSelf(t)
-	w := &Worker{Name: "up", Addr: "text://127.0.0.1:0", Count: 2, ReusePort: true, OnMessage: textEcho, Logger: quietLogger()}
+	w := &herd.Worker{Name: "up", Addr: "text://127.0.0.1:0", Count: 2, ReusePort: true, OnMessage: echo, Logger: quietLogger()}
 	if err := w.Listen(); err != nil {
 		t.Fatal(err)
 	}
@@ -153,9 +177,8 @@ func startUpgradeFixture(t *testing.T, childMode string) *upgradeFixture {
 	t.Setenv(envTestChild, childMode)
 	t.Setenv("HERD_TEST_ADDR", w.Addr)
 	t.Setenv("HERD_TEST_REPORT", f.report)
-	f.p = &Process{Workers: []*Worker{w}, Executable: os.Args[0], Args: []string{"-test.run=^$"}, ReadyTimeout: 2 * time.Second, UpgradeGrace: 100 * time.Millisecond}
+	f.p = &Process{Workers: []*herd.Worker{w}, Executable: os.Args[0], Args: []string{"-test.run=^$"}, ReadyTimeout: 2 * time.Second, UpgradeGrace: 100 * time.Millisecond}
 	ctx, cancel := context.WithCancel(context.Background())
-	f.cancel = cancel
 	go func() { f.err = f.p.Run(ctx); close(f.exited) }()
 	t.Cleanup(func() {
 		cancel()
@@ -173,21 +196,108 @@ func startUpgradeFixture(t *testing.T, childMode string) *upgradeFixture {
 	return f
 }
 
-// childPID reads the PID the child reported, and its descriptors.
-func (f *upgradeFixture) child(t *testing.T) (int, []string) {
+// child reads the PID the child reported, its descriptors, and the
+// address it serves once it does.
+func (f *upgradeFixture) child(t *testing.T) (pid int, fds []string, bound string) {
 	b, err := os.ReadFile(f.report)
 	if err != nil {
 		t.Fatalf("no report from the child: %v", err)
 	}
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	pid, _ := strconv.Atoi(strings.TrimPrefix(lines[0], "pid "))
-	var fds []string
+	pid, _ = strconv.Atoi(strings.TrimPrefix(lines[0], "pid "))
 	for _, l := range lines[1:] {
-		if !strings.HasPrefix(l, "inherited ") {
+		if a, ok := strings.CutPrefix(l, "bound "); ok {
+			bound = a
+		} else if l != "" {
 			fds = append(fds, l)
 		}
 	}
-	return pid, fds
+	return pid, fds, bound
+}
+
+// churn makes short connections to addr, each a line echoed, from n
+// goroutines, and counts those served and those that failed.
+type churn struct {
+	served atomic.Int64
+	stop   atomic.Bool
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	errs   []error
+}
+
+func startChurn(addr string, n int) *churn {
+	ch := &churn{}
+	for i := range n {
+		ch.wg.Add(1)
+		go func() {
+			defer ch.wg.Done()
+			for j := 0; !ch.stop.Load(); j++ {
+				if err := shortConn(addr, fmt.Sprintf("c%d-%d", i, j)); err != nil {
+					ch.mu.Lock()
+					ch.errs = append(ch.errs, err)
+					ch.mu.Unlock()
+					return
+				}
+				ch.served.Add(1)
+			}
+		}()
+	}
+	return ch
+}
+
+// end stops the churn and returns its failures.
+func (ch *churn) end() []error {
+	ch.stop.Store(true)
+	ch.wg.Wait()
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	return ch.errs
+}
+
+func shortConn(addr, line string) error {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return fmt.Errorf("dial: %w", err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write([]byte(line + "\n")); err != nil {
+		return fmt.Errorf("%s: write: %w", line, err)
+	}
+	got, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || got != line+"\n" {
+		return fmt.Errorf("%s: got %q, %v", line, got, err)
+	}
+	return nil
+}
+
+// serves checks that one connection to addr gets its line echoed.
+func serves(t *testing.T, addr, line string) {
+	t.Helper()
+	if err := shortConn(addr, line); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// notifySocket stands in for systemd's NOTIFY_SOCKET; the function it
+// returns reads the next notification, "" if none comes within d.
+func notifySocket(t *testing.T) func(d time.Duration) string {
+	path := filepath.Join(t.TempDir(), "notify")
+	sock, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sock.Close() })
+	t.Setenv("NOTIFY_SOCKET", path)
+	return func(d time.Duration) string {
+		sock.SetReadDeadline(time.Now().Add(d))
+		buf := make([]byte, 256)
+		n, err := sock.Read(buf)
+		if err != nil {
+			return ""
+		}
+		return string(buf[:n])
+	}
 }
 
 // TestUpgradeUnderChurn upgrades while clients churn short connections:
@@ -200,9 +310,9 @@ func TestUpgradeUnderChurn(t *testing.T) {
 	if got := notified(10 * time.Second); got != "READY=1" {
 		t.Fatalf("first notification %q, want READY=1", got)
 	}
-	ch := startChurn(f.addr, 100, 0)
+	ch := startChurn(f.addr, 100)
 	defer ch.end()
-	waitFor(t, 5*time.Second, "traffic", func() bool { return ch.short.Load() > 300 })
+	waitFor(t, 5*time.Second, "traffic", func() bool { return ch.served.Load() > 300 })
 	if err := f.p.Upgrade(context.Background()); err != nil {
 		t.Fatalf("Upgrade: %v", err)
 	}
@@ -217,7 +327,7 @@ func TestUpgradeUnderChurn(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the old process did not stop after the upgrade")
 	}
-	pid, fds := f.child(t)
+	pid, fds, _ := f.child(t)
 	// The service manager is told: reloading, then the new main process,
 	// ready. The old process, no longer the main one, says no more, and
 	// the child reported its readiness to the parent, not to systemd.
@@ -232,14 +342,14 @@ func TestUpgradeUnderChurn(t *testing.T) {
 	}
 	defer func() {
 		syscall.Kill(pid, syscall.SIGTERM)
-		waitFor(t, 10*time.Second, "the child to exit", func() bool { return syscall.Kill(pid, 0) != nil })
+		waitFor(t, 10*time.Second, "the child to exit", func() bool { return gone(pid) })
 	}()
-	before := ch.short.Load()
-	waitFor(t, 5*time.Second, "traffic served by the new process", func() bool { return ch.short.Load() > before+300 })
+	before := ch.served.Load()
+	waitFor(t, 5*time.Second, "traffic served by the new process", func() bool { return ch.served.Load() > before+300 })
 	for _, err := range ch.end() {
 		t.Error(err)
 	}
-	t.Logf("%d short connections across the upgrade; the child (pid %d) started with: %v", ch.short.Load(), pid, fds)
+	t.Logf("%d short connections across the upgrade; the child (pid %d) started with: %v", ch.served.Load(), pid, fds)
 	listeners := 0
 	for _, d := range fds {
 		switch kind := strings.SplitN(d, " ", 2)[1]; {
@@ -253,6 +363,9 @@ func TestUpgradeUnderChurn(t *testing.T) {
 	if listeners != 2 {
 		t.Errorf("the child inherited %d listeners, want the 2 of the ReusePort group", listeners)
 	}
+	if _, _, bound := f.child(t); bound != f.addr {
+		t.Errorf("the child serves %q, want the parent's %s", bound, f.addr)
+	}
 }
 
 // TestUpgradeFailures: a new process that exits before it is ready, or is
@@ -262,7 +375,7 @@ func TestUpgradeFailures(t *testing.T) {
 	for _, mode := range []string{"exit", "hang"} {
 		t.Run(mode, func(t *testing.T) {
 			f := startUpgradeFixture(t, mode)
-			ch := startChurn(f.addr, 20, 0)
+			ch := startChurn(f.addr, 20)
 			defer ch.end()
 			start := time.Now()
 			result := make(chan error, 1)
@@ -271,8 +384,8 @@ func TestUpgradeFailures(t *testing.T) {
 				// One upgrade at a time: a second one, while the first
 				// waits for its child, is refused.
 				time.Sleep(200 * time.Millisecond)
-				if err := f.p.Upgrade(context.Background()); !errors.Is(err, ErrUpgradeInProgress) {
-					t.Errorf("an Upgrade during another: %v, want ErrUpgradeInProgress", err)
+				if err := f.p.Upgrade(context.Background()); !errors.Is(err, ErrInProgress) {
+					t.Errorf("an Upgrade during another: %v, want ErrInProgress", err)
 				}
 			}
 			err := <-result
@@ -285,8 +398,8 @@ func TestUpgradeFailures(t *testing.T) {
 			case mode == "hang" && !strings.Contains(err.Error(), "not ready"):
 				t.Errorf("the error does not say the child was not ready: %v", err)
 			}
-			before := ch.short.Load()
-			waitFor(t, 5*time.Second, "the old process serving on", func() bool { return ch.short.Load() > before+100 })
+			before := ch.served.Load()
+			waitFor(t, 5*time.Second, "the old process serving on", func() bool { return ch.served.Load() > before+100 })
 			for _, err := range ch.end() {
 				t.Error(err)
 			}
@@ -295,7 +408,7 @@ func TestUpgradeFailures(t *testing.T) {
 				t.Fatalf("the old process stopped: %v", f.err)
 			default:
 			}
-			if pid, _ := f.child(t); pid > 0 && unix.Kill(pid, 0) == nil {
+			if pid, _, _ := f.child(t); pid > 0 && unix.Kill(pid, 0) == nil {
 				t.Errorf("the failed child %d still runs", pid)
 			}
 		})
@@ -320,14 +433,8 @@ func TestUpgradeFailureResteers(t *testing.T) {
 	}
 	before := accepted()
 	const n = 400
-	for range n {
-		c, err := net.Dial("tcp", f.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		br := bufio.NewReader(c)
-		echoLine(t, c, br, "hi")
-		c.Close()
+	for i := range n {
+		serves(t, f.addr, fmt.Sprintf("c%d", i))
 	}
 	after := accepted()
 	for i := range after {
@@ -374,10 +481,13 @@ func TestSystemdSocketActivation(t *testing.T) {
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	echoLine(t, c, bufio.NewReader(c), "served on the socket systemd passed")
-	b, _ := os.ReadFile(report)
-	if !strings.Contains(string(b), "inherited true") {
-		t.Errorf("the worker bound a socket of its own; report:\n%s", b)
+	// Binding anew would fail (the socket systemd passed holds the port,
+	// outside any SO_REUSEPORT group) and the child would exit: an echo
+	// means the worker serves the passed socket.
+	br := bufio.NewReader(c)
+	fmt.Fprintln(c, "served on the socket systemd passed")
+	if got, err := br.ReadString('\n'); err != nil || got != "served on the socket systemd passed\n" {
+		t.Fatalf("echo: %q, %v", got, err)
 	}
 }
 
@@ -410,7 +520,7 @@ func TestUpgradeEarlySIGHUP(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Upgrade: %v", err)
 			}
-			pid, _ := f.child(t)
+			pid, _, _ := f.child(t)
 			if hit != pid {
 				t.Fatalf("SIGHUP went to %d, the child is %d", hit, pid)
 			}
@@ -425,8 +535,8 @@ func TestUpgradeEarlySIGHUP(t *testing.T) {
 			serves(t, f.addr, "served by the child")
 			if i < upgrades-1 {
 				syscall.Kill(pid, syscall.SIGKILL) // its graceful stop takes a second
-				waitFor(t, 10*time.Second, "the child to exit", func() bool { return unix.Kill(pid, 0) != nil })
-				if now, _ := f.child(t); now != pid {
+				waitFor(t, 10*time.Second, "the child to exit", func() bool { return gone(pid) })
+				if now, _, _ := f.child(t); now != pid {
 					t.Fatalf("the child %d started another process, %d", pid, now)
 				}
 				return
@@ -435,7 +545,7 @@ func TestUpgradeEarlySIGHUP(t *testing.T) {
 			// upgrade follows. A SIGHUP now, once the child is ready,
 			// upgrades it.
 			time.Sleep(500 * time.Millisecond)
-			if now, _ := f.child(t); now != pid {
+			if now, _, _ := f.child(t); now != pid {
 				t.Fatalf("the child %d upgraded to %d without being asked", pid, now)
 			}
 			syscall.Kill(pid, syscall.SIGHUP)
@@ -452,25 +562,13 @@ func TestUpgradeEarlySIGHUP(t *testing.T) {
 				syscall.Kill(grandchild, syscall.SIGTERM)
 				waitFor(t, 10*time.Second, "the grandchild to exit", func() bool { return gone(grandchild) })
 			}()
-			waitFor(t, 10*time.Second, "the child to stop after its upgrade", func() bool { return unix.Kill(pid, 0) != nil })
+			waitFor(t, 10*time.Second, "the child to stop after its upgrade", func() bool { return gone(pid) })
 			serves(t, f.addr, "served by the grandchild")
 		})
 		if !ok {
 			return
 		}
 	}
-}
-
-// serves checks that one connection to addr gets its line echoed.
-func serves(t *testing.T, addr, line string) {
-	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	echoLine(t, c, bufio.NewReader(c), line)
 }
 
 // childPIDs lists this process's child processes.
@@ -519,4 +617,39 @@ func gone(pid int) bool {
 	}
 	_, after, _ := strings.Cut(string(b), ") ")
 	return strings.HasPrefix(after, "Z")
+}
+
+// TestListenedTooEarly: a new process whose worker listened on its own
+// (Worker.Listen, which takes no inherited socket) before the Process
+// did fails with a clear error instead of serving a port of its own while
+// the sockets handed over go unserved; a worker the old process handed
+// nothing for may have listened already.
+func TestListenedTooEarly(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	f, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	early := &herd.Worker{Name: "early", Addr: "text://127.0.0.1:0", OnMessage: echo, Logger: quietLogger()}
+	other := &herd.Worker{Name: "other", Addr: "text://127.0.0.1:0", OnMessage: echo, Logger: quietLogger()}
+	for _, w := range []*herd.Worker{early, other} {
+		if err := w.Listen(); err != nil {
+			t.Fatal(err)
+		}
+		defer w.Shutdown(context.Background())
+	}
+	handed, _ := json.Marshal(map[string][]int{key(early): {int(f.Fd())}})
+	t.Setenv(envListeners, string(handed))
+	err = (&Process{Workers: []*herd.Worker{other, early}}).Listen()
+	if err == nil || !strings.Contains(err.Error(), `worker "early"`) || !strings.Contains(err.Error(), "before Process.Listen") {
+		t.Fatalf("Listen: %v, want an error naming the worker that listened early", err)
+	}
+	if _, ok := os.LookupEnv(envListeners); ok {
+		t.Errorf("%s is still set after Listen read it", envListeners)
+	}
 }
