@@ -278,9 +278,9 @@ func TestIdleTimeoutSparesHeld(t *testing.T) {
 	w := &Worker{Addr: "text://127.0.0.1:0", Count: 1, IdleTimeout: idle}
 	w.OnMessage = func(c *Conn, msg []byte) {
 		m := string(msg)
-		c.Hold()
+		hold := c.Hold()
 		go func() {
-			defer c.Release()
+			defer hold.Release()
 			time.Sleep(5 * idle)
 			c.Send([]byte("late " + m))
 		}()
@@ -305,9 +305,9 @@ func TestHalfCloseAnsweredWhileHeld(t *testing.T) {
 	w := &Worker{Addr: "text://127.0.0.1:0", Count: 1}
 	w.OnMessage = func(c *Conn, msg []byte) {
 		m := string(msg)
-		c.Hold()
+		hold := c.Hold()
 		go func() {
-			defer c.Release()
+			defer hold.Release()
 			time.Sleep(20 * time.Millisecond)
 			if _, err := c.Write([]byte("re " + m + "\n")); err != nil {
 				t.Errorf("Write after the peer's half-close: %v", err)
@@ -731,9 +731,9 @@ func TestHeldConnPeerGone(t *testing.T) {
 	w := &Worker{Addr: "unix://" + path, Count: 1, Protocol: protocol.Text{},
 		OnClose: func(c *Conn) { close(closed) }}
 	w.OnMessage = func(c *Conn, msg []byte) {
-		c.Hold()
+		hold := c.Hold()
 		go func() {
-			defer c.Release()
+			defer hold.Release()
 			<-closed
 			_, err := c.Write([]byte("late\n"))
 			replied <- err
@@ -763,9 +763,9 @@ func TestIdleTimeoutAbortsStalledHeld(t *testing.T) {
 	result := make(chan error, 1)
 	w := &Worker{Addr: "tcp://127.0.0.1:0", Count: 1, IdleTimeout: 200 * time.Millisecond}
 	w.OnConnect = func(c *Conn) {
-		c.Hold()
+		hold := c.Hold()
 		go func() {
-			defer c.Release()
+			defer hold.Release()
 			chunk := make([]byte, 64<<10)
 			for {
 				if err := c.WaitWritable(context.Background()); err != nil {

@@ -765,19 +765,44 @@ func (c *Conn) Abort() {
 }
 
 // Hold tells herd that work for this connection is under way off the loop,
-// such as a reply being computed on another goroutine. Until the matching
-// Release, the connection stays open for that reply: a graceful stop keeps
-// it (no longer reading; the stop's context bounds the wait), a peer that
-// ends its side of the stream (a half-close) is still answered, and
-// IdleTimeout leaves it alone. A dialed connection held before its connect
-// completes goes on connecting through a graceful stop, and once connected
-// stops as the others do (a proxy holds its backend's connect this way, so
-// that a session in flight at the stop is served). Each Hold needs exactly
-// one Release.
-func (c *Conn) Hold() { c.holds.Add(1) }
+// such as a reply being computed on another goroutine, and returns the
+// Hold to release when it is done. Until then, the connection stays open
+// for that reply: a graceful stop keeps it (no longer reading; the stop's
+// context bounds the wait), a peer that ends its side of the stream (a
+// half-close) is still answered, and IdleTimeout leaves it alone. A dialed
+// connection held before its connect completes goes on connecting through
+// a graceful stop, and once connected stops as the others do (a proxy
+// holds its backend's connect this way, so that a session in flight at
+// the stop is served). Each Hold is released once, by its own Release: a
+// second Release does nothing, so it cannot end another goroutine's Hold.
+func (c *Conn) Hold() *Hold {
+	c.holds.Add(1)
+	return &Hold{c: c}
+}
 
-// Release ends a Hold. A Release without a Hold is ignored.
-func (c *Conn) Release() {
+// A Hold keeps a connection open for work under way off the loop (see
+// Conn.Hold). It is safe to use from any goroutine.
+type Hold struct {
+	c    *Conn
+	done atomic.Bool
+}
+
+// Release ends the Hold. Only its first call counts; Release on a nil
+// Hold does nothing, so a field that may hold one can be released as is.
+func (h *Hold) Release() {
+	if h != nil && h.done.CompareAndSwap(false, true) {
+		h.c.release()
+	}
+}
+
+// Release ends one Hold of the connection, whichever; without one, it
+// does nothing.
+//
+// Deprecated: call the Release of the Hold that Conn.Hold returns: a
+// Release too many here ends another goroutine's Hold.
+func (c *Conn) Release() { c.release() }
+
+func (c *Conn) release() {
 	for {
 		h := c.holds.Load()
 		if h <= 0 {

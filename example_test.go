@@ -195,9 +195,9 @@ func ExampleConn_CloseNoWait() {
 func ExampleConn_WaitWritable() {
 	w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 1}
 	w.OnConnect = func(c *herd.Conn) {
-		c.Hold()
+		hold := c.Hold()
 		go func() {
-			defer c.Release()
+			defer hold.Release()
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			chunk := make([]byte, 64<<10)

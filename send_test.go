@@ -214,15 +214,18 @@ func TestAbortAndReleaseEdges(t *testing.T) {
 
 	cl2 := r.dial(t)
 	c2 := acceptedConn(t, conns)
-	c2.Release() // no Hold: ignored
-	c2.Release()
-	c2.Hold()
+	c2.Release() // deprecated, and no Hold: ignored
+	// A Hold released twice ends itself once: the other Hold still keeps
+	// the connection through the stop for its reply.
+	mine, other := c2.Hold(), c2.Hold()
+	mine.Release()
+	mine.Release()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	go func() {
 		time.Sleep(100 * time.Millisecond)
 		c2.Send([]byte("held reply"))
-		c2.Release()
+		other.Release()
 	}()
 	go w.Shutdown(ctx)
 	got, _ := io.ReadAll(cl2)

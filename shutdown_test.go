@@ -322,10 +322,10 @@ func TestShutdownWaitsForHold(t *testing.T) {
 		Addr:  "text://127.0.0.1:0",
 		Count: 2,
 		OnMessage: func(c *Conn, msg []byte) {
-			c.Hold()
+			hold := c.Hold()
 			reply := "late " + string(msg)
 			go func() {
-				defer c.Release()
+				defer hold.Release()
 				<-release
 				if r := c.Send([]byte(reply)); r == Dropped {
 					t.Errorf("Send under Hold during the stop: %v", r)
@@ -410,13 +410,14 @@ func TestShutdownHeldConnect(t *testing.T) {
 			OnConnect: func(*Conn) { connectedUnheld.Store(true) },
 			OnError:   func(_ *Conn, err error) { unheld <- err },
 		})
+		var hold *Hold
 		c, _ := l.Dial(context.Background(), addr, &Dialer{
 			OnConnect: func(c *Conn) {
-				c.Release()
+				hold.Release()
 				c.Write([]byte("made it"))
 			},
 		})
-		c.Hold()
+		hold = c.Hold()
 	})
 	sctx, cancel := contextWithTimeout(15 * time.Second)
 	defer cancel()

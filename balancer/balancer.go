@@ -255,6 +255,7 @@ type session struct {
 	retries   int
 	be        *backend   // the backend being dialed
 	dialing   *herd.Conn // its connection, until it connects
+	held      *herd.Hold // dialing's, so that a graceful stop lets the connect finish
 	early     []byte     // what the client sent before the pipe
 	paused    bool       // the client is paused: early is full
 	closed    bool       // the client has closed
@@ -375,7 +376,7 @@ func (b *Balancer) next(s *session) {
 		b.dialFailed(s, be, err)
 		return
 	}
-	c.Hold() // a graceful stop lets the connect finish: the session is in flight
+	s.held = c.Hold() // a graceful stop lets the connect finish: the session is in flight
 	s.dialing = c
 	c.SetContext(s)
 	if v := b.ProxyProtocol; v != 0 {
@@ -389,7 +390,8 @@ func (b *Balancer) connected(c *herd.Conn) {
 	be := s.be
 	be.connectOK()
 	s.dialing = nil
-	c.Release()
+	s.held.Release()
+	s.held = nil
 	if s.client.Loop() != c.Loop() {
 		// Worker.Scale moved the client while this connected: dial again
 		// from where it is now (not the backend's fault).

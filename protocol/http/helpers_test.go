@@ -91,8 +91,7 @@ func (f *fakeConn) ResumeRecv() {
 	f.mu.Unlock()
 }
 
-func (f *fakeConn) Hold()                 {}
-func (f *fakeConn) Release()              {}
+func (f *fakeConn) Hold() *herd.Hold      { return nil }
 func (f *fakeConn) RemoteAddr() net.Addr  { return nil }
 func (f *fakeConn) LastActive() time.Time { return time.Now() }
 

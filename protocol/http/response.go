@@ -91,6 +91,7 @@ type ResponseWriter struct {
 	queued     bool
 	refs       int
 	upgrade    Stream
+	hold       *herd.Hold // from Async to End
 }
 
 var rwPool = sync.Pool{New: func() any { return new(ResponseWriter) }}
@@ -558,15 +559,12 @@ func (w *ResponseWriter) Flush() error {
 func (w *ResponseWriter) Async() {
 	cs := w.cs
 	cs.mu.Lock()
-	hold := !w.async && !w.finished
-	if hold {
+	if !w.async && !w.finished {
 		w.async = true
 		w.refs++
+		w.hold = cs.c.Hold()
 	}
 	cs.mu.Unlock()
-	if hold {
-		cs.c.Hold()
-	}
 }
 
 // End finishes the response: what is left of it goes out (or waits for
@@ -585,15 +583,14 @@ func (w *ResponseWriter) End() {
 		cs.mu.Unlock()
 		return
 	}
-	async := w.async
+	hold := w.hold
+	w.hold = nil
 	cs.finishLocked(w)
-	if async {
+	if w.async {
 		cs.releaseLocked(w)
 	}
 	cs.mu.Unlock()
-	if async {
-		cs.c.Release()
-	}
+	hold.Release() // nil unless Async
 }
 
 // Upgrade makes the connection carry another protocol once this response

@@ -334,8 +334,7 @@ type link interface {
 	Abort()
 	PauseRecv()
 	ResumeRecv()
-	Hold()
-	Release()
+	Hold() *herd.Hold
 	Post(f func()) bool // on the connection's loop, wherever Scale moved it
 	RemoteAddr() net.Addr
 	LastActive() time.Time
@@ -588,10 +587,12 @@ func (cs *conn) call(w *ResponseWriter, r *Request) {
 // an End from the goroutine that may still own w only drops its reference.
 func (cs *conn) endAfterPanic(w *ResponseWriter) {
 	cs.mu.Lock()
+	hold := w.hold
+	w.hold = nil
 	cs.finishLocked(w)
 	w.panicked = true
 	cs.mu.Unlock()
-	cs.c.Release()
+	hold.Release()
 }
 
 // fail answers a request that cannot be served with code and closes the
