@@ -15,6 +15,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/seed358e4494/herd/internal/poll"
+
+	"github.com/seed358e4494/herd/internal/sock"
 )
 
 // AcceptMode chooses how connections reach loops when ReusePort is off (or
@@ -77,8 +79,8 @@ type acceptor struct {
 	poller    *poll.Poller
 	exclusive bool   // registered with EPOLLEXCLUSIVE
 	owner     string // for logs: "loop 3", "dispatcher"
-	buf       acceptBuf
-	take      func(fd int, peer *peerAddr)
+	buf       sock.AcceptBuf
+	take      func(fd int, peer *sock.Peer)
 	empty     *atomic.Uint64 // counts events that found no connection
 
 	// batch is how many accepts one event tries; 0: until the queue is
@@ -103,7 +105,7 @@ func (a *acceptor) accept() (rested bool) {
 	}
 	n := 0
 	for a.batch == 0 || n < a.batch {
-		fd, peer, err := accept(a.fd, &a.buf)
+		fd, peer, err := sock.Accept(a.fd, &a.buf)
 		if err != nil {
 			if err == unix.EAGAIN {
 				if n == 0 {
@@ -185,7 +187,7 @@ func (w *Worker) admit(fd int) bool {
 	if w.MaxConns > 0 && n > int64(w.MaxConns) {
 		w.conns.Add(-1)
 		w.rejected.Add(1)
-		unix.Close(fd)
+		sock.Close(fd)
 		return false
 	}
 	return true
@@ -267,7 +269,7 @@ func (d *dispatcher) setLoops(loops []*Loop) {
 // handOff gives an accepted connection to the loop the policy picks. A
 // loop that Scale took away after the pick no longer takes it: pick again
 // among those that stay.
-func (d *dispatcher) handOff(fd int, peer *peerAddr) {
+func (d *dispatcher) handOff(fd int, peer *sock.Peer) {
 	for range 4 {
 		l := d.pick()
 		l.active.Add(1) // counted now, so least-conns sees it before the loop does
@@ -277,7 +279,7 @@ func (d *dispatcher) handOff(fd int, peer *peerAddr) {
 		l.active.Add(-1)
 	}
 	d.w.conns.Add(-1) // the worker stops
-	unix.Close(fd)
+	sock.Close(fd)
 }
 
 // pick chooses the loop for the next connection.

@@ -23,6 +23,8 @@ import (
 
 	"github.com/seed358e4494/herd/internal/soak"
 	"github.com/seed358e4494/herd/protocol"
+
+	"github.com/seed358e4494/herd/internal/sock"
 )
 
 func TestCloseFromGoroutine(t *testing.T) {
@@ -199,7 +201,7 @@ func TestCloseNoWaitWithInputWaiting(t *testing.T) {
 		wrote <- err
 	}()
 	waitFor(t, 10*time.Second, "the request and more than a read buffer in the kernel", func() bool {
-		return unreadBytes(int(sc.fd)) > readBufferSize+4
+		return sock.UnreadBytes(int(sc.fd)) > readBufferSize+4
 	})
 	sc.ResumeRecv()
 	readReplyThenEOF(t, cl)

@@ -20,6 +20,8 @@ import (
 
 	"github.com/seed358e4494/herd/internal/bufpool"
 	"github.com/seed358e4494/herd/internal/poll"
+
+	"github.com/seed358e4494/herd/internal/sock"
 )
 
 // SendResult tells what Send did with a message (Workerman's true / null /
@@ -71,7 +73,7 @@ type Conn struct {
 	// loop owns the connection; Scale moves it to another (written under mu
 	// by the loop it leaves, read anywhere).
 	loop atomic.Pointer[Loop]
-	peer peerAddr
+	peer sock.Peer
 
 	// Owned by the loop goroutine.
 	h          Handler // takes input and the close instead of the protocol, if set
@@ -240,7 +242,7 @@ func (c *Conn) lookUnsent() (n, before int) {
 	if c.fd < 0 {
 		return 0, 0
 	}
-	if n = unsentBytes(int(c.fd)); n <= 0 {
+	if n = sock.UnsentBytes(int(c.fd)); n <= 0 {
 		return 0, 0
 	}
 	c.mu.Lock()
@@ -279,7 +281,7 @@ func (c *Conn) post(t task) bool {
 }
 
 // RemoteAddr is the peer's address.
-func (c *Conn) RemoteAddr() net.Addr { return c.peer.netAddr() }
+func (c *Conn) RemoteAddr() net.Addr { return c.peer.NetAddr() }
 
 // LocalAddr is the address the connection was accepted on, or nil once it is
 // closed.
@@ -289,11 +291,7 @@ func (c *Conn) LocalAddr() net.Addr {
 	if c.state.Load() == connClosed {
 		return nil
 	}
-	sa, err := unix.Getsockname(int(c.fd))
-	if err != nil {
-		return nil
-	}
-	return netAddr(sa)
+	return sock.NetAddr(sock.Name(int(c.fd)))
 }
 
 // Context returns the value stored by SetContext.
@@ -518,9 +516,9 @@ func writeOnce(fd int, b []byte, more bool) (int, error) {
 		var n int
 		var err error
 		if more {
-			n, err = sendMore(fd, b)
+			n, err = sock.SendMore(fd, b)
 		} else {
-			n, err = sysWrite(fd, b)
+			n, err = sock.Write(fd, b)
 		}
 		switch err {
 		case nil:
@@ -628,7 +626,7 @@ func (c *Conn) brokenLocked() {
 // not take what it got for the whole stream.
 func (c *Conn) dropQueueLocked() {
 	if c.queuedLocked() > 0 && c.fd >= 0 && c.state.Load() != connClosed {
-		unix.SetsockoptLinger(int(c.fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+		sock.ResetOnClose(int(c.fd), true)
 	}
 	if c.q != nil {
 		c.loop.Load().sendQueued.Add(-int64(c.q.n))
@@ -892,7 +890,7 @@ func (c *Conn) CloseWrite() {
 
 // shutWriteLocked half-closes the socket; under mu, as writes are.
 func (c *Conn) shutWriteLocked() {
-	shutWrite(int(c.fd))
+	sock.ShutWrite(int(c.fd))
 }
 
 // shutWrite half-closes the socket.

@@ -12,6 +12,8 @@ import (
 	"net"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/seed358e4494/herd/internal/sock"
 )
 
 // ErrNotDatagram is returned by Loop.SendTo on a worker that is not
@@ -23,14 +25,14 @@ var ErrNotDatagram = errors.New("herd: not a udp:// worker")
 type Packet struct {
 	l    *Loop
 	fd   int
-	from *acceptBuf
+	from *sock.AcceptBuf
 }
 
 // Loop is the loop that received the datagram.
 func (p *Packet) Loop() *Loop { return p.l }
 
 // RemoteAddr is the sender's address (a *net.UDPAddr).
-func (p *Packet) RemoteAddr() net.Addr { return udpAddr(p.from.peer()) }
+func (p *Packet) RemoteAddr() net.Addr { return udpAddr(p.from.Peer()) }
 
 // Reply sends b back to the sender as one datagram, from the socket that
 // received it, encoded with the worker's Protocol if it has one
@@ -61,8 +63,8 @@ func (l *Loop) SendTo(addr net.Addr, b []byte) error {
 			return fmt.Errorf("herd: SendTo %v: %w", addr, err)
 		}
 	}
-	var to acceptBuf
-	to.set(ua)
+	var to sock.AcceptBuf
+	to.Set(ua)
 	if p := l.w.proto; p != nil {
 		b = p.Encode(nil, b)
 	}
@@ -70,9 +72,9 @@ func (l *Loop) SendTo(addr net.Addr, b []byte) error {
 }
 
 // sendDatagram sends b (encoded) to the address in to, at once.
-func (l *Loop) sendDatagram(fd int, b []byte, to *acceptBuf) error {
+func (l *Loop) sendDatagram(fd int, b []byte, to *sock.AcceptBuf) error {
 	for {
-		err := sendTo(fd, b, to)
+		err := sock.SendTo(fd, b, to)
 		switch err {
 		case nil:
 			l.bytesOut.Add(uint64(len(b)))
@@ -91,7 +93,7 @@ func (l *Loop) sendDatagram(fd int, b []byte, to *acceptBuf) error {
 // packet runs OnPacket for one datagram, decoded by the worker's Protocol
 // if it has one (a datagram is one message; one the protocol does not
 // frame whole is dropped and counted).
-func (l *Loop) packet(fd int, from *acceptBuf, data []byte) {
+func (l *Loop) packet(fd int, from *sock.AcceptBuf, data []byte) {
 	if p := l.w.proto; p != nil {
 		n, err := p.Input(data)
 		if err != nil || n != len(data) {
@@ -113,8 +115,8 @@ func (l *Loop) packet(fd int, from *acceptBuf, data []byte) {
 }
 
 // udpAddr converts a datagram's sender for the API.
-func udpAddr(p peerAddr) net.Addr {
-	if a, ok := p.netAddr().(*net.TCPAddr); ok {
+func udpAddr(p sock.Peer) net.Addr {
+	if a, ok := p.NetAddr().(*net.TCPAddr); ok {
 		return &net.UDPAddr{IP: a.IP, Port: a.Port, Zone: a.Zone}
 	}
 	return nil

@@ -2,7 +2,11 @@
 
 package herd
 
-import "golang.org/x/sys/unix"
+import (
+	"golang.org/x/sys/unix"
+
+	"github.com/seed358e4494/herd/internal/sock"
+)
 
 // receive reads what a datagram socket holds, at most one batch (the
 // poller reports the rest again), and hands each datagram to OnPacket.
@@ -10,7 +14,7 @@ func (a *acceptor) receive() {
 	l := a.loop
 	n := 0
 	for a.batch == 0 || n < a.batch {
-		size, err := recvFrom(a.fd, l.readBuf, &a.buf)
+		size, err := sock.RecvFrom(a.fd, l.readBuf, &a.buf)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -41,4 +45,4 @@ func inheritDrops(fd int) {}
 type dgramBatch struct{}
 
 // reply sends a reply at once: kqueue platforms have no sendmmsg.
-func (l *Loop) reply(fd int, b []byte, to *acceptBuf) error { return l.sendDatagram(fd, b, to) }
+func (l *Loop) reply(fd int, b []byte, to *sock.AcceptBuf) error { return l.sendDatagram(fd, b, to) }

@@ -1,9 +1,8 @@
 package herd
 
 // udp:// on Linux: recvmmsg reads a batch of datagrams per system call,
-// and the replies OnPacket makes go out with one sendmmsg per batch.
-// Written by hand: Go's net package reads one datagram per call, and
-// x/sys/unix has no recvmmsg/sendmmsg.
+// and the replies OnPacket makes go out with one sendmmsg per batch
+// (internal/sock).
 //
 // Kernel drops: with SO_RXQ_OVFL the kernel stamps each datagram it
 // queues with the socket's drop counter, and recvmmsg hands the stamp
@@ -12,26 +11,19 @@ package herd
 // datagram, one control slot per datagram slot.
 
 import (
-	"encoding/binary"
 	"sync"
 	"sync/atomic"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
-)
 
-// mmsghdr is the kernel's struct mmsghdr; Go lays it out as C does (the
-// trailing padding on 64-bit comes from Msghdr's alignment).
-type mmsghdr struct {
-	hdr unix.Msghdr
-	len uint32
-}
+	"github.com/seed358e4494/herd/internal/sock"
+)
 
 // dgramBatch is a loop's datagram buffers, made on first use.
 type dgramBatch struct {
 	seg   int    // bytes per datagram slot: one more than the largest datagram kept
 	bufs  []byte // len(in) slots
-	in    []mmsghdr
+	in    []sock.Mmsghdr
 	inIov []unix.Iovec
 	from  []unix.RawSockaddrAny
 	ctl   []byte // a control message slot per datagram slot (ctlSlot bytes)
@@ -44,8 +36,8 @@ type dgramBatch struct {
 	fd      int
 	outBuf  []byte
 	outOff  []int
-	outTo   []acceptBuf
-	out     []mmsghdr
+	outTo   []sock.AcceptBuf
+	out     []sock.Mmsghdr
 	outIov  []unix.Iovec
 	pending int
 }
@@ -96,7 +88,7 @@ func dropRecord(fd int) *socketDrops {
 // inherited (an upgrade's, systemd's) had before: its last owner counted
 // them.
 func inheritDrops(fd int) {
-	dropRecord(fd).seen.Store(kernelSocketDrops(fd))
+	dropRecord(fd).seen.Store(sock.Drops(fd))
 }
 
 // ctlSlot is the room for the one control message a datagram brings: the
@@ -113,8 +105,8 @@ func (l *Loop) datagramBatch() *dgramBatch {
 	}
 	seg := min(l.w.maxPkg+1, 64<<10)
 	n := max(1, min(maxDatagramBatch, (1<<20)/seg))
-	b := &dgramBatch{seg: seg, bufs: make([]byte, n*seg), in: make([]mmsghdr, n), inIov: make([]unix.Iovec, n), from: make([]unix.RawSockaddrAny, n), ctl: make([]byte, n*ctlSlot),
-		outOff: make([]int, 0, n), outTo: make([]acceptBuf, n), out: make([]mmsghdr, n), outIov: make([]unix.Iovec, n)}
+	b := &dgramBatch{seg: seg, bufs: make([]byte, n*seg), in: make([]sock.Mmsghdr, n), inIov: make([]unix.Iovec, n), from: make([]unix.RawSockaddrAny, n), ctl: make([]byte, n*ctlSlot),
+		outOff: make([]int, 0, n), outTo: make([]sock.AcceptBuf, n), out: make([]sock.Mmsghdr, n), outIov: make([]unix.Iovec, n)}
 	l.dg = b
 	return b
 }
@@ -132,22 +124,18 @@ func (a *acceptor) receive() {
 		for i := range b.in {
 			b.inIov[i] = unix.Iovec{Base: &b.bufs[i*b.seg]}
 			b.inIov[i].SetLen(b.seg)
-			b.in[i] = mmsghdr{hdr: unix.Msghdr{Name: (*byte)(unsafe.Pointer(&b.from[i])), Namelen: unix.SizeofSockaddrAny, Iov: &b.inIov[i],
-				Control: &b.ctl[i*ctlSlot]}}
-			b.in[i].hdr.SetIovlen(1)
-			b.in[i].hdr.SetControllen(ctlSlot)
+			b.in[i].SetRecv(&b.from[i], &b.inIov[i], b.ctl[i*ctlSlot:(i+1)*ctlSlot])
 		}
-		r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(a.fd), uintptr(unsafe.Pointer(&b.in[0])), uintptr(len(b.in)), 0, 0, 0)
-		if e != 0 {
-			if e == unix.EAGAIN && round == 0 {
+		n, err := sock.Recvmmsg(a.fd, b.in)
+		if err != nil {
+			if err == unix.EAGAIN && round == 0 {
 				a.empty.Add(1)
 			}
-			if e == unix.EINTR {
+			if err == unix.EINTR {
 				continue
 			}
 			return
 		}
-		n := int(r)
 		// The stamps grow in queue order: the batch's last one counts.
 		for i := n - 1; i >= 0; i-- {
 			if c, ok := b.dropCount(i); ok {
@@ -157,14 +145,14 @@ func (a *acceptor) receive() {
 		}
 		for i := range n {
 			m := &b.in[i]
-			size := int(m.len)
+			size := int(m.Len)
 			l.bytesIn.Add(uint64(size))
-			if m.hdr.Flags&unix.MSG_TRUNC != 0 || size > l.w.maxPkg {
+			if m.Hdr.Flags&unix.MSG_TRUNC != 0 || size > l.w.maxPkg {
 				l.oversize.Add(1)
 				continue
 			}
 			l.messagesIn.Add(1)
-			a.buf.rsa, a.buf.n = b.from[i], m.hdr.Namelen
+			a.buf.Raw, a.buf.Len = b.from[i], m.Hdr.Namelen
 			l.packet(a.fd, &a.buf, b.bufs[i*b.seg:i*b.seg+size])
 		}
 		b.flush(l) // this round's replies go before the next round is read
@@ -177,15 +165,7 @@ func (a *acceptor) receive() {
 // dropCount is the drop counter the kernel gave with datagram i of the
 // last recvmmsg, if it gave one.
 func (b *dgramBatch) dropCount(i int) (uint32, bool) {
-	if int(b.in[i].hdr.Controllen) < unix.CmsgLen(4) {
-		return 0, false
-	}
-	slot := b.ctl[i*ctlSlot : (i+1)*ctlSlot]
-	h := (*unix.Cmsghdr)(unsafe.Pointer(&slot[0]))
-	if h.Level != unix.SOL_SOCKET || h.Type != unix.SO_RXQ_OVFL {
-		return 0, false
-	}
-	return binary.NativeEndian.Uint32(slot[unix.CmsgLen(0):]), true
+	return sock.ControlUint32(b.ctl[i*ctlSlot:(i+1)*ctlSlot], int(b.in[i].Hdr.Controllen), unix.SOL_SOCKET, unix.SO_RXQ_OVFL)
 }
 
 // drops returns the record of a's socket, looked up once per socket and
@@ -224,21 +204,9 @@ func (r *socketDrops) count(l *Loop, c uint32) {
 	}
 }
 
-// kernelSocketDrops is the socket's drop counter now (SO_MEMINFO; 0 on
-// kernels that do not give it).
-func kernelSocketDrops(fd int) uint32 {
-	// x/sys has no getter for SO_MEMINFO's array of uint32; the kernel
-	// copies as much of it as the buffer takes, and a TCPInfo is larger.
-	info, err := unix.GetsockoptTCPInfo(fd, unix.SOL_SOCKET, unix.SO_MEMINFO)
-	if err != nil {
-		return 0
-	}
-	return (*[unix.SK_MEMINFO_VARS]uint32)(unsafe.Pointer(info))[unix.SK_MEMINFO_DROPS]
-}
-
 // reply queues a reply for the batch's sendmmsg, or sends it at once when
 // it is not from the socket being read (it always is, from OnPacket).
-func (l *Loop) reply(fd int, p []byte, to *acceptBuf) error {
+func (l *Loop) reply(fd int, p []byte, to *sock.AcceptBuf) error {
 	b := l.dg
 	if b == nil || fd != b.fd {
 		return l.sendDatagram(fd, p, to)
@@ -269,16 +237,15 @@ func (b *dgramBatch) flush(l *Loop) {
 			b.outIov[i].Base = &b.outBuf[b.outOff[i]]
 		}
 		b.outIov[i].SetLen(end - b.outOff[i])
-		b.out[i] = mmsghdr{hdr: unix.Msghdr{Name: (*byte)(unsafe.Pointer(&b.outTo[i].rsa)), Namelen: b.outTo[i].n, Iov: &b.outIov[i]}}
-		b.out[i].hdr.SetIovlen(1)
+		b.out[i].SetSend(&b.outTo[i], &b.outIov[i])
 	}
 	sent := 0
 	for sent < b.pending {
-		r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(b.fd), uintptr(unsafe.Pointer(&b.out[sent])), uintptr(b.pending-sent), 0, 0, 0)
-		if e == unix.EINTR {
+		r, err := sock.Sendmmsg(b.fd, b.out[sent:b.pending])
+		if err == unix.EINTR {
 			continue
 		}
-		if e != 0 {
+		if err != nil {
 			// EAGAIN and the like: this datagram is dropped; go on with
 			// the next.
 			l.dropped.Add(1)
@@ -286,9 +253,9 @@ func (b *dgramBatch) flush(l *Loop) {
 			continue
 		}
 		for i := sent; i < sent+int(r); i++ {
-			l.bytesOut.Add(uint64(b.out[i].len))
+			l.bytesOut.Add(uint64(b.out[i].Len))
 		}
-		sent += int(r)
+		sent += r
 	}
 	b.pending = 0
 	b.outBuf = b.outBuf[:0]

@@ -19,6 +19,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/seed358e4494/herd/internal/sock"
+
 	"github.com/seed358e4494/herd/protocol"
 )
 
@@ -309,7 +311,7 @@ func TestUDPKernelDrops(t *testing.T) {
 			delta := udpRcvbufErrors(t) - before
 			var own uint64
 			for _, fd := range fds {
-				own += uint64(kernelSocketDrops(fd))
+				own += uint64(sock.Drops(fd))
 			}
 			for _, l := range loops {
 				s := l.stats()

@@ -21,6 +21,8 @@ import (
 
 	"github.com/seed358e4494/herd/internal/poll"
 	"github.com/seed358e4494/herd/protocol"
+
+	"github.com/seed358e4494/herd/internal/sock"
 )
 
 // DefaultDialTimeout bounds a connect when Dialer.Timeout is zero.
@@ -281,7 +283,7 @@ func (l *Loop) connect(c *Conn) {
 		if err == nil {
 			c.fd = int32(fd)
 			if err = l.poller.AddConnecting(fd); err != nil {
-				unix.Close(fd)
+				sock.Close(fd)
 				c.fd = -1
 			}
 		}
@@ -348,22 +350,22 @@ func connectSocket(sa unix.Sockaddr) (int, error) {
 	case *unix.SockaddrUnix:
 		domain = unix.AF_UNIX
 	}
-	fd, err := nonblockingSocket(domain)
+	fd, err := sock.Socket(domain)
 	if err != nil {
 		return -1, err
 	}
 	if domain != unix.AF_UNIX {
 		// Before the connect: one system call, as after it.
-		setNoDelay(fd)
+		sock.SetNoDelay(fd)
 	}
 	for {
-		err = sysConnect(fd, sa)
+		err = sock.Connect(fd, sa)
 		if err != unix.EINTR {
 			break
 		}
 	}
 	if err != nil && err != unix.EINPROGRESS {
-		sysClose(fd)
+		sock.Close(fd)
 		return -1, os.NewSyscallError("connect", err)
 	}
 	return fd, nil // even a connect done at once is reported writable
@@ -375,15 +377,14 @@ func (l *Loop) connected(c *Conn, failed bool) {
 	if failed {
 		// A failed connect is reported as an error or a hang-up; a good
 		// one as writable alone, which needs no SO_ERROR to tell.
-		errno, err := unix.GetsockoptInt(int(c.fd), unix.SOL_SOCKET, unix.SO_ERROR)
-		switch {
-		case err != nil:
-			l.closeConn(c, os.NewSyscallError("getsockopt", err))
-		case errno != 0:
-			l.closeConn(c, os.NewSyscallError("connect", unix.Errno(errno)))
-		default:
-			l.closeConn(c, os.NewSyscallError("connect", unix.ECONNREFUSED))
+		err := sock.PendingError(int(c.fd))
+		if errno, ok := err.(unix.Errno); ok || err == nil {
+			if err == nil {
+				errno = unix.ECONNREFUSED
+			}
+			err = os.NewSyscallError("connect", errno)
 		}
+		l.closeConn(c, err)
 		return
 	}
 	ds := c.rare.dial

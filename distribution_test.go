@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/seed358e4494/herd/internal/sock"
 )
 
 // distShortConns opens n short connections against srv, conc at a time:
@@ -93,7 +95,7 @@ func distEchoWorker(name string, count int, reusePort bool, accept AcceptMode) *
 // a reuseport group. With 800 connections over 4 loops each loop's share is
 // 200 ± 12 (one standard deviation), so ±25% is four deviations.
 func TestDistributionReusePort(t *testing.T) {
-	if !reusePortBalances {
+	if !sock.ReusePortBalances {
 		t.Skip("this kernel does not balance SO_REUSEPORT groups")
 	}
 	const conns, count = 800, 4

@@ -14,6 +14,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/seed358e4494/herd/internal/sock"
 )
 
 // ListenFiles is Listen over sockets the process holds already. It serves
@@ -47,18 +49,18 @@ func adopt(ep endpoint, files []*os.File) (fds []int, used []*os.File, err error
 				nfd = -1
 				return
 			}
-			nfd, dupErr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+			nfd, dupErr = sock.Dup(int(fd))
 		})
 		if nfd < 0 {
 			continue
 		}
 		if dupErr == nil {
-			dupErr = unix.SetNonblock(nfd, true)
+			dupErr = sock.SetNonblock(nfd)
 		}
 		if dupErr != nil {
 			for _, fd := range append(fds, nfd) {
 				if fd >= 0 {
-					unix.Close(fd)
+					sock.Close(fd)
 				}
 			}
 			return nil, nil, fmt.Errorf("herd: take the socket %s for %s: %w", f.Name(), ep.network, dupErr)
@@ -75,21 +77,16 @@ func adopt(ep endpoint, files []*os.File) (fds []int, used []*os.File, err error
 // datagram socket for udp) and bound to ep's address, any port where ep's
 // is 0.
 func serves(ep endpoint, fd int) bool {
-	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
-	if err != nil {
+	sotype, listening, ok := sock.Kind(fd)
+	switch {
+	case !ok:
+		return false
+	case ep.network == "udp" && sotype != unix.SOCK_DGRAM:
+		return false
+	case ep.network != "udp" && (sotype != unix.SOCK_STREAM || !listening):
 		return false
 	}
-	if ep.network == "udp" {
-		if typ != unix.SOCK_DGRAM {
-			return false
-		}
-	} else if v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); typ != unix.SOCK_STREAM || err != nil || v != 1 {
-		return false
-	}
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		return false
-	}
+	sa := sock.Name(fd)
 	switch want := ep.sa.(type) {
 	case *unix.SockaddrInet4:
 		got, ok := sa.(*unix.SockaddrInet4)
@@ -144,7 +141,7 @@ func (w *Worker) Handover() (*Handover, error) {
 	}
 	h := &Handover{w: w}
 	for _, fd := range w.listeners {
-		nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+		nfd, err := sock.Dup(fd)
 		if err != nil {
 			h.closeFiles()
 			return nil, fmt.Errorf("herd: duplicate listener of %q: %w", w.Addr, err)

@@ -16,6 +16,8 @@ import (
 	"github.com/seed358e4494/herd/internal/bufpool"
 	"github.com/seed358e4494/herd/internal/poll"
 	"github.com/seed358e4494/herd/protocol"
+
+	"github.com/seed358e4494/herd/internal/sock"
 )
 
 // serve handles one readiness event of a connection.
@@ -109,10 +111,7 @@ func (l *Loop) read(c *Conn, failed, peerEnd bool) {
 		// hang-up waits as it would have, however much the kernel holds,
 		// unless the socket failed. Resuming re-arms it, and the poller
 		// reports the hang-up again.
-		if v, err := unix.GetsockoptInt(int(c.fd), unix.SOL_SOCKET, unix.SO_ERROR); err != nil || v != 0 {
-			if err == nil {
-				err = unix.Errno(v)
-			}
+		if err := sock.PendingError(int(c.fd)); err != nil {
 			l.closeConn(c, err)
 		}
 		return
@@ -211,7 +210,7 @@ func (l *Loop) read(c *Conn, failed, peerEnd bool) {
 
 func readFd(fd int, b []byte) (int, error) {
 	for {
-		n, err := sysRead(fd, b)
+		n, err := sock.Read(fd, b)
 		if err == unix.EINTR {
 			continue
 		}

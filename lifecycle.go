@@ -16,6 +16,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/seed358e4494/herd/internal/bufpool"
+
+	"github.com/seed358e4494/herd/internal/sock"
 )
 
 // queueEmpty reports whether the send queue is empty.
@@ -34,22 +36,22 @@ func (c *Conn) receiving() bool {
 }
 
 // adopt takes a connection the loop's own listener accepted.
-func (l *Loop) adopt(fd int, peer *peerAddr) {
+func (l *Loop) adopt(fd int, peer *sock.Peer) {
 	l.active.Add(1)
 	l.register(fd, peer)
 }
 
 // register adopts an accepted connection; its MaxConns slot and active
 // count are already taken.
-func (l *Loop) register(fd int, peer *peerAddr) {
-	if l.w.ep.network == "tcp" && !nodelayInherited {
-		setNoDelay(fd)
+func (l *Loop) register(fd int, peer *sock.Peer) {
+	if l.w.ep.network == "tcp" && !sock.NodelayInherited {
+		sock.SetNoDelay(fd)
 	}
 	if err := l.poller.Add(fd, true); err != nil {
 		l.w.logger().Warn("herd: register connection", "loop", l.index, "err", err)
 		l.active.Add(-1)
 		l.w.conns.Add(-1)
-		unix.Close(fd)
+		sock.Close(fd)
 		return
 	}
 	c := &Conn{id: l.w.nextID.Add(1), fd: int32(fd), peer: *peer, readOn: true, lastActive: l.now.UnixNano()}
@@ -84,7 +86,7 @@ func (l *Loop) queueEmptied(c *Conn) {
 	switch {
 	case c.flags.Load()&flagPeerEnded != 0:
 		l.closeConn(c, nil) // nothing more can arrive: no reset to fear
-	case c.flags.Load()&flagNoWait != 0 && (c.drainedTurn == l.turn || unreadBytes(int(c.fd)) == 0):
+	case c.flags.Load()&flagNoWait != 0 && (c.drainedTurn == l.turn || sock.UnreadBytes(int(c.fd)) == 0):
 		// The peer is done by its protocol, and nothing is unread: a read
 		// emptied the socket moments ago, in this turn, or the kernel says
 		// so.
@@ -159,7 +161,7 @@ func (l *Loop) closeConn(c *Conn, err error) {
 	}
 	// Every write happens under c.mu with the state open, so no other
 	// goroutine can be using the descriptor now.
-	sysClose(int(c.fd))
+	sock.Close(int(c.fd))
 	if c.lingerListed {
 		l.unlinkLinger(c)
 	}
@@ -324,7 +326,7 @@ func (l *Loop) beginClose(c *Conn) {
 func (l *Loop) linger(c *Conn) {
 	c.mu.Lock()
 	c.state.Store(connLingering)
-	err := shutWrite(int(c.fd))
+	err := sock.ShutWrite(int(c.fd))
 	c.updateInterestLocked()
 	c.mu.Unlock()
 	if err != nil {
@@ -396,7 +398,7 @@ func (l *Loop) sweepLinger() {
 		var u int
 		switch c.state.Load() {
 		case connLingering:
-			u = unsentBytes(int(c.fd)) // the kernel's, once our queue is written
+			u = sock.UnsentBytes(int(c.fd)) // the kernel's, once our queue is written
 		case connClosing:
 			if u = c.SendQueueBytes(); u == 0 {
 				l.queueEmptied(c)

@@ -26,6 +26,8 @@ import (
 
 	"github.com/seed358e4494/herd/internal/soak"
 	"github.com/seed358e4494/herd/protocol"
+
+	"github.com/seed358e4494/herd/internal/sock"
 )
 
 func countFDs(t testing.TB) int {
@@ -382,7 +384,7 @@ func TestUnixSocketFiles(t *testing.T) {
 // connections); with JoinReusePort set on both, both serve. A port whose
 // listener has gone, leaving connections in TIME_WAIT, is free again.
 func TestReusePortOwner(t *testing.T) {
-	if !reusePortBalances {
+	if !sock.ReusePortBalances {
 		t.Skip("ReusePort falls back to shared accept here")
 	}
 	start := func(addr string, join bool) (*Worker, *running) {

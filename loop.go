@@ -17,9 +17,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/seed358e4494/herd/internal/poll"
+
+	"github.com/seed358e4494/herd/internal/sock"
 )
 
 // readBufferSize is the per-loop buffer every read lands in first.
@@ -114,7 +114,7 @@ type task struct {
 	force bool
 	fd    int
 	c     *Conn
-	peer  peerAddr
+	peer  sock.Peer
 	err   error
 	f     func()
 }
@@ -218,8 +218,8 @@ func (l *Loop) run() {
 	if l.w.LockOSThread {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
-		tid := threadID()
-		l.switchBase = threadSwitches(tid)
+		tid := sock.ThreadID()
+		l.switchBase = sock.ThreadSwitches(tid)
 		l.tid.Store(int64(tid)) // publishes switchBase
 		defer func() {
 			// The thread outlives the loop: keep its count from this loop only.
@@ -296,7 +296,7 @@ func (l *Loop) endTasks(rest []task) {
 		case t.kind == taskConn:
 			l.active.Add(-1)
 			l.w.conns.Add(-1)
-			unix.Close(t.fd)
+			sock.Close(t.fd)
 		case t.kind == taskMoved:
 			// Handed over as the worker stopped, too late to be served.
 			l.moveIn(t.c)
@@ -388,7 +388,7 @@ func (l *Loop) runTasks() {
 			if l.draining {
 				l.active.Add(-1)
 				l.w.conns.Add(-1)
-				unix.Close(t.fd)
+				sock.Close(t.fd)
 			} else {
 				l.register(t.fd, &t.peer)
 			}

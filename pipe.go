@@ -6,7 +6,7 @@ import (
 	"errors"
 	"sync/atomic"
 
-	"golang.org/x/sys/unix"
+	"github.com/seed358e4494/herd/internal/sock"
 )
 
 // PipeOptions are Pipe's optional settings.
@@ -306,7 +306,7 @@ func (c *Conn) reset() {
 func (c *Conn) resetOnClose() {
 	c.mu.Lock()
 	if c.state.Load() != connClosed && c.fd >= 0 {
-		unix.SetsockoptLinger(int(c.fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+		sock.ResetOnClose(int(c.fd), true)
 	}
 	c.mu.Unlock()
 }
@@ -315,7 +315,7 @@ func (c *Conn) resetOnClose() {
 func (c *Conn) lingerOn() {
 	c.mu.Lock()
 	if c.state.Load() != connClosed && c.fd >= 0 {
-		unix.SetsockoptLinger(int(c.fd), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{})
+		sock.ResetOnClose(int(c.fd), false)
 	}
 	c.mu.Unlock()
 }

@@ -8,6 +8,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/seed358e4494/herd/internal/bufpool"
+
+	"github.com/seed358e4494/herd/internal/sock"
 )
 
 // sendQueue is what a connection still has to write: a list of buffers,
@@ -73,7 +75,7 @@ func (q *sendQueue) pushOwned(b []byte) {
 }
 
 // maxIovecs bounds the buffers one writev takes.
-const maxIovecs = 64
+const maxIovecs = sock.MaxIovecs
 
 // maxFlush bounds what one writable event writes of one connection, so a
 // fast reader of a large queue does not keep its loop from the others: the
@@ -99,7 +101,7 @@ func (q *sendQueue) writeTo(fd int) (int, error) {
 			vec[k] = b
 			k++
 		}
-		n, err := writeVec(fd, vec[:k])
+		n, err := sock.Writev(fd, vec[:k])
 		if n > 0 {
 			written += n
 			q.consume(n)

@@ -18,7 +18,8 @@ import (
 	"time"
 
 	"github.com/seed358e4494/herd/internal/poll"
-	"golang.org/x/sys/unix"
+
+	"github.com/seed358e4494/herd/internal/sock"
 )
 
 // Errors returned by Scale.
@@ -169,7 +170,7 @@ func (w *Worker) steerAtStart() {
 	if w.mode != acceptReusePort || w.ep.network != "tcp" || w.JoinReusePort {
 		return // udp:// keeps the kernel's hash: a sender's datagrams stay on one loop
 	}
-	if err := steerGroup(w.listeners[0], len(w.loops)); err != nil {
+	if err := sock.SteerGroup(w.listeners[0], len(w.loops)); err != nil {
 		w.logger().Info("herd: cannot steer the SO_REUSEPORT group; after Scale a loop holding several sockets takes a larger share", "err", err)
 		return
 	}
@@ -185,7 +186,7 @@ func (w *Worker) resteer() {
 	if !w.sc.steered || !w.servingLocked() {
 		return
 	}
-	if err := steerGroup(w.listeners[0], len(w.loops)); err != nil {
+	if err := sock.SteerGroup(w.listeners[0], len(w.loops)); err != nil {
 		w.logger().Warn("herd: steering the SO_REUSEPORT group again after a failed upgrade", "err", err)
 	}
 }
@@ -211,7 +212,7 @@ func (w *Worker) shrink(ctx context.Context, n int) error {
 	if w.sc.steered {
 		// First, so that the sockets of the loops that leave get nothing
 		// new; what waits in them goes with them to the heirs.
-		if err := steerGroup(w.listeners[0], n); err != nil {
+		if err := sock.SteerGroup(w.listeners[0], n); err != nil {
 			w.mu.Unlock()
 			return fmt.Errorf("herd: scale to %d: %w", n, err)
 		}
@@ -336,7 +337,7 @@ func (w *Worker) grow(n int) error {
 		// keep their place in the group (the kernel fills a gap with the
 		// last one).
 		for i := len(made) - 1; i >= 0; i-- {
-			unix.Close(made[i])
+			sock.Close(made[i])
 		}
 		for _, h := range taken {
 			h.from.giveBack(h.fd)
@@ -374,7 +375,7 @@ func (w *Worker) grow(n int) error {
 				fd, spare = spare[0], spare[1:]
 			default:
 				var err error
-				if fd, err = listen(w.ep, true); err != nil {
+				if fd, err = sock.Listen(w.ep.bind(), true); err != nil {
 					return undo(err)
 				}
 				made = append(made, fd)
@@ -406,7 +407,7 @@ func (w *Worker) grow(n int) error {
 	if steered {
 		// Last: from now on the new sockets get connections, and the
 		// loops that watch them are about to run.
-		if err := steerGroup(listeners[0], n); err != nil {
+		if err := sock.SteerGroup(listeners[0], n); err != nil {
 			return undo(err)
 		}
 	}
@@ -647,7 +648,7 @@ func (l *Loop) forward(t *task) bool {
 		if !h.post(*t) {
 			h.active.Add(-1)
 			l.w.conns.Add(-1)
-			unix.Close(t.fd)
+			sock.Close(t.fd)
 		}
 		return true
 	}

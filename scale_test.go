@@ -21,6 +21,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/seed358e4494/herd/internal/soak"
+
+	"github.com/seed358e4494/herd/internal/sock"
 )
 
 // migrateReq is the kernel's net.ipv4.tcp_migrate_req ("" where it has
@@ -339,17 +341,17 @@ func naiveReusePortClose(t *testing.T, n int) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := listen(ep, true)
+	a, err := sock.Listen(ep.bind(), true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Close(a)
-	ep.sa, _ = boundSockaddr(a)
-	b, err := listen(ep, true)
+	defer sock.Close(a)
+	ep.sa, _ = sock.Bound(a)
+	b, err := sock.Listen(ep.bind(), true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := sockaddrString(ep.sa)
+	addr := sock.String(ep.sa)
 	conns := make([]net.Conn, n)
 	for i := range conns {
 		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
@@ -359,7 +361,7 @@ func naiveReusePortClose(t *testing.T, n int) int {
 		defer c.Close()
 		conns[i] = c
 	}
-	unix.Close(b)
+	sock.Close(b)
 	// Accept what is left in the other listener, and echo nothing: a
 	// connection reset by the close reads ECONNRESET, one still queued
 	// times out.
@@ -852,7 +854,7 @@ func TestScaleGrowPortZero(t *testing.T) {
 	w.mu.Lock()
 	var ports []int
 	for _, fd := range w.listeners {
-		sa, err := boundSockaddr(fd)
+		sa, err := sock.Bound(fd)
 		if err != nil {
 			w.mu.Unlock()
 			t.Fatal(err)

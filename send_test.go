@@ -27,6 +27,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/seed358e4494/herd/internal/soak"
+
+	"github.com/seed358e4494/herd/internal/sock"
 )
 
 // slowRead reads exactly len(want) bytes at about rate bytes per second
@@ -1006,8 +1008,8 @@ func TestSendQueueOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Close(fds[0])
-	defer unix.Close(fds[1])
+	defer sock.Close(fds[0])
+	defer sock.Close(fds[1])
 	unix.SetNonblock(fds[0], true)
 	unix.SetsockoptInt(fds[0], unix.SOL_SOCKET, unix.SO_SNDBUF, 4096)
 

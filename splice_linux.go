@@ -15,8 +15,10 @@ package herd
 import (
 	"errors"
 
-	"github.com/seed358e4494/herd/internal/poll"
 	"golang.org/x/sys/unix"
+
+	"github.com/seed358e4494/herd/internal/poll"
+	"github.com/seed358e4494/herd/internal/sock"
 )
 
 const spliceSupported = true
@@ -53,12 +55,11 @@ func (l *Loop) takePipe() (*kernelPipe, error) {
 		l.pipes = l.pipes[:k-1]
 		return kp, nil
 	}
-	var p [2]int
-	if err := unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+	r, w, err := sock.Pipe(pipeSize)
+	if err != nil {
 		return nil, err
 	}
-	unix.FcntlInt(uintptr(p[1]), unix.F_SETPIPE_SZ, pipeSize)
-	return &kernelPipe{r: p[0], w: p[1]}, nil
+	return &kernelPipe{r: r, w: w}, nil
 }
 
 // putPipe keeps an empty pipe for reuse, or closes it; on the loop.
@@ -71,8 +72,8 @@ func (l *Loop) putPipe(kp *kernelPipe) {
 }
 
 func (kp *kernelPipe) close() {
-	unix.Close(kp.r)
-	unix.Close(kp.w)
+	sock.Close(kp.r)
+	sock.Close(kp.w)
 }
 
 // closePipes closes the loop's pool when it exits.
@@ -83,21 +84,12 @@ func (l *Loop) closePipes() {
 	l.pipes = nil
 }
 
-func splice(from, to, n int) (int, error) {
-	for {
-		m, err := unix.Splice(from, nil, to, nil, n, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
-		if err != unix.EINTR {
-			return int(m), err
-		}
-	}
-}
-
 // writeTo splices what the pipe holds to fd, until the socket takes no
 // more; under the connection's mu, as writes are.
 func (kp *kernelPipe) writeTo(fd int) (int, error) {
 	done := 0
 	for kp.n > 0 {
-		m, err := splice(kp.r, fd, kp.n)
+		m, err := sock.Splice(kp.r, fd, kp.n)
 		if m > 0 {
 			kp.n -= m
 			done += m
@@ -138,7 +130,7 @@ func (l *Loop) spliceRead(src *Conn, e *pipeEnd) bool {
 		dst.mu.Unlock()
 		return false // src should be paused until the pipe drains
 	}
-	n, err := splice(int(src.fd), kp.w, spliceChunk)
+	n, err := sock.Splice(int(src.fd), kp.w, spliceChunk)
 	if n <= 0 {
 		dst.mu.Unlock()
 		switch {

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/seed358e4494/herd/internal/sock"
 )
 
 // Stats is a snapshot of a worker's counters (Workerman's `status`).
@@ -313,5 +315,5 @@ func (l *Loop) threadSwitches() uint64 {
 	if tid == 0 {
 		return l.switchFinal.Load()
 	}
-	return threadSwitches(int(tid)) - l.switchBase
+	return sock.ThreadSwitches(int(tid)) - l.switchBase
 }

@@ -20,9 +20,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/seed358e4494/herd/protocol"
+
+	"github.com/seed358e4494/herd/internal/sock"
 )
 
 // Errors reported by a Worker. Test for them with errors.Is.
@@ -306,7 +306,7 @@ func (w *Worker) listen(files []*os.File) ([]*os.File, error) {
 	if len(w.listeners) > 0 {
 		w.inheritedListeners = true
 		if w.mode == acceptReusePort {
-			if v, err := unix.GetsockoptInt(w.listeners[0], unix.SOL_SOCKET, soReusePort); err != nil || v == 0 {
+			if !sock.InReusePortGroup(w.listeners[0]) {
 				// No group to join (a socket systemd made without
 				// ReusePort=yes): all loops share it.
 				w.logger().Info("herd: the inherited socket is not in a SO_REUSEPORT group; using shared accept", "addr", w.Addr)
@@ -319,11 +319,11 @@ func (w *Worker) listen(files []*os.File) ([]*os.File, error) {
 			// group's, and their queues go with them.
 			w.logger().Warn("herd: inherited more listeners than this listen mode uses; closing the rest", "addr", w.Addr, "inherited", len(w.listeners))
 			for _, fd := range w.listeners[1:] {
-				unix.Close(fd)
+				sock.Close(fd)
 			}
 			w.listeners = w.listeners[:1]
 		}
-		sa, err := boundSockaddr(w.listeners[0])
+		sa, err := sock.Bound(w.listeners[0])
 		if err != nil {
 			w.closeListeners()
 			return nil, err
@@ -331,12 +331,12 @@ func (w *Worker) listen(files []*os.File) ([]*os.File, error) {
 		ep.sa = sa
 	}
 	if len(w.listeners) == 0 && w.mode == acceptReusePort && !w.JoinReusePort {
-		if err := probeOwner(ep); err != nil {
+		if err := sock.ProbeOwner(ep.bind()); err != nil {
 			return nil, err
 		}
 	}
 	for i := len(w.listeners); i < n; i++ {
-		fd, err := listen(ep, w.mode == acceptReusePort)
+		fd, err := sock.Listen(ep.bind(), w.mode == acceptReusePort)
 		if err != nil {
 			w.closeListeners()
 			return nil, err
@@ -345,7 +345,7 @@ func (w *Worker) listen(files []*os.File) ([]*os.File, error) {
 		if i == 0 && ep.network != "unix" {
 			// Port 0: the other members of the group bind the port the
 			// first one got.
-			sa, err := boundSockaddr(fd)
+			sa, err := sock.Bound(fd)
 			if err != nil {
 				w.closeListeners()
 				return nil, err
@@ -431,7 +431,7 @@ func (w *Worker) configure() error {
 		}
 		// A socket per loop, the kernel choosing a datagram's loop by
 		// its addresses; one shared socket where groups are not balanced.
-		if reusePortBalances {
+		if sock.ReusePortBalances {
 			w.mode = acceptReusePort
 		}
 		w.exclusive = w.mode == AcceptShared
@@ -443,7 +443,7 @@ func (w *Worker) configure() error {
 		switch {
 		case ep.network != "tcp":
 			w.log.Info("herd: ReusePort does not apply to unix sockets; using shared accept")
-		case !reusePortBalances:
+		case !sock.ReusePortBalances:
 			w.log.Info("herd: this kernel does not balance SO_REUSEPORT groups; using shared accept", "os", runtime.GOOS)
 		default:
 			w.mode = acceptReusePort
@@ -475,21 +475,21 @@ func (w *Worker) listenAddrLocked() Addr {
 	if len(w.listeners) == 0 {
 		return nil
 	}
-	sa, err := boundSockaddr(w.listeners[0])
+	sa, err := sock.Bound(w.listeners[0])
 	if err != nil {
 		return nil
 	}
 	if w.ep.network == "udp" {
-		return udpAddr(peerFromSockaddr(sa))
+		return udpAddr(sock.PeerFromSockaddr(sa))
 	}
-	return netAddr(sa)
+	return sock.NetAddr(sa)
 }
 
 // closeListeners closes the listening sockets (once) and removes the unix
 // socket file this worker created. Called with w.mu held.
 func (w *Worker) closeListeners() {
 	for _, fd := range w.listeners {
-		unix.Close(fd)
+		sock.Close(fd)
 	}
 	w.listeners = nil
 	if w.boundPath && !w.handedOver {

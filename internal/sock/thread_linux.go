@@ -1,4 +1,4 @@
-package herd
+package sock
 
 import (
 	"bytes"
@@ -8,10 +8,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func threadID() int { return unix.Gettid() }
+// ThreadID is the calling thread's ID (the loop's, locked to it).
+func ThreadID() int { return unix.Gettid() }
 
-// threadSwitches reads a thread's voluntary context switches from /proc.
-func threadSwitches(tid int) uint64 {
+// ThreadSwitches reads a thread's voluntary context switches from /proc.
+func ThreadSwitches(tid int) uint64 {
 	if tid == 0 {
 		return 0
 	}
