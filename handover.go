@@ -21,11 +21,18 @@ import (
 // ListenFiles is Listen over sockets the process holds already. It serves
 // those of files that are listening stream sockets (datagram sockets for
 // udp://) bound to the worker's address, any port when Addr's port is 0,
-// instead of binding anew, and returns them; the others it leaves alone.
-// Where none is bound there, it binds as Listen does. It serves duplicates:
-// files stay the caller's to close. A ReusePort worker given one socket
-// that is not in a SO_REUSEPORT group (systemd without ReusePort=yes)
-// accepts from it on all its loops.
+// instead of binding anew, and returns the files it serves; the others it
+// leaves alone. Where none is bound there, it binds as Listen does. It
+// serves duplicates: files stay the caller's to close, and a unix
+// socket's file stays in place when the worker stops (its owner removes
+// it; a later bind replaces a file nobody listens on). A ReusePort worker
+// given one socket that is not in a SO_REUSEPORT group (systemd without
+// ReusePort=yes) accepts from it on all its loops; in the other listen
+// modes a worker serves one socket, the first that matches.
+//
+// Addresses match exactly: a worker on tcp://0.0.0.0:8080 does not take
+// a socket bound to [::]:8080 (systemd's default for ListenStream=8080);
+// name the same address in both.
 //
 // With systemd's socket activation, pass the files it gives (descriptors
 // 3 and up, LISTEN_FDS of them, coreos/go-systemd's activation.Files).
@@ -40,19 +47,16 @@ func adopt(ep endpoint, files []*os.File) (fds []int, used []*os.File, err error
 	for _, f := range files {
 		raw, err := f.SyscallConn()
 		if err != nil {
-			continue // not a socket
-		}
-		var nfd int
-		var dupErr error
-		raw.Control(func(fd uintptr) {
-			if !serves(ep, int(fd)) {
-				nfd = -1
-				return
-			}
-			nfd, dupErr = sock.Dup(int(fd))
-		})
-		if nfd < 0 {
 			continue
+		}
+		nfd := -1
+		var dupErr error
+		if raw.Control(func(fd uintptr) {
+			if serves(ep, int(fd)) {
+				nfd, dupErr = sock.Dup(int(fd))
+			}
+		}) != nil || (nfd < 0 && dupErr == nil) {
+			continue // closed, or not a socket ep can serve
 		}
 		if dupErr == nil {
 			dupErr = sock.SetNonblock(nfd)

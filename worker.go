@@ -237,7 +237,7 @@ type Worker struct {
 	hs                       *handshaker
 	hsInput                  atomic.Int64 // bytes TLS connections hold unread during their handshakes
 	count                    int          // loops, Count resolved
-	boundPath                bool         // this worker owns the unix socket file: it removes it at the end
+	boundPath                bool         // this worker bound the unix socket file: it removes it at the end
 	inheritedListeners       bool         // Listen took sockets handed over (upgrade, systemd)
 	handedOver               bool         // the listeners went to an upgrade's child, which owns the socket file now
 	lent                     bool         // a Handover is open: Scale waits for its end
@@ -321,7 +321,7 @@ func (w *Worker) listen(files []*os.File) ([]*os.File, error) {
 			for _, fd := range w.listeners[1:] {
 				sock.Close(fd)
 			}
-			w.listeners = w.listeners[:1]
+			w.listeners, used = w.listeners[:1], used[:1]
 		}
 		sa, err := sock.Bound(w.listeners[0])
 		if err != nil {
@@ -355,7 +355,7 @@ func (w *Worker) listen(files []*os.File) ([]*os.File, error) {
 	}
 	w.ep = ep // with the port bound: Scale's new sockets join this group, not a new port
 	w.state = stateListening
-	w.boundPath = ep.path != ""
+	w.boundPath = ep.path != "" && !w.inheritedListeners // an inherited socket's file is its owner's
 	w.logger().Info("herd: listening", "addr", w.listenAddrLocked(), "loops", w.count, "mode", w.mode.String(), "inherited", w.inheritedListeners)
 	return used, nil
 }

@@ -36,6 +36,7 @@ import (
 
 	"github.com/seed358e4494/herd"
 	"github.com/seed358e4494/herd/internal/service"
+	"github.com/seed358e4494/herd/internal/sock"
 )
 
 // Signal starts an upgrade (Process.Upgrade); systemd's
@@ -53,6 +54,8 @@ var (
 	// ErrNotServing is returned by Upgrade before Run has bound every
 	// worker, or once the process is stopping or has been upgraded.
 	ErrNotServing = errors.New("upgrade: the process is not serving")
+	// ErrRunning is returned by a second Run of a Process.
+	ErrRunning = errors.New("upgrade: the Process runs already")
 )
 
 // Environment of an upgrade's new process. Run removes both once read, so
@@ -110,10 +113,12 @@ type Process struct {
 	readyFD    int // the readiness pipe of an upgrade's new process, else -1
 
 	mu        sync.Mutex
+	started   bool               // Run was called
 	serving   bool               // every worker is bound and runs
 	upgrading atomic.Bool        // one upgrade at a time
 	upgraded  chan struct{}      // closed once a new process took over
 	stop      context.CancelFunc // ends RunAll's context: the graceful stop
+	abort     context.CancelFunc // ends the upgrade under way, if one is
 }
 
 // Run runs the workers as a Process with the zero configuration does.
@@ -140,13 +145,14 @@ func (p *Process) Run(ctx context.Context) error {
 	defer stop()
 	upgraded := make(chan struct{})
 	p.mu.Lock()
-	p.stop, p.upgraded = stop, upgraded
+	if p.started {
+		p.mu.Unlock()
+		return ErrRunning
+	}
+	p.started, p.stop, p.upgraded = true, stop, upgraded
 	p.mu.Unlock()
 
 	if err := p.Listen(); err != nil {
-		for _, w := range p.Workers {
-			w.Shutdown(context.Background())
-		}
 		return err
 	}
 	hup := make(chan os.Signal, 1)
@@ -180,11 +186,17 @@ func (p *Process) Run(ctx context.Context) error {
 				return service.Notify("READY=1")
 			}
 			err := reportReady(p.readyFD)
+			p.readyFD = -1
 			watchSignal(hup)
 			return err
 		},
 		Stopping: func() error {
-			p.setServing(false) // no upgrade of a process that stops
+			p.mu.Lock()
+			p.serving = false // no upgrade of a process that stops
+			if p.abort != nil {
+				p.abort() // an upgrade under way ends: its new process is killed
+			}
+			p.mu.Unlock()
 			select {
 			case <-upgraded:
 				return nil // not the main process any more: the new one speaks
@@ -209,7 +221,8 @@ func (p *Process) setServing(v bool) {
 type inheritance struct {
 	byKey   map[string][]*os.File
 	systemd []*os.File
-	readyFD int // -1: not an upgrade's new process
+	readyFD int     // -1: not an upgrade's new process
+	errs    []error // in what the parent handed over
 }
 
 // takeEnv reads the inheritance from the environment and removes the
@@ -217,20 +230,30 @@ type inheritance struct {
 // process only.
 func takeEnv() inheritance {
 	in := inheritance{byKey: map[string][]*os.File{}, readyFD: -1}
-	if v := os.Getenv(envListeners); v != "" {
-		var m map[string][]int
-		if json.Unmarshal([]byte(v), &m) == nil {
-			for k, fds := range m {
-				for _, fd := range fds {
-					unix.CloseOnExec(fd)
-					in.byKey[k] = append(in.byKey[k], os.NewFile(uintptr(fd), "herd inherited listener"))
-				}
-			}
-		}
-	}
+	// The handed-over sockets count only with the readiness pipe: both
+	// come from an upgrade's old process, and a stray variable alone must
+	// not make this process take (and close) descriptors it does not own.
 	if fd, err := strconv.Atoi(os.Getenv(envReady)); err == nil && fd > 2 {
 		unix.CloseOnExec(fd) // for this process only, until it is ready
 		in.readyFD = fd
+	}
+	if v := os.Getenv(envListeners); v != "" && in.readyFD > 0 {
+		var m map[string][]int
+		if err := json.Unmarshal([]byte(v), &m); err != nil {
+			in.errs = append(in.errs, fmt.Errorf("cannot read the sockets handed over: %w", err))
+		}
+		seen := map[int]bool{in.readyFD: true}
+		for k, fds := range m {
+			for _, fd := range fds {
+				if _, _, isSocket := sock.Kind(fd); fd <= 2 || seen[fd] || !isSocket {
+					in.errs = append(in.errs, fmt.Errorf("descriptor %d handed over for %q is not a socket of its own: left alone", fd, k))
+					continue
+				}
+				seen[fd] = true
+				unix.CloseOnExec(fd)
+				in.byKey[k] = append(in.byKey[k], os.NewFile(uintptr(fd), "herd inherited listener"))
+			}
+		}
 	}
 	os.Unsetenv(envListeners)
 	os.Unsetenv(envReady)
@@ -253,7 +276,9 @@ func key(w *herd.Worker) string { return w.Name + "\x00" + w.Addr }
 // calls it when it has not been called). Call it instead of the workers'
 // own Listen, which takes no inherited socket: a worker already listening
 // when a new process's Listen runs is an error, as the sockets its parent
-// handed over would go unserved.
+// handed over would go unserved. If a worker cannot listen, Listen shuts
+// them all down and returns why; it reads the environment once, and
+// returns the same result when called again.
 //
 // A worker gets the sockets the parent handed over under its Name and
 // Addr, else those systemd passed that are bound to its address, else new
@@ -264,7 +289,14 @@ func (p *Process) Listen() error {
 	p.listenOnce.Do(func() {
 		in := takeEnv()
 		p.readyFD = in.readyFD
-		p.listenErr = p.listen(in)
+		for _, err := range in.errs {
+			p.logger().Warn("herd: upgrade: "+err.Error(), "variable", envListeners)
+		}
+		if p.listenErr = p.listen(in); p.listenErr != nil {
+			for _, w := range p.Workers {
+				w.Shutdown(context.Background())
+			}
+		}
 	})
 	return p.listenErr
 }
@@ -365,44 +397,61 @@ func (p *Process) Upgrade(ctx context.Context) error {
 	if !p.upgrading.CompareAndSwap(false, true) {
 		return ErrInProgress
 	}
-	p.logNotify(service.Notify(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", service.MonotonicMicros())))
 	ctx, cancel := context.WithTimeout(ctx, p.readyTimeout())
 	defer cancel()
+	p.mu.Lock()
+	if !p.serving { // the stop began meanwhile
+		p.mu.Unlock()
+		p.upgrading.Store(false)
+		return ErrNotServing
+	}
+	p.abort = cancel // a stop that begins now ends the upgrade
+	p.mu.Unlock()
+	p.logNotify(service.Notify(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", service.MonotonicMicros())))
 	var handovers []*herd.Handover
-	pid, err := p.startChild(ctx, &handovers)
+	child, err := p.startChild(ctx, &handovers)
+	p.mu.Lock()
+	defer p.mu.Unlock() // a stop waits until the upgrade is committed or undone
+	p.abort = nil
+	if err == nil && !p.serving {
+		// Ready as the stop began: the stop wins, and the new process,
+		// never announced, goes.
+		child.Kill()
+		<-child.exited
+		err = fmt.Errorf("herd: upgrade: the process began to stop as its new process %d became ready; killed it: %w", child.Pid, ErrNotServing)
+	}
 	if err != nil {
 		for _, h := range handovers {
 			h.Rollback()
 		}
-		p.logNotify(service.Notify("READY=1")) // the reload is over: this process serves on
+		if p.serving {
+			p.logNotify(service.Notify("READY=1")) // the reload is over: this process serves on
+		}
 		p.upgrading.Store(false)
 		return err
 	}
-	p.logNotify(service.Notify(fmt.Sprintf("MAINPID=%d\nREADY=1", pid)))
+	p.logNotify(service.Notify(fmt.Sprintf("MAINPID=%d\nREADY=1", child.Pid)))
 	for _, h := range handovers {
 		h.Commit()
 	}
-	p.logger().Info("herd: upgrade: the new process is ready and this one accepts no more", "pid", pid, "grace", p.UpgradeGrace)
+	p.logger().Info("herd: upgrade: the new process is ready and this one accepts no more", "pid", child.Pid, "grace", p.UpgradeGrace)
 	close(upgraded) // upgrading stays set: there is no second upgrade of this process
 	go func() {
 		time.Sleep(p.UpgradeGrace)
-		p.mu.Lock()
-		stop := p.stop
-		p.mu.Unlock()
-		stop()
+		p.stop()
 	}()
 	return nil
 }
 
 // startChild starts the new process with the listening sockets and waits
-// until it is ready. It returns the child's PID. The workers' handovers
-// are appended to *handovers as they are made.
-func (p *Process) startChild(ctx context.Context, handovers *[]*herd.Handover) (int, error) {
+// until it is ready. The workers' handovers are appended to *handovers as
+// they are made.
+func (p *Process) startChild(ctx context.Context, handovers *[]*herd.Handover) (*child, error) {
 	exe := p.Executable
 	if exe == "" {
 		var err error
 		if exe, err = os.Executable(); err != nil {
-			return 0, fmt.Errorf("herd: upgrade: %w", err)
+			return nil, fmt.Errorf("herd: upgrade: %w", err)
 		}
 	}
 	args := p.Args
@@ -411,7 +460,7 @@ func (p *Process) startChild(ctx context.Context, handovers *[]*herd.Handover) (
 	}
 	ready, readyW, err := os.Pipe()
 	if err != nil {
-		return 0, fmt.Errorf("herd: upgrade: %w", err)
+		return nil, fmt.Errorf("herd: upgrade: %w", err)
 	}
 	defer ready.Close()
 	defer readyW.Close()
@@ -420,7 +469,7 @@ func (p *Process) startChild(ctx context.Context, handovers *[]*herd.Handover) (
 	for _, w := range p.Workers {
 		h, err := w.Handover()
 		if err != nil {
-			return 0, fmt.Errorf("herd: upgrade: %w", err)
+			return nil, fmt.Errorf("herd: upgrade: %w", err)
 		}
 		*handovers = append(*handovers, h)
 		for _, f := range h.Files {
@@ -435,7 +484,7 @@ func (p *Process) startChild(ctx context.Context, handovers *[]*herd.Handover) (
 	cmd.ExtraFiles = files
 	cmd.Env = append(childEnv(), envListeners+"="+string(listeners), envReady+"=3")
 	if err := startIgnoringSignal(cmd); err != nil {
-		return 0, fmt.Errorf("herd: upgrade: start %s: %w", exe, err)
+		return nil, fmt.Errorf("herd: upgrade: start %s: %w", exe, err)
 	}
 	readyW.Close() // the child holds the write end now: EOF if it dies
 	exited := make(chan error, 1)
@@ -458,22 +507,28 @@ func (p *Process) startChild(ctx context.Context, handovers *[]*herd.Handover) (
 	select {
 	case err := <-line:
 		if err == nil {
-			return pid, nil
+			return &child{cmd.Process, exited}, nil
 		}
 		// The pipe closed without a word: the child exited, or closed it.
 		select {
 		case err := <-exited:
-			return 0, fmt.Errorf("herd: upgrade: new process %d exited before it was ready: %v", pid, exitStatus(err))
+			return nil, fmt.Errorf("herd: upgrade: new process %d exited before it was ready: %v", pid, exitStatus(err))
 		case <-time.After(time.Second):
 			why = fmt.Errorf("herd: upgrade: new process %d closed its readiness pipe without a word (%v)", pid, err)
 		}
 	case err := <-exited:
-		return 0, fmt.Errorf("herd: upgrade: new process %d exited before it was ready: %v", pid, exitStatus(err))
+		return nil, fmt.Errorf("herd: upgrade: new process %d exited before it was ready: %v", pid, exitStatus(err))
 	case <-ctx.Done():
 		why = fmt.Errorf("herd: upgrade: new process %d not ready in time: %w", pid, ctx.Err())
 	}
 	cmd.Process.Kill()
-	return 0, fmt.Errorf("%w; killed: %v", why, exitStatus(<-exited))
+	return nil, fmt.Errorf("%w; killed: %v", why, exitStatus(<-exited))
+}
+
+// child is an upgrade's new process.
+type child struct {
+	*os.Process
+	exited <-chan error // its Wait's
 }
 
 // signals holds the channels of the running Processes for Signal.

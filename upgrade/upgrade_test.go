@@ -645,11 +645,204 @@ func TestListenedTooEarly(t *testing.T) {
 	}
 	handed, _ := json.Marshal(map[string][]int{key(early): {int(f.Fd())}})
 	t.Setenv(envListeners, string(handed))
+	pr, pw, _ := os.Pipe() // the readiness pipe, without which the sockets do not count
+	defer pr.Close()
+	defer pw.Close()
+	t.Setenv(envReady, fmt.Sprint(pw.Fd()))
 	err = (&Process{Workers: []*herd.Worker{other, early}}).Listen()
 	if err == nil || !strings.Contains(err.Error(), `worker "early"`) || !strings.Contains(err.Error(), "before Process.Listen") {
 		t.Fatalf("Listen: %v, want an error naming the worker that listened early", err)
 	}
 	if _, ok := os.LookupEnv(envListeners); ok {
 		t.Errorf("%s is still set after Listen read it", envListeners)
+	}
+}
+
+// TestFailedChildKeepsUnixSocket: an upgrade's new process that takes the
+// old one's unix socket and then fails (another worker cannot bind) leaves
+// the socket's file in place: the old process, rolled back, is reached
+// there. Before, the failing child removed it. The child runs in-process,
+// with the environment startChild gives it.
+func TestFailedChildKeepsUnixSocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "u.sock")
+	parent := &herd.Worker{Name: "u", Addr: "unix://" + path, Count: 1, OnMessage: echo, Logger: quietLogger()}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- parent.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, 5*time.Second, "parent loops", func() bool { return parent.Loops() != nil })
+
+	h, err := parent.Handover()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Rollback()
+	fd, _ := unix.Dup(int(h.Files[0].Fd())) // what the child inherits
+	busy, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer busy.Close()
+	env, _ := json.Marshal(map[string][]int{key(parent): {fd}})
+	t.Setenv(envListeners, string(env))
+	pr, pw, _ := os.Pipe() // the readiness pipe, without which the sockets do not count
+	defer pr.Close()
+	defer pw.Close()
+	t.Setenv(envReady, fmt.Sprint(pw.Fd()))
+
+	child := []*herd.Worker{
+		{Name: "u", Addr: parent.Addr, Count: 1, OnMessage: echo, Logger: quietLogger()},
+		{Name: "new", Addr: "text://" + busy.Addr().String(), Count: 1, OnMessage: echo, Logger: quietLogger()},
+	}
+	if err := (&Process{Workers: child}).Run(context.Background()); err == nil {
+		t.Fatal("the child's Run should fail (address in use)")
+	}
+	h.Rollback() // as Upgrade does when the child exits before it is ready
+	if c, err := net.DialTimeout("unix", path, time.Second); err != nil {
+		t.Errorf("after the failed upgrade the parent cannot be reached: %v", err)
+	} else {
+		c.Close()
+	}
+}
+
+// TestRunTwice: a second Run of a Process returns ErrRunning and touches
+// nothing. Before, it reported readiness again on the pipe descriptor the
+// first Run had closed (writing into and closing whatever file had that
+// number now), and marked the process not serving, so that Upgrade
+// refused for good while the first Run served.
+func TestRunTwice(t *testing.T) {
+	pr, pw, _ := os.Pipe()
+	defer pr.Close()
+	readyFD, _ := unix.Dup(int(pw.Fd()))
+	pw.Close()
+	t.Setenv(envReady, fmt.Sprint(readyFD))
+
+	w := &herd.Worker{Name: "twice", Addr: "text://127.0.0.1:0", Count: 1, OnMessage: echo, Logger: quietLogger()}
+	p := &Process{Workers: []*herd.Worker{w}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	if b, _ := io.ReadAll(pr); string(b) != "READY\n" {
+		t.Fatalf("first Run reported %q", b)
+	}
+	// The number is free again: whatever the process opens next may get
+	// it (here, typically, the worker's own epoll descriptor).
+	fdPath := fmt.Sprintf("/proc/self/fd/%d", readyFD)
+	var victim *os.File
+	if _, err := os.Readlink(fdPath); err != nil {
+		victim, _ = os.CreateTemp(t.TempDir(), "victim")
+		defer victim.Close()
+	}
+	before, _ := os.Readlink(fdPath)
+	if err := p.Run(context.Background()); !errors.Is(err, ErrRunning) {
+		t.Fatalf("second Run: %v, want ErrRunning", err)
+	}
+	if after, err := os.Readlink(fdPath); err != nil || after != before {
+		t.Errorf("the second Run closed descriptor %d (%s), which is not its pipe any more: now %q, %v", readyFD, before, after, err)
+	}
+	if victim != nil {
+		if b, _ := os.ReadFile(victim.Name()); len(b) != 0 {
+			t.Errorf("the second Run wrote %q into an unrelated file", b)
+		}
+	}
+	if err := shortConn(w.ListenAddr().String(), "still"); err != nil {
+		t.Errorf("the first Run's worker: %v", err)
+	}
+	p.mu.Lock()
+	serving := p.serving
+	p.mu.Unlock()
+	if !serving {
+		t.Error("the first Run still serves, yet the Process says it does not (Upgrade would refuse)")
+	}
+}
+
+// TestStrayListenersEnv: a HERD_LISTENERS that does not come with an
+// upgrade's readiness pipe (a stale or hand-set variable), or that names
+// descriptors that are not sockets, does not make Listen take or close
+// them: here a pipe of the program's (1 would be stdout).
+func TestStrayListenersEnv(t *testing.T) {
+	for _, withPipe := range []bool{false, true} {
+		t.Run(fmt.Sprint("readiness pipe ", withPipe), func(t *testing.T) {
+			pr, pw, _ := os.Pipe()
+			defer pr.Close()
+			defer pw.Close()
+			n, _ := unix.Dup(int(pw.Fd()))
+			defer unix.Close(n)
+			t.Setenv(envListeners, fmt.Sprintf(`{"nobody":[%d],"stdout":[1]}`, n))
+			if withPipe {
+				t.Setenv(envReady, fmt.Sprint(pw.Fd()))
+			}
+			w := &herd.Worker{Name: "stray", Addr: "text://127.0.0.1:0", Count: 1, OnMessage: echo, Logger: quietLogger()}
+			p := &Process{Workers: []*herd.Worker{w}}
+			if err := p.Listen(); err != nil {
+				t.Fatal(err)
+			}
+			defer w.Shutdown(context.Background())
+			for _, fd := range []int{n, 1} {
+				if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
+					t.Errorf("Process.Listen closed descriptor %d, which is not a socket handed over: %v", fd, err)
+				}
+			}
+		})
+	}
+}
+
+// TestStopDuringUpgrade: SIGTERM while a SIGHUP upgrade is under way ends
+// the upgrade: the new process is killed, never announced, and the old one
+// stops. Before, the new one became the service's main process (MAINPID,
+// READY=1 after STOPPING=1) and served on after the operator had asked
+// the service to stop.
+func TestStopDuringUpgrade(t *testing.T) {
+	execSelf(t)
+	guard := make(chan os.Signal, 4) // this test process never dies of its own signals
+	signal.Notify(guard, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(guard)
+	w := &herd.Worker{Name: "up", Addr: "text://127.0.0.1:0", Count: 2, ReusePort: true, OnMessage: echo,
+		StopTimeout: 5 * time.Second, Logger: quietLogger()}
+	if err := w.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	report := filepath.Join(t.TempDir(), "child")
+	t.Setenv(envTestChild, "serve")
+	t.Setenv("HERD_TEST_ADDR", w.Addr)
+	t.Setenv("HERD_TEST_REPORT", report)
+	p := &Process{Workers: []*herd.Worker{w}, Executable: os.Args[0], Args: []string{"-test.run=^$"},
+		ReadyTimeout: 5 * time.Second, UpgradeGrace: 100 * time.Millisecond}
+	runDone := make(chan error, 1)
+	go func() { runDone <- p.Run(context.Background()) }()
+	waitFor(t, 5*time.Second, "serving", func() bool { p.mu.Lock(); defer p.mu.Unlock(); return p.serving })
+	idle, err := net.Dial("tcp", w.ListenAddr().String()) // the graceful stop takes a while
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+
+	before := map[int]bool{}
+	for _, pid := range childPIDs() {
+		before[pid] = true
+	}
+	syscall.Kill(os.Getpid(), Signal)
+	waitFor(t, 5*time.Second, "upgrade started", p.upgrading.Load)
+	var started []int
+	waitFor(t, 5*time.Second, "the new process", func() bool {
+		for _, pid := range childPIDs() {
+			if !before[pid] {
+				started = append(started, pid)
+			}
+		}
+		return len(started) > 0
+	})
+	syscall.Kill(os.Getpid(), syscall.SIGTERM) // the operator stops the service
+	time.Sleep(2 * time.Second)                // the new process would be ready by now, within the old one's graceful stop
+	idle.Close()
+	select {
+	case <-runDone:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return")
+	}
+	for _, pid := range started {
+		if !gone(pid) {
+			t.Errorf("SIGTERM during the upgrade: the old process stopped, the new process %d serves on", pid)
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
 	}
 }
