@@ -112,6 +112,7 @@ func TestListenFiles(t *testing.T) {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	echoLine(t, c, bufio.NewReader(c), "served on the file's socket")
+	c.Close() // else the graceful stop waits for it
 	r.cancel()
 	r.wait(t)
 }
@@ -252,6 +253,7 @@ func TestHandover(t *testing.T) {
 	if _, err := old.Handover(); !errors.Is(err, ErrWorkerClosed) {
 		t.Errorf("a second Handover: %v, want ErrWorkerClosed", err)
 	}
+	held.Close() // else the graceful stop waits for it
 	next.cancel()
 	next.wait(t)
 	r.cancel()

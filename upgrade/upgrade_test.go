@@ -832,7 +832,7 @@ func TestStopDuringUpgrade(t *testing.T) {
 		return len(started) > 0
 	})
 	syscall.Kill(os.Getpid(), syscall.SIGTERM) // the operator stops the service
-	time.Sleep(2 * time.Second)                // the new process would be ready by now, within the old one's graceful stop
+	time.Sleep(time.Second)                    // the new process would be ready by now, within the old one's graceful stop
 	idle.Close()
 	select {
 	case <-runDone:
