@@ -217,8 +217,14 @@ func TestHandover(t *testing.T) {
 	before := accepted(old)
 	const n = 200
 	connect(n)
+	old.mu.Lock()
+	steered := old.sc.steered
+	old.mu.Unlock()
 	for i, after := range accepted(old) {
-		if got := after - before[i]; got < n/4 {
+		switch got := after - before[i]; {
+		case !steered:
+			t.Logf("no steering of the group here (qemu-user?): loop %d accepted %d of %d", i, got, n)
+		case got < n/4:
 			t.Errorf("rolled back: loop %d accepted %d of %d (%v before)", i, got, n, before)
 		}
 	}
