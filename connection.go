@@ -347,9 +347,8 @@ func (c *Conn) SendRaw(b []byte) SendResult {
 // if need be; while the queue is above the high mark (half of
 // MaxSendBufferSize, or of 1 MiB when unlimited) the connection is not
 // read, and input already read is not delivered, until it drains to an
-// eighth. Write does not wait: a producer on another goroutine should call
-// WaitWritable before each Write, so that it, and not the queue, waits for
-// a slow peer.
+// eighth. With WaitWritable first, a producer on another goroutine, and
+// not the queue, waits for a slow peer.
 //
 // Write returns len(b) and nil once b is written or queued, and 0 and
 // ErrConnClosed (nothing of b sent) once the connection is closing or
