@@ -644,16 +644,19 @@ func TestCloseFromGoroutineWhilePeerSends(t *testing.T) {
 // unsent bytes keep going down, not a fixed StopTimeout.
 func TestCloseLingerSlowReader(t *testing.T) {
 	t.Parallel()
-	// The reply takes about three linger timeouts to read; a stall of the
-	// client of over one (200 ms was seen on a loaded machine under -race)
-	// would end it.
+	// 4 MiB: more than the kernel's send buffer takes, so that the send
+	// queue is still being written when the linger is looked at. A reader
+	// frees a megabytes-deep socket buffer slowly: the queue may not move
+	// for longer than LingerTimeout while the kernel's does, and the
+	// connection was reset (the client saw EOF, its writer having taken
+	// the reset) after about 600 KB.
 	const size = 4 << 20
 	payload := offsetPayload(size)
 	w := &Worker{
 		Addr:              "text://127.0.0.1:0",
 		Count:             1,
 		MaxSendBufferSize: -1,
-		LingerTimeout:     400 * time.Millisecond,
+		LingerTimeout:     200 * time.Millisecond,
 		OnMessage: func(c *Conn, msg []byte) {
 			if string(msg) == "req" {
 				c.SendRaw(payload)

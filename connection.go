@@ -77,7 +77,7 @@ type Conn struct {
 
 	// Owned by the loop goroutine.
 	h          Handler // takes input and the close instead of the protocol, if set
-	in         []byte  // the start of a packet not yet complete
+	in         *[]byte // the start of a packet not yet complete, boxed (see pending); nil when there is none
 	lastActive int64   // loop clock (unix nanoseconds) of the last read or write progress
 	// The loop's list of lingering connections, in the order of lingerDue.
 	lingerPrev, lingerNext *Conn
@@ -124,6 +124,31 @@ type connRare struct {
 	waiter         *Conn         // paused until this queue is low again (Pipe; under mu)
 	piped          *Conn         // the other connection of its Pipe (under mu)
 	kp             *kernelPipe   // bytes spliced for this connection, not yet written (Pipe with Splice; under mu)
+}
+
+// pending is the start of a packet not yet complete; on the loop.
+func (c *Conn) pending() []byte {
+	if c.in == nil {
+		return nil
+	}
+	return *c.in
+}
+
+// setPending keeps b as the start of a packet not yet complete (nil for
+// none). The slice is boxed, so that an idle Conn holds 8 bytes for it,
+// not 24: Conn stays in the 176-byte allocation class.
+func (c *Conn) setPending(b []byte) {
+	switch {
+	case b == nil && c.in != nil:
+		bufpool.PutBox(c.in)
+		c.in = nil
+	case b == nil:
+	case c.in == nil:
+		c.in = bufpool.Box()
+		fallthrough
+	default:
+		*c.in = b
+	}
 }
 
 // rareLocked returns c.rare, allocating it; under mu.

@@ -225,7 +225,7 @@ func readFd(fd int, b []byte) (int, error) {
 // may be read again: what its protocol kept, and a TLS connection's
 // plaintext and ciphertext waiting in crypto/tls and its pipe.
 func (l *Loop) resumeInput(c *Conn) {
-	if len(c.in) > 0 && c.readable() {
+	if len(c.pending()) > 0 && c.readable() {
 		l.deliver(c, nil)
 	}
 	if t := c.tlsOf(); t != nil && c.flags.Load()&flagHandshaking == 0 {
@@ -263,9 +263,9 @@ func (l *Loop) deliverFramed(c *Conn, p protocol.Protocol, data []byte) {
 	}()
 	limit := l.w.maxPkg
 	buf := data
-	if len(c.in) > 0 {
-		c.in = bufpool.AppendInput(c.in, data, 0, limit)
-		buf = c.in
+	if in := c.pending(); len(in) > 0 {
+		buf = bufpool.AppendInput(in, data, 0, limit)
+		c.setPending(buf)
 	}
 	for len(buf) > 0 && c.readable() {
 		n, err := p.Input(buf)
@@ -280,7 +280,7 @@ func (l *Loop) deliverFramed(c *Conn, p protocol.Protocol, data []byte) {
 			l.closeConn(c, fmt.Errorf("%w (%d bytes, limit %d)", ErrPackageTooLarge, max(n, len(buf)), limit))
 			return
 		case n == 0 || n > len(buf):
-			c.in = bufpool.KeepInput(c.in, buf, limit)
+			c.setPending(bufpool.KeepInput(c.pending(), buf, limit))
 			return
 		}
 		msg := p.Decode(buf[:n])
@@ -289,6 +289,6 @@ func (l *Loop) deliverFramed(c *Conn, p protocol.Protocol, data []byte) {
 		l.callMessage(c, msg)
 	}
 	if c.state.Load() != connClosed {
-		c.in = bufpool.KeepInput(c.in, buf, limit)
+		c.setPending(bufpool.KeepInput(c.pending(), buf, limit))
 	}
 }

@@ -227,7 +227,7 @@ func TestUnfinishedPacketBounded(t *testing.T) {
 			break // refused: closed
 		}
 		time.Sleep(time.Millisecond) // a slow sender: many reads
-		onLoop(t, c.Loop(), func() { peak = max(peak, cap(c.in)) })
+		onLoop(t, c.Loop(), func() { peak = max(peak, cap(c.pending())) })
 	}
 	if err := errs.wait(t, 1); !errors.Is(err, ErrPackageTooLarge) {
 		t.Errorf("OnError %v, want ErrPackageTooLarge", err)

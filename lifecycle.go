@@ -173,8 +173,8 @@ func (l *Loop) closeConn(c *Conn, err error) {
 	if !dialed {
 		l.w.conns.Add(-1)
 	}
-	bufpool.Put(c.in)
-	c.in = nil
+	bufpool.Put(c.pending())
+	c.setPending(nil)
 	if t := c.tlsOf(); t != nil {
 		t.pipe.Close() // a handshake under way ends
 		if c.flags.Load()&flagHandshaking != 0 {
@@ -388,7 +388,7 @@ func (l *Loop) armLinger(when time.Time) {
 }
 
 // sweepLinger closes the lingering connections whose LingerTimeout is over,
-// unless what they still have to send (the kernel's unsent bytes, or the
+// unless what they still have to send (the kernel's unsent bytes, and the
 // send queue of one still closing) went down since it was last looked at: a
 // slow reader still taking the reply gets all of it, a peer that reads
 // nothing is cut off.
@@ -404,6 +404,10 @@ func (l *Loop) sweepLinger() {
 				l.queueEmptied(c)
 				continue
 			}
+			// Our queue moves only when the kernel's has room again,
+			// which a steady reader of a megabytes-deep socket buffer
+			// frees slowly: the kernel's going down counts too.
+			u += max(sock.UnsentBytes(int(c.fd)), 0)
 		default:
 			continue
 		}

@@ -140,9 +140,8 @@ const spliceFrom = 16 << 10
 // catchUp forwards what c read before the pipe, and passes on an end of
 // stream it saw then.
 func (e *pipeEnd) catchUp(c *Conn) {
-	if len(c.in) > 0 {
-		in := c.in
-		c.in = nil
+	if in := c.pending(); len(in) > 0 {
+		c.setPending(nil)
 		e.OnData(c, in)
 	}
 	if c.peerClosedNow() {

@@ -44,6 +44,17 @@ func Get(size int) []byte {
 	return b
 }
 
+// Box returns an empty box for a slice, from the pool: a struct that
+// rarely holds a slice keeps a pointer to one (8 bytes) instead of the
+// slice (24).
+func Box() *[]byte { return boxes.Get().(*[]byte) }
+
+// PutBox gives a box back, without its slice (Put that apart, or keep it).
+func PutBox(bp *[]byte) {
+	*bp = nil
+	boxes.Put(bp)
+}
+
 // Put gives b back; it must not be used afterwards.
 func Put(b []byte) {
 	var p *sync.Pool
