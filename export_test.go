@@ -28,3 +28,7 @@ func SetHandshakeBudget(n int64) (restore func()) {
 	handshakeBudget = n
 	return func() { handshakeBudget = old }
 }
+
+// LoopThread is the OS thread l is locked to (0 where threads are not
+// counted, or once it exited).
+func LoopThread(l *Loop) int { return int(l.tid.Load()) }

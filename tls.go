@@ -30,6 +30,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/seed358e4494/herd/internal/bufpool"
 )
 
 // Defaults for zero-valued TLS fields of a Worker.
@@ -110,6 +112,15 @@ type tlsPipe struct {
 	hs      *handshaker
 	full    bool
 	started bool // its goroutine has taken the handshake up
+
+	// crypto/tls writes one record at a time, and a 64 KiB Send made
+	// more than ten (small ones first, on a fresh connection): during a
+	// Send the records gather in batch (a pooled buffer, up to 64 KiB)
+	// and go out in one write per batch. batchMu keeps every write of the
+	// pipe in order with the batch.
+	batchMu  sync.Mutex
+	batching bool
+	batch    []byte
 }
 
 // errWouldBlock tells crypto/tls that nothing more has arrived: a
@@ -207,10 +218,52 @@ func (p *tlsPipe) resumeLocked() {
 }
 
 func (p *tlsPipe) Write(b []byte) (int, error) {
+	p.batchMu.Lock()
+	defer p.batchMu.Unlock()
+	if p.batching {
+		if len(p.batch)+len(b) > cap(p.batch) && len(p.batch) > 0 {
+			// Full (a large Send): what is gathered goes first, and
+			// gathering goes on in the same buffer.
+			if _, ok := p.c.sendBytes(p.batch, sendOwed); !ok {
+				return 0, ErrConnClosed
+			}
+			p.batch = p.batch[:0]
+		}
+		if len(b) <= cap(p.batch) {
+			p.batch = append(p.batch, b...)
+			return len(b), nil
+		}
+	}
 	if _, ok := p.c.sendBytes(b, sendOwed); !ok {
 		return 0, ErrConnClosed
 	}
 	return len(b), nil
+}
+
+// encrypt has crypto/tls write data, its records gathered into one write
+// (see batch).
+func (p *tlsPipe) encrypt(conn *tls.Conn, data []byte) error {
+	p.batchMu.Lock()
+	if !p.batching {
+		p.batching = true
+		// Room for the records' headers and tags (5 + 16 bytes a record
+		// of at least about 1 KB), within a pooled buffer: a larger Send
+		// goes out in pieces of that size, none allocated.
+		p.batch = bufpool.Get(min(len(data)+len(data)/32+64, bufpool.MaxPooled))
+	}
+	p.batchMu.Unlock()
+	_, err := conn.Write(data)
+	p.batchMu.Lock()
+	defer p.batchMu.Unlock()
+	batch := p.batch
+	p.batching, p.batch = false, nil
+	if len(batch) > 0 {
+		if _, ok := p.c.sendBytes(batch, sendOwed); !ok && err == nil {
+			err = ErrConnClosed
+		}
+	}
+	bufpool.Put(batch) // sendBytes keeps none of it
+	return err
 }
 
 // feed adds ciphertext read from the socket. After the handshake, when
@@ -637,7 +690,7 @@ func (c *Conn) sendTLS(t *tlsState, data []byte, mode sendMode) (SendResult, boo
 		c.droppedFull(l)
 		return Dropped, true
 	}
-	if _, err := t.conn.Write(data); err != nil {
+	if err := t.pipe.encrypt(t.conn, data); err != nil {
 		l.dropped.Add(1)
 		return Dropped, false
 	}

@@ -13,7 +13,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -327,4 +330,61 @@ func TestTLSHalfClose(t *testing.T) {
 			t.Fatalf("client %d: got %q, %v; want the echo, then the end", i, got, err)
 		}
 	}
+}
+
+// writeSyscalls is how many write system calls (write, writev, sendto,
+// sendmsg) the thread has made, from /proc; -1 where it cannot be read.
+func writeSyscalls(tid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/io", tid))
+	if err != nil {
+		return -1
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "syscw: "); ok {
+			n, _ := strconv.Atoi(v)
+			return n
+		}
+	}
+	return -1
+}
+
+// TestTLSSendBatchesRecords: crypto/tls writes a Send as records, many
+// small ones first on a fresh connection; they reach the socket in one
+// write per 64 KiB batch, not one each. A 64 KiB Send made 11 writes
+// before; it makes at most 2 (64 KiB of plaintext is a little more than
+// 64 KiB of records). The client reads every byte, in order.
+func TestTLSSendBatchesRecords(t *testing.T) {
+	const size = 64 << 10
+	sends := make(chan int, 1)
+	_, addr, cli := tlsEcho(t, protocol.Text{}, func(w *herd.Worker) {
+		w.Count, w.LockOSThread = 1, true // one thread: its writes are the loop's
+		w.OnMessage = func(c *herd.Conn, msg []byte) {
+			tid := herd.LoopThread(c.Loop())
+			before := writeSyscalls(tid)
+			c.SendRaw(bytes.Repeat(msg[:1], size)) // on the loop's thread: its writes are the Send's
+			after := writeSyscalls(tid)
+			if before < 0 || after < 0 {
+				sends <- -1
+				return
+			}
+			sends <- after - before
+		}
+	})
+	c := dialTLS(t, addr, cli)
+	io.WriteString(c, "x\n")
+	writes := <-sends
+	got := make([]byte, size)
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, bytes.Repeat([]byte("x"), size)) {
+		t.Fatal("the reply differs from what was sent")
+	}
+	switch {
+	case writes < 0:
+		t.Skip("no per-thread write counts here (/proc/self/task/*/io)")
+	case writes > 2:
+		t.Errorf("a 64 KiB Send made %d write system calls, want at most 2", writes)
+	}
+	t.Logf("a 64 KiB Send: %d write system calls", writes)
 }

@@ -4,6 +4,7 @@ package bench
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -48,6 +49,7 @@ func tlsServerMain(kind string) int {
 	}
 	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}}
 	hello := []byte("Hello, World!")
+	bulk := bytes.Repeat([]byte("x"), 64<<10) // GET /64k: a 64 KiB body, many records
 	gc := func() { runtime.GC(); debug.FreeOSMemory() }
 	var addr string
 	switch kind {
@@ -57,8 +59,12 @@ func tlsServerMain(kind string) int {
 			w.TLS = nil // the same server over plain TCP: what TLS costs
 		}
 		srv := &herdhttp.Server{Handler: func(rw *herdhttp.ResponseWriter, r *herdhttp.Request) {
-			if string(r.Path()) == "/gc" {
+			switch string(r.Path()) {
+			case "/gc":
 				gc()
+			case "/64k":
+				rw.Write(bulk)
+				return
 			}
 			rw.Write(hello)
 		}}
@@ -74,8 +80,12 @@ func tlsServerMain(kind string) int {
 		}
 		addr = l.Addr().String()
 		srv := &nethttp.Server{Handler: nethttp.HandlerFunc(func(rw nethttp.ResponseWriter, r *nethttp.Request) {
-			if r.URL.Path == "/gc" {
+			switch r.URL.Path {
+			case "/gc":
 				gc()
+			case "/64k":
+				rw.Write(bulk)
+				return
 			}
 			rw.Write(hello)
 		}), ErrorLog: log.New(io.Discard, "", 0)} // handshake errors by the thousand under BenchmarkTLSUnderAttack
@@ -147,9 +157,9 @@ func BenchmarkTLS(b *testing.B) {
 	parent := b // the servers live as long as it: b.Run calls a sub-benchmark several times
 	for _, kind := range []string{"herd", "net-http", "herd-plain"} {
 		var child *tlsChild
-		modes := []string{"keepalive", "handshake"}
+		modes := []string{"keepalive", "handshake", "bulk"}
 		if kind == "herd-plain" {
-			modes = modes[:1] // the row TLS's cost per request is read against
+			modes = []string{"keepalive", "bulk"} // the rows TLS's cost per request is read against
 		}
 		for _, mode := range modes {
 			b.Run(kind+"/"+mode, func(b *testing.B) {
@@ -190,7 +200,11 @@ func BenchmarkTLS(b *testing.B) {
 								}
 								br = bufio.NewReader(c)
 							}
-							if get(c, br, "/") != nil {
+							path := "/"
+							if mode == "bulk" {
+								path = "/64k" // keep-alive, a 64 KiB response
+							}
+							if get(c, br, path) != nil {
 								failed.Add(1)
 								c.Close()
 								c = nil

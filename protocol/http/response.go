@@ -167,17 +167,18 @@ func (cs *conn) finishLocked(w *ResponseWriter) {
 	if !w.queued {
 		return
 	}
-	dst := cs.target(w)
+	dst := cs.target(w, len(w.body)+512)
 	switch {
 	case w.interim:
 		*dst = append(*dst, "HTTP/1.1 100 Continue\r\n\r\n"...)
 	case !w.headerSent:
 		*dst = w.appendHead(*dst, true)
-		if !w.head && !bodyless(w.status) {
-			*dst = append(*dst, w.capBody(w.body)...)
+		if w.head || bodyless(w.status) {
+			break
 		}
+		cs.put(dst, w.capBody(w.body))
 	default:
-		*dst = w.appendBody(*dst)
+		w.putBody(dst)
 		if w.chunked && !w.head && !bodyless(w.status) {
 			*dst = append(*dst, "0\r\n\r\n"...)
 		}
@@ -189,12 +190,12 @@ func (cs *conn) finishLocked(w *ResponseWriter) {
 	cs.pumpLocked()
 }
 
-// target is where w's next bytes go: straight into the batch when w is
-// first in line, else into w's own buffer until it is.
-func (cs *conn) target(w *ResponseWriter) *[]byte {
+// target is where w's next bytes (about size of them) go: straight into
+// the batch when w is first in line, else into w's own buffer until it is.
+func (cs *conn) target(w *ResponseWriter, size int) *[]byte {
 	if cs.batching && len(cs.queue) > 0 && cs.queue[0] == w && len(w.out) == 0 {
 		if cs.wbuf == nil {
-			cs.wbuf = bufpool.Get(0)
+			cs.wbuf = bufpool.Get(min(size, bufpool.MaxPooled))
 		}
 		return &cs.wbuf
 	}
@@ -407,23 +408,42 @@ func (w *ResponseWriter) appendHead(dst []byte, final bool) []byte {
 	return append(dst, "\r\n"...)
 }
 
-// appendBody appends the body buffered so far, as a chunk when chunked.
-func (w *ResponseWriter) appendBody(dst []byte) []byte {
+// putBody puts the body buffered so far into dst (see put), as a chunk
+// when chunked.
+func (w *ResponseWriter) putBody(dst *[]byte) {
 	b := w.body
 	w.body = w.body[:0]
 	if len(b) == 0 || w.head || bodyless(w.status) {
-		return dst
+		return
 	}
 	if !w.chunked {
 		b = w.capBody(b)
 		w.written += int64(len(b))
-		return append(dst, b...)
+		w.cs.put(dst, b)
+		return
 	}
 	w.written += int64(len(b))
-	dst = strconv.AppendInt(dst, int64(len(b)), 16)
-	dst = append(dst, "\r\n"...)
-	dst = append(dst, b...)
-	return append(dst, "\r\n"...)
+	*dst = strconv.AppendInt(*dst, int64(len(b)), 16)
+	*dst = append(*dst, "\r\n"...)
+	w.cs.put(dst, b)
+	*dst = append(*dst, "\r\n"...)
+}
+
+// put appends b to dst, a response's bytes on their way out. Where dst is
+// the batch and b does not fit its pooled buffer, what is batched goes
+// and b is written from where it is, rather than the batch grown past
+// what the pool keeps (and dropped) for every large response.
+func (cs *conn) put(dst *[]byte, b []byte) {
+	if dst != &cs.wbuf || len(cs.wbuf)+len(b) <= cap(cs.wbuf) {
+		*dst = append(*dst, b...)
+		return
+	}
+	cs.flushLocked()
+	if !cs.closed.Load() {
+		if _, err := cs.c.Write(b); err != nil {
+			cs.closed.Store(true) // the connection is closing already
+		}
+	}
 }
 
 // capBody trims b, the body bytes about to go out with a handler-set
@@ -531,11 +551,11 @@ func (w *ResponseWriter) Flush() error {
 		return nil
 	}
 	w.wroteHeader = true
-	dst := cs.target(w)
+	dst := cs.target(w, len(w.body)+512)
 	if !w.headerSent {
 		*dst = w.appendHead(*dst, false)
 	}
-	*dst = w.appendBody(*dst)
+	w.putBody(dst)
 	cs.pumpLocked()
 	if cs.batching {
 		cs.flushLocked()
