@@ -1,0 +1,5 @@
+//go:build !race
+
+package herdhttp
+
+const raceDetector = false
