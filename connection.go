@@ -73,7 +73,7 @@ type Conn struct {
 	// loop owns the connection; Scale moves it to another (written under mu
 	// by the loop it leaves, read anywhere).
 	loop atomic.Pointer[Loop]
-	peer sock.Peer
+	peer sock.Addr // a named unix peer's name is in rare
 
 	// Owned by the loop goroutine.
 	h          Handler // takes input and the close instead of the protocol, if set
@@ -124,6 +124,7 @@ type connRare struct {
 	waiter         *Conn         // paused until this queue is low again (Pipe; under mu)
 	piped          *Conn         // the other connection of its Pipe (under mu)
 	kp             *kernelPipe   // bytes spliced for this connection, not yet written (Pipe with Splice; under mu)
+	peerName       string        // a named unix peer's (set before the connection is published)
 }
 
 // pending is the start of a packet not yet complete; on the loop.
@@ -306,7 +307,17 @@ func (c *Conn) post(t task) bool {
 }
 
 // RemoteAddr is the peer's address.
-func (c *Conn) RemoteAddr() net.Addr { return c.peer.NetAddr() }
+func (c *Conn) RemoteAddr() net.Addr {
+	name := ""
+	if c.peer.Unix() {
+		c.mu.Lock()
+		if c.rare != nil {
+			name = c.rare.peerName
+		}
+		c.mu.Unlock()
+	}
+	return c.peer.NetAddr(name)
+}
 
 // LocalAddr is the address the connection was accepted on, or nil once it is
 // closed.

@@ -54,7 +54,11 @@ func (l *Loop) register(fd int, peer *sock.Peer) {
 		sock.Close(fd)
 		return
 	}
-	c := &Conn{id: l.w.nextID.Add(1), fd: int32(fd), peer: *peer, readOn: true, lastActive: l.now.UnixNano()}
+	addr, name := peer.Split()
+	c := &Conn{id: l.w.nextID.Add(1), fd: int32(fd), peer: addr, readOn: true, lastActive: l.now.UnixNano()}
+	if name != "" {
+		c.rare = &connRare{peerName: name}
+	}
 	c.loop.Store(l)
 	l.attach(c)
 	l.accepted.Add(1)

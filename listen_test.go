@@ -428,3 +428,34 @@ func TestReusePortOwner(t *testing.T) {
 		t.Errorf("accepted %d and %d of %d: want both to serve about half", nx, ny, conns)
 	}
 }
+
+// TestUnixRemoteAddr: a unix client's address reads as Go's net package
+// shows it, whether the client bound a path, an abstract name, or nothing
+// ("@"). The Conn keeps a name only for the named ones, off its idle
+// footprint.
+func TestUnixRemoteAddr(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	remote := make(chan string, 1)
+	w := &Worker{Addr: "unix://" + filepath.Join(dir, "s.sock"), Protocol: protocol.Text{}, Count: 1,
+		OnConnect: func(c *Conn) { remote <- c.RemoteAddr().String() }, OnMessage: textEcho}
+	r := startWorker(t, w)
+	for _, local := range []string{filepath.Join(dir, "client.sock"), "@herd-test-" + strconv.Itoa(os.Getpid()), ""} {
+		var laddr *net.UnixAddr
+		if local != "" {
+			laddr = &net.UnixAddr{Name: local, Net: "unix"}
+		}
+		c, err := net.DialUnix("unix", laddr, &net.UnixAddr{Name: r.addr, Net: "unix"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := local
+		if want == "" {
+			want = "@"
+		}
+		if got := <-remote; got != want {
+			t.Errorf("RemoteAddr = %q, want %q", got, want)
+		}
+		c.Close()
+	}
+}

@@ -21,12 +21,39 @@ func Bound(fd int) (unix.Sockaddr, error) {
 // Peer is a connection's remote address, kept compactly and turned into a
 // net.Addr only when asked for it.
 type Peer struct {
+	Addr
+	name string // unix socket path
+}
+
+// Addr is a Peer without a unix socket's name (24 bytes): what a
+// connection keeps, the name being rare (an unnamed client's reads "@").
+type Addr struct {
 	kind PeerKind
 	port uint16
 	zone uint32 // IPv6 scope (interface index)
 	ip   [16]byte
-	name string // unix socket path
 }
+
+// Split returns p's address and, for a named unix peer, its name ("" for
+// an unnamed one, which reads as "@").
+func (p *Peer) Split() (Addr, string) {
+	if p.name == "@" {
+		return p.Addr, ""
+	}
+	return p.Addr, p.name
+}
+
+// NetAddr converts the address for the API (nil if unknown), with name as
+// a unix peer's ("" for an unnamed one).
+func (a *Addr) NetAddr(name string) net.Addr {
+	if a.kind == PeerUnix && name == "" {
+		name = "@"
+	}
+	return (&Peer{Addr: *a, name: name}).NetAddr()
+}
+
+// Unix reports whether the address is a unix socket's.
+func (a *Addr) Unix() bool { return a.kind == PeerUnix }
 
 type PeerKind uint8
 
@@ -41,13 +68,13 @@ const (
 func PeerFromSockaddr(sa unix.Sockaddr) Peer {
 	switch a := sa.(type) {
 	case *unix.SockaddrInet4:
-		p := Peer{kind: PeerInet4, port: uint16(a.Port)}
+		p := Peer{Addr: Addr{kind: PeerInet4, port: uint16(a.Port)}}
 		copy(p.ip[:], a.Addr[:])
 		return p
 	case *unix.SockaddrInet6:
-		return Peer{kind: PeerInet6, port: uint16(a.Port), zone: a.ZoneId, ip: a.Addr}
+		return Peer{Addr: Addr{kind: PeerInet6, port: uint16(a.Port), zone: a.ZoneId, ip: a.Addr}}
 	case *unix.SockaddrUnix:
-		return Peer{kind: PeerUnix, name: a.Name}
+		return Peer{Addr: Addr{kind: PeerUnix}, name: a.Name}
 	}
 	return Peer{}
 }

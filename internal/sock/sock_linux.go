@@ -46,13 +46,13 @@ func (b *AcceptBuf) Peer() Peer {
 	case unix.AF_INET:
 		pp := (*unix.RawSockaddrInet4)(unsafe.Pointer(&b.Raw))
 		port := (*[2]byte)(unsafe.Pointer(&pp.Port))
-		p := Peer{kind: PeerInet4, port: uint16(port[0])<<8 | uint16(port[1])}
+		p := Peer{Addr: Addr{kind: PeerInet4, port: uint16(port[0])<<8 | uint16(port[1])}}
 		copy(p.ip[:], pp.Addr[:])
 		return p
 	case unix.AF_INET6:
 		pp := (*unix.RawSockaddrInet6)(unsafe.Pointer(&b.Raw))
 		port := (*[2]byte)(unsafe.Pointer(&pp.Port))
-		return Peer{kind: PeerInet6, port: uint16(port[0])<<8 | uint16(port[1]), zone: pp.Scope_id, ip: pp.Addr}
+		return Peer{Addr: Addr{kind: PeerInet6, port: uint16(port[0])<<8 | uint16(port[1]), zone: pp.Scope_id, ip: pp.Addr}}
 	case unix.AF_UNIX:
 		pp := (*unix.RawSockaddrUnix)(unsafe.Pointer(&b.Raw))
 		path := unsafe.Slice((*byte)(unsafe.Pointer(&pp.Path[0])), len(pp.Path))
@@ -74,7 +74,10 @@ func (b *AcceptBuf) Peer() Peer {
 				break
 			}
 		}
-		return Peer{kind: PeerUnix, name: prefix + string(path)}
+		if prefix == "@" && len(path) == 0 {
+			return Peer{Addr: Addr{kind: PeerUnix}, name: "@"} // unnamed: no string made
+		}
+		return Peer{Addr: Addr{kind: PeerUnix}, name: prefix + string(path)}
 	}
 	return Peer{}
 }
