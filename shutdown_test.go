@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"github.com/seed358e4494/herd/internal/loopback"
+	"github.com/seed358e4494/herd/internal/sdtest"
 	"github.com/seed358e4494/herd/internal/soak"
 )
 
@@ -591,7 +591,7 @@ func TestDrainRefusesNewConns(t *testing.T) {
 // bound, and STOPPING=1 when the graceful stop begins, as datagrams on
 // NOTIFY_SOCKET.
 func TestRunAllNotifiesServiceManager(t *testing.T) {
-	next := notifySocket(t)
+	next := sdtest.NotifySocket(t)
 	w := &Worker{Addr: "text://127.0.0.1:0", Count: 1, Logger: quietLogger(), OnMessage: textEcho}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -612,28 +612,6 @@ func TestRunAllNotifiesServiceManager(t *testing.T) {
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
-	}
-}
-
-// notifySocket sets NOTIFY_SOCKET to a datagram socket of the test's and
-// returns a function that reads the next notification ("" if none comes
-// within d).
-func notifySocket(t *testing.T) func(d time.Duration) string {
-	path := filepath.Join(t.TempDir(), "notify")
-	sock, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sock.Close() })
-	t.Setenv("NOTIFY_SOCKET", path)
-	return func(d time.Duration) string {
-		sock.SetReadDeadline(time.Now().Add(d))
-		buf := make([]byte, 256)
-		n, err := sock.Read(buf)
-		if err != nil {
-			return ""
-		}
-		return string(buf[:n])
 	}
 }
 

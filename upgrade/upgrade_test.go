@@ -26,6 +26,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/seed358e4494/herd"
+	"github.com/seed358e4494/herd/internal/sdtest"
 	"github.com/seed358e4494/herd/internal/soak"
 )
 
@@ -279,33 +280,12 @@ func serves(t *testing.T, addr, line string) {
 	}
 }
 
-// notifySocket stands in for systemd's NOTIFY_SOCKET; the function it
-// returns reads the next notification, "" if none comes within d.
-func notifySocket(t *testing.T) func(d time.Duration) string {
-	path := filepath.Join(t.TempDir(), "notify")
-	sock, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sock.Close() })
-	t.Setenv("NOTIFY_SOCKET", path)
-	return func(d time.Duration) string {
-		sock.SetReadDeadline(time.Now().Add(d))
-		buf := make([]byte, 256)
-		n, err := sock.Read(buf)
-		if err != nil {
-			return ""
-		}
-		return string(buf[:n])
-	}
-}
-
 // TestUpgradeUnderChurn upgrades while clients churn short connections:
 // the new process takes the listening sockets and serves, the old one
 // drains and exits, and not one connection fails. The child starts with
 // the listening sockets only (and the readiness pipe).
 func TestUpgradeUnderChurn(t *testing.T) {
-	notified := notifySocket(t)
+	notified := sdtest.NotifySocket(t)
 	f := startUpgradeFixture(t, "serve")
 	if got := notified(10 * time.Second); got != "READY=1" {
 		t.Fatalf("first notification %q, want READY=1", got)
