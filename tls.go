@@ -240,6 +240,17 @@ func (p *tlsPipe) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
+// flushBatch writes the records gathered so far: whole records, in order,
+// ahead of any written after them.
+func (p *tlsPipe) flushBatch() {
+	p.batchMu.Lock()
+	defer p.batchMu.Unlock()
+	if len(p.batch) > 0 {
+		p.c.sendBytes(p.batch, sendOwed)
+		p.batch = p.batch[:0]
+	}
+}
+
 // encrypt has crypto/tls write data, its records gathered into one write
 // (see batch).
 func (p *tlsPipe) encrypt(conn *tls.Conn, data []byte) error {
@@ -663,6 +674,7 @@ func (l *Loop) readTLS(c *Conn, t *tlsState) {
 			return
 		default:
 			l.tlsFailed.Add(1)
+			t.pipe.flushBatch() // an alert crypto/tls wrote into a Send's batch goes before the close
 			l.closeConn(c, err)
 			return
 		}
@@ -674,6 +686,10 @@ func (l *Loop) readTLS(c *Conn, t *tlsState) {
 func (c *Conn) closeNotify() {
 	if t := c.tlsOf(); t != nil && c.flags.Load()&flagHandshaking == 0 && c.state.Load() == connOpen {
 		t.conn.CloseWrite()
+		// A Send on another goroutine may have gathered records that the
+		// alert joined: they go now, while the connection still takes
+		// writes, not at its flush, which the close would refuse.
+		t.pipe.flushBatch()
 	}
 }
 

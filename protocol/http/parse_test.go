@@ -293,15 +293,21 @@ func TestPipelining(t *testing.T) {
 	}
 }
 
-// The responses to the requests of one read go out in one write.
+// The responses to the requests of one read go out in one write, also
+// when together they outgrow the batch's first buffer (16 responses of
+// 1,000 bytes made 8 writes once large bodies were written apart; found by
+// review).
 func TestPipelinedOneWrite(t *testing.T) {
-	h := newHarness(t, testServer())
-	h.feedString(strings.Repeat("GET / HTTP/1.1\r\n"+host+"\r\n", 16))
-	if res := parseResponses(t, h.output()); len(res) != 16 {
-		t.Fatalf("%d responses", len(res))
-	}
-	if h.f.sends != 1 {
-		t.Fatalf("%d writes for one read of 16 requests", h.f.sends)
+	kilo := strings.Repeat("b", 1000)
+	for _, s := range []*Server{testServer(), {Handler: func(w *ResponseWriter, r *Request) { w.WriteString(kilo) }}} {
+		h := newHarness(t, s)
+		h.feedString(strings.Repeat("GET / HTTP/1.1\r\n"+host+"\r\n", 16))
+		if res := parseResponses(t, h.output()); len(res) != 16 {
+			t.Fatalf("%d responses", len(res))
+		}
+		if h.f.sends != 1 {
+			t.Errorf("%d writes for one read of 16 requests (%d bytes)", h.f.sends, len(h.output()))
+		}
 	}
 }
 

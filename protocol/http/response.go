@@ -434,7 +434,7 @@ func (w *ResponseWriter) putBody(dst *[]byte) {
 // and b is written from where it is, rather than the batch grown past
 // what the pool keeps (and dropped) for every large response.
 func (cs *conn) put(dst *[]byte, b []byte) {
-	if dst != &cs.wbuf || len(cs.wbuf)+len(b) <= cap(cs.wbuf) {
+	if dst != &cs.wbuf || len(cs.wbuf)+len(b) <= max(cap(cs.wbuf), bufpool.MaxPooled) {
 		*dst = append(*dst, b...)
 		return
 	}
