@@ -127,10 +127,15 @@ type Handover struct {
 // Handover duplicates the running worker's listening sockets for another
 // process; the worker goes on accepting until Commit. It returns
 // ErrNotRunning before Run, ErrWorkerClosed once the worker stops or has
-// handed its sockets over, and ErrLent while another Handover is open.
-// Until Commit or Rollback, Scale returns ErrLent: a loop it added would
-// accept from a socket the other process does not have.
+// handed its sockets over, ErrLent while another Handover is open, and
+// ErrHandoverOnLoop, at once, on one of the worker's loops. Until Commit
+// or Rollback, Scale returns ErrLent: a loop it added would accept from a
+// socket the other process does not have. Handover, Commit and Rollback
+// may be called from any goroutine but the worker's loops.
 func (w *Worker) Handover() (*Handover, error) {
+	if w.sc.onLoop() {
+		return nil, ErrHandoverOnLoop
+	}
 	w.scaleMu.Lock() // no Scale half-way
 	defer w.scaleMu.Unlock()
 	w.mu.Lock()

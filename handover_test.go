@@ -237,6 +237,11 @@ func TestHandover(t *testing.T) {
 	held.SetDeadline(time.Now().Add(10 * time.Second))
 	heldR := bufio.NewReader(held)
 	echoLine(t, held, heldR, "before the handover")
+	onLoop(t, old.Loops()[0], func() {
+		if _, err := old.Handover(); !errors.Is(err, ErrHandoverOnLoop) {
+			t.Errorf("Handover on a loop: %v, want ErrHandoverOnLoop", err)
+		}
+	})
 	h, next = lend()
 	if _, err := old.Handover(); !errors.Is(err, ErrLent) {
 		t.Errorf("a Handover while one is open: %v, want ErrLent", err)

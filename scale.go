@@ -33,6 +33,9 @@ var (
 	// worker's listening sockets is open (neither committed nor rolled
 	// back).
 	ErrLent = errors.New("herd: the listening sockets are lent to another process (Handover open)")
+	// ErrHandoverOnLoop is returned by Handover called on one of the
+	// worker's loops: its Commit waits for them.
+	ErrHandoverOnLoop = errors.New("herd: Handover called on one of the worker's loops, which its Commit waits for; call it from another goroutine")
 	// ErrScaleOnLoop is returned by Scale called on one of the worker's
 	// loops (from a callback): Scale waits for the loops, that one
 	// included. Call it from another goroutine: go w.Scale(ctx, n).
