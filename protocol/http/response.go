@@ -178,7 +178,7 @@ func (cs *conn) finishLocked(w *ResponseWriter) {
 		}
 		cs.put(dst, w.capBody(w.body))
 	default:
-		w.putBody(dst)
+		w.putBody(dst, nil)
 		if w.chunked && !w.head && !bodyless(w.status) {
 			*dst = append(*dst, "0\r\n\r\n"...)
 		}
@@ -408,24 +408,28 @@ func (w *ResponseWriter) appendHead(dst []byte, final bool) []byte {
 	return append(dst, "\r\n"...)
 }
 
-// putBody puts the body buffered so far into dst (see put), as a chunk
-// when chunked.
-func (w *ResponseWriter) putBody(dst *[]byte) {
+// putBody puts the body buffered so far, then more, into dst (see put),
+// as one chunk when chunked.
+func (w *ResponseWriter) putBody(dst *[]byte, more []byte) {
 	b := w.body
 	w.body = w.body[:0]
-	if len(b) == 0 || w.head || bodyless(w.status) {
+	if len(b)+len(more) == 0 || w.head || bodyless(w.status) {
 		return
 	}
 	if !w.chunked {
-		b = w.capBody(b)
-		w.written += int64(len(b))
-		w.cs.put(dst, b)
+		for _, part := range [2][]byte{b, more} {
+			part = w.capBody(part)
+			w.written += int64(len(part))
+			w.cs.put(dst, part)
+		}
 		return
 	}
-	w.written += int64(len(b))
-	*dst = strconv.AppendInt(*dst, int64(len(b)), 16)
+	n := len(b) + len(more)
+	w.written += int64(n)
+	*dst = strconv.AppendInt(*dst, int64(n), 16)
 	*dst = append(*dst, "\r\n"...)
 	w.cs.put(dst, b)
+	w.cs.put(dst, more)
 	*dst = append(*dst, "\r\n"...)
 }
 
@@ -521,6 +525,14 @@ func write[T string | []byte](w *ResponseWriter, p T) (int, error) {
 		w.headBytes += int64(len(p))
 		return len(p), nil
 	}
+	if b, ok := any(p).([]byte); ok && len(w.body)+len(b) >= flushThreshold {
+		// A large write goes out with what is buffered, without being
+		// copied into the buffer (grown past what the pool keeps) first.
+		if err := w.flush(b); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
 	w.body = append(w.body, p...)
 	if len(w.body) >= flushThreshold {
 		if err := w.Flush(); err != nil {
@@ -539,7 +551,12 @@ func write[T string | []byte](w *ResponseWriter, p T) (int, error) {
 // the responses before this one have gone out, then until the client has
 // taken enough of what is queued. A client that reads nothing for the
 // Server's IdleTimeout is disconnected, and Flush then returns ErrClosed.
-func (w *ResponseWriter) Flush() error {
+func (w *ResponseWriter) Flush() error { return w.flush(nil) }
+
+// flush is Flush with more body bytes, p, after those buffered: where the
+// response is first in line they go from where they are, not copied into
+// the buffer first.
+func (w *ResponseWriter) flush(p []byte) error {
 	cs := w.cs
 	cs.mu.Lock()
 	if cs.closed.Load() {
@@ -551,11 +568,11 @@ func (w *ResponseWriter) Flush() error {
 		return nil
 	}
 	w.wroteHeader = true
-	dst := cs.target(w, len(w.body)+512)
+	dst := cs.target(w, len(w.body)+len(p)+512)
 	if !w.headerSent {
 		*dst = w.appendHead(*dst, false)
 	}
-	w.putBody(dst)
+	w.putBody(dst, p)
 	cs.pumpLocked()
 	if cs.batching {
 		cs.flushLocked()
