@@ -1,8 +1,12 @@
 package herdhttp
 
 import (
+	"bufio"
 	"bytes"
 	"io"
+	"net"
+	nethttp "net/http"
+	"strconv"
 	"testing"
 )
 
@@ -71,5 +75,35 @@ func BenchmarkHelloLoopback(b *testing.B) {
 		if _, err := io.ReadFull(c, resp); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkLargeResponse: one Write of 64 KiB or 1 MiB per response over
+// loopback, client and server in this process; B/op counts both (the
+// client's net/http parsing is under 1 KB of it).
+func BenchmarkLargeResponse(b *testing.B) {
+	for _, size := range []int{64 << 10, 1 << 20} {
+		b.Run(strconv.Itoa(size>>10)+"KiB", func(b *testing.B) {
+			body := bytes.Repeat([]byte("x"), size)
+			addr := startServer(b, &Server{Handler: func(w *ResponseWriter, r *Request) { w.Write(body) }}, 1)
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			br := bufio.NewReader(c)
+			b.ReportAllocs()
+			b.SetBytes(int64(size))
+			b.ResetTimer()
+			for range b.N {
+				io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+				resp, err := nethttp.ReadResponse(br, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		})
 	}
 }
