@@ -15,7 +15,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/seed358e4494/herd/internal/poll"
-
 	"github.com/seed358e4494/herd/internal/sock"
 )
 

@@ -22,9 +22,8 @@ import (
 	"time"
 
 	"github.com/seed358e4494/herd/internal/soak"
-	"github.com/seed358e4494/herd/protocol"
-
 	"github.com/seed358e4494/herd/internal/sock"
+	"github.com/seed358e4494/herd/protocol"
 )
 
 func TestCloseFromGoroutine(t *testing.T) {

@@ -20,7 +20,6 @@ import (
 
 	"github.com/seed358e4494/herd/internal/bufpool"
 	"github.com/seed358e4494/herd/internal/poll"
-
 	"github.com/seed358e4494/herd/internal/sock"
 )
 

@@ -20,7 +20,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/seed358e4494/herd/internal/sock"
-
 	"github.com/seed358e4494/herd/protocol"
 )
 

@@ -20,9 +20,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/seed358e4494/herd/internal/poll"
-	"github.com/seed358e4494/herd/protocol"
-
 	"github.com/seed358e4494/herd/internal/sock"
+	"github.com/seed358e4494/herd/protocol"
 )
 
 // DefaultDialTimeout bounds a connect when Dialer.Timeout is zero.

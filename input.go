@@ -15,9 +15,8 @@ import (
 
 	"github.com/seed358e4494/herd/internal/bufpool"
 	"github.com/seed358e4494/herd/internal/poll"
-	"github.com/seed358e4494/herd/protocol"
-
 	"github.com/seed358e4494/herd/internal/sock"
+	"github.com/seed358e4494/herd/protocol"
 )
 
 // serve handles one readiness event of a connection.

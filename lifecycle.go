@@ -16,7 +16,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/seed358e4494/herd/internal/bufpool"
-
 	"github.com/seed358e4494/herd/internal/sock"
 )
 

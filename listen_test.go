@@ -25,9 +25,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/seed358e4494/herd/internal/soak"
-	"github.com/seed358e4494/herd/protocol"
-
 	"github.com/seed358e4494/herd/internal/sock"
+	"github.com/seed358e4494/herd/protocol"
 )
 
 func countFDs(t testing.TB) int {

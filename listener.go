@@ -10,7 +10,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/seed358e4494/herd/internal/sock"
-
 	"github.com/seed358e4494/herd/protocol"
 )
 

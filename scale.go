@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/seed358e4494/herd/internal/poll"
-
 	"github.com/seed358e4494/herd/internal/sock"
 )
 

@@ -27,7 +27,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/seed358e4494/herd/internal/soak"
-
 	"github.com/seed358e4494/herd/internal/sock"
 )
 

@@ -221,13 +221,10 @@ func (p *tlsPipe) Write(b []byte) (int, error) {
 	p.batchMu.Lock()
 	defer p.batchMu.Unlock()
 	if p.batching {
-		if len(p.batch)+len(b) > cap(p.batch) && len(p.batch) > 0 {
-			// Full (a large Send): what is gathered goes first, and
-			// gathering goes on in the same buffer.
-			if _, ok := p.c.sendBytes(p.batch, sendOwed); !ok {
-				return 0, ErrConnClosed
-			}
-			p.batch = p.batch[:0]
+		// Full (a large Send): what is gathered goes first, and gathering
+		// goes on in the same buffer.
+		if len(p.batch)+len(b) > cap(p.batch) && !p.sendBatchLocked() {
+			return 0, ErrConnClosed
 		}
 		if len(b) <= cap(p.batch) {
 			p.batch = append(p.batch, b...)
@@ -245,10 +242,18 @@ func (p *tlsPipe) Write(b []byte) (int, error) {
 func (p *tlsPipe) flushBatch() {
 	p.batchMu.Lock()
 	defer p.batchMu.Unlock()
-	if len(p.batch) > 0 {
-		p.c.sendBytes(p.batch, sendOwed)
-		p.batch = p.batch[:0]
+	p.sendBatchLocked()
+}
+
+// sendBatchLocked writes what is gathered and empties the batch; under
+// batchMu. It reports false if the connection took none of it.
+func (p *tlsPipe) sendBatchLocked() bool {
+	if len(p.batch) == 0 {
+		return true
 	}
+	_, ok := p.c.sendBytes(p.batch, sendOwed)
+	p.batch = p.batch[:0]
+	return ok
 }
 
 // encrypt has crypto/tls write data, its records gathered into one write
@@ -266,14 +271,11 @@ func (p *tlsPipe) encrypt(conn *tls.Conn, data []byte) error {
 	_, err := conn.Write(data)
 	p.batchMu.Lock()
 	defer p.batchMu.Unlock()
-	batch := p.batch
-	p.batching, p.batch = false, nil
-	if len(batch) > 0 {
-		if _, ok := p.c.sendBytes(batch, sendOwed); !ok && err == nil {
-			err = ErrConnClosed
-		}
+	if !p.sendBatchLocked() && err == nil {
+		err = ErrConnClosed
 	}
-	bufpool.Put(batch) // sendBytes keeps none of it
+	bufpool.Put(p.batch) // sendBytes keeps none of it
+	p.batching, p.batch = false, nil
 	return err
 }
 

@@ -20,9 +20,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/seed358e4494/herd/protocol"
-
 	"github.com/seed358e4494/herd/internal/sock"
+	"github.com/seed358e4494/herd/protocol"
 )
 
 // Errors reported by a Worker. Test for them with errors.Is.

@@ -620,10 +620,10 @@ func (w *ResponseWriter) End() {
 		cs.mu.Unlock()
 		return
 	}
-	hold := w.hold
+	async, hold := w.async, w.hold
 	w.hold = nil
 	cs.finishLocked(w)
-	if w.async {
+	if async {
 		cs.releaseLocked(w)
 	}
 	cs.mu.Unlock()
