@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/seed358e4494/herd/internal/soak"
 	"github.com/seed358e4494/herd/internal/sock"
 	"github.com/seed358e4494/herd/protocol"
@@ -182,6 +184,11 @@ func TestCloseNoWaitWithInputWaiting(t *testing.T) {
 	w := closeWorker((*Conn).CloseNoWait, closed)
 	w.OnConnect = func(c *Conn) {
 		c.PauseRecv()
+		// A fixed 1 MiB buffer: the kernel's own starts near one read's
+		// worth and grows only as the program reads, which a paused
+		// connection does not (on a loaded CI machine the condition below
+		// was not met in 10 s).
+		unix.SetsockoptInt(int(c.fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 1<<20)
 		conns <- c
 	}
 	r := startWorker(t, w)
