@@ -136,7 +136,7 @@ func (c *Conn) pending() []byte {
 
 // setPending keeps b as the start of a packet not yet complete (nil for
 // none). The slice is boxed, so that an idle Conn holds 8 bytes for it,
-// not 24: Conn stays in the 176-byte allocation class.
+// not 24 (with the peer address kept compact, Conn is 160 bytes).
 func (c *Conn) setPending(b []byte) {
 	switch {
 	case b == nil && c.in != nil:

@@ -4,8 +4,9 @@ package herd
 
 // The Worker: its settings (Workerman's fields and callbacks), Listen's
 // checks, Run and Shutdown. Its loops are in loop.go and their figures in
-// stats.go; Scale in scale.go; process-wide signals, upgrades and
-// readiness in runall.go, handover.go and notify.go.
+// stats.go; Scale in scale.go; signals and readiness in runall.go;
+// sockets taken from or lent to another process in handover.go (package
+// upgrade builds upgrades on them).
 
 import (
 	"context"
@@ -239,7 +240,7 @@ type Worker struct {
 	boundPath                bool         // this worker bound the unix socket file: it removes it at the end
 	inheritedListeners       bool         // Listen took sockets handed over (upgrade, systemd)
 	handedOver               bool         // the listeners went to an upgrade's child, which owns the socket file now
-	lent                     bool         // a Handover is open: Scale waits for its end
+	lent                     bool         // a Handover is open: Scale refuses (ErrLent)
 	listenRefs               atomic.Int32 // loops and dispatcher still watching the listeners
 	maxPkg                   int
 	maxSend                  int

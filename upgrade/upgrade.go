@@ -25,6 +25,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -322,7 +323,7 @@ func (p *Process) listen(in inheritance) error {
 			continue
 		}
 		closeAll(used)
-		in.systemd = without(in.systemd, used)
+		in.systemd = slices.DeleteFunc(in.systemd, func(f *os.File) bool { return slices.Contains(used, f) })
 	}
 	n := 0
 	for _, files := range in.byKey {
@@ -339,26 +340,6 @@ func closeAll(files []*os.File) {
 	for _, f := range files {
 		f.Close()
 	}
-}
-
-// without returns files less those in used.
-func without(files, used []*os.File) []*os.File {
-	var rest []*os.File
-	for _, f := range files {
-		if !contains(used, f) {
-			rest = append(rest, f)
-		}
-	}
-	return rest
-}
-
-func contains(files []*os.File, f *os.File) bool {
-	for _, g := range files {
-		if g == f {
-			return true
-		}
-	}
-	return false
 }
 
 func (p *Process) readyTimeout() time.Duration {
