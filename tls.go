@@ -256,9 +256,18 @@ func (p *tlsPipe) sendBatchLocked() bool {
 	return ok
 }
 
+// oneRecord bounds a Send that crypto/tls writes as a single record (its
+// smallest records carry about 1.2 KB): there is nothing to gather, and
+// it goes as it comes, without a pooled buffer and a copy.
+const oneRecord = 1 << 10
+
 // encrypt has crypto/tls write data, its records gathered into one write
 // (see batch).
 func (p *tlsPipe) encrypt(conn *tls.Conn, data []byte) error {
+	if len(data) <= oneRecord {
+		_, err := conn.Write(data)
+		return err
+	}
 	p.batchMu.Lock()
 	if !p.batching {
 		p.batching = true
