@@ -162,6 +162,12 @@ func TestListenIgnoresEnvironment(t *testing.T) {
 // way, Rollback after Commit does nothing, and there is no second Handover.
 func TestHandover(t *testing.T) {
 	old := &Worker{Addr: "text://127.0.0.1:0", Count: 2, ReusePort: true, OnMessage: textEcho, Logger: quietLogger()}
+	if err := old.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := old.Handover(); !errors.Is(err, ErrNotRunning) {
+		t.Errorf("Handover before Run: %v, want ErrNotRunning", err)
+	}
 	r := startWorker(t, old)
 	waitFor(t, 5*time.Second, "loops", func() bool { return len(old.Loops()) == 2 })
 	accepted := func(w *Worker) []uint64 {
