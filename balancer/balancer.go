@@ -349,7 +349,7 @@ func (s *session) OnClose(*herd.Conn) {
 	s.closed = true
 	if s.dialing != nil {
 		s.dialing.Abort() // a connect given up reaches no OnError
-		s.dialing = nil
+		s.dialing, s.held = nil, nil
 	}
 	s.uncount()
 }
@@ -462,7 +462,7 @@ func localShortage(err error) bool {
 // dialFailed counts a failed connect against its backend and tries the
 // session on another.
 func (b *Balancer) dialFailed(s *session, be *backend, err error) {
-	s.dialing = nil
+	s.dialing, s.held = nil, nil // the connection is closed: its Hold with it
 	s.uncount()
 	if errors.Is(err, herd.ErrWorkerClosed) {
 		// The stop's time ran out: not the backend's fault. The stop

@@ -218,12 +218,7 @@ func (c *check) dialError(_ *herd.Conn, err error) {
 	if errors.Is(err, herd.ErrWorkerClosed) {
 		// The stop ended the check: it has no result, and the backend
 		// did not fail it.
-		c.running = false
-		if c.timer != nil {
-			c.timer.Stop()
-			c.timer = nil
-		}
-		c.conn = nil
+		c.finish()
 		return
 	}
 	c.end(false, err)
@@ -231,8 +226,22 @@ func (c *check) dialError(_ *herd.Conn, err error) {
 
 // end records the check's result, once.
 func (c *check) end(ok bool, err error) {
-	if !c.running {
+	if !c.finish() {
 		return
+	}
+	if ok {
+		c.b.passed(c.be, c.l.Now())
+		return
+	}
+	c.be.checksFailed.Add(1)
+	c.b.failed(c.be, err)
+}
+
+// finish ends the check under way, without a result (its connection ends
+// with it), and reports whether there was one.
+func (c *check) finish() bool {
+	if !c.running {
+		return false
 	}
 	c.running = false
 	if c.timer != nil {
@@ -242,14 +251,9 @@ func (c *check) end(ok bool, err error) {
 	if c.conn != nil {
 		conn := c.conn
 		c.conn = nil
-		conn.Abort() // a check's connection ends with its result
+		conn.Abort() // a no-op for the connection whose failure ends it
 	}
-	if ok {
-		c.b.passed(c.be, c.l.Now())
-		return
-	}
-	c.be.checksFailed.Add(1)
-	c.b.failed(c.be, err)
+	return true
 }
 
 // checkError is a failed check's reason.
