@@ -27,8 +27,11 @@ const (
 	// AcceptShared registers one listening socket in every loop's poller;
 	// whichever loop the kernel wakes accepts. On Linux the registration
 	// uses EPOLLEXCLUSIVE so one loop wakes per connection instead of all.
-	// Cheapest per connection, but uneven: the kernel favours the loop that
-	// waited last, so a few loops may take most connections.
+	// The kernel alone would favour the loop that registered first; so a
+	// loop that holds more connections than another steps aside (stops
+	// watching the socket) until the others catch up, and the loops' open
+	// connections stay within one of each other, for long-lived
+	// connections too. No hand-off, no dispatcher.
 	AcceptShared AcceptMode = iota
 	// AcceptRoundRobin accepts on one dispatcher goroutine and hands each
 	// connection to the next loop in turn. Even for any connection pattern,
@@ -89,6 +92,12 @@ type acceptor struct {
 	// accepts that find the queue empty, and bursts few wake-ups.
 	batch, full int
 	resting     bool // unwatched after running out of descriptors
+
+	// shared balances AcceptShared's loops (nil in the other modes); aside
+	// says the loop stepped aside from the listener. A shared acceptor's
+	// registration (resting, aside) changes under shared.mu only.
+	shared *sharedAccept
+	aside  atomic.Bool
 }
 
 // watch registers the listener with the poller.
@@ -101,6 +110,9 @@ func (a *acceptor) accept() (rested bool) {
 	if a.datagram {
 		a.receive()
 		return false
+	}
+	if a.aside.Load() {
+		return false // reported before the loop stepped aside
 	}
 	n := 0
 	for a.batch == 0 || n < a.batch {
@@ -127,6 +139,9 @@ func (a *acceptor) accept() (rested bool) {
 		n++
 		if a.w.admit(fd) {
 			a.take(fd, &peer)
+			if a.shared != nil && !a.shared.accepted(a) {
+				return false
+			}
 		}
 	}
 	if a.full++; a.full >= 4 {
@@ -152,7 +167,11 @@ func (a *acceptor) rest(err error) bool {
 	if last := a.w.restWarned.Load(); now-last >= int64(restWarnEvery) && a.w.restWarned.CompareAndSwap(last, now) {
 		a.w.logger().Warn("herd: accept: out of resources; pausing accepts", "at", a.owner, "for", restPeriod, "err", err, "rests", rests-a.w.restsWarned.Swap(rests))
 	}
-	if a.poller.Delete(a.fd) != nil {
+	if a.shared != nil {
+		a.shared.mu.Lock()
+		defer a.shared.mu.Unlock()
+	}
+	if a.aside.Load() || a.poller.Delete(a.fd) != nil {
 		return false
 	}
 	a.resting = true
@@ -161,9 +180,15 @@ func (a *acceptor) rest(err error) bool {
 
 // resume watches the listener again after a rest.
 func (a *acceptor) resume() {
+	if a.shared != nil {
+		a.shared.mu.Lock()
+		defer a.shared.mu.Unlock()
+	}
 	if a.resting && a.fd >= 0 {
 		a.resting = false
-		a.watch()
+		if !a.aside.Load() {
+			a.watch()
+		}
 	}
 }
 
@@ -173,7 +198,9 @@ func (a *acceptor) stop() {
 	if a.fd < 0 {
 		return
 	}
-	if !a.resting {
+	if a.shared != nil {
+		a.shared.leave(a)
+	} else if !a.resting {
 		a.poller.Delete(a.fd)
 	}
 	a.fd = -1

@@ -9,6 +9,7 @@ import (
 	"net"
 	"runtime"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -121,9 +122,136 @@ func TestDistributionReusePort(t *testing.T) {
 	}
 }
 
-// TestDistributionShared: shared accept is expected to be uneven (the
-// kernel wakes the loop that waited last); this only shows the spread and
-// checks that every connection was served.
+// TestDistributionSharedEven: shared accept keeps the loops' connections
+// within one of each other. Four long-lived connections arrive one after
+// another (the kernel alone puts all four on the loop that registered
+// first), then 100 arrive at once and stay, then half of one loop's leave
+// and 20 more come: they go to that loop. Count 2 and 4.
+func TestDistributionSharedEven(t *testing.T) {
+	for _, count := range []int{2, 4} {
+		t.Run(strconv.Itoa(count), func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			deadline, _ := ctx.Deadline()
+			var mu sync.Mutex
+			loopOf := map[string]int{} // client address -> loop
+			w := distEchoWorker("shared", count, false, AcceptShared)
+			w.OnConnect = func(c *Conn) {
+				mu.Lock()
+				loopOf[c.RemoteAddr().String()] = c.Loop().Index()
+				mu.Unlock()
+			}
+			srv := edStart(t, w)
+			defer srv.stop()
+			dial := func() net.Conn {
+				d := net.Dialer{Deadline: deadline}
+				c, err := d.DialContext(ctx, "tcp", srv.addr)
+				if err != nil {
+					t.Error(err)
+					return nil
+				}
+				c.SetDeadline(deadline)
+				if err := distEcho(c, []byte("hello")); err != nil {
+					c.Close()
+					t.Error(err)
+					return nil
+				}
+				return c
+			}
+			var open []net.Conn
+			defer func() {
+				for _, c := range open {
+					c.Close()
+				}
+			}()
+			// spread checks the loops' connections: as many as want on
+			// each, or (want < 0) within one of each other.
+			spread := func(stage string, want int64) {
+				t.Helper()
+				st := w.Stats()
+				lo, hi := st.Loops[0].Active, st.Loops[0].Active
+				for _, l := range st.Loops {
+					lo, hi = min(lo, l.Active), max(hi, l.Active)
+				}
+				fair := jain(st.Loops, func(l LoopStats) uint64 { return uint64(l.Active) })
+				t.Logf("%s: Jain %.4f\n%v", stage, fair, st)
+				if want >= 0 && (lo != want || hi != want) {
+					t.Fatalf("%s: loops hold %d to %d connections, want %d each", stage, lo, hi, want)
+				}
+				if hi-lo > 1 {
+					t.Fatalf("%s: loops hold %d to %d connections, want within one", stage, lo, hi)
+				}
+			}
+
+			for range 4 {
+				if c := dial(); c != nil {
+					open = append(open, c)
+				}
+			}
+			if t.Failed() {
+				return
+			}
+			spread("4 long-lived, one after another", int64(4/count))
+			for _, c := range open {
+				c.Close()
+			}
+			open = open[:0]
+			if !edWaitFor(ctx, func() bool { return w.conns.Load() == 0 }) {
+				t.Fatalf("connections still open\n%v", w.Stats())
+			}
+
+			burst := make([]net.Conn, 100)
+			var wg sync.WaitGroup
+			for i := range burst {
+				wg.Add(1)
+				go func() { defer wg.Done(); burst[i] = dial() }()
+			}
+			wg.Wait()
+			for _, c := range burst {
+				if c != nil {
+					open = append(open, c)
+				}
+			}
+			if t.Failed() {
+				return
+			}
+			spread("100 at once", int64(100/count))
+
+			// Half of loop 0's connections leave; the next 20 fill it up.
+			var stay []net.Conn
+			left := 0
+			mu.Lock()
+			for _, c := range open {
+				if loopOf[c.LocalAddr().String()] == 0 && left < 50/count {
+					c.Close()
+					left++
+				} else {
+					stay = append(stay, c)
+				}
+			}
+			mu.Unlock()
+			open = stay
+			if !edWaitFor(ctx, func() bool { return w.conns.Load() == int64(100-left) }) {
+				t.Fatalf("%d connections open, want %d\n%v", w.conns.Load(), 100-left, w.Stats())
+			}
+			for range left {
+				if c := dial(); c != nil {
+					open = append(open, c)
+				}
+			}
+			if t.Failed() {
+				return
+			}
+			spread("after loop 0's leavers were replaced", int64(100/count))
+			if st := w.Stats(); edSum(st, edAccepted) != 104+uint64(left) {
+				t.Errorf("accepted %d, want %d", edSum(st, edAccepted), 104+left)
+			}
+		})
+	}
+}
+
+// TestDistributionShared: short connections over shared accept are all
+// served; the spread is shown.
 func TestDistributionShared(t *testing.T) {
 	const conns = 800
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -267,28 +395,31 @@ func TestDistributionDispatch(t *testing.T) {
 // EPOLLEXCLUSIVE about one does. The kernel re-checks readiness before
 // epoll_wait returns, so few accepts come back empty: the herd shows as the
 // loop threads' voluntary context switches per accepted connection, which
-// must be lower with EPOLLEXCLUSIVE. (Each connection also costs its own
-// loop a wake-up for the echoed byte and one for the close, in both
-// configurations.)
+// must be lower with EPOLLEXCLUSIVE. Shared accept as herd runs it, with
+// the loops above the fewest stepping aside, must wake no more than
+// EPOLLEXCLUSIVE alone. (Each connection also costs its own loop a wake-up
+// for the echoed byte and one for the close, in every configuration.)
 func TestThunderingHerd(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("EPOLLEXCLUSIVE and thread switch counts are Linux only")
 	}
 	const conns, rounds = 200, 3
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
-	measure := func(plain bool) float64 {
-		name := "exclusive"
-		if plain {
-			name = "plain"
-		}
-		w := distEchoWorker(name, 4, false, AcceptShared)
+	type config struct {
+		name                string
+		exclusive, balanced bool
+	}
+	configs := []config{{"plain", false, false}, {"exclusive", true, false}, {"balanced", true, true}}
+	measure := func(cf config) float64 {
+		w := distEchoWorker(cf.name, 4, false, AcceptShared)
 		w.LockOSThread = true // ThreadSwitches counts the loops' own threads
 		if err := w.Listen(); err != nil {
 			t.Fatal(err)
 		}
-		w.exclusive = !plain // decided by Listen; changed before Run, to compare
+		// Decided by Listen and Run; changed before, to compare.
+		w.exclusive, w.unbalanced = cf.exclusive, !cf.balanced
 		srv := edStart(t, w)
 		defer srv.stop()
 		deadline, _ := ctx.Deadline()
@@ -322,25 +453,31 @@ func TestThunderingHerd(t *testing.T) {
 			edSum(before, func(l LoopStats) uint64 { return l.Wakeups })
 		perConn := float64(switches) / conns
 		t.Logf("%s: %.2f thread switches per connection (%d over %d connections), %.2f poller wake-ups per connection, %d empty accepts\n%v",
-			name, perConn, switches, conns, float64(wakeups)/conns, empty, after)
+			cf.name, perConn, switches, conns, float64(wakeups)/conns, empty, after)
 		if got := edSum(after, edAccepted); got != conns {
-			t.Errorf("%s: accepted %d, want %d", name, got, conns)
+			t.Errorf("%s: accepted %d, want %d", cf.name, got, conns)
 		}
 		return perConn
 	}
 
-	var plain, exclusive []float64
+	runs := make([][]float64, len(configs))
 	for range rounds {
-		plain = append(plain, measure(true))
-		exclusive = append(exclusive, measure(false))
+		for i, cf := range configs {
+			runs[i] = append(runs[i], measure(cf))
+		}
 	}
-	slices.Sort(plain)
-	slices.Sort(exclusive)
-	p, e := plain[rounds/2], exclusive[rounds/2]
-	t.Logf("thread switches per accepted connection, median of %d runs: plain %.2f %v, EPOLLEXCLUSIVE %.2f %v",
-		rounds, p, plain, e, exclusive)
-	if e >= p {
-		t.Errorf("EPOLLEXCLUSIVE: %.2f switches per connection, not fewer than plain registration's %.2f", e, p)
+	med := make([]float64, len(configs))
+	for i := range configs {
+		slices.Sort(runs[i])
+		med[i] = runs[i][rounds/2]
+	}
+	t.Logf("thread switches per accepted connection, median of %d runs: plain %.2f %v, EPOLLEXCLUSIVE %.2f %v, balanced %.2f %v",
+		rounds, med[0], runs[0], med[1], runs[1], med[2], runs[2])
+	if med[1] >= med[0] {
+		t.Errorf("EPOLLEXCLUSIVE: %.2f switches per connection, not fewer than plain registration's %.2f", med[1], med[0])
+	}
+	if med[2] >= med[0] {
+		t.Errorf("balanced: %.2f switches per connection, not fewer than plain registration's %.2f", med[2], med[0])
 	}
 }
 

@@ -19,9 +19,10 @@
 //     of long-lived connections can land on the same loop. Linux and FreeBSD
 //     only; elsewhere herd falls back to AcceptShared and logs it.
 //   - AcceptShared: one listening socket in every loop's poller, registered
-//     with EPOLLEXCLUSIVE on Linux so one loop wakes per connection. Cheap and
-//     cache-friendly, but the kernel favours the most recent waiter: work
-//     concentrates on a few loops.
+//     with EPOLLEXCLUSIVE on Linux so one loop wakes per connection. The
+//     kernel favours the loop that registered first, so a loop holding more
+//     connections than another stops watching the socket until the others
+//     catch up: open connections stay within one of each other per loop.
 //   - AcceptRoundRobin, AcceptLeastConns: one dispatcher goroutine accepts and
 //     hands each connection to a loop, in turn or to the least loaded. Even
 //     for long-lived connections, at the cost of one hand-off per connection.

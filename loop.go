@@ -143,6 +143,10 @@ func (l *Loop) addListener(fd int, exclusive bool) error {
 	if err := a.watch(); err != nil {
 		return err
 	}
+	if l.w.shared != nil && !a.datagram {
+		a.shared = l.w.shared
+		a.shared.join(a)
+	}
 	l.accs = append(l.accs, a)
 	if a.datagram {
 		l.datagramFd.Store(int64(fd))

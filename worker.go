@@ -214,11 +214,13 @@ type Worker struct {
 	state                    workerState
 	ep                       endpoint
 	proto                    protocol.Protocol
-	listeners                []int      // one per loop with reuseport, else one
-	mode                     AcceptMode // as resolved: acceptReusePort, or Accept
-	exclusive                bool       // shared listeners are registered with EPOLLEXCLUSIVE
-	loops                    []*Loop    // serving now, by Index
-	departing                []*Loop    // left by Scale, not yet exited
+	listeners                []int         // one per loop with reuseport, else one
+	mode                     AcceptMode    // as resolved: acceptReusePort, or Accept
+	exclusive                bool          // shared listeners are registered with EPOLLEXCLUSIVE
+	shared                   *sharedAccept // AcceptShared over connections: spreads them
+	unbalanced               bool          // no sharedAccept (tests compare the two)
+	loops                    []*Loop       // serving now, by Index
+	departing                []*Loop       // left by Scale, not yet exited
 	running                  sync.WaitGroup
 	scaleMu                  sync.Mutex // serializes Scale
 	sc                       scaleState
@@ -579,6 +581,9 @@ func (w *Worker) startLoops() error {
 			return err
 		}
 		w.loops = append(w.loops, l)
+	}
+	if w.mode == AcceptShared && w.ep.network != "udp" && !w.unbalanced {
+		w.shared = &sharedAccept{}
 	}
 	refs := int32(0)
 	for i, l := range w.loops {
