@@ -97,6 +97,7 @@ func (s *sharedAccept) balanceLocked() {
 		}
 	}
 }
+
 // leftShared runs when a connection left the loop.
 func (l *Loop) leftShared() {
 	l.w.shared.left()
