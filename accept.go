@@ -2,9 +2,9 @@
 
 package herd
 
-// How connections reach loops: the listen modes, the one path by which a
-// connection is accepted or turned away (shared by the loops and the
-// dispatcher), and the dispatcher.
+// How connections reach loops: the listen modes, and the one path by which
+// a loop accepts a connection or turns it away. (shared.go keeps the loops
+// even in the balanced modes.)
 
 import (
 	"errors"
@@ -27,19 +27,19 @@ const (
 	// AcceptShared registers one listening socket in every loop's poller;
 	// whichever loop the kernel wakes accepts. On Linux the registration
 	// uses EPOLLEXCLUSIVE so one loop wakes per connection instead of all.
-	// The kernel alone would favour the loop that registered first; so a
-	// loop that holds more connections than another steps aside (stops
-	// watching the socket) until the others catch up, and the loops' open
-	// connections stay within one of each other, for long-lived
-	// connections too. No hand-off, no dispatcher.
+	// Cheapest per connection, but uneven: the kernel wakes the first loop,
+	// in the order they registered, that is waiting, so a few loops may
+	// take most connections.
 	AcceptShared AcceptMode = iota
-	// AcceptRoundRobin accepts on one dispatcher goroutine and hands each
-	// connection to the next loop in turn. Even for any connection pattern,
-	// at the cost of one hand-off per connection.
+	// AcceptRoundRobin is AcceptShared with turns: a loop that has taken a
+	// connection steps aside (stops watching the socket) until every loop
+	// has taken one, so each takes one connection per round.
 	AcceptRoundRobin
-	// AcceptLeastConns is like AcceptRoundRobin but hands each connection to
-	// the loop with the fewest open connections: the right choice for a few
-	// long-lived connections (WebSocket, game sessions).
+	// AcceptLeastConns is AcceptShared kept even: a loop that holds more
+	// open connections than another steps aside until the others catch up,
+	// so the loops' connections stay within one of each other. The right
+	// choice for long-lived connections (WebSocket, game sessions), where a
+	// hash or the kernel's preference is blind to load.
 	AcceptLeastConns
 
 	// acceptReusePort is ReusePort as resolved: a listener per loop.
@@ -60,8 +60,8 @@ func (m AcceptMode) String() string {
 	return "AcceptMode(" + strconv.Itoa(int(m)) + ")"
 }
 
-// dispatched reports whether a dispatcher hands connections to the loops.
-func (m AcceptMode) dispatched() bool { return m == AcceptRoundRobin || m == AcceptLeastConns }
+// balanced reports whether the loops take turns at a shared socket.
+func (m AcceptMode) balanced() bool { return m == AcceptRoundRobin || m == AcceptLeastConns }
 
 // restPeriod is how long a listener rests after accept ran out of
 // descriptors: a level-triggered listener would otherwise spin its loop.
@@ -70,34 +70,34 @@ const restPeriod = 50 * time.Millisecond
 // maxAcceptBatch bounds the accepts of one listener event of a loop.
 const maxAcceptBatch = 64
 
-// acceptor takes connections from one listening socket, for a loop
-// (ReusePort, AcceptShared) or for the dispatcher, and hands each admitted
-// one to take.
+// acceptor takes connections from one listening socket for a loop, and
+// hands each admitted one to take.
 type acceptor struct {
 	w         *Worker
-	loop      *Loop // nil for the dispatcher
-	fd        int   // the listening socket; -1: none (dispatched loops, or stopped)
-	datagram  bool  // a udp:// worker's socket: receive datagrams, not connections
+	loop      *Loop
+	fd        int  // the listening socket; -1: stopped
+	datagram  bool // a udp:// worker's socket: receive datagrams, not connections
 	poller    *poll.Poller
 	exclusive bool   // registered with EPOLLEXCLUSIVE
-	owner     string // for logs: "loop 3", "dispatcher"
+	owner     string // for logs: "loop 3"
 	buf       sock.AcceptBuf
 	take      func(fd int, peer *sock.Peer)
 	empty     *atomic.Uint64 // counts events that found no connection
 
-	// batch is how many accepts one event tries; 0: until the queue is
-	// empty (the dispatcher, which has nothing else to do). A loop's
-	// shrinks to what the last burst held and grows after four full
-	// batches in a row, so that connections arriving one at a time cost few
-	// accepts that find the queue empty, and bursts few wake-ups.
+	// batch is how many accepts one event tries. It shrinks to what the
+	// last burst held and grows after four full batches in a row, so that
+	// connections arriving one at a time cost few accepts that find the
+	// queue empty, and bursts few wake-ups.
 	batch, full int
 	resting     bool // unwatched after running out of descriptors
 
-	// shared balances AcceptShared's loops (nil in the other modes); aside
-	// says the loop stepped aside from the listener. A shared acceptor's
-	// registration (resting, aside) changes under shared.mu only.
+	// shared balances the loops in AcceptRoundRobin and AcceptLeastConns
+	// (nil in the other modes); aside says the loop stepped aside from the
+	// listener, turns counts its connections in AcceptRoundRobin. Under
+	// shared.mu: turns, and any change of resting or aside.
 	shared *sharedAccept
 	aside  atomic.Bool
+	turns  int64
 }
 
 // watch registers the listener with the poller.
@@ -115,13 +115,13 @@ func (a *acceptor) accept() (rested bool) {
 		return false // reported before the loop stepped aside
 	}
 	n := 0
-	for a.batch == 0 || n < a.batch {
+	for n < a.batch {
 		fd, peer, err := sock.Accept(a.fd, &a.buf)
 		if err != nil {
 			if err == unix.EAGAIN {
 				if n == 0 {
 					a.empty.Add(1)
-				} else if a.batch > 0 {
+				} else {
 					a.batch, a.full = n, 0
 				}
 				return false
@@ -229,99 +229,4 @@ func acceptTemporary(err error) bool {
 // of descriptors or memory: the listener must rest or the loop spins.
 func acceptExhausted(err error) bool {
 	return errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) || errors.Is(err, unix.ENOBUFS) || errors.Is(err, unix.ENOMEM)
-}
-
-// dispatcher accepts on one goroutine and hands connections to loops
-// (AcceptRoundRobin, AcceptLeastConns).
-type dispatcher struct {
-	w            *Worker
-	acc          acceptor
-	loops        atomic.Pointer[[]*Loop] // the loops to hand to (Scale changes them)
-	next         int
-	stopped      atomic.Bool
-	exited       chan struct{}
-	emptyAccepts atomic.Uint64
-}
-
-func newDispatcher(w *Worker, fd int) (*dispatcher, error) {
-	p, err := poll.New(1)
-	if err != nil {
-		return nil, err
-	}
-	d := &dispatcher{w: w, exited: make(chan struct{})}
-	d.acc = acceptor{w: w, fd: fd, poller: p, owner: "dispatcher", take: d.handOff, empty: &d.emptyAccepts}
-	if err := d.acc.watch(); err != nil {
-		p.Close()
-		return nil, err
-	}
-	return d, nil
-}
-
-func (d *dispatcher) stop() {
-	if d.stopped.CompareAndSwap(false, true) {
-		d.acc.poller.Wake()
-	}
-}
-
-func (d *dispatcher) run() {
-	defer close(d.exited)
-	defer d.acc.stop()
-	var events []poll.Event
-	timeout := -1
-	for !d.stopped.Load() {
-		var err error
-		events, err = d.acc.poller.Wait(timeout, events)
-		if err != nil {
-			d.w.fail(err)
-			return
-		}
-		if timeout >= 0 && len(events) == 0 {
-			d.acc.resume() // the rest is over
-			timeout = -1
-		}
-		for _, ev := range events {
-			if !ev.Wake && d.acc.accept() {
-				timeout = int(restPeriod / time.Millisecond)
-			}
-		}
-	}
-}
-
-func (d *dispatcher) setLoops(loops []*Loop) {
-	loops = append([]*Loop(nil), loops...)
-	d.loops.Store(&loops)
-}
-
-// handOff gives an accepted connection to the loop the policy picks. A
-// loop that Scale took away after the pick no longer takes it: pick again
-// among those that stay.
-func (d *dispatcher) handOff(fd int, peer *sock.Peer) {
-	for range 4 {
-		l := d.pick()
-		l.active.Add(1) // counted now, so least-conns sees it before the loop does
-		if l.post(task{kind: taskConn, fd: fd, peer: *peer}) {
-			return
-		}
-		l.active.Add(-1)
-	}
-	d.w.conns.Add(-1) // the worker stops
-	sock.Close(fd)
-}
-
-// pick chooses the loop for the next connection.
-func (d *dispatcher) pick() *Loop {
-	loops := *d.loops.Load()
-	start := d.next % len(loops)
-	d.next = (start + 1) % len(loops)
-	if d.w.mode == AcceptRoundRobin {
-		return loops[start]
-	}
-	best := loops[start]
-	for i := 1; i < len(loops); i++ {
-		l := loops[(start+i)%len(loops)]
-		if l.active.Load() < best.active.Load() {
-			best = l
-		}
-	}
-	return best
 }

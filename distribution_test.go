@@ -122,12 +122,12 @@ func TestDistributionReusePort(t *testing.T) {
 	}
 }
 
-// TestDistributionSharedEven: shared accept keeps the loops' connections
+// TestDistributionLeastConns: least-conns keeps the loops' connections
 // within one of each other. Four long-lived connections arrive one after
 // another (the kernel alone puts all four on the loop that registered
 // first), then 100 arrive at once and stay, then half of one loop's leave
-// and 20 more come: they go to that loop. Count 2 and 4.
-func TestDistributionSharedEven(t *testing.T) {
+// and as many come: they go to that loop. Count 2 and 4.
+func TestDistributionLeastConns(t *testing.T) {
 	for _, count := range []int{2, 4} {
 		t.Run(strconv.Itoa(count), func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -135,7 +135,7 @@ func TestDistributionSharedEven(t *testing.T) {
 			deadline, _ := ctx.Deadline()
 			var mu sync.Mutex
 			loopOf := map[string]int{} // client address -> loop
-			w := distEchoWorker("shared", count, false, AcceptShared)
+			w := distEchoWorker("least-conns", count, false, AcceptLeastConns)
 			w.OnConnect = func(c *Conn) {
 				mu.Lock()
 				loopOf[c.RemoteAddr().String()] = c.Loop().Index()
@@ -250,8 +250,9 @@ func TestDistributionSharedEven(t *testing.T) {
 	}
 }
 
-// TestDistributionShared: short connections over shared accept are all
-// served; the spread is shown.
+// TestDistributionShared: shared accept is expected to be uneven (the
+// kernel wakes the first loop that waits); this only shows the spread and
+// checks that every connection was served.
 func TestDistributionShared(t *testing.T) {
 	const conns = 800
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -270,17 +271,18 @@ func TestDistributionShared(t *testing.T) {
 	}
 }
 
-// TestDistributionDispatch: the dispatch modes put 4 long-lived connections
+// TestDistributionTurns: the balanced modes put 4 long-lived connections
 // on 4 loops, one each, even when they arrive together. Then the client on
 // loop 2 leaves and a fifth connection arrives: least-conns gives it to the
-// loop that has none (2), round-robin to the next in turn (0).
-func TestDistributionDispatch(t *testing.T) {
+// loop that has none (2); round robin starts a new round, in which each
+// loop takes one of the next four.
+func TestDistributionTurns(t *testing.T) {
 	for _, tc := range []struct {
 		accept    AcceptMode
-		fifthLoop int
+		fifthLoop int // -1: any
 	}{
 		{AcceptLeastConns, 2},
-		{AcceptRoundRobin, 0},
+		{AcceptRoundRobin, -1},
 	} {
 		t.Run(tc.accept.String(), func(t *testing.T) {
 			const count = 4
@@ -312,8 +314,8 @@ func TestDistributionDispatch(t *testing.T) {
 				}
 				return c
 			}
-			// The four arrive at once: the dispatcher counts a connection
-			// against its loop when it hands it over, so a burst spreads too.
+			// The four arrive at once: a loop steps aside as soon as it
+			// has taken one, so a burst spreads too.
 			clients := make([]net.Conn, count)
 			var wg sync.WaitGroup
 			for i := range clients {
@@ -362,28 +364,43 @@ func TestDistributionDispatch(t *testing.T) {
 			if clients[leaving] == nil {
 				return
 			}
-			st = w.Stats()
-			t.Logf("after the client on loop 2 was replaced\n%v", st)
 			mu.Lock()
 			got := loopOf[clients[leaving].LocalAddr().String()]
 			mu.Unlock()
-			if got != tc.fifthLoop {
+			if tc.fifthLoop >= 0 && got != tc.fifthLoop {
 				t.Errorf("fifth connection went to loop %d, want %d", got, tc.fifthLoop)
 			}
+			want := 5
+			if tc.accept == AcceptRoundRobin {
+				// The rest of the round: one for each other loop.
+				for range count - 1 {
+					c := dial()
+					if c == nil {
+						return
+					}
+					clients = append(clients, c)
+				}
+				want = 2 * count
+			}
+			st = w.Stats()
+			t.Logf("after the client on loop 2 was replaced\n%v", st)
 			for _, l := range st.Loops {
-				wantActive := int64(1)
-				if tc.fifthLoop != 2 && l.Index == 2 {
-					wantActive = 0
+				wantActive, wantAccepted := int64(1), uint64(1)
+				if l.Index == 2 {
+					wantAccepted = 2
 				}
-				if tc.fifthLoop != 2 && l.Index == tc.fifthLoop {
-					wantActive = 2
+				if tc.accept == AcceptRoundRobin {
+					wantActive, wantAccepted = 2, 2
+					if l.Index == 2 {
+						wantActive = 1
+					}
 				}
-				if l.Active != wantActive {
-					t.Errorf("loop %d: active %d, want %d", l.Index, l.Active, wantActive)
+				if l.Active != wantActive || l.Accepted != wantAccepted {
+					t.Errorf("loop %d: active %d, accepted %d; want %d and %d", l.Index, l.Active, l.Accepted, wantActive, wantAccepted)
 				}
 			}
-			if got := edSum(st, edAccepted); got != count+1 {
-				t.Errorf("accepted %d, want %d", got, count+1)
+			if got := edSum(st, edAccepted); got != uint64(want) {
+				t.Errorf("accepted %d, want %d", got, want)
 			}
 		})
 	}
@@ -395,9 +412,8 @@ func TestDistributionDispatch(t *testing.T) {
 // EPOLLEXCLUSIVE about one does. The kernel re-checks readiness before
 // epoll_wait returns, so few accepts come back empty: the herd shows as the
 // loop threads' voluntary context switches per accepted connection, which
-// must be lower with EPOLLEXCLUSIVE. Shared accept as herd runs it, with
-// the loops above the fewest stepping aside, must wake no more than
-// EPOLLEXCLUSIVE alone. (Each connection also costs its own loop a wake-up
+// must be lower with EPOLLEXCLUSIVE, least-conns's (its loops above the
+// fewest stepping aside) too. (Each connection also costs its own loop a wake-up
 // for the echoed byte and one for the close, in every configuration.)
 func TestThunderingHerd(t *testing.T) {
 	if runtime.GOOS != "linux" {
@@ -411,15 +427,18 @@ func TestThunderingHerd(t *testing.T) {
 		name                string
 		exclusive, balanced bool
 	}
-	configs := []config{{"plain", false, false}, {"exclusive", true, false}, {"balanced", true, true}}
+	configs := []config{{"plain", false, false}, {"exclusive", true, false}, {"least-conns", true, true}}
 	measure := func(cf config) float64 {
-		w := distEchoWorker(cf.name, 4, false, AcceptShared)
+		mode := AcceptShared
+		if cf.balanced {
+			mode = AcceptLeastConns
+		}
+		w := distEchoWorker(cf.name, 4, false, mode)
 		w.LockOSThread = true // ThreadSwitches counts the loops' own threads
 		if err := w.Listen(); err != nil {
 			t.Fatal(err)
 		}
-		// Decided by Listen and Run; changed before, to compare.
-		w.exclusive, w.unbalanced = cf.exclusive, !cf.balanced
+		w.exclusive = cf.exclusive // decided by Listen; changed before Run, to compare
 		srv := edStart(t, w)
 		defer srv.stop()
 		deadline, _ := ctx.Deadline()
@@ -471,13 +490,13 @@ func TestThunderingHerd(t *testing.T) {
 		slices.Sort(runs[i])
 		med[i] = runs[i][rounds/2]
 	}
-	t.Logf("thread switches per accepted connection, median of %d runs: plain %.2f %v, EPOLLEXCLUSIVE %.2f %v, balanced %.2f %v",
+	t.Logf("thread switches per accepted connection, median of %d runs: plain %.2f %v, EPOLLEXCLUSIVE %.2f %v, least-conns %.2f %v",
 		rounds, med[0], runs[0], med[1], runs[1], med[2], runs[2])
 	if med[1] >= med[0] {
 		t.Errorf("EPOLLEXCLUSIVE: %.2f switches per connection, not fewer than plain registration's %.2f", med[1], med[0])
 	}
 	if med[2] >= med[0] {
-		t.Errorf("balanced: %.2f switches per connection, not fewer than plain registration's %.2f", med[2], med[0])
+		t.Errorf("least-conns: %.2f switches per connection, not fewer than plain registration's %.2f", med[2], med[0])
 	}
 }
 

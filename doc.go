@@ -19,13 +19,13 @@
 //     of long-lived connections can land on the same loop. Linux and FreeBSD
 //     only; elsewhere herd falls back to AcceptShared and logs it.
 //   - AcceptShared: one listening socket in every loop's poller, registered
-//     with EPOLLEXCLUSIVE on Linux so one loop wakes per connection. The
-//     kernel favours the loop that registered first, so a loop holding more
-//     connections than another stops watching the socket until the others
-//     catch up: open connections stay within one of each other per loop.
-//   - AcceptRoundRobin, AcceptLeastConns: one dispatcher goroutine accepts and
-//     hands each connection to a loop, in turn or to the least loaded. Even
-//     for long-lived connections, at the cost of one hand-off per connection.
+//     with EPOLLEXCLUSIVE on Linux so one loop wakes per connection. Cheap and
+//     cache-friendly, but the kernel wakes the first loop, in the order they
+//     registered, that is waiting: work concentrates on a few loops.
+//   - AcceptRoundRobin, AcceptLeastConns: shared, and kept even: a loop
+//     ahead of another (by connections taken, or held) stops watching the
+//     socket until the others catch up. Even for long-lived connections,
+//     with no hand-off between goroutines: the loop that accepts serves.
 //
 // # The threading rule
 //

@@ -76,8 +76,8 @@ func ExampleConn_Send_fromGoroutine() {
 	// Output: HERD
 }
 
-// Dispatch by least connections spreads a few long-lived connections one
-// per loop, which a reuseport hash does not promise.
+// Least-conns spreads a few long-lived connections one per loop, which a
+// reuseport hash does not promise.
 func ExampleAcceptLeastConns() {
 	w := &herd.Worker{Addr: "tcp://127.0.0.1:0", Count: 4, Accept: herd.AcceptLeastConns}
 	connected := make(chan struct{}, 4)

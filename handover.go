@@ -198,17 +198,13 @@ func (w *Worker) endLoan() {
 	w.mu.Unlock()
 }
 
-// stopAccepting stops the worker's loops and dispatcher watching the
-// listening sockets, and returns once none does.
+// stopAccepting stops the worker's loops watching the listening sockets,
+// and returns once none does.
 func (w *Worker) stopAccepting() {
 	w.mu.Lock()
 	w.handedOver = true
-	loops, disp := append([]*Loop(nil), w.loops...), w.disp
+	loops := append([]*Loop(nil), w.loops...)
 	w.mu.Unlock()
-	if disp != nil {
-		disp.stop() // it stops watching the listener as it exits
-		<-disp.exited
-	}
 	for _, l := range loops {
 		done := make(chan struct{})
 		if !l.Post(func() {

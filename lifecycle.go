@@ -184,9 +184,7 @@ func (l *Loop) closeConn(c *Conn, err error) {
 	l.conns[int(c.fd)] = nil
 	l.nconns--
 	l.active.Add(-1)
-	if l.w.shared != nil {
-		l.leftShared()
-	}
+	l.leftShared()
 	l.closedConns.Add(1)
 	dialed := c.flags.Load()&flagDialed != 0
 	if !dialed {

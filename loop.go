@@ -34,7 +34,7 @@ type Loop struct {
 	poller *poll.Poller
 
 	// Owned by the loop goroutine.
-	accs     []*acceptor // its listeners: none when connections come from the dispatcher, more than one after Scale moved some here
+	accs     []*acceptor // its listeners: more than one after Scale moved some here
 	heirs    []*Loop     // set when the loop leaves (Scale): they take what still comes to it
 	conns    []*Conn     // by descriptor
 	nconns   int
@@ -96,7 +96,6 @@ type taskKind uint8
 
 const (
 	taskFunc taskKind = iota
-	taskConn
 	taskClose
 	taskAbort
 	taskDropped
@@ -111,9 +110,7 @@ const (
 type task struct {
 	kind  taskKind
 	force bool
-	fd    int
 	c     *Conn
-	peer  sock.Peer
 	err   error
 	f     func()
 }
@@ -143,9 +140,8 @@ func (l *Loop) addListener(fd int, exclusive bool) error {
 	if err := a.watch(); err != nil {
 		return err
 	}
-	if l.w.shared != nil && !a.datagram {
-		a.shared = l.w.shared
-		a.shared.join(a)
+	if !a.datagram {
+		a.shared = l.w.shared // joined just before the loops start
 	}
 	l.accs = append(l.accs, a)
 	if a.datagram {
@@ -296,10 +292,6 @@ func (l *Loop) endTasks(rest []task) {
 		t := &rest[i]
 		switch {
 		case l.forward(t):
-		case t.kind == taskConn:
-			l.active.Add(-1)
-			l.w.conns.Add(-1)
-			sock.Close(t.fd)
 		case t.kind == taskMoved:
 			// Handed over as the worker stopped, too late to be served.
 			l.moveIn(t.c)
@@ -387,14 +379,6 @@ func (l *Loop) runTasks() {
 		switch t.kind {
 		case taskFunc:
 			l.callFunc(t.f)
-		case taskConn:
-			if l.draining {
-				l.active.Add(-1)
-				l.w.conns.Add(-1)
-				sock.Close(t.fd)
-			} else {
-				l.register(t.fd, &t.peer)
-			}
 		case taskClose:
 			if t.c.flags.Load()&flagConnecting != 0 {
 				if t.c.queueEmpty() {

@@ -48,7 +48,8 @@ var (
 // Growing starts loops numbered from the current count up; each runs
 // OnWorkerStart and takes a share of new connections: with ReusePort a
 // listener of the group (one a loop that left had kept, or a new one), in
-// the other modes the shared listener or the dispatcher's hand-offs. A
+// the other modes the shared listener (in the balanced modes a new loop
+// starts at the fewest connections taken, and catches up on those held). A
 // grow that fails (out of descriptors, say) leaves the worker as it was:
 // what it opened is closed, and Scale returns the error.
 //
@@ -226,9 +227,6 @@ func (w *Worker) shrink(ctx context.Context, n int) error {
 	w.departing = append(w.departing, leaving...)
 	w.count = n
 	w.loopsRemoved.Add(uint64(len(leaving)))
-	if w.disp != nil {
-		w.disp.setLoops(staying)
-	}
 	pos := make(map[int]int, len(w.listeners))
 	for i, fd := range w.listeners {
 		pos[fd] = i
@@ -394,7 +392,7 @@ func (w *Worker) grow(n int) error {
 				}
 			}
 		}
-	case AcceptShared:
+	default:
 		for _, l := range added {
 			if err := l.addListener(listeners[0], w.exclusive); err != nil {
 				return undo(err)
@@ -419,15 +417,13 @@ func (w *Worker) grow(n int) error {
 	}
 	w.listenRefs.Add(int32(refs))
 	w.listeners = append(w.listeners, made...)
+	w.shared.join(added)
 	for _, l := range added {
 		w.start(l)
 	}
 	w.loops = append(w.loops, added...)
 	w.count = n
 	w.loopsAdded.Add(uint64(len(added)))
-	if w.disp != nil {
-		w.disp.setLoops(w.loops)
-	}
 	w.markChangeLocked()
 	w.logger().Info("herd: scaled up", "from", cur, "to", n)
 	return nil
@@ -642,16 +638,6 @@ func (l *Loop) forward(t *task) bool {
 			return false
 		}
 		t.c.post(*t) // fails only once the worker has stopped
-		return true
-	case t.kind == taskConn && l.heirs != nil:
-		h := leastActive(l.heirs)
-		l.active.Add(-1)
-		h.active.Add(1)
-		if !h.post(*t) {
-			h.active.Add(-1)
-			l.w.conns.Add(-1)
-			sock.Close(t.fd)
-		}
 		return true
 	}
 	return false

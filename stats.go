@@ -36,9 +36,6 @@ type Stats struct {
 	// Rejected counts connections closed at once because MaxConns was
 	// reached.
 	Rejected uint64
-	// DispatcherEmptyAccepts counts the dispatcher's wake-ups that found no
-	// connection (dispatch modes only).
-	DispatcherEmptyAccepts uint64
 	// AcceptFairness and MessageFairness are Jain's index over the loops
 	// serving now of the connections they accepted and the messages they
 	// received since Since: 1 when all loops have the same share, 1/Count
@@ -169,7 +166,7 @@ func (l LoopStats) plus(o LoopStats) LoopStats {
 // goroutine, cheap enough to call often.
 func (w *Worker) Stats() Stats {
 	w.mu.Lock()
-	loops, departing, mode, disp := w.loops, append([]*Loop(nil), w.departing...), w.mode, w.disp
+	loops, departing, mode := w.loops, append([]*Loop(nil), w.departing...), w.mode
 	retired := append([]LoopStats(nil), w.sc.retired...)
 	base, since := append([]fairBase(nil), w.sc.base...), w.sc.since
 	// Read under w.mu: a loop that exits moves from departing to retired
@@ -182,9 +179,6 @@ func (w *Worker) Stats() Stats {
 		if r != (LoopStats{Index: r.Index}) {
 			s.Departed = append(s.Departed, r)
 		}
-	}
-	if disp != nil {
-		s.DispatcherEmptyAccepts = disp.emptyAccepts.Load()
 	}
 	window := make([]LoopStats, len(s.Loops))
 	for i, l := range s.Loops {

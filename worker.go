@@ -217,14 +217,12 @@ type Worker struct {
 	listeners                []int         // one per loop with reuseport, else one
 	mode                     AcceptMode    // as resolved: acceptReusePort, or Accept
 	exclusive                bool          // shared listeners are registered with EPOLLEXCLUSIVE
-	shared                   *sharedAccept // AcceptShared over connections: spreads them
-	unbalanced               bool          // no sharedAccept (tests compare the two)
+	shared                   *sharedAccept // AcceptRoundRobin, AcceptLeastConns: the loops' turns
 	loops                    []*Loop       // serving now, by Index
 	departing                []*Loop       // left by Scale, not yet exited
 	running                  sync.WaitGroup
 	scaleMu                  sync.Mutex // serializes Scale
 	sc                       scaleState
-	disp                     *dispatcher
 	stopping                 chan struct{} // closed by Shutdown
 	done                     chan struct{} // closed when Run has stopped everything
 	runErr                   error
@@ -243,7 +241,7 @@ type Worker struct {
 	inheritedListeners       bool         // Listen took sockets handed over (upgrade, systemd)
 	handedOver               bool         // the listeners went to an upgrade's child, which owns the socket file now
 	lent                     bool         // a Handover is open: Scale refuses (ErrLent)
-	listenRefs               atomic.Int32 // loops and dispatcher still watching the listeners
+	listenRefs               atomic.Int32 // loops still watching the listeners
 	maxPkg                   int
 	maxSend                  int
 	stopGrace                time.Duration
@@ -453,7 +451,7 @@ func (w *Worker) configure() error {
 	}
 	// One loop wakes per connection on a shared listener (Linux; kqueue
 	// has no such flag and wakes them all).
-	w.exclusive = w.mode == AcceptShared
+	w.exclusive = w.mode != acceptReusePort
 	w.stopping = make(chan struct{})
 	w.done = make(chan struct{})
 	return nil
@@ -500,8 +498,8 @@ func (w *Worker) closeListeners() {
 	w.boundPath = false
 }
 
-// releaseListener is called by each loop and the dispatcher once it no
-// longer watches the listeners; the last one closes them, so that a
+// releaseListener is called by each loop once it no longer watches the
+// listeners; the last one closes them, so that a
 // draining worker stops taking connections it would never serve.
 func (w *Worker) releaseListener() {
 	if w.listenRefs.Add(-1) == 0 {
@@ -532,7 +530,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	err := w.startLoops()
 	if err != nil {
 		w.teardownLocked()
-		w.loops, w.disp = nil, nil // Shutdown: nothing ran
+		w.loops = nil // Shutdown: nothing ran
 		w.mu.Unlock()
 		close(w.done)
 		return err
@@ -549,7 +547,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 	}()
 
-	w.running.Wait() // every loop, those Scale added too, and the dispatcher
+	w.running.Wait() // every loop, those Scale added too
 	w.mu.Lock()
 	w.teardownLocked()
 	err = w.runErr
@@ -566,13 +564,10 @@ func (w *Worker) teardownLocked() {
 	for _, l := range append(w.loops, w.departing...) {
 		l.poller.Close()
 	}
-	if w.disp != nil {
-		w.disp.acc.poller.Close()
-	}
 }
 
-// startLoops makes the pollers and starts one goroutine per loop, plus the
-// dispatcher in the dispatch modes. Called with w.mu held.
+// startLoops makes the pollers and starts one goroutine per loop. Called
+// with w.mu held.
 func (w *Worker) startLoops() error {
 	w.loops = make([]*Loop, 0, w.count)
 	for i := 0; i < w.count; i++ {
@@ -582,8 +577,8 @@ func (w *Worker) startLoops() error {
 		}
 		w.loops = append(w.loops, l)
 	}
-	if w.mode == AcceptShared && w.ep.network != "udp" && !w.unbalanced {
-		w.shared = &sharedAccept{}
+	if w.mode.balanced() {
+		w.shared = &sharedAccept{byConns: w.mode == AcceptLeastConns}
 	}
 	refs := int32(0)
 	for i, l := range w.loops {
@@ -596,7 +591,7 @@ func (w *Worker) startLoops() error {
 			for j := i; j < len(w.listeners) && err == nil; j += len(w.loops) {
 				err = l.addListener(w.listeners[j], false)
 			}
-		case w.mode == AcceptShared:
+		default:
 			err = l.addListener(w.listeners[0], w.exclusive)
 		}
 		if err != nil {
@@ -604,26 +599,11 @@ func (w *Worker) startLoops() error {
 		}
 		refs += int32(len(l.accs))
 	}
-	if w.mode.dispatched() {
-		d, err := newDispatcher(w, w.listeners[0])
-		if err != nil {
-			return err
-		}
-		d.setLoops(w.loops)
-		w.disp = d
-		refs++
-	}
 	w.listenRefs.Store(refs)
 	w.steerAtStart()
+	w.shared.join(w.loops)
 	for _, l := range w.loops {
 		w.start(l)
-	}
-	if w.disp != nil {
-		w.running.Add(1)
-		go func() {
-			defer w.running.Done()
-			w.disp.run()
-		}()
 	}
 	return nil
 }
@@ -692,15 +672,11 @@ func (w *Worker) Shutdown(ctx context.Context) error {
 	}
 }
 
-// stopAll asks the dispatcher and every loop to stop: gracefully, or at once
-// when force is set.
+// stopAll asks every loop to stop: gracefully, or at once when force is set.
 func (w *Worker) stopAll(force bool) {
 	w.mu.Lock()
 	loops := append(append([]*Loop(nil), w.loops...), w.departing...)
 	w.mu.Unlock()
-	if w.disp != nil {
-		w.disp.stop()
-	}
 	for _, l := range loops {
 		l.post(task{kind: taskStop, force: force})
 	}

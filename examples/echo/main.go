@@ -20,8 +20,8 @@
 // -mode chooses how connections reach the loops: reuseport (each loop its
 // own SO_REUSEPORT listener, the kernel spreads connections; falls back to
 // shared accept where the kernel does not balance), shared (one listener
-// every loop watches), roundrobin or leastconns (one acceptor hands
-// connections out).
+// every loop watches), roundrobin or leastconns (shared, and a loop ahead
+// of the others stops watching until they catch up).
 //
 // Send SIGUSR1 to print the per-loop stats table (connections, messages,
 // bytes and wake-ups per loop, and a fairness index) without stopping; the

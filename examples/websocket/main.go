@@ -102,8 +102,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}}
 
-	// A few long-lived connections: least-connections dispatch spreads
-	// them over the loops, which a reuseport hash does not promise.
+	// A few long-lived connections: least-conns spreads them over the
+	// loops, which a reuseport hash does not promise.
 	w := &herd.Worker{Name: "websocket", Addr: *addr, Count: *count, Accept: herd.AcceptLeastConns, Logger: logger}
 	scheme, fingerprint, err := selfsigned.Setup(w, *useTLS, *certFile, *keyFile)
 	if err != nil {

@@ -19,8 +19,8 @@ func chart(sums []summary) string {
 			cases = append(cases, s.Case)
 		}
 	}
-	distServers := []string{"herd-reuseport-4", "herd-shared-4", "herd-dispatch-4", "gnet-reuseport-4", "gnet-noreuse-4"}
-	peerServers := []string{"herd-reuseport-2", "herd-shared-2", "herd-dispatch-2", "gnet-reuseport-2", "gnet-noreuse-2", "cfloor-reuseport-2", "stdnet", "nethttp"}
+	distServers := []string{"herd-reuseport-4", "herd-shared-4", "herd-leastconns-4", "gnet-reuseport-4", "gnet-noreuse-4"}
+	peerServers := []string{"herd-reuseport-2", "herd-shared-2", "herd-leastconns-2", "gnet-reuseport-2", "gnet-noreuse-2", "cfloor-reuseport-2", "stdnet", "nethttp"}
 	colors := map[string]string{"herd": "#2b6cb0", "gnet": "#dd6b20", "cfloor": "#2f855a", "stdnet": "#718096", "nethttp": "#718096"}
 	color := func(server string) string {
 		return colors[strings.SplitN(server, "-", 2)[0]]

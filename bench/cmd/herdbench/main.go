@@ -359,14 +359,14 @@ func writeTargets(w io.Writer, sums []summary, idles map[string][]harness.IdleRe
 		{"HTTP keep-alive, 2 loops: CPU/req ≤ 0.5× net/http", "http-keepalive-c50", "nethttp", 0.5},
 		{"HTTP Connection: close, 2 loops: CPU/req ≤ 1× gnet", "http-close-c50", "gnet-reuseport-2", 1},
 	} {
-		for _, m := range []string{"reuseport", "shared", "dispatch"} {
+		for _, m := range []string{"reuseport", "shared", "leastconns"} {
 			if r, ok := ratio(t.c, "herd-"+m+"-2", t.peer); ok {
 				row(t.name+" (herd "+m+")", fmt.Sprintf("%.2f×", r), r <= t.limit)
 			}
 		}
 	}
-	if s, ok := find(sums, "longlived-4conns", "herd-dispatch-4"); ok {
-		row("4 long-lived conns, Count=4, dispatch: one per loop, Jain (connections per loop) ≥ 0.99", fmt.Sprintf("loops %s, Jain conns %.3f (work %.3f)", f(s.LoopsUsed, 0), s.ConnJain, s.Jain), s.LoopsUsed == 4 && s.ConnJain >= 0.99)
+	if s, ok := find(sums, "longlived-4conns", "herd-leastconns-4"); ok {
+		row("4 long-lived conns, Count=4, least-conns: one per loop, Jain (connections per loop) ≥ 0.99", fmt.Sprintf("loops %s, Jain conns %.3f (work %.3f)", f(s.LoopsUsed, 0), s.ConnJain, s.Jain), s.LoopsUsed == 4 && s.ConnJain >= 0.99)
 	}
 	for _, cnt := range []string{"2", "4"} {
 		if s, ok := find(sums, "http-close-c50", "herd-reuseport-"+cnt); ok {
@@ -380,7 +380,7 @@ func writeTargets(w io.Writer, sums []summary, idles map[string][]harness.IdleRe
 		}
 	}
 	row("herd: zero allocations per message/request (keep-alive cases; median, whole server process)", fmt.Sprintf("max %.3f allocs/op", maxAlloc), maxAlloc < 0.01)
-	for _, m := range []string{"reuseport", "shared", "dispatch"} {
+	for _, m := range []string{"reuseport", "shared", "leastconns"} {
 		if rs, ok := idles["herd-"+m+"-2"]; ok {
 			var xs []float64
 			for _, r := range rs {

@@ -153,17 +153,22 @@ func CaseByName(name string) (Case, bool) {
 	return Case{}, false
 }
 
-// Specs is the server matrix for a case: herd in its three modes, gnet with
-// and without reuseport and the C floor (where built) at each loop count,
-// and the std peer.
+// Specs is the server matrix for a case: herd in its listen modes (round
+// robin only where connections come and go: short connections, a few
+// long-lived ones), gnet with and without reuseport and the C floor (where
+// built) at each loop count, and the std peer.
 func Specs(c Case) []Spec {
 	counts := []int{1, 2, 4}
 	if c.Name == "longlived-4conns" {
 		counts = []int{4}
 	}
+	modes := []string{"reuseport", "shared", "leastconns"}
+	if c.Kind == KindHTTPClose || c.Name == "longlived-4conns" {
+		modes = append(modes, "roundrobin")
+	}
 	var out []Spec
 	for _, n := range counts {
-		for _, m := range []string{"reuseport", "shared", "dispatch"} {
+		for _, m := range modes {
 			out = append(out, Spec{Impl: "herd", Mode: m, Count: n})
 		}
 		for _, m := range []string{"reuseport", "noreuse"} {
@@ -409,7 +414,7 @@ func IdleSpecs() []Spec {
 	specs := []Spec{
 		{Impl: "herd", Mode: "reuseport", Count: 2},
 		{Impl: "herd", Mode: "shared", Count: 2},
-		{Impl: "herd", Mode: "dispatch", Count: 2},
+		{Impl: "herd", Mode: "leastconns", Count: 2},
 		{Impl: "gnet", Mode: "reuseport", Count: 2},
 		{Impl: "gnet", Mode: "noreuse", Count: 2},
 		{Impl: "stdnet"},

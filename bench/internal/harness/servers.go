@@ -34,7 +34,7 @@ const (
 // Spec names one server under test.
 type Spec struct {
 	Impl  string // herd, gnet, cfloor, stdnet, nethttp
-	Mode  string // herd: reuseport, shared, dispatch; gnet: reuseport, noreuse; cfloor: reuseport
+	Mode  string // herd: reuseport, shared, leastconns, roundrobin; gnet: reuseport, noreuse; cfloor: reuseport
 	Count int    // event loops (herd, gnet, cfloor)
 }
 
@@ -111,8 +111,10 @@ func startHerd(s Spec, p Proto) (Server, error) {
 		w.ReusePort = true
 	case "shared":
 		w.Accept = herd.AcceptShared
-	case "dispatch":
+	case "leastconns":
 		w.Accept = herd.AcceptLeastConns
+	case "roundrobin":
+		w.Accept = herd.AcceptRoundRobin
 	default:
 		return nil, fmt.Errorf("unknown herd mode %q", s.Mode)
 	}
