@@ -33,6 +33,9 @@ func TestMain(m *testing.M) {
 	if kind := os.Getenv(envBalancerBackend); kind != "" {
 		os.Exit(balancerBackendMain(kind))
 	}
+	if kind := os.Getenv(envUDPServer); kind != "" {
+		os.Exit(udpServerMain(kind))
+	}
 	os.Exit(m.Run())
 }
 

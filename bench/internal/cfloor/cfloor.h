@@ -26,4 +26,10 @@ void cf_loop_stats(const cf_server *s, int i, uint64_t *accepted, uint64_t *work
 // threads and frees the server.
 void cf_stop(cf_server *s);
 
+// cf_udp_start starts loops threads echoing datagrams on 127.0.0.1, each
+// with its own SO_REUSEPORT socket on one port, with recvmmsg and sendmmsg;
+// they serve until the process exits. It returns the port, or -1 with
+// *err and *step set as cf_start does.
+int cf_udp_start(int loops, int *err, const char **step);
+
 #endif

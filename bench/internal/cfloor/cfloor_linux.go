@@ -85,3 +85,17 @@ func (s *Server) Stop() {
 		s.s = nil
 	}
 }
+
+// StartUDP starts loops threads echoing datagrams on a free port of
+// 127.0.0.1 (recvmmsg, then one sendmmsg per batch), and returns the
+// address. They serve until the process exits: run it in a process of its
+// own.
+func StartUDP(loops int) (string, error) {
+	var errno C.int
+	var step *C.char
+	port := C.cf_udp_start(C.int(loops), &errno, &step)
+	if port < 0 {
+		return "", fmt.Errorf("cfloor: %s: %w", C.GoString(step), syscall.Errno(errno))
+	}
+	return "127.0.0.1:" + strconv.Itoa(int(port)), nil
+}

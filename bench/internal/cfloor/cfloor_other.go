@@ -15,6 +15,11 @@ func Start(loops int, http bool) (*Server, error) {
 	return nil, errors.New("cfloor: linux with cgo only")
 }
 
+// StartUDP fails: the C server needs Linux and cgo.
+func StartUDP(loops int) (string, error) {
+	return "", errors.New("cfloor: linux with cgo only")
+}
+
 func (s *Server) Addr() string  { return "" }
 func (s *Server) Loops() []Loop { return nil }
 func (s *Server) Active() int   { return 0 }

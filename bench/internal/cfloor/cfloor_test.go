@@ -262,3 +262,29 @@ func TestStartBad(t *testing.T) {
 		t.Error("Start(0) did not fail")
 	}
 }
+
+// TestUDPEcho: the UDP floor echoes each datagram to its sender, from each
+// of its sockets (the group hashes the senders over them).
+func TestUDPEcho(t *testing.T) {
+	addr, err := StartUDP(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 8 {
+		c, err := net.Dial("udp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		msg := []byte(fmt.Sprintf("datagram %d", i))
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 64)
+		n, err := c.Read(buf)
+		c.Close()
+		if err != nil || !bytes.Equal(buf[:n], msg) {
+			t.Fatalf("sender %d: got %q, %v; want %q", i, buf[:n], err, msg)
+		}
+	}
+}
