@@ -237,4 +237,3 @@ func udpLoad(b *testing.B, addr string, pid int) {
 	b.ReportMetric(float64(cpu.Nanoseconds())/1e3/float64(b.N), "srv-µs/op")
 	b.ReportMetric(float64(lost.Load()), "lost")
 }
-
