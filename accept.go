@@ -93,11 +93,15 @@ type acceptor struct {
 
 	// shared balances the loops in AcceptRoundRobin and AcceptLeastConns
 	// (nil in the other modes); aside says the loop stepped aside from the
-	// listener, turns counts its connections in AcceptRoundRobin. Under
-	// shared.mu: turns, and any change of resting or aside.
-	shared *sharedAccept
-	aside  atomic.Bool
-	turns  int64
+	// listener, turns counts its connections in AcceptRoundRobin, stalled
+	// and turned are the stall check's. Under shared.mu: those, and any
+	// change of resting or aside.
+	shared          *sharedAccept
+	aside           atomic.Bool
+	turns           int64
+	stalled         bool
+	turned          uint64
+	acceptWaitingFn func() // acceptWaiting, made once
 }
 
 // watch registers the listener with the poller.
@@ -111,43 +115,59 @@ func (a *acceptor) accept() (rested bool) {
 		a.receive()
 		return false
 	}
-	if a.aside.Load() {
-		return false // reported before the loop stepped aside
+	n, rested, drained := a.acceptUpTo(a.batch)
+	switch {
+	case drained && n == 0:
+		a.empty.Add(1)
+	case drained:
+		a.batch, a.full = n, 0
+	case n == a.batch:
+		if a.full++; a.full >= 4 {
+			a.batch, a.full = min(2*a.batch, maxAcceptBatch), 0
+		}
 	}
-	n := 0
-	for n < a.batch {
+	return rested
+}
+
+// acceptWaiting takes what waits in the listener's queue, without an event
+// (sharedAccept: connections other loops may have been woken for).
+func (a *acceptor) acceptWaiting() {
+	if a.fd < 0 || a.loop.draining {
+		return
+	}
+	if _, rested, _ := a.acceptUpTo(maxAcceptBatch); rested {
+		a.loop.addTimer(restPeriod, 0, a.resume)
+	}
+}
+
+// acceptUpTo accepts up to limit connections: n tried, whether the
+// listener must rest, whether the queue was found empty.
+func (a *acceptor) acceptUpTo(limit int) (n int, rested, drained bool) {
+	for n < limit {
 		fd, peer, err := sock.Accept(a.fd, &a.buf)
 		if err != nil {
 			if err == unix.EAGAIN {
-				if n == 0 {
-					a.empty.Add(1)
-				} else {
-					a.batch, a.full = n, 0
-				}
-				return false
+				return n, false, true
 			}
 			n++
 			if acceptTemporary(err) {
 				continue
 			}
 			if acceptExhausted(err) {
-				return a.rest(err)
+				return n, a.rest(err), false
 			}
 			a.w.logger().Warn("herd: accept", "at", a.owner, "err", err)
-			return false
+			return n, false, false
 		}
 		n++
 		if a.w.admit(fd) {
 			a.take(fd, &peer)
 			if a.shared != nil && !a.shared.accepted(a) {
-				return false
+				break // stepped aside
 			}
 		}
 	}
-	if a.full++; a.full >= 4 {
-		a.batch, a.full = min(2*a.batch, maxAcceptBatch), 0
-	}
-	return false
+	return n, false, false
 }
 
 // restWarnEvery is the least time between two warnings of accepts paused

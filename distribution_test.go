@@ -570,3 +570,94 @@ func TestDistributionMatrix(t *testing.T) {
 		})
 	}
 }
+
+// distEchoWithin dials srv, echoes one message within d, and returns the
+// connection still open.
+func distEchoWithin(addr string, d time.Duration) (net.Conn, error) {
+	c, err := net.DialTimeout("tcp", addr, d)
+	if err != nil {
+		return nil, err
+	}
+	c.SetDeadline(time.Now().Add(d))
+	if err := distEcho(c, []byte("hi")); err != nil {
+		c.Close()
+		return nil, err
+	}
+	c.SetDeadline(time.Time{})
+	return c, nil
+}
+
+// TestBalancedBusyLoop: in the balanced modes the loop ahead steps aside,
+// and the other is then the only one watching the socket. When that one is
+// busy in a long callback, new connections are still served: the stall
+// check brings the loop aside back within stallCheck.
+func TestBalancedBusyLoop(t *testing.T) {
+	for _, mode := range []AcceptMode{AcceptRoundRobin, AcceptLeastConns} {
+		t.Run(mode.String(), func(t *testing.T) {
+			w := distEchoWorker(mode.String(), 2, false, mode)
+			srv := edStart(t, w)
+			defer srv.stop()
+			first, err := distEchoWithin(srv.addr, 2*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer first.Close()
+			st := w.Stats()
+			busy := w.Loops()[0]
+			if st.Loops[0].Active == 1 {
+				busy = w.Loops()[1] // the loop that watches alone
+			}
+			release := make(chan struct{})
+			defer close(release)
+			busy.Post(func() {
+				select {
+				case <-release:
+				case <-time.After(3 * time.Second):
+				}
+			})
+			time.Sleep(20 * time.Millisecond)
+			for i := range 4 {
+				c, err := distEchoWithin(srv.addr, 500*time.Millisecond)
+				if err != nil {
+					t.Fatalf("connection %d while loop %d is busy: %v\n%v", i, busy.Index(), err, w.Stats())
+				}
+				c.Close()
+			}
+		})
+	}
+}
+
+// TestLeastConnsCloseRace: a connection arrives as one on the other loop
+// closes. The close steps the loop ahead aside, which may cost that loop
+// the wake-up the kernel gave it for the new connection; the closing loop
+// then takes what waits. Each new connection must be answered with nothing
+// arriving after it.
+func TestLeastConnsCloseRace(t *testing.T) {
+	w := distEchoWorker("least-conns", 2, false, AcceptLeastConns)
+	srv := edStart(t, w)
+	defer srv.stop()
+	pool := make([]net.Conn, 4)
+	for i := range pool {
+		c, err := distEchoWithin(srv.addr, 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pool[i] = c
+	}
+	defer func() {
+		for _, c := range pool {
+			c.Close()
+		}
+	}()
+	n := 0
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); n++ {
+		i := n % len(pool)
+		go pool[i].Close()
+		c, err := distEchoWithin(srv.addr, time.Second)
+		if err != nil {
+			t.Fatalf("connection %d, as another closed: %v\n%v", n, err, w.Stats())
+		}
+		pool[i] = c
+	}
+	t.Logf("%d connections, each as another closed", n)
+}

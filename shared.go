@@ -2,7 +2,10 @@
 
 package herd
 
-import "sync"
+import (
+	"sync"
+	"time"
+)
 
 // sharedAccept spreads connections over the loops that share one listening
 // socket, for AcceptLeastConns (by the connections each loop holds) and
@@ -11,21 +14,40 @@ import "sync"
 // Every loop registers the socket (with EPOLLEXCLUSIVE on Linux) and the
 // kernel wakes one waiting loop per connection: not a fair one, as it
 // prefers the loop that registered first. So a loop ahead of another steps
-// aside: it stops watching the socket. The loops at the fewest watch it,
-// and the kernel picks among those alone, still only among loops waiting
-// for work. Nothing is handed from one goroutine to another: the loop that
-// accepts a connection serves it. (Before this, a dispatcher goroutine
-// accepted and handed each connection over, at one more thread wake-up per
-// connection.)
+// aside: it stops watching the socket. The kernel then picks among the
+// loops that watch, still only among those waiting for work. Nothing is
+// handed from one goroutine to another: the loop that accepts a connection
+// serves it. (Before this, a dispatcher goroutine accepted and handed each
+// connection over, at one more thread wake-up per connection.)
+//
+// Three rules keep a connection from waiting with nobody to take it:
+//   - A loop steps aside after an accept, on its own goroutine. The
+//     kernel gives each connection's wake-up to one loop; a loop stepped
+//     aside by another may lose one it was given. The one exception is a
+//     loop whose connection closed in AcceptLeastConns: it steps aside
+//     the loops now ahead of it, and then accepts what waits itself.
+//   - Any loop may bring one back: a registration looks at the socket's
+//     state, so nothing is lost that way.
+//   - A loop that has not turned for stallCheck while not waiting (a
+//     callback that runs long) does not count as watching: the loops aside
+//     come back, and take what it leaves waiting.
+//
+// So a loop that fell ahead otherwise (Scale added loops; it dialed) takes
+// at most one connection more before it steps aside.
 //
 // The cost is the lock below once per accepted connection (and per closed
-// one in AcceptLeastConns), and an epoll_ctl each time a loop steps aside
-// or back.
+// one in AcceptLeastConns), an epoll_ctl each time a loop steps aside or
+// back, and a timer every stallCheck while a loop is aside.
 type sharedAccept struct {
 	byConns bool // AcceptLeastConns; else AcceptRoundRobin
 	mu      sync.Mutex
 	accs    []*acceptor // the acceptors of the loops serving; guarded by mu
+	stall   *time.Timer // runs checkStall while a loop is aside; guarded by mu
 }
+
+// stallCheck is how long a loop may stay busy without turning before the
+// loops aside take the connections it would have taken.
+const stallCheck = 20 * time.Millisecond
 
 // key is what the loops are evened by.
 func (s *sharedAccept) key(a *acceptor) int64 {
@@ -47,7 +69,7 @@ func (s *sharedAccept) join(loops []*Loop) {
 	defer s.mu.Unlock()
 	turns := int64(0)
 	if len(s.accs) > 0 {
-		turns = s.fewestLocked()
+		turns, _ = s.fewestLocked()
 	}
 	for _, l := range loops {
 		for _, a := range l.accs {
@@ -57,8 +79,8 @@ func (s *sharedAccept) join(loops []*Loop) {
 	}
 }
 
-// leave stops a's watching for good; a loop aside may have to watch again
-// for the one that leaves.
+// leave stops a's watching for good, on a's loop; the loops aside that are
+// at the fewest now watch instead.
 func (s *sharedAccept) leave(a *acceptor) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -71,69 +93,121 @@ func (s *sharedAccept) leave(a *acceptor) {
 			break
 		}
 	}
-	s.balanceLocked()
+	s.bringBackLocked()
 }
 
-// accepted runs on a's loop after it took a connection. It reports false
-// when the loop stepped aside: it accepts no more of this event.
+// accepted runs on a's loop after it took a connection: a steps aside if
+// it is ahead of another loop now (and another watches), and the loops
+// aside that are at the fewest watch again. It reports false when a
+// stepped aside: it accepts no more of this event.
 func (s *sharedAccept) accepted(a *acceptor) bool {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	a.turns++
-	s.balanceLocked()
-	s.mu.Unlock()
-	return !a.aside.Load()
+	fewest, watching := s.bringBackLocked()
+	if !a.watching() || s.key(a) <= fewest || watching < 2 {
+		return true
+	}
+	s.stepAsideLocked(a)
+	return false
 }
 
-// left runs on a loop when one of its connections left it (AcceptLeastConns):
-// the others step aside if it holds fewer now.
-func (s *sharedAccept) left() {
+// left runs on l when one of its connections left it (AcceptLeastConns):
+// the loops aside at the fewest come back, and when l is at the fewest, the
+// loops that watch ahead of it step aside. It accepts, at the end of the
+// turn, what they may have been woken for.
+func (s *sharedAccept) left(l *Loop) {
 	s.mu.Lock()
-	s.balanceLocked()
-	s.mu.Unlock()
-}
-
-func (s *sharedAccept) fewestLocked() int64 {
-	fewest := int64(-1)
+	fewest, _ := s.bringBackLocked()
+	var own *acceptor
+	stepped := false
 	for _, b := range s.accs {
-		if n := s.key(b); fewest < 0 || n < fewest {
-			fewest = n
+		if b.loop == l {
+			own = b
 		}
 	}
-	return fewest
-}
-
-// balanceLocked has the loops at the fewest watch the socket, and the
-// others step aside. (A loop's poller takes registrations from any
-// goroutine; a loop that stepped aside ignores an event it was given
-// before.)
-func (s *sharedAccept) balanceLocked() {
-	fewest := s.fewestLocked()
-	watching := 0
-	for _, b := range s.accs {
-		if b.aside.Load() && s.key(b) <= fewest {
-			b.aside.Store(false)
-			if !b.resting {
-				b.watch()
+	if own != nil && own.watching() && s.key(own) <= fewest {
+		for _, b := range s.accs {
+			if b != own && b.watching() && s.key(b) > fewest {
+				s.stepAsideLocked(b)
+				stepped = true
 			}
 		}
-		if !b.aside.Load() && !b.resting {
+	}
+	s.mu.Unlock()
+	if stepped {
+		l.post(task{kind: taskFunc, f: own.acceptWaitingFn})
+	}
+}
+
+// stepAsideLocked stops b watching the socket, and starts the stall check.
+func (s *sharedAccept) stepAsideLocked(b *acceptor) {
+	b.aside.Store(true)
+	b.poller.Delete(b.fd)
+	if s.stall == nil {
+		s.stall = time.AfterFunc(stallCheck, s.checkStall)
+	}
+}
+
+// fewestLocked is the smallest key, and how many loops watch (not counting
+// those found stalled).
+func (s *sharedAccept) fewestLocked() (fewest int64, watching int) {
+	fewest = -1
+	for _, b := range s.accs {
+		if k := s.key(b); fewest < 0 || k < fewest {
+			fewest = k
+		}
+		if b.watching() && !b.stalled {
 			watching++
 		}
 	}
-	// Counts move meanwhile (a connection closes on another loop), and a
-	// loop at the fewest may be resting: never leave none watching.
+	return fewest, watching
+}
+
+// bringBackLocked has the loops aside that are at the fewest watch again
+// (from any goroutine: a loop's poller takes registrations from any), and
+// all of them when none watches. It returns the fewest and how many watch.
+func (s *sharedAccept) bringBackLocked() (fewest int64, watching int) {
+	fewest, watching = s.fewestLocked()
+	none := watching == 0
 	for _, b := range s.accs {
-		if watching > 1 && !b.aside.Load() && !b.resting && s.key(b) > fewest {
-			b.aside.Store(true)
-			b.poller.Delete(b.fd)
-			watching--
+		// Aside, a loop is not resting: rest does nothing then.
+		if b.aside.Load() && (s.key(b) <= fewest || none) && b.watch() == nil {
+			b.aside.Store(false)
+			watching++
 		}
 	}
+	return fewest, watching
 }
+
+// checkStall runs every stallCheck while a loop is aside. A loop that
+// watches and has neither turned since the last check nor waited for work
+// is stalled: it does not count as watching, and when no other watches the
+// loops aside come back.
+func (s *sharedAccept) checkStall() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, b := range s.accs {
+		turned := b.loop.wakeups.Load()
+		b.stalled = b.watching() && turned == b.turned && !b.loop.sleeping.Load()
+		b.turned = turned
+	}
+	s.bringBackLocked()
+	for _, b := range s.accs {
+		if b.aside.Load() || b.stalled {
+			s.stall.Reset(stallCheck) // until the stalled have turned again
+			return
+		}
+	}
+	s.stall = nil
+}
+
+// watching reports whether a watches the socket now; under sharedAccept.mu.
+func (a *acceptor) watching() bool { return !a.aside.Load() && !a.resting }
 
 // leftShared runs when a connection left the loop.
 func (l *Loop) leftShared() {
 	if s := l.w.shared; s != nil && s.byConns {
-		s.left()
+		s.left(l)
 	}
 }
