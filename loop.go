@@ -140,8 +140,9 @@ func (l *Loop) addListener(fd int, exclusive bool) error {
 	if err := a.watch(); err != nil {
 		return err
 	}
-	if !a.datagram {
+	if !a.datagram && l.w.shared != nil {
 		a.shared = l.w.shared // joined just before the loops start
+		a.acceptWaitingFn = a.acceptWaiting
 	}
 	l.accs = append(l.accs, a)
 	if a.datagram {
