@@ -37,9 +37,15 @@ const (
 	AcceptRoundRobin
 	// AcceptLeastConns is AcceptShared kept even: a loop that holds more
 	// open connections than another steps aside until the others catch up,
-	// so the loops' connections stay within one of each other. The right
+	// so the loops' connections stay within one of each other. (A loop
+	// that falls ahead without accepting, as Scale adds loops or as it
+	// dials, takes at most one more before it steps aside.) The right
 	// choice for long-lived connections (WebSocket, game sessions), where a
 	// hash or the kernel's preference is blind to load.
+	//
+	// In both balanced modes a loop that stays in a callback for over
+	// 20 ms (see the threading rule) stops counting: the loops that
+	// stepped aside take new connections meanwhile.
 	AcceptLeastConns
 
 	// acceptReusePort is ReusePort as resolved: a listener per loop.
