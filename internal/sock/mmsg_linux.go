@@ -31,9 +31,11 @@ func (m *Mmsghdr) SetSend(to *AcceptBuf, iov *unix.Iovec) {
 	m.Hdr.SetIovlen(1)
 }
 
-// Recvmmsg reads up to len(msgs) datagrams, without waiting.
+// Recvmmsg reads up to len(msgs) datagrams, without waiting: fd is
+// non-blocking, so this is a raw system call, as read and write are
+// (no entersyscall/exitsyscall around it).
 func Recvmmsg(fd int, msgs []Mmsghdr) (int, error) {
-	r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])), uintptr(len(msgs)), 0, 0, 0)
+	r, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])), uintptr(len(msgs)), 0, 0, 0)
 	if e != 0 {
 		return 0, e
 	}
@@ -41,9 +43,9 @@ func Recvmmsg(fd int, msgs []Mmsghdr) (int, error) {
 }
 
 // Sendmmsg sends the datagrams msgs describe, and returns how many the
-// kernel took.
+// kernel took; on a non-blocking fd, as Recvmmsg, a raw system call.
 func Sendmmsg(fd int, msgs []Mmsghdr) (int, error) {
-	r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])), uintptr(len(msgs)), 0, 0, 0)
+	r, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])), uintptr(len(msgs)), 0, 0, 0)
 	if e != 0 {
 		return 0, e
 	}
