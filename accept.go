@@ -87,6 +87,7 @@ type acceptor struct {
 	exclusive bool   // registered with EPOLLEXCLUSIVE
 	owner     string // for logs: "loop 3"
 	buf       sock.AcceptBuf
+	peer      sock.Peer // the connection being taken
 	take      func(fd int, peer *sock.Peer)
 	empty     *atomic.Uint64 // counts events that found no connection
 
@@ -167,7 +168,8 @@ func (a *acceptor) acceptUpTo(limit int) (n int, rested, drained bool) {
 		}
 		n++
 		if a.w.admit(fd) {
-			a.take(fd, &peer)
+			a.peer = peer // passed by pointer to take: a local would escape, an allocation per connection
+			a.take(fd, &a.peer)
 			if a.shared != nil && !a.shared.accepted(a) {
 				break // stepped aside
 			}
