@@ -139,7 +139,7 @@ func (a *acceptor) accept() (rested bool) {
 // acceptWaiting takes what waits in the listener's queue, without an event
 // (sharedAccept: connections other loops may have been woken for).
 func (a *acceptor) acceptWaiting() {
-	if a.fd < 0 || a.loop.draining {
+	if a.fd < 0 || a.loop.draining || a.aside.Load() {
 		return
 	}
 	if _, rested, _ := a.acceptUpTo(maxAcceptBatch); rested {

@@ -662,7 +662,7 @@ func TestCloseLingerSlowReader(t *testing.T) {
 		Addr:              "text://127.0.0.1:0",
 		Count:             1,
 		MaxSendBufferSize: -1,
-		LingerTimeout:     200 * time.Millisecond,
+		LingerTimeout:     500 * time.Millisecond, // more than a loaded machine starves the reader for
 		OnMessage: func(c *Conn, msg []byte) {
 			if string(msg) == "req" {
 				c.SendRaw(payload)
@@ -692,8 +692,8 @@ func TestCloseLingerSlowReader(t *testing.T) {
 		}
 	}()
 	defer func() { close(stop); wg.Wait() }()
-	// About 3 MB/s: the reply takes well over StopTimeout to read, and the
-	// client reads all the time.
+	// About 1.6 MB/s: the reply takes well over LingerTimeout to read
+	// (2.6 s), and the client reads all the time.
 	cl.SetReadDeadline(time.Now().Add(20 * time.Second))
 	got := 0
 	buf := make([]byte, 16<<10)
@@ -706,7 +706,7 @@ func TestCloseLingerSlowReader(t *testing.T) {
 		if err != nil {
 			t.Fatalf("after %d of %d bytes: %v", got, size, err)
 		}
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
 	}
 	if n, err := cl.Read(buf); n > 0 || err != io.EOF {
 		t.Fatalf("after all %d bytes: %d more bytes, %v; want EOF", size, n, err)

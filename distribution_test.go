@@ -661,3 +661,212 @@ func TestLeastConnsCloseRace(t *testing.T) {
 	}
 	t.Logf("%d connections, each as another closed", n)
 }
+
+// TestLeastConnsBurstAfterCloses: both loops busy for a moment while one
+// of loop 0's clients leaves, ten connect, and another of loop 0's leaves.
+// Loop 0's next turn sees a close, the listener and a close: the second
+// close must not have it take the burst while it stands aside (it took 10
+// of 10, holding 10 against 2).
+func TestLeastConnsBurstAfterCloses(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	deadline, _ := ctx.Deadline()
+	var mu sync.Mutex
+	loopOf := map[string]int{}
+	w := distEchoWorker("least-conns", 2, false, AcceptLeastConns)
+	w.OnConnect = func(c *Conn) {
+		mu.Lock()
+		loopOf[c.RemoteAddr().String()] = c.Loop().Index()
+		mu.Unlock()
+	}
+	srv := edStart(t, w)
+	defer srv.stop()
+	var open, zeros []net.Conn
+	defer func() {
+		for _, c := range open {
+			c.Close()
+		}
+	}()
+	for range 4 {
+		c, err := distEchoWithin(srv.addr, 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		open = append(open, c)
+		mu.Lock()
+		if loopOf[c.LocalAddr().String()] == 0 {
+			zeros = append(zeros, c)
+		}
+		mu.Unlock()
+	}
+	if len(zeros) != 2 {
+		t.Fatalf("loop 0 holds %d of 4, want 2\n%v", len(zeros), w.Stats())
+	}
+	w.Loops()[0].Post(func() { time.Sleep(15 * time.Millisecond) })
+	w.Loops()[1].Post(func() { time.Sleep(30 * time.Millisecond) })
+	time.Sleep(2 * time.Millisecond)
+	zeros[0].Close()
+	time.Sleep(time.Millisecond)
+	for range 10 {
+		d := net.Dialer{Deadline: deadline}
+		c, err := d.DialContext(ctx, "tcp", srv.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		open = append(open, c)
+	}
+	zeros[1].Close()
+	if !edWaitFor(ctx, func() bool { return w.conns.Load() == 12 && w.Stats().Loops[0].Active+w.Stats().Loops[1].Active == 12 }) {
+		t.Fatalf("%d connections open, want 12\n%v", w.conns.Load(), w.Stats())
+	}
+	st := w.Stats()
+	if d := st.Loops[0].Active - st.Loops[1].Active; d < -1 || d > 1 {
+		t.Fatalf("loops hold %d and %d, want within one\n%v", st.Loops[0].Active, st.Loops[1].Active, st)
+	}
+}
+
+// balancedAside starts a 2-loop worker in mode and makes one loop step
+// aside (it takes a connection, the other has none); it returns the
+// worker, its address, the loop aside and the one watching.
+func balancedAside(t *testing.T, mode AcceptMode) (srv *edServer, aside, watching *Loop, first net.Conn) {
+	t.Helper()
+	w := distEchoWorker(mode.String(), 2, false, mode)
+	srv = edStart(t, w)
+	first, err := distEchoWithin(srv.addr, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	aside, watching = w.Loops()[0], w.Loops()[1]
+	if w.Stats().Loops[1].Active == 1 {
+		aside, watching = watching, aside
+	}
+	return srv, aside, watching, first
+}
+
+// TestBalancedStallFirstCheck: a loop stuck in a callback before the
+// other steps aside is found stalled by the first check after the step
+// aside: the check compares with the step aside, not with an older check
+// (the loop aside came back only after two checks, 40 ms).
+func TestBalancedStallFirstCheck(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	w := distEchoWorker("round-robin", 2, false, AcceptRoundRobin)
+	srv := edStart(t, w)
+	defer srv.stop()
+	if !edWaitFor(ctx, func() bool { return len(w.Loops()) == 2 }) {
+		t.Fatal("loops did not start")
+	}
+	s := w.shared
+	s.mu.Lock()
+	s.checkStallLocked() // a check long before: the snapshot the old code compared with
+	s.mu.Unlock()
+	stuck := w.Loops()[0]
+	release, busy := make(chan struct{}), make(chan struct{})
+	defer close(release)
+	stuck.Post(func() { close(busy); <-release })
+	<-busy
+	c, err := distEchoWithin(srv.addr, 2*time.Second) // to the other loop, which steps aside
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	other := w.Loops()[1].accs[0]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !other.aside.Load() {
+		t.Fatalf("loop 1 did not step aside\n%v", w.Stats())
+	}
+	s.checkStallLocked()
+	if other.aside.Load() {
+		t.Fatal("loop 1 still aside after a check that found loop 0 stuck since the step aside")
+	}
+}
+
+// TestBalancedIdleParks: with a loop aside and the server idle, the check
+// stops (an idle server paid a timer every 20 ms), and starts again when a
+// loop wakes.
+func TestBalancedIdleParks(t *testing.T) {
+	srv, _, watching, first := balancedAside(t, AcceptRoundRobin)
+	defer srv.stop()
+	defer first.Close()
+	s := srv.w.shared
+	parked := func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.stall == nil && s.parked.Load()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if !edWaitFor(ctx, parked) {
+		t.Fatal("the check did not park on an idle server")
+	}
+	before := edSum(srv.w.Stats(), func(l LoopStats) uint64 { return l.Wakeups })
+	time.Sleep(100 * time.Millisecond)
+	if after := edSum(srv.w.Stats(), func(l LoopStats) uint64 { return l.Wakeups }); after != before || !parked() {
+		t.Fatalf("idle: %d loop wake-ups in 100ms, parked %v", after-before, parked())
+	}
+	watching.Post(func() {})
+	if !edWaitFor(ctx, func() bool { return !s.parked.Load() }) {
+		t.Fatal("a loop woke and the check stayed parked")
+	}
+}
+
+// TestRoundRobinAfterStall: while one loop is stuck in a callback the
+// other takes the connections; once it is back the turns go one per
+// round again (it took 9 of the next 10, catching up).
+func TestRoundRobinAfterStall(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	deadline, _ := ctx.Deadline()
+	w := distEchoWorker("round-robin", 2, false, AcceptRoundRobin)
+	srv := edStart(t, w)
+	defer srv.stop()
+	if !edWaitFor(ctx, func() bool { return len(w.Loops()) == 2 }) {
+		t.Fatal("loops did not start")
+	}
+	done := make(chan struct{})
+	w.Loops()[0].Post(func() { time.Sleep(300 * time.Millisecond); close(done) })
+	time.Sleep(5 * time.Millisecond)
+	for i := range 20 {
+		if err := distPing(ctx, srv.addr, deadline, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-done
+	time.Sleep(50 * time.Millisecond)
+	before := w.Stats()
+	for i := range 10 {
+		if err := distPing(ctx, srv.addr, deadline, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	after := w.Stats()
+	a0 := after.Loops[0].Accepted - before.Loops[0].Accepted
+	a1 := after.Loops[1].Accepted - before.Loops[1].Accepted
+	t.Logf("during the stall %d/%d; the next 10 %d/%d", before.Loops[0].Accepted, before.Loops[1].Accepted, a0, a1)
+	if a0 < 4 || a1 < 4 {
+		t.Errorf("after the stall the next 10 went %d/%d, want one per round (5/5, give or take one)", a0, a1)
+	}
+}
+
+// TestBalancedLostWakeup: a kernel may hand one connection's wake-up to a
+// loop it had woken for another, which then accepts one and steps aside:
+// the second waits with every watcher asleep. Simulated here by taking the
+// watching loop's registration away behind its back, then waking it once
+// (as the real case does): the check finds a connection waiting at two
+// checks in a row and brings the loop aside back, which takes it.
+func TestBalancedLostWakeup(t *testing.T) {
+	srv, _, watching, first := balancedAside(t, AcceptLeastConns)
+	defer srv.stop()
+	defer first.Close()
+	fd := watching.accs[0].fd
+	watching.poller.Delete(fd) // the wake-ups it would get are lost
+	done := make(chan struct{})
+	watching.Post(func() { close(done) })
+	<-done
+	c, err := distEchoWithin(srv.addr, 2*time.Second)
+	if err != nil {
+		t.Fatalf("a connection whose wake-up was lost: %v\n%v", err, srv.w.Stats())
+	}
+	c.Close()
+}

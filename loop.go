@@ -243,6 +243,7 @@ func (l *Loop) run() {
 			break
 		}
 		l.wakeups.Add(1)
+		l.sharedTurn()
 		l.turn++
 		l.advanceClock()
 		if len(l.again) > 0 {

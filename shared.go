@@ -4,7 +4,10 @@ package herd
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/seed358e4494/herd/internal/sock"
 )
 
 // sharedAccept spreads connections over the loops that share one listening
@@ -28,21 +31,29 @@ import (
 //     the loops now ahead of it, and then accepts what waits itself.
 //   - Any loop may bring one back: a registration looks at the socket's
 //     state, so nothing is lost that way.
-//   - A loop that has not turned for stallCheck while not waiting (a
-//     callback that runs long) does not count as watching: the loops aside
-//     come back, and take what it leaves waiting.
+//   - A check every stallCheck while a loop is aside: a loop that watches
+//     and has neither turned since the last check nor waited for work (a
+//     callback that runs long) does not count as watching, and the loops
+//     aside come back when none else watches. When every loop that watches
+//     sleeps, a connection waiting in the queue means a wake-up was lost
+//     (a kernel may give one connection's wake-up to a loop it woke for
+//     another, before it runs): the loops aside come back. An idle server
+//     pays nothing: the check parks until a loop next wakes.
 //
 // So a loop that fell ahead otherwise (Scale added loops; it dialed) takes
 // at most one connection more before it steps aside.
 //
 // The cost is the lock below once per accepted connection (and per closed
 // one in AcceptLeastConns), an epoll_ctl each time a loop steps aside or
-// back, and a timer every stallCheck while a loop is aside.
+// back, an atomic load per loop turn, and the check every stallCheck while
+// a loop is aside and another is awake.
 type sharedAccept struct {
 	byConns bool // AcceptLeastConns; else AcceptRoundRobin
 	mu      sync.Mutex
 	accs    []*acceptor // the acceptors of the loops serving; guarded by mu
 	stall   *time.Timer // runs checkStall while a loop is aside; guarded by mu
+	parked  atomic.Bool // the check stopped with loops aside, all others asleep
+	waited  bool        // at the last check a connection waited, every watcher asleep; guarded by mu
 }
 
 // stallCheck is how long a loop may stay busy without turning before the
@@ -93,7 +104,11 @@ func (s *sharedAccept) leave(a *acceptor) {
 			break
 		}
 	}
-	s.bringBackLocked()
+	s.bringBackLocked(false)
+	if len(s.accs) == 0 && s.stall != nil {
+		s.stall.Stop()
+		s.stall = nil
+	}
 }
 
 // accepted runs on a's loop after it took a connection: a steps aside if
@@ -104,8 +119,14 @@ func (s *sharedAccept) accepted(a *acceptor) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	a.turns++
-	fewest, watching := s.bringBackLocked()
-	if !a.watching() || s.key(a) <= fewest || watching < 2 {
+	if a.stalled {
+		s.unstallLocked(a)
+	}
+	fewest, watching := s.bringBackLocked(false)
+	if !a.watching() {
+		return false // another loop stepped it aside: it takes no more
+	}
+	if s.key(a) <= fewest || watching < 2 {
 		return true
 	}
 	s.stepAsideLocked(a)
@@ -118,7 +139,7 @@ func (s *sharedAccept) accepted(a *acceptor) bool {
 // turn, what they may have been woken for.
 func (s *sharedAccept) left(l *Loop) {
 	s.mu.Lock()
-	fewest, _ := s.bringBackLocked()
+	fewest, _ := s.bringBackLocked(false)
 	var own *acceptor
 	stepped := false
 	for _, b := range s.accs {
@@ -140,13 +161,55 @@ func (s *sharedAccept) left(l *Loop) {
 	}
 }
 
-// stepAsideLocked stops b watching the socket, and starts the stall check.
+// stepAsideLocked stops b watching the socket, and starts the check.
 func (s *sharedAccept) stepAsideLocked(b *acceptor) {
 	b.aside.Store(true)
 	b.poller.Delete(b.fd)
-	if s.stall == nil {
-		s.stall = time.AfterFunc(stallCheck, s.checkStall)
+	s.armLocked()
+}
+
+// armLocked starts the check if it is not running. The first compares
+// each loop's turns with now, not with the last check's.
+func (s *sharedAccept) armLocked() {
+	s.parked.Store(false)
+	if s.stall != nil {
+		return
 	}
+	for _, b := range s.accs {
+		b.turned = b.loop.wakeups.Load()
+	}
+	s.stall = time.AfterFunc(stallCheck, s.checkStall)
+}
+
+// woke runs on a loop that woke while the check is parked.
+func (s *sharedAccept) woke() {
+	s.mu.Lock()
+	if s.parked.Load() {
+		s.armLocked()
+	}
+	s.mu.Unlock()
+}
+
+// unstallLocked counts a stalled loop as watching again. In round robin,
+// what the others took meanwhile is not owed to it: its turns start again
+// from the fewest of theirs.
+func (s *sharedAccept) unstallLocked(a *acceptor) {
+	a.stalled = false
+	if !s.byConns {
+		a.turns = max(a.turns, s.fewestOthersLocked(a))
+	}
+}
+
+// fewestOthersLocked is the smallest key of the loops other than a that
+// are not stalled.
+func (s *sharedAccept) fewestOthersLocked(a *acceptor) int64 {
+	fewest := int64(-1)
+	for _, b := range s.accs {
+		if k := s.key(b); b != a && !b.stalled && (fewest < 0 || k < fewest) {
+			fewest = k
+		}
+	}
+	return max(fewest, 0)
 }
 
 // fewestLocked is the smallest key, and how many loops watch (not counting
@@ -166,10 +229,11 @@ func (s *sharedAccept) fewestLocked() (fewest int64, watching int) {
 
 // bringBackLocked has the loops aside that are at the fewest watch again
 // (from any goroutine: a loop's poller takes registrations from any), and
-// all of them when none watches. It returns the fewest and how many watch.
-func (s *sharedAccept) bringBackLocked() (fewest int64, watching int) {
+// all of them when none watches or all is set. It returns the fewest and
+// how many watch.
+func (s *sharedAccept) bringBackLocked(all bool) (fewest int64, watching int) {
 	fewest, watching = s.fewestLocked()
-	none := watching == 0
+	none := watching == 0 || all
 	for _, b := range s.accs {
 		// Aside, a loop is not resting: rest does nothing then.
 		if b.aside.Load() && (s.key(b) <= fewest || none) && b.watch() == nil {
@@ -183,27 +247,64 @@ func (s *sharedAccept) bringBackLocked() (fewest int64, watching int) {
 // checkStall runs every stallCheck while a loop is aside. A loop that
 // watches and has neither turned since the last check nor waited for work
 // is stalled: it does not count as watching, and when no other watches the
-// loops aside come back.
+// loops aside come back. When every loop that watches sleeps, the check
+// parks, unless a connection waits: a wake-up in flight, or, if one still
+// waits at the next check, lost; then the loops aside come back.
 func (s *sharedAccept) checkStall() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, b := range s.accs {
-		turned := b.loop.wakeups.Load()
-		b.stalled = b.watching() && turned == b.turned && !b.loop.sleeping.Load()
-		b.turned = turned
+	if s.stall != nil { // else stopped as the last loop left
+		s.checkStallLocked()
 	}
-	s.bringBackLocked()
+}
+
+func (s *sharedAccept) checkStallLocked() {
+	aside, awake := false, false
 	for _, b := range s.accs {
-		if b.aside.Load() || b.stalled {
-			s.stall.Reset(stallCheck) // until the stalled have turned again
-			return
+		turned, sleeping := b.loop.wakeups.Load(), b.loop.sleeping.Load()
+		if b.stalled && turned != b.turned {
+			s.unstallLocked(b)
+		}
+		b.stalled = b.watching() && turned == b.turned && !sleeping
+		b.turned = turned
+		aside = aside || b.aside.Load()
+		awake = awake || (b.watching() && !sleeping)
+	}
+	waited := s.waited
+	s.waited = aside && !awake && len(s.accs) > 0 && sock.Ready(s.accs[0].fd)
+	s.bringBackLocked(waited && s.waited)
+	aside, stalled := false, false
+	for _, b := range s.accs {
+		aside = aside || b.aside.Load()
+		stalled = stalled || b.stalled
+	}
+	if aside && (awake || stalled || s.waited) {
+		if s.stall == nil {
+			s.armLocked() // a test's check
+		} else {
+			s.stall.Reset(stallCheck)
+		}
+		return
+	}
+	for _, b := range s.accs {
+		if b.stalled {
+			s.unstallLocked(b)
 		}
 	}
 	s.stall = nil
+	s.parked.Store(aside) // a loop that wakes starts the check again
 }
 
 // watching reports whether a watches the socket now; under sharedAccept.mu.
 func (a *acceptor) watching() bool { return !a.aside.Load() && !a.resting }
+
+// sharedTurn runs each time the loop wakes: a parked check starts again,
+// as this loop may now run long.
+func (l *Loop) sharedTurn() {
+	if s := l.w.shared; s != nil && s.parked.Load() {
+		s.woke()
+	}
+}
 
 // leftShared runs when a connection left the loop.
 func (l *Loop) leftShared() {

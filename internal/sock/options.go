@@ -72,3 +72,11 @@ func Name(fd int) unix.Sockaddr {
 	}
 	return sa
 }
+
+// Ready reports whether fd is readable now (for a listening socket: a
+// connection waits in its queue), without waiting.
+func Ready(fd int) bool {
+	p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	n, err := unix.Poll(p, 0)
+	return err == nil && n > 0 && p[0].Revents&unix.POLLIN != 0
+}
