@@ -77,6 +77,52 @@ func distEcho(c net.Conn, msg []byte) error {
 	return nil
 }
 
+// distLoops records, through a worker's OnConnect, which loop took each
+// client.
+type distLoops struct {
+	mu     sync.Mutex
+	byAddr map[string]int // client address -> loop
+}
+
+func distRecordLoops(w *Worker) *distLoops {
+	d := &distLoops{byAddr: map[string]int{}}
+	w.OnConnect = func(c *Conn) {
+		d.mu.Lock()
+		d.byAddr[c.RemoteAddr().String()] = c.Loop().Index()
+		d.mu.Unlock()
+	}
+	return d
+}
+
+// of is the loop that took client c.
+func (d *distLoops) of(c net.Conn) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.byAddr[c.LocalAddr().String()]
+}
+
+// distDialer returns a dial for the clients of a test: it connects to
+// addr, echoes one message and returns the connection, left open; on
+// failure it reports with t.Error and returns nil.
+func distDialer(t *testing.T, ctx context.Context, addr string) func() net.Conn {
+	deadline, _ := ctx.Deadline()
+	return func() net.Conn {
+		d := net.Dialer{Deadline: deadline}
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			t.Error(err)
+			return nil
+		}
+		c.SetDeadline(deadline)
+		if err := distEcho(c, []byte("hello")); err != nil {
+			c.Close()
+			t.Error(err)
+			return nil
+		}
+		return c
+	}
+}
+
 type distMismatch struct{ got, want []byte }
 
 func (e *distMismatch) Error() string { return "echo " + string(e.got) + ", want " + string(e.want) }
@@ -132,32 +178,11 @@ func TestDistributionLeastConns(t *testing.T) {
 		t.Run(strconv.Itoa(count), func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			deadline, _ := ctx.Deadline()
-			var mu sync.Mutex
-			loopOf := map[string]int{} // client address -> loop
 			w := distEchoWorker("least-conns", count, false, AcceptLeastConns)
-			w.OnConnect = func(c *Conn) {
-				mu.Lock()
-				loopOf[c.RemoteAddr().String()] = c.Loop().Index()
-				mu.Unlock()
-			}
+			loops := distRecordLoops(w)
 			srv := edStart(t, w)
 			defer srv.stop()
-			dial := func() net.Conn {
-				d := net.Dialer{Deadline: deadline}
-				c, err := d.DialContext(ctx, "tcp", srv.addr)
-				if err != nil {
-					t.Error(err)
-					return nil
-				}
-				c.SetDeadline(deadline)
-				if err := distEcho(c, []byte("hello")); err != nil {
-					c.Close()
-					t.Error(err)
-					return nil
-				}
-				return c
-			}
+			dial := distDialer(t, ctx, srv.addr)
 			var open []net.Conn
 			defer func() {
 				for _, c := range open {
@@ -217,19 +242,17 @@ func TestDistributionLeastConns(t *testing.T) {
 			}
 			spread("100 at once", int64(100/count))
 
-			// Half of loop 0's connections leave; the next 20 fill it up.
+			// Half of loop 0's connections leave; as many come and fill it up.
 			var stay []net.Conn
 			left := 0
-			mu.Lock()
 			for _, c := range open {
-				if loopOf[c.LocalAddr().String()] == 0 && left < 50/count {
+				if loops.of(c) == 0 && left < 50/count {
 					c.Close()
 					left++
 				} else {
 					stay = append(stay, c)
 				}
 			}
-			mu.Unlock()
 			open = stay
 			if !edWaitFor(ctx, func() bool { return w.conns.Load() == int64(100-left) }) {
 				t.Fatalf("%d connections open, want %d\n%v", w.conns.Load(), 100-left, w.Stats())
@@ -288,32 +311,11 @@ func TestDistributionTurns(t *testing.T) {
 			const count = 4
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			deadline, _ := ctx.Deadline()
-			var mu sync.Mutex
-			loopOf := map[string]int{} // client address -> loop
 			w := distEchoWorker(tc.accept.String(), count, false, tc.accept)
-			w.OnConnect = func(c *Conn) {
-				mu.Lock()
-				loopOf[c.RemoteAddr().String()] = c.Loop().Index()
-				mu.Unlock()
-			}
+			loops := distRecordLoops(w)
 			srv := edStart(t, w)
 
-			dial := func() net.Conn {
-				d := net.Dialer{Deadline: deadline}
-				c, err := d.DialContext(ctx, "tcp", srv.addr)
-				if err != nil {
-					t.Error(err)
-					return nil
-				}
-				c.SetDeadline(deadline)
-				if err := distEcho(c, []byte("hello")); err != nil {
-					c.Close()
-					t.Error(err)
-					return nil
-				}
-				return c
-			}
+			dial := distDialer(t, ctx, srv.addr)
 			// The four arrive at once: a loop steps aside as soon as it
 			// has taken one, so a burst spreads too.
 			clients := make([]net.Conn, count)
@@ -345,16 +347,14 @@ func TestDistributionTurns(t *testing.T) {
 			}
 
 			// The client on loop 2 leaves; a fifth comes.
-			mu.Lock()
 			leaving := -1
 			for i, c := range clients {
-				if loopOf[c.LocalAddr().String()] == 2 {
+				if loops.of(c) == 2 {
 					leaving = i
 				}
 			}
-			mu.Unlock()
 			if leaving < 0 {
-				t.Fatalf("no client on loop 2: %v", loopOf)
+				t.Fatalf("no client on loop 2\n%v", w.Stats())
 			}
 			clients[leaving].Close()
 			if !edWaitFor(ctx, func() bool { return w.Stats().Loops[2].Active == 0 }) {
@@ -364,9 +364,7 @@ func TestDistributionTurns(t *testing.T) {
 			if clients[leaving] == nil {
 				return
 			}
-			mu.Lock()
-			got := loopOf[clients[leaving].LocalAddr().String()]
-			mu.Unlock()
+			got := loops.of(clients[leaving])
 			if tc.fifthLoop >= 0 && got != tc.fifthLoop {
 				t.Errorf("fifth connection went to loop %d, want %d", got, tc.fifthLoop)
 			}
@@ -671,14 +669,8 @@ func TestLeastConnsBurstAfterCloses(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	deadline, _ := ctx.Deadline()
-	var mu sync.Mutex
-	loopOf := map[string]int{}
 	w := distEchoWorker("least-conns", 2, false, AcceptLeastConns)
-	w.OnConnect = func(c *Conn) {
-		mu.Lock()
-		loopOf[c.RemoteAddr().String()] = c.Loop().Index()
-		mu.Unlock()
-	}
+	loops := distRecordLoops(w)
 	srv := edStart(t, w)
 	defer srv.stop()
 	var open, zeros []net.Conn
@@ -693,11 +685,9 @@ func TestLeastConnsBurstAfterCloses(t *testing.T) {
 			t.Fatal(err)
 		}
 		open = append(open, c)
-		mu.Lock()
-		if loopOf[c.LocalAddr().String()] == 0 {
+		if loops.of(c) == 0 {
 			zeros = append(zeros, c)
 		}
-		mu.Unlock()
 	}
 	if len(zeros) != 2 {
 		t.Fatalf("loop 0 holds %d of 4, want 2\n%v", len(zeros), w.Stats())
