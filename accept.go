@@ -43,8 +43,8 @@ const (
 	// choice for long-lived connections (WebSocket, game sessions), where a
 	// hash or the kernel's preference is blind to load.
 	//
-	// In both balanced modes a loop that stays in a callback for over
-	// 20 ms (see the threading rule) stops counting: the loops that
+	// In both balanced modes a loop that stays in a callback (see the
+	// threading rule) stops counting after 20 to 40 ms: the loops that
 	// stepped aside take new connections meanwhile.
 	AcceptLeastConns
 
