@@ -860,3 +860,66 @@ func TestBalancedLostWakeup(t *testing.T) {
 	}
 	c.Close()
 }
+
+// TestLeastConnsAheadOneMore: a loop that falls ahead without accepting
+// (here: it dialed out 4 connections) takes at most one more of the
+// connections that come before it steps aside, as AcceptLeastConns says.
+func TestLeastConnsAheadOneMore(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var held []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	w := distEchoWorker("least-conns", 2, false, AcceptLeastConns)
+	srv := edStart(t, w)
+	defer srv.stop()
+	defer func() { // before the stop, which waits for them
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	if !edWaitFor(ctx, func() bool { return len(w.Loops()) == 2 }) {
+		t.Fatal("loops did not start")
+	}
+	for range 4 {
+		if _, err := w.Loops()[0].Dial(ctx, ln.Addr().String(), &Dialer{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !edWaitFor(ctx, func() bool { return w.Stats().Loops[0].Active == 4 }) {
+		t.Fatalf("loop 0 did not dial 4\n%v", w.Stats())
+	}
+	var open []net.Conn
+	defer func() {
+		for _, c := range open {
+			c.Close()
+		}
+	}()
+	for range 6 {
+		c, err := distEchoWithin(srv.addr, 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		open = append(open, c)
+	}
+	if st := w.Stats(); st.Loops[0].Accepted > 1 || st.Loops[0].Active+st.Loops[1].Active != 10 {
+		t.Fatalf("loop 0, 4 dialed, accepted %d of 6 (want at most 1)\n%v", st.Loops[0].Accepted, st)
+	}
+}
