@@ -923,3 +923,98 @@ func TestLeastConnsAheadOneMore(t *testing.T) {
 		t.Fatalf("loop 0, 4 dialed, accepted %d of 6 (want at most 1)\n%v", st.Loops[0].Accepted, st)
 	}
 }
+
+// TestBalancedStuckStaysPassedOver: once a check finds a loop stuck in a
+// callback, it stays passed over until it turns: the other loop takes the
+// connections that follow at once (each waited for the next check, 20 ms,
+// as the stuck loop counted again as soon as the others came back).
+func TestBalancedStuckStaysPassedOver(t *testing.T) {
+	for _, mode := range []AcceptMode{AcceptRoundRobin, AcceptLeastConns} {
+		t.Run(mode.String(), func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			w := distEchoWorker(mode.String(), 2, false, mode)
+			srv := edStart(t, w)
+			defer srv.stop()
+			if !edWaitFor(ctx, func() bool { return len(w.Loops()) == 2 }) {
+				t.Fatal("loops did not start")
+			}
+			release, busy := make(chan struct{}), make(chan struct{})
+			w.Loops()[0].Post(func() { close(busy); <-release })
+			<-busy
+			defer close(release)
+			var slow []time.Duration
+			for i := range 12 {
+				start := time.Now()
+				c, err := distEchoWithin(srv.addr, 2*time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				if d := time.Since(start); i > 1 && d >= stallCheck*3/4 {
+					slow = append(slow, d)
+				}
+			}
+			// The first ones may wait for the check; after, none should.
+			if len(slow) > 2 {
+				t.Errorf("loop 0 stuck: %d of connections 2..11 took %v or more: %v\n%v", len(slow), stallCheck*3/4, slow, w.Stats())
+			}
+		})
+	}
+}
+
+// TestBalancedParkRace: the check must not park as the only watcher wakes
+// and enters a long callback (it read the loop asleep, then stopped; the
+// loop had looked for a parked check just before): connections then
+// waited for the callback. Posts the callback at about the moment the
+// check runs, many times.
+func TestBalancedParkRace(t *testing.T) {
+	srv, _, watching, first := balancedAside(t, AcceptRoundRobin)
+	defer srv.stop()
+	defer first.Close()
+	s := srv.w.shared
+	stuck := func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.parked.Load() && s.stall == nil
+	}
+	n := 0
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); n++ {
+		for !stuck() { // wait for the check to park (a check that found the watcher stalled brings the other back: step it aside again)
+			s.mu.Lock()
+			anyAside := false
+			for _, b := range s.accs {
+				if b.aside.Load() {
+					anyAside = true
+				} else {
+					watching = b.loop
+				}
+			}
+			s.mu.Unlock()
+			if !anyAside {
+				c, err := distEchoWithin(srv.addr, time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+				c.Close()
+			}
+			time.Sleep(time.Millisecond)
+		}
+		woke := make(chan struct{})
+		watching.Post(func() { close(woke) }) // the check starts again now
+		<-woke
+		for t0, d := time.Now(), time.Duration(19_900+(n*7)%300)*time.Microsecond; time.Since(t0) < d; {
+		}
+		release, busy := make(chan struct{}), make(chan struct{})
+		watching.Post(func() { close(busy); <-release })
+		<-busy
+		time.Sleep(time.Millisecond) // a check racing the wake-up has finished
+		bad := stuck()
+		close(release)
+		if bad {
+			t.Fatalf("iteration %d: the check parked while the only watcher was in a callback", n)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	t.Logf("%d iterations", n)
+}

@@ -46,7 +46,7 @@ import (
 // The cost is the lock below once per accepted connection (and per closed
 // one in AcceptLeastConns), an epoll_ctl each time a loop steps aside or
 // back, an atomic load per loop turn, and the check every stallCheck while
-// a loop is aside and another is awake.
+// a loop is aside and another is awake, or a loop is stalled.
 type sharedAccept struct {
 	byConns bool // AcceptLeastConns; else AcceptRoundRobin
 	mu      sync.Mutex
@@ -244,12 +244,13 @@ func (s *sharedAccept) bringBackLocked(all bool) (fewest int64, watching int) {
 	return fewest, watching
 }
 
-// checkStall runs every stallCheck while a loop is aside. A loop that
-// watches and has neither turned since the last check nor waited for work
-// is stalled: it does not count as watching, and when no other watches the
-// loops aside come back. When every loop that watches sleeps, the check
-// parks, unless a connection waits: a wake-up in flight, or, if one still
-// waits at the next check, lost; then the loops aside come back.
+// checkStall runs every stallCheck while a loop is aside or stalled. A
+// loop that watches and has neither turned since the last check nor waited
+// for work is stalled: it does not count as watching until it turns or
+// sleeps again, and when no other watches the loops aside come back. When
+// every loop that watches sleeps, the check parks, unless a connection
+// waits: a wake-up in flight, or, if one still waits at the next check,
+// lost; then the loops aside come back.
 func (s *sharedAccept) checkStall() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -262,7 +263,7 @@ func (s *sharedAccept) checkStallLocked() {
 	aside, awake := false, false
 	for _, b := range s.accs {
 		turned, sleeping := b.loop.wakeups.Load(), b.loop.sleeping.Load()
-		if b.stalled && turned != b.turned {
+		if b.stalled && (turned != b.turned || sleeping) {
 			s.unstallLocked(b)
 		}
 		b.stalled = b.watching() && turned == b.turned && !sleeping
@@ -278,7 +279,7 @@ func (s *sharedAccept) checkStallLocked() {
 		aside = aside || b.aside.Load()
 		stalled = stalled || b.stalled
 	}
-	if aside && (awake || stalled || s.waited) {
+	if aside && (awake || s.waited) || stalled {
 		if s.stall == nil {
 			s.armLocked() // a test's check
 		} else {
@@ -286,13 +287,20 @@ func (s *sharedAccept) checkStallLocked() {
 		}
 		return
 	}
+	s.stall = nil
+	if !aside {
+		s.parked.Store(false)
+		return
+	}
+	s.parked.Store(true) // a loop that wakes starts the check again
+	// A watcher that woke after its sleeping was read above may have
+	// looked at parked before the store: look again (both atomics).
 	for _, b := range s.accs {
-		if b.stalled {
-			s.unstallLocked(b)
+		if b.watching() && (b.loop.wakeups.Load() != b.turned || !b.loop.sleeping.Load()) {
+			s.armLocked()
+			return
 		}
 	}
-	s.stall = nil
-	s.parked.Store(aside) // a loop that wakes starts the check again
 }
 
 // watching reports whether a watches the socket now; under sharedAccept.mu.
