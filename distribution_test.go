@@ -1017,3 +1017,39 @@ func TestBalancedParkRace(t *testing.T) {
 	}
 	t.Logf("%d iterations", n)
 }
+
+// TestRoundRobinScaleJoin: a loop that Scale adds starts its turns at the
+// others', not at zero: after 60 connections on 2 loops, the next 30 go
+// 10 to each of the 3 (from zero, the new loop took all 30, catching up).
+func TestRoundRobinScaleJoin(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	deadline, _ := ctx.Deadline()
+	w := distEchoWorker("round-robin", 2, false, AcceptRoundRobin)
+	srv := edStart(t, w)
+	defer srv.stop()
+	for i := range 60 {
+		if err := distPing(ctx, srv.addr, deadline, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Scale(ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	before := w.Stats()
+	for i := range 30 {
+		if err := distPing(ctx, srv.addr, deadline, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	after := w.Stats()
+	for i, l := range after.Loops {
+		got := l.Accepted
+		if i < len(before.Loops) {
+			got -= before.Loops[i].Accepted
+		}
+		if got < 9 || got > 11 {
+			t.Errorf("loop %d took %d of the 30 after Scale, want 10 (one per round)\n%v", i, got, after)
+		}
+	}
+}
