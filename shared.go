@@ -280,11 +280,7 @@ func (s *sharedAccept) checkStallLocked() {
 		stalled = stalled || b.stalled
 	}
 	if aside && (awake || s.waited) || stalled {
-		if s.stall == nil {
-			s.armLocked() // a test's check
-		} else {
-			s.stall.Reset(stallCheck)
-		}
+		s.stall.Reset(stallCheck)
 		return
 	}
 	s.stall = nil
