@@ -34,15 +34,10 @@ func (c *Conn) receiving() bool {
 	return c.readOn
 }
 
-// adopt takes a connection the loop's own listener accepted.
+// adopt takes a connection the loop's own listener accepted; its MaxConns
+// slot is already taken.
 func (l *Loop) adopt(fd int, peer *sock.Peer) {
 	l.active.Add(1)
-	l.register(fd, peer)
-}
-
-// register adopts an accepted connection; its MaxConns slot and active
-// count are already taken.
-func (l *Loop) register(fd int, peer *sock.Peer) {
 	if l.w.ep.network == "tcp" && !sock.NodelayInherited {
 		sock.SetNoDelay(fd)
 	}
