@@ -399,19 +399,39 @@ func startScaleCluster(b, parent *testing.B, broker string, nodes int) *scaleClu
 			}
 		}()
 	}
-	// Every membership is in place when the sender's node counts the
-	// last group full.
-	last := fmt.Sprintf("g%d_%d", nodes-1, scaleClientsPerNode/scaleGroupSize-1)
+	// Every membership is in place when the sender's node sees every
+	// group full and every uid online. Each node writes presence in its
+	// own batches (on a cluster, one pipeline per master), so one group
+	// full says nothing of another node's clients, nor of another shard.
 	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		line := sc.ask(0, "count "+last)
-		if strings.HasPrefix(line, fmt.Sprintf("count %s %d ", last, scaleGroupSize)) {
+		missing := sc.missingMembership(total)
+		if missing == "" {
 			break
 		}
 		if time.Now().After(deadline) {
-			b.Fatalf("memberships not in place: %q", line)
+			b.Fatalf("memberships not in place: %s", missing)
 		}
 	}
 	return sc
+}
+
+// missingMembership is the first group not full or uid not online, as
+// the sender's node sees them, or "".
+func (sc *scaleCluster) missingMembership(total int) string {
+	for node := range sc.nodes {
+		for k := range scaleClientsPerNode / scaleGroupSize {
+			g := fmt.Sprintf("g%d_%d", node, k)
+			if line := sc.ask(0, "count "+g); !strings.HasPrefix(line, fmt.Sprintf("count %s %d ", g, scaleGroupSize)) {
+				return fmt.Sprintf("%q", line)
+			}
+		}
+	}
+	for i := range total {
+		if line := sc.ask(0, fmt.Sprintf("online u%d", i)); !strings.Contains(line, " true ") {
+			return fmt.Sprintf("%q", line)
+		}
+	}
+	return ""
 }
 
 // ask sends a query on a node's control connection and returns its
@@ -485,7 +505,7 @@ func (sc *scaleCluster) run(b *testing.B, kind string) {
 	}
 	b.StopTimer()
 	if got := sc.delivered.Load() - start; got != want {
-		b.Fatalf("%d deliveries of %d", got, want)
+		b.Fatalf("%d deliveries of %d; the sender's node: %s", got, want, sc.ask(0, "stats"))
 	}
 	cpu := sc.cpu() - cpu0
 	received := sc.stats("received") - received0
