@@ -278,14 +278,28 @@ func TestLargeSendLeavesLoopFree(t *testing.T) {
 
 	done := make(chan error, 1)
 	go func() { // a fast reader
-		_, err := io.CopyN(io.Discard, big, size)
+		_, err := io.CopyBuffer(io.Discard, io.LimitReader(big, size), make([]byte, 4<<20))
 		done <- err
 	}()
+	// The loop waits in a task while SendRaw runs, so that what the
+	// second look counts is SendRaw's own write, not the loop's flush of
+	// the queue meanwhile. A fixed send buffer bounds one write(2): here it
+	// stopped at the buffer's size exactly, and a second write, with the
+	// fast reader draining, added 44 to 140 KiB.
+	unix.SetsockoptInt(int(bc.fd), unix.SOL_SOCKET, unix.SO_SNDBUF, 64<<10)
+	sndbuf, err := unix.GetsockoptInt(int(bc.fd), unix.SOL_SOCKET, unix.SO_SNDBUF)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parked, release := make(chan struct{}), make(chan struct{})
+	bc.Loop().Post(func() { close(parked); <-release })
+	<-parked
 	before := w.Stats().Loops[0]
 	bc.SendRaw(make([]byte, size))
 	after := w.Stats().Loops[0]
-	if out := after.BytesOut - before.BytesOut; out > 8<<20 {
-		t.Errorf("SendRaw wrote %d bytes before returning: more than one write", out)
+	close(release)
+	if out := after.BytesOut - before.BytesOut; out > uint64(sndbuf+16<<10) {
+		t.Errorf("SendRaw wrote %d bytes before returning, with a send buffer of %d: more than one write", out, sndbuf)
 	}
 	echoes := 0
 	for waiting := true; waiting; {
@@ -301,7 +315,7 @@ func TestLargeSendLeavesLoopFree(t *testing.T) {
 		}
 	}
 	turns := w.Stats().Loops[0].Wakeups - after.Wakeups
-	t.Logf("%d loop turns and %d echoes on another connection while %d MiB went out", turns, echoes, size>>20)
+	t.Logf("SendRaw wrote %d bytes itself; %d loop turns and %d echoes on another connection while %d MiB went out", after.BytesOut-before.BytesOut, turns, echoes, size>>20)
 	// maxFlush bounds one writable event's flush; a turn can serve the
 	// connection twice (listed from the last turn, and reported again by
 	// the poller), and the reader's pace varies, so the bound checked is
