@@ -3,12 +3,19 @@ package sock
 import "golang.org/x/sys/unix"
 
 // Splice moves up to n bytes from one descriptor to another without
-// waiting; one of them is a pipe.
+// waiting; one of them is a pipe. Both are non-blocking and
+// SPLICE_F_NONBLOCK keeps the pipe side from waiting, so, as Read, it
+// skips the scheduler's bookkeeping for calls that might block: a long
+// splice (it sends what it moves, through the TCP stack) would otherwise
+// have the runtime's monitor hand the loop's P to another thread.
 func Splice(from, to, n int) (int, error) {
 	for {
-		m, err := unix.Splice(from, nil, to, nil, n, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
-		if err != unix.EINTR {
-			return int(m), err
+		m, _, e := unix.RawSyscall6(unix.SYS_SPLICE, uintptr(from), 0, uintptr(to), 0, uintptr(n), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		if e != unix.EINTR {
+			if e != 0 {
+				return 0, e
+			}
+			return int(m), nil
 		}
 	}
 }
