@@ -176,6 +176,7 @@ const (
 	flagPeerEnded                        // the peer ended its side (EOF)
 	flagHandshakeFull                    // not read until its TLS handshake takes some of what it holds (set under mu)
 	flagBroken                           // aborted, or its socket failed: closed by a task posted, with no graceful end before
+	flagUrgent                           // TCP urgent data came: read until EAGAIN (see Loop.urgent)
 )
 
 // Flags that, on an open connection, stop its reading.

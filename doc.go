@@ -82,6 +82,10 @@
 // that is an EndHandler decides itself (a proxy passes the end on with
 // Conn.CloseWrite, a half-close, and goes on forwarding the other way).
 //
+// A TCP stream's input is its in-band bytes: urgent data (MSG_OOB) is
+// dropped, as read(2) drops it without SO_OOBINLINE, and the bytes around
+// it are delivered in order.
+//
 // # Outbound connections and proxies
 //
 // A loop dials out with Loop.Dial (Workerman's AsyncTcpConnection): the

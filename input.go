@@ -19,6 +19,19 @@ import (
 	"github.com/seed358e4494/herd/protocol"
 )
 
+// urgent: TCP urgent data (MSG_OOB) has come on c; epoll reports it as
+// EPOLLPRI. A read stops short at its mark, with bytes behind it that no
+// edge-triggered report announces again: c is read until EAGAIN from now
+// on. read(2) steps over the urgent byte (herd does not set SO_OOBINLINE),
+// but splice(2) stops at the mark for good (EAGAIN, or 0 once the peer has
+// ended: a cut stream that would look whole): a spliced pipe end copies.
+func (l *Loop) urgent(c *Conn) {
+	c.flags.Or(flagUrgent)
+	if e, ok := c.h.(*pipeEnd); ok {
+		e.splice, e.bulk = false, false
+	}
+}
+
 // serve handles one readiness event of a connection.
 func (l *Loop) serve(c *Conn, ev poll.Event) {
 	if c.flags.Load()&flagConnecting != 0 {
@@ -29,6 +42,9 @@ func (l *Loop) serve(c *Conn, ev poll.Event) {
 		// What came with the connect's end is not reported again: the
 		// queue is written now, and input read.
 		ev.Writable = true
+	}
+	if ev.Urgent {
+		l.urgent(c)
 	}
 	if ev.Readable {
 		l.read(c, ev.Failed, ev.PeerEnd)
@@ -156,14 +172,15 @@ func (l *Loop) read(c *Conn, failed, peerEnd bool) {
 	n, err := readFd(int(c.fd), buf)
 	if n > 0 {
 		l.bytesIn.Add(uint64(n))
-		if poll.EdgeTriggered && n == len(buf) && !failed {
+		urgent := c.flags.Load()&flagUrgent != 0
+		if poll.EdgeTriggered && (n == len(buf) || urgent) && !failed {
 			l.serveNextTurn(c, poll.Event{Fd: int(c.fd), Readable: true, PeerEnd: peerEnd}) // more is left
 		}
 		if st != connOpen {
 			return // closing: the application is done with this input
 		}
 		c.lastActive = l.now.UnixNano()
-		if n < len(buf) {
+		if n < len(buf) && !urgent {
 			c.drainedTurn = l.turn
 		}
 		if t := c.tlsOf(); t != nil {

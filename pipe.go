@@ -64,6 +64,12 @@ var ErrNotSameLoop = errors.New("herd: Pipe: the connections are on different lo
 //     are reset (Pipe's handlers are Stoppers). A pipe made while the
 //     worker is already stopping is stopping from the start.
 //
+// What is forwarded is each stream's in-band bytes. TCP urgent data
+// (MSG_OOB) is not forwarded: herd reads as read(2) does without
+// SO_OOBINLINE, which drops the urgent byte and delivers the bytes around
+// it in order, and a spliced direction copies from its urgent byte on
+// (splice(2) stops at it).
+//
 // a and b must be on the same loop (else ErrNotSameLoop, and nothing is
 // done), and Pipe must run there: in a callback of either, such as a
 // dialed connection's OnConnect (Loop.Dial dials on the calling loop).

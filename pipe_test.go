@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/seed358e4494/herd/internal/soak"
 )
 
@@ -247,6 +249,134 @@ func testPipeBytesExact(t *testing.T, splice bool) {
 	if splice && spliced < in*9/10 || !splice && spliced != 0 {
 		t.Fatalf("spliced %d of %d bytes read (splice %v)", spliced, in, splice)
 	}
+}
+
+// TestPipeUrgentData: a peer sends TCP urgent data (MSG_OOB) in the middle
+// of a bulk stream, then ends the stream, at once or after a pause. The
+// other peer gets every byte in band, as connected directly (the urgent
+// byte is not in band), and the pipe ends clean. Spliced, it stalled at
+// the urgent mark, or, once the peer had ended, passed on a cut stream as
+// whole: splice(2) stops at the mark for good.
+func TestPipeUrgentData(t *testing.T) { bothWays(t, testPipeUrgentData) }
+
+func testPipeUrgentData(t *testing.T, splice bool) {
+	const head = 1 << 20
+	cases := []struct {
+		name  string
+		pause bool // between the head and the urgent byte: splicing by then
+		tail  int  // bytes after the urgent byte
+		endAt bool // the end right after the tail, not 300 ms later
+	}{
+		{"pause/end-later", true, 1 << 20, false},
+		{"pause/end-at-once", true, 1 << 20, true},
+		// The urgent byte and the end come while the loop splices the
+		// head: a splice may meet the mark before the poller's report.
+		{"no-pause/short-tail/end-at-once", false, 100, true},
+	}
+	for _, fromBackend := range []bool{false, true} {
+		for _, tc := range cases {
+			t.Run(fmt.Sprintf("fromBackend=%v/%s", fromBackend, tc.name), func(t *testing.T) {
+				h := sha256.New()
+				writeStream(h, 1, head)
+				writeStream(h, 2, tc.tail)
+				want, total := [32]byte(h.Sum(nil)), int64(head+tc.tail)
+				send := func(c *net.TCPConn) error {
+					if err := writeStream(c, 1, head); err != nil {
+						return err
+					}
+					if tc.pause {
+						time.Sleep(100 * time.Millisecond)
+					}
+					if err := sendUrgent(c); err != nil {
+						return err
+					}
+					if err := writeStream(c, 2, tc.tail); err != nil {
+						return err
+					}
+					if !tc.endAt {
+						time.Sleep(300 * time.Millisecond)
+					}
+					return c.CloseWrite()
+				}
+				type got struct {
+					n   int64
+					sum [32]byte
+					err error
+				}
+				backendGot := make(chan got, 1)
+				ln := serveEach(t, func(c *net.TCPConn) {
+					c.SetDeadline(time.Now().Add(20 * time.Second))
+					if fromBackend {
+						err := send(c)
+						io.Copy(io.Discard, c)
+						backendGot <- got{err: err}
+						return
+					}
+					n, sum, err := readSum(c)
+					c.CloseWrite()
+					backendGot <- got{n, sum, err}
+				})
+				p := startPipeProxy(t, ln.Addr().String(), 1, splice)
+				conn, err := net.Dial("tcp", p.addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close()
+				c := conn.(*net.TCPConn)
+				c.SetDeadline(time.Now().Add(20 * time.Second))
+				var g got
+				if fromBackend {
+					c.CloseWrite()
+					g.n, g.sum, g.err = readSum(c)
+				} else {
+					if err := send(c); err != nil {
+						t.Fatal(err)
+					}
+					io.Copy(io.Discard, c)
+					g = <-backendGot
+				}
+				if fromBackend {
+					if b := <-backendGot; b.err != nil {
+						t.Fatal(b.err)
+					}
+				}
+				if g.err != nil || g.n != total || g.sum != want {
+					t.Errorf("the receiver got %d bytes (want %d), intact %v, err %v", g.n, total, g.sum == want, g.err)
+				}
+				r := p.result(t)
+				sent := r.aToB
+				if fromBackend {
+					sent = r.bToA
+				}
+				if !r.clean || sent != uint64(total) {
+					t.Errorf("pipe reported %d bytes forwarded (want %d), clean %v", sent, total, r.clean)
+				}
+				var spliced uint64
+				for _, l := range p.w.Stats().Loops {
+					spliced += l.Spliced
+				}
+				if splice && spliced == 0 {
+					t.Errorf("nothing spliced: the test did not reach the splicing path")
+				}
+			})
+		}
+	}
+}
+
+// sendUrgent sends one byte of TCP urgent data.
+func sendUrgent(c *net.TCPConn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Write(func(fd uintptr) bool {
+		serr = unix.Sendto(int(fd), []byte{'!'}, unix.MSG_OOB, nil)
+		return serr != unix.EAGAIN
+	}); err != nil {
+		return err
+	}
+	return serr
 }
 
 // TestPipeStalledClient: a client that reads nothing while the backend

@@ -135,6 +135,11 @@ func (l *Loop) spliceRead(src *Conn, e *pipeEnd) bool {
 		dst.mu.Unlock()
 		switch {
 		case err == unix.EAGAIN:
+		case err == nil && sock.AtUrgentMark(int(src.fd)):
+			// Not the end: the urgent byte stops splice(2) short of
+			// what follows it, once the peer has ended (see urgent).
+			e.splice, e.bulk = false, false
+			return false
 		case err == nil: // end of stream
 			l.peerEnded(src)
 		case errors.Is(err, unix.ECONNRESET):

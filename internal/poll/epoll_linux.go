@@ -70,7 +70,7 @@ func (p *Poller) AddListener(fd int, exclusive bool) error {
 // connection made four, registered level-triggered; HAProxy makes three.)
 const EdgeTriggered = true
 
-const connMask = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLOUT | unix.EPOLLET
+const connMask = unix.EPOLLIN | unix.EPOLLPRI | unix.EPOLLRDHUP | unix.EPOLLOUT | unix.EPOLLET
 
 // Add registers a connection.
 func (p *Poller) Add(fd int, read bool) error {
@@ -131,10 +131,11 @@ func (p *Poller) Wait(msec int, out []Event) ([]Event, error) {
 		const failed = unix.EPOLLERR | unix.EPOLLHUP
 		out = append(out, Event{
 			Fd:       fd,
-			Readable: e.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|failed) != 0,
+			Readable: e.Events&(unix.EPOLLIN|unix.EPOLLPRI|unix.EPOLLRDHUP|failed) != 0,
 			Writable: e.Events&(unix.EPOLLOUT|failed) != 0,
 			Failed:   e.Events&failed != 0,
 			PeerEnd:  e.Events&unix.EPOLLRDHUP != 0,
+			Urgent:   e.Events&unix.EPOLLPRI != 0,
 		})
 	}
 	return out, nil

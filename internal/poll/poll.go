@@ -16,5 +16,6 @@ type Event struct {
 	Writable bool // the send buffer has room, or the socket failed
 	Failed   bool // an error or a hang-up, reported even for a socket watched for nothing
 	PeerEnd  bool // the peer has ended its stream: what a read leaves is its end (EPOLLRDHUP, EV_EOF)
+	Urgent   bool // TCP urgent data waits (EPOLLPRI; Linux only): see Loop.urgent
 	Wake     bool // Wake was called; Fd is meaningless
 }

@@ -31,3 +31,10 @@ func Pipe(size int) (r, w int, err error) {
 	unix.FcntlInt(uintptr(p[1]), unix.F_SETPIPE_SZ, size)
 	return p[0], p[1], nil
 }
+
+// AtUrgentMark reports whether the next byte to read from the TCP socket
+// fd is where urgent data was sent (SIOCATMARK); false on any error.
+func AtUrgentMark(fd int) bool {
+	v, err := unix.IoctlGetInt(fd, unix.SIOCATMARK)
+	return err == nil && v != 0
+}
