@@ -82,9 +82,10 @@
 // that is an EndHandler decides itself (a proxy passes the end on with
 // Conn.CloseWrite, a half-close, and goes on forwarding the other way).
 //
-// A TCP stream's input is its in-band bytes: urgent data (MSG_OOB) is
-// dropped, as read(2) drops it without SO_OOBINLINE, and the bytes around
-// it are delivered in order.
+// A TCP stream's input is its in-band bytes, as read(2) gives them without
+// SO_OOBINLINE: an urgent byte (MSG_OOB) is left out and the bytes around
+// it are delivered in order. Linux keeps one urgent byte at a time: one
+// sent before another the reader had not reached yet comes in band.
 //
 // # Outbound connections and proxies
 //

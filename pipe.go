@@ -65,10 +65,9 @@ var ErrNotSameLoop = errors.New("herd: Pipe: the connections are on different lo
 //     worker is already stopping is stopping from the start.
 //
 // What is forwarded is each stream's in-band bytes. TCP urgent data
-// (MSG_OOB) is not forwarded: herd reads as read(2) does without
-// SO_OOBINLINE, which drops the urgent byte and delivers the bytes around
-// it in order, and a spliced direction copies from its urgent byte on
-// (splice(2) stops at it).
+// (MSG_OOB) is not forwarded as such: herd reads as read(2) does without
+// SO_OOBINLINE (see the package documentation), and a spliced direction
+// copies from its first urgent byte on (splice(2) stops at it).
 //
 // a and b must be on the same loop (else ErrNotSameLoop, and nothing is
 // done), and Pipe must run there: in a callback of either, such as a
@@ -93,8 +92,10 @@ func Pipe(a, b *Conn, o *PipeOptions) error {
 		p.opt = *o
 	}
 	splice := p.opt.Splice && spliceSupported && a.tlsOf() == nil && b.tlsOf() == nil
-	p.a = pipeEnd{p: p, other: b, count: p.opt.AToB, splice: splice}
-	p.b = pipeEnd{p: p, other: a, count: p.opt.BToA, splice: splice}
+	// A connection that has had urgent data is copied from (see
+	// Loop.urgent): what it reports of it came before the pipe.
+	p.a = pipeEnd{p: p, other: b, count: p.opt.AToB, splice: splice && a.flags.Load()&flagUrgent == 0}
+	p.b = pipeEnd{p: p, other: a, count: p.opt.BToA, splice: splice && b.flags.Load()&flagUrgent == 0}
 	a.SetHandler(&p.a)
 	b.SetHandler(&p.b)
 	a.mu.Lock()

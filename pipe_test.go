@@ -363,6 +363,64 @@ func testPipeUrgentData(t *testing.T, splice bool) {
 	}
 }
 
+// TestPipeAfterUrgentData: urgent data came before the pipe. The read
+// that stopped at its mark is the pipe's Early input, large enough to
+// splice what follows; the bytes behind the mark must still be forwarded
+// (spliced, they stalled there: splice(2) stops at the mark for good, and
+// nothing more was reported).
+func TestPipeAfterUrgentData(t *testing.T) { bothWays(t, testPipeAfterUrgentData) }
+
+func testPipeAfterUrgentData(t *testing.T, splice bool) {
+	const head, tail = 20 << 10, 100
+	backendGot := make(chan error, 1)
+	ln := serveEach(t, func(c *net.TCPConn) {
+		// All of it before the client ends its stream (which would show
+		// splice(2) something it can take for the end: see
+		// TestSpliceEndAtUrgentMark).
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		n, err := io.ReadFull(c, make([]byte, head+tail))
+		if err != nil {
+			err = fmt.Errorf("the backend got %d bytes of %d: %w", n, head+tail, err)
+		}
+		backendGot <- err
+	})
+	w := &Worker{Addr: "tcp://127.0.0.1:0", Count: 1}
+	backends := make(chan *Conn, 1)
+	w.OnConnect = func(c *Conn) {
+		c.Loop().Dial(context.Background(), ln.Addr().String(), &Dialer{OnConnect: func(b *Conn) { backends <- b }})
+	}
+	w.OnMessage = func(c *Conn, msg []byte) {
+		if err := Pipe(c, <-backends, &PipeOptions{Splice: splice, Early: msg}); err != nil {
+			t.Errorf("Pipe: %v", err)
+		}
+	}
+	r := startWorker(t, w)
+	conn, err := net.Dial("tcp", r.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c := conn.(*net.TCPConn)
+	waitFor(t, 5*time.Second, "the backend dialed", func() bool { return len(backends) == 1 })
+
+	// Hold the loop until the head, the urgent byte and the tail are all
+	// in its socket: its first read stops at the mark.
+	parked, release := make(chan struct{}), make(chan struct{})
+	w.loops[0].Post(func() { close(parked); <-release })
+	<-parked
+	writeStream(c, 1, head)
+	if err := sendUrgent(c); err != nil {
+		t.Fatal(err)
+	}
+	writeStream(c, 2, tail)
+	time.Sleep(50 * time.Millisecond)
+	close(release)
+
+	if err := <-backendGot; err != nil {
+		t.Fatal(err)
+	}
+}
+
 // sendUrgent sends one byte of TCP urgent data.
 func sendUrgent(c *net.TCPConn) error {
 	rc, err := c.SyscallConn()
