@@ -406,7 +406,7 @@ func testPipeAfterUrgentData(t *testing.T, splice bool) {
 	// Hold the loop until the head, the urgent byte and the tail are all
 	// in its socket: its first read stops at the mark.
 	parked, release := make(chan struct{}), make(chan struct{})
-	w.loops[0].Post(func() { close(parked); <-release })
+	w.Loops()[0].Post(func() { close(parked); <-release })
 	<-parked
 	writeStream(c, 1, head)
 	if err := sendUrgent(c); err != nil {

@@ -47,7 +47,7 @@ func TestSpliceEndAtUrgentMark(t *testing.T) {
 
 	// Hold the loop while the urgent byte, the tail and the end arrive,
 	// then read the client as the start of a turn would.
-	l := p.w.loops[0]
+	l := p.w.Loops()[0]
 	parked, release, done := make(chan struct{}), make(chan struct{}), make(chan struct{})
 	l.Post(func() {
 		close(parked)
