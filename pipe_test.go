@@ -126,6 +126,36 @@ func readSum(r io.Reader) (int64, [32]byte, error) {
 	return n, [32]byte(h.Sum(nil)), err
 }
 
+// streamGot is what a peer read of a stream: its length and hash.
+type streamGot struct {
+	n   int64
+	sum [32]byte
+	err error
+}
+
+// sumBackend accepts connections that it reads to their end, reports
+// what it read on got, then ends its side.
+func sumBackend(t *testing.T, got chan<- streamGot) net.Listener {
+	return serveEach(t, func(c *net.TCPConn) {
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		n, sum, err := readSum(c)
+		c.CloseWrite()
+		got <- streamGot{n, sum, err}
+	})
+}
+
+// dialTCP dials addr with a 20 s deadline on the connection.
+func dialTCP(t *testing.T, addr string) *net.TCPConn {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	return conn.(*net.TCPConn)
+}
+
 // Half-close orders for TestPipeBytesExact: who ends its side when.
 const (
 	bothAtOnce   = iota // both send at the same time, each ends when done
@@ -147,18 +177,13 @@ func testPipeBytesExact(t *testing.T, splice bool) {
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	order := func(i int) int { return int((seed + uint64(i)) % orders) }
-	type got struct {
-		n   int64
-		sum [32]byte
-		err error
-	}
-	backendGot := make(chan got, conns)
+	backendGot := make(chan streamGot, conns)
 	var idx atomic.Int32
 	ln := serveEach(t, func(c *net.TCPConn) {
 		// The client says which connection this is in its first 4 bytes.
 		var head [4]byte
 		if _, err := io.ReadFull(c, head[:]); err != nil {
-			backendGot <- got{err: err}
+			backendGot <- streamGot{err: err}
 			return
 		}
 		i := int(head[0])
@@ -175,7 +200,7 @@ func testPipeBytesExact(t *testing.T, splice bool) {
 			send()
 		}
 		n, sum, err := readSum(c)
-		backendGot <- got{n, sum, err}
+		backendGot <- streamGot{n, sum, err}
 		if order(i) == clientFirst {
 			send()
 		}
@@ -183,7 +208,7 @@ func testPipeBytesExact(t *testing.T, splice bool) {
 	})
 	p := startPipeProxy(t, ln.Addr().String(), 2, splice)
 	var wg sync.WaitGroup
-	clientGot := make([]got, conns)
+	clientGot := make([]streamGot, conns)
 	for i := 0; i < conns; i++ {
 		wg.Add(1)
 		go func() {
@@ -207,7 +232,7 @@ func testPipeBytesExact(t *testing.T, splice bool) {
 				go func() { defer sw.Done(); send() }()
 			}
 			n, sum, err := readSum(tc)
-			clientGot[i] = got{n, sum, err}
+			clientGot[i] = streamGot{n, sum, err}
 			if order(i) == backendFirst {
 				send()
 			}
@@ -298,33 +323,21 @@ func testPipeUrgentData(t *testing.T, splice bool) {
 					}
 					return c.CloseWrite()
 				}
-				type got struct {
-					n   int64
-					sum [32]byte
-					err error
-				}
-				backendGot := make(chan got, 1)
-				ln := serveEach(t, func(c *net.TCPConn) {
-					c.SetDeadline(time.Now().Add(20 * time.Second))
-					if fromBackend {
+				backendGot := make(chan streamGot, 1)
+				var ln net.Listener
+				if fromBackend {
+					ln = serveEach(t, func(c *net.TCPConn) {
+						c.SetDeadline(time.Now().Add(20 * time.Second))
 						err := send(c)
 						io.Copy(io.Discard, c)
-						backendGot <- got{err: err}
-						return
-					}
-					n, sum, err := readSum(c)
-					c.CloseWrite()
-					backendGot <- got{n, sum, err}
-				})
-				p := startPipeProxy(t, ln.Addr().String(), 1, splice)
-				conn, err := net.Dial("tcp", p.addr)
-				if err != nil {
-					t.Fatal(err)
+						backendGot <- streamGot{err: err}
+					})
+				} else {
+					ln = sumBackend(t, backendGot)
 				}
-				defer conn.Close()
-				c := conn.(*net.TCPConn)
-				c.SetDeadline(time.Now().Add(20 * time.Second))
-				var g got
+				p := startPipeProxy(t, ln.Addr().String(), 1, splice)
+				c := dialTCP(t, p.addr)
+				var g streamGot
 				if fromBackend {
 					c.CloseWrite()
 					g.n, g.sum, g.err = readSum(c)
@@ -394,13 +407,7 @@ func testPipeAfterUrgentData(t *testing.T, splice bool) {
 			t.Errorf("Pipe: %v", err)
 		}
 	}
-	r := startWorker(t, w)
-	conn, err := net.Dial("tcp", r.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	c := conn.(*net.TCPConn)
+	c := dialTCP(t, startWorker(t, w).addr)
 	waitFor(t, 5*time.Second, "the backend dialed", func() bool { return len(backends) == 1 })
 
 	// Hold the loop until the head, the urgent byte and the tail are all

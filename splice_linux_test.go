@@ -3,7 +3,6 @@ package herd
 import (
 	"crypto/sha256"
 	"io"
-	"net"
 	"testing"
 	"time"
 )
@@ -20,26 +19,10 @@ func TestSpliceEndAtUrgentMark(t *testing.T) {
 	writeStream(h, 1, head)
 	writeStream(h, 2, tail)
 	want := [32]byte(h.Sum(nil))
-	type got struct {
-		n   int64
-		sum [32]byte
-		err error
-	}
-	backendGot := make(chan got, 1)
-	ln := serveEach(t, func(c *net.TCPConn) {
-		c.SetDeadline(time.Now().Add(20 * time.Second))
-		n, sum, err := readSum(c)
-		c.CloseWrite()
-		backendGot <- got{n, sum, err}
-	})
+	backendGot := make(chan streamGot, 1)
+	ln := sumBackend(t, backendGot)
 	p := startPipeProxy(t, ln.Addr().String(), 1, true)
-	conn, err := net.Dial("tcp", p.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	c := conn.(*net.TCPConn)
-	c.SetDeadline(time.Now().Add(20 * time.Second))
+	c := dialTCP(t, p.addr)
 	if err := writeStream(c, 1, head); err != nil {
 		t.Fatal(err)
 	}
