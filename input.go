@@ -22,9 +22,13 @@ import (
 // urgent: TCP urgent data (MSG_OOB) has come on c; epoll reports it as
 // EPOLLPRI. A read stops short at its mark, with bytes behind it that no
 // edge-triggered report announces again: c is read until EAGAIN from now
-// on. read(2) steps over the urgent byte (herd does not set SO_OOBINLINE),
-// but splice(2) stops at the mark for good (EAGAIN, or 0 once the peer has
-// ended: a cut stream that would look whole): a spliced pipe end copies.
+// on. Nor is every EAGAIN the end of what came: Linux's read gives up
+// at the mark, having read nothing, when a signal is pending on the thread
+// (the runtime's SIGURG preempts), and is tried again next turn while the
+// urgent byte waits there (sock.UrgentByteAtMark). read(2) steps over the
+// urgent byte (herd does not set SO_OOBINLINE), but splice(2) stops at the
+// mark for good (EAGAIN, or 0 once the peer has ended: a cut stream that
+// would look whole): a spliced pipe end copies.
 func (l *Loop) urgent(c *Conn) {
 	c.flags.Or(flagUrgent)
 	if e, ok := c.h.(*pipeEnd); ok {
@@ -207,6 +211,11 @@ func (l *Loop) read(c *Conn, failed, peerEnd bool) {
 		return
 	}
 	if err == unix.EAGAIN {
+		if poll.EdgeTriggered && !failed && c.flags.Load()&flagUrgent != 0 && sock.UrgentByteAtMark(int(c.fd)) {
+			// Not drained: the read gave up at the mark for a signal
+			// pending on the thread (see urgent).
+			l.serveNextTurn(c, poll.Event{Fd: int(c.fd), Readable: true, PeerEnd: peerEnd})
+		}
 		return
 	}
 	if err != nil && !errors.Is(err, unix.ECONNRESET) {

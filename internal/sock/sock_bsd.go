@@ -146,3 +146,7 @@ func SendMore(fd int, b []byte) (int, error) { return Write(fd, b) }
 // SteerGroup: these kernels take no program to choose a group's socket
 // (FreeBSD's SO_REUSEPORT_LB hashes); Scale then hands sockets out instead.
 func SteerGroup(fd, n int) error { return errors.ErrUnsupported }
+
+// UrgentByteAtMark is false: herd's kqueue is level-triggered, and
+// reports again whatever a read left (see the Linux version).
+func UrgentByteAtMark(fd int) bool { return false }

@@ -38,3 +38,16 @@ func AtUrgentMark(fd int) bool {
 	v, err := unix.IoctlGetInt(fd, unix.SIOCATMARK)
 	return err == nil && v != 0
 }
+
+// UrgentByteAtMark reports whether an urgent byte not yet read is the next
+// byte of the TCP socket fd: at the mark (SIOCATMARK) with the byte there
+// (POLLPRI). A read that says EAGAIN then did not find the socket empty:
+// Linux's TCP read gives up at the mark when a signal is pending.
+func UrgentByteAtMark(fd int) bool {
+	if !AtUrgentMark(fd) {
+		return false
+	}
+	p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLPRI}}
+	n, err := unix.Poll(p, 0)
+	return err == nil && n == 1 && p[0].Revents&unix.POLLPRI != 0
+}
