@@ -124,6 +124,8 @@ type connRare struct {
 	piped          *Conn         // the other connection of its Pipe (under mu)
 	kp             *kernelPipe   // bytes spliced for this connection, not yet written (Pipe with Splice; under mu)
 	peerName       string        // a named unix peer's (set before the connection is published)
+	markRetries    uint8         // reads in a row that gave up at the urgent mark (readAtMarkAgain; loop-owned)
+	markTimer      *Timer        // the timer of the next such read, while one is set (loop-owned)
 }
 
 // pending is the start of a packet not yet complete; on the loop.

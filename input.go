@@ -10,6 +10,7 @@ package herd
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -177,6 +178,13 @@ func (l *Loop) read(c *Conn, failed, peerEnd bool) {
 	if n > 0 {
 		l.bytesIn.Add(uint64(n))
 		urgent := c.flags.Load()&flagUrgent != 0
+		if urgent {
+			c.mu.Lock() // c.rare may be set meanwhile (SetContext)
+			if c.rare != nil {
+				c.rare.markRetries = 0
+			}
+			c.mu.Unlock()
+		}
 		if poll.EdgeTriggered && (n == len(buf) || urgent) && !failed {
 			l.serveNextTurn(c, poll.Event{Fd: int(c.fd), Readable: true, PeerEnd: peerEnd}) // more is left
 		}
@@ -211,10 +219,8 @@ func (l *Loop) read(c *Conn, failed, peerEnd bool) {
 		return
 	}
 	if err == unix.EAGAIN {
-		if poll.EdgeTriggered && !failed && c.flags.Load()&flagUrgent != 0 && sock.UrgentByteAtMark(int(c.fd)) {
-			// Not drained: the read gave up at the mark for a signal
-			// pending on the thread (see urgent).
-			l.serveNextTurn(c, poll.Event{Fd: int(c.fd), Readable: true, PeerEnd: peerEnd})
+		if poll.EdgeTriggered && !failed && c.flags.Load()&flagUrgent != 0 {
+			l.readAtMarkAgain(c, peerEnd)
 		}
 		return
 	}
@@ -231,6 +237,48 @@ func (l *Loop) read(c *Conn, failed, peerEnd bool) {
 		return
 	}
 	l.peerEnded(c)
+}
+
+// readAtMarkAgain: a read of c, which has had urgent data, said EAGAIN.
+// If the urgent byte waits at the mark, that was no drained socket but a
+// read that gave up there for a pending signal (see urgent): c is read
+// again next turn, when the signal has been taken. After eight such reads
+// in a row the next ones wait on a timer, from 1 ms doubling to 16: a
+// kernel that reports an urgent byte and then drops its segment (a full
+// receive window, on kernels without the beyond-window check, or memory
+// pressure) would otherwise have the loop spin on c until the peer sends
+// it again. (A signal does not stay pending that long but in a test that
+// sends them without pause: there the reads go on every 16 ms.)
+func (l *Loop) readAtMarkAgain(c *Conn, peerEnd bool) {
+	atMark := l.atMark
+	if atMark == nil {
+		atMark = sock.UrgentByteAtMark
+	}
+	if !atMark(int(c.fd)) {
+		return
+	}
+	c.mu.Lock()
+	r := c.rareLocked()
+	c.mu.Unlock()
+	if r.markTimer != nil {
+		return // a read is already set
+	}
+	ev := poll.Event{Fd: int(c.fd), Readable: true, PeerEnd: peerEnd}
+	if r.markRetries < 8 {
+		r.markRetries++
+		l.serveNextTurn(c, ev)
+		return
+	}
+	d := time.Millisecond << min(r.markRetries-8, 4)
+	if r.markRetries < 12 {
+		r.markRetries++
+	}
+	r.markTimer = l.addTimer(d, 0, func() {
+		if fd := int(c.fd); fd >= 0 && fd < len(l.conns) && l.conns[fd] == c {
+			r.markTimer = nil
+			l.serveNextTurn(c, ev)
+		} // else closed, or moved: its new loop cleared markTimer (moveIn)
+	})
 }
 
 func readFd(fd int, b []byte) (int, error) {

@@ -43,6 +43,9 @@ type Loop struct {
 	hellos   helloList     // TLS connections whose ClientHello has not come whole, oldest first
 	pipes    []*kernelPipe // empty kernel pipes kept for Pipe's splicing
 	pkt      Packet        // the one OnPacket is running for
+	// atMark is sock.UrgentByteAtMark, or a test's stand-in (nil: the
+	// former; see readAtMarkAgain).
+	atMark func(fd int) bool
 	// endFollows is set while a read is delivered after which the peer's
 	// end of stream is known to follow (Pipe sends it on with MSG_MORE).
 	endFollows bool

@@ -596,6 +596,9 @@ func (l *Loop) moveIn(c *Conn) {
 	c.mu.Lock()
 	c.flags.And(^flagMoving)
 	c.readOn, c.writeOn = poll.EdgeTriggered, poll.EdgeTriggered // as Add registers it
+	if c.rare != nil {
+		c.rare.markTimer = nil // the loop it left does not run it (readAtMarkAgain); Add reports what waits
+	}
 	err := l.poller.Add(fd, false)
 	switch {
 	case err == nil && c.flags.Load()&flagConnecting != 0 && !poll.EdgeTriggered:

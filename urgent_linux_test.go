@@ -62,3 +62,54 @@ func TestUrgentReadUnderSignals(t *testing.T) {
 		}
 	}
 }
+
+// TestUrgentReadAtMarkBounded: reads that keep giving up at the urgent
+// mark (as a kernel that reports an urgent byte and drops its segment
+// would have them) do not make the loop spin: after eight next-turn
+// tries, they wait on a backing-off timer. A read that takes bytes ends
+// it. The loop's stand-in for the mark's check says "at the mark" always.
+func TestUrgentReadAtMarkBounded(t *testing.T) {
+	var got atomic.Int64
+	w := &Worker{Addr: "tcp://127.0.0.1:0", Count: 1}
+	w.OnMessage = func(c *Conn, msg []byte) { got.Add(int64(len(msg))) }
+	c := dialTCP(t, startWorker(t, w).addr)
+	c.Write([]byte("a"))
+	waitFor(t, 5*time.Second, "the first byte", func() bool { return got.Load() == 1 })
+
+	l := w.Loops()[0]
+	var sc *Conn
+	var turn0 uint32
+	onLoop(t, l, func() {
+		for _, x := range l.conns {
+			if x != nil {
+				sc = x
+			}
+		}
+		l.atMark = func(int) bool { return true }
+		l.urgent(sc)
+		turn0 = l.turn
+		l.read(sc, false, false) // EAGAIN: nothing waits
+	})
+	time.Sleep(500 * time.Millisecond)
+	var turns uint32
+	var retries uint8
+	onLoop(t, l, func() { turns, retries = l.turn-turn0, sc.rare.markRetries })
+	// 8 next-turn tries, then timers at 1, 2, 4, 8 and every 16 ms: about
+	// 40 reads in 500 ms, a turn or two each. Read every turn, the loop
+	// turns hundreds of thousands of times.
+	if turns > 200 {
+		t.Errorf("the loop turned %d times in 500 ms while reads gave up at the mark (%d tries counted)", turns, retries)
+	}
+	if retries != 12 {
+		t.Errorf("%d tries at the mark counted in 500 ms, want 12 (8 next-turn, then the timer's doubling to its cap)", retries)
+	}
+
+	// The mark passed: a read that takes a byte clears the count.
+	onLoop(t, l, func() { l.atMark = func(int) bool { return false } })
+	c.Write([]byte("b"))
+	waitFor(t, 2*time.Second, "the byte after the tries", func() bool { return got.Load() == 2 })
+	onLoop(t, l, func() { retries = sc.rare.markRetries })
+	if retries != 0 {
+		t.Errorf("a read that took a byte left %d tries counted", retries)
+	}
+}
