@@ -179,6 +179,7 @@ const (
 	flagHandshakeFull                    // not read until its TLS handshake takes some of what it holds (set under mu)
 	flagBroken                           // aborted, or its socket failed: closed by a task posted, with no graceful end before
 	flagUrgent                           // TCP urgent data came: read until EAGAIN (see Loop.urgent)
+	flagAtMark                           // reads gave up at the urgent mark since the last that took bytes (rare.markRetries; loop-owned)
 )
 
 // Flags that, on an open connection, stop its reading.

@@ -178,12 +178,8 @@ func (l *Loop) read(c *Conn, failed, peerEnd bool) {
 	if n > 0 {
 		l.bytesIn.Add(uint64(n))
 		urgent := c.flags.Load()&flagUrgent != 0
-		if urgent {
-			c.mu.Lock() // c.rare may be set meanwhile (SetContext)
-			if c.rare != nil {
-				c.rare.markRetries = 0
-			}
-			c.mu.Unlock()
+		if urgent && c.flags.Load()&flagAtMark != 0 {
+			l.passedMark(c)
 		}
 		if poll.EdgeTriggered && (n == len(buf) || urgent) && !failed {
 			l.serveNextTurn(c, poll.Event{Fd: int(c.fd), Readable: true, PeerEnd: peerEnd}) // more is left
@@ -260,6 +256,7 @@ func (l *Loop) readAtMarkAgain(c *Conn, peerEnd bool) {
 	c.mu.Lock()
 	r := c.rareLocked()
 	c.mu.Unlock()
+	c.flags.Or(flagAtMark)
 	if r.markTimer != nil {
 		return // a read is already set
 	}
@@ -279,6 +276,19 @@ func (l *Loop) readAtMarkAgain(c *Conn, peerEnd bool) {
 			l.serveNextTurn(c, ev)
 		} // else closed, or moved: its new loop cleared markTimer (moveIn)
 	})
+}
+
+// passedMark: a read of c took bytes after reads that gave up at the
+// urgent mark. The next that does starts the count again, with no timer
+// before it. (c.rare, set before flagAtMark, is not replaced.)
+func (l *Loop) passedMark(c *Conn) {
+	c.flags.And(^flagAtMark)
+	r := c.rare
+	r.markRetries = 0
+	if r.markTimer != nil {
+		l.stopTimer(r.markTimer)
+		r.markTimer = nil
+	}
 }
 
 func readFd(fd int, b []byte) (int, error) {
