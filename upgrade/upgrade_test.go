@@ -55,13 +55,21 @@ func quietLogger() *slog.Logger {
 // "steer-exit" (serves the parent's sockets on one loop, steering the
 // group to it, and exits before it is ready).
 func upgradeChild(mode string) int {
+	report := os.Getenv("HERD_TEST_REPORT")
 	if mode == "hup" {
 		// Before anything else of this program, and after Go's runtime
 		// has set up its handlers: the signal must find it ignored.
 		syscall.Kill(os.Getpid(), syscall.SIGHUP)
+		// And the test's, sent from outside, must come before this
+		// process is ready (a loaded machine could delay it past that,
+		// where a SIGHUP rightly upgrades): it says when it has.
+		for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			if _, err := os.Stat(report + ".hup"); err == nil {
+				break
+			}
+		}
 	}
 	fds := openDescriptors()
-	report := os.Getenv("HERD_TEST_REPORT")
 	os.WriteFile(report, []byte(fmt.Sprintf("pid %d\n%s", os.Getpid(), strings.Join(fds, "\n"))), 0o644)
 	switch mode {
 	case "exit":
@@ -493,7 +501,11 @@ func TestUpgradeEarlySIGHUP(t *testing.T) {
 			}
 			stop := make(chan struct{})
 			signaled := make(chan int, 1)
-			go func() { signaled <- signalNewChild(before, syscall.SIGHUP, stop) }()
+			go func() {
+				pid := signalNewChild(before, syscall.SIGHUP, stop)
+				os.WriteFile(f.report+".hup", nil, 0o644) // the child waits for it
+				signaled <- pid
+			}()
 			err := f.p.Upgrade(context.Background())
 			close(stop)
 			hit := <-signaled
