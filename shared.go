@@ -54,6 +54,9 @@ type sharedAccept struct {
 	stall   *time.Timer // runs checkStall while a loop is aside; guarded by mu
 	parked  atomic.Bool // the check stopped with loops aside, all others asleep
 	waited  bool        // at the last check a connection waited, every watcher asleep; guarded by mu
+	// uneven counts the checks that let the loops fall apart: a loop
+	// found stalled, or a wake-up lost (read by the distribution tests).
+	uneven atomic.Uint64
 }
 
 // stallCheck is how long a loop may stay busy without turning before the
@@ -266,13 +269,20 @@ func (s *sharedAccept) checkStallLocked() {
 		if b.stalled && (turned != b.turned || sleeping) {
 			s.unstallLocked(b)
 		}
-		b.stalled = b.watching() && turned == b.turned && !sleeping
+		stalled := b.watching() && turned == b.turned && !sleeping
+		if stalled && !b.stalled {
+			s.uneven.Add(1)
+		}
+		b.stalled = stalled
 		b.turned = turned
 		aside = aside || b.aside.Load()
 		awake = awake || (b.watching() && !sleeping)
 	}
 	waited := s.waited
 	s.waited = aside && !awake && len(s.accs) > 0 && sock.Ready(s.accs[0].fd)
+	if waited && s.waited {
+		s.uneven.Add(1)
+	}
 	s.bringBackLocked(waited && s.waited)
 	aside, stalled := false, false
 	for _, b := range s.accs {
