@@ -153,6 +153,15 @@ func (c *Conn) setPending(b []byte) {
 	}
 }
 
+// rareAllocated returns c.rare, allocating it under mu: for the loop's
+// own fields in it, which it then uses without mu (c.rare, once set, is
+// not replaced).
+func (c *Conn) rareAllocated() *connRare {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.rareLocked()
+}
+
 // rareLocked returns c.rare, allocating it; under mu.
 func (c *Conn) rareLocked() *connRare {
 	if c.rare == nil {

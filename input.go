@@ -102,15 +102,19 @@ func (l *Loop) serveAgain() {
 	list := l.again
 	l.again = l.againSpare[:0]
 	for i := range list {
-		c := list[i].c
-		// Unless gone meanwhile: closed (its descriptor maybe reused), or
-		// moved to another loop.
-		if fd := int(c.fd); fd >= 0 && fd < len(l.conns) && l.conns[fd] == c {
+		if c := list[i].c; l.serves(c) {
 			l.serve(c, list[i].ev)
 		}
 		list[i] = pending{}
 	}
 	l.againSpare = list[:0]
+}
+
+// serves reports whether c is still this loop's: not closed (its
+// descriptor maybe reused) nor moved to another loop since it was listed.
+func (l *Loop) serves(c *Conn) bool {
+	fd := int(c.fd)
+	return fd >= 0 && fd < len(l.conns) && l.conns[fd] == c
 }
 
 // read takes what the socket holds, at most one buffer per event so that
@@ -177,8 +181,9 @@ func (l *Loop) read(c *Conn, failed, peerEnd bool) {
 	n, err := readFd(int(c.fd), buf)
 	if n > 0 {
 		l.bytesIn.Add(uint64(n))
-		urgent := c.flags.Load()&flagUrgent != 0
-		if urgent && c.flags.Load()&flagAtMark != 0 {
+		f := c.flags.Load()
+		urgent := f&flagUrgent != 0
+		if f&flagAtMark != 0 {
 			l.passedMark(c)
 		}
 		if poll.EdgeTriggered && (n == len(buf) || urgent) && !failed {
@@ -253,9 +258,7 @@ func (l *Loop) readAtMarkAgain(c *Conn, peerEnd bool) {
 	if !atMark(int(c.fd)) {
 		return
 	}
-	c.mu.Lock()
-	r := c.rareLocked()
-	c.mu.Unlock()
+	r := c.rareAllocated()
 	c.flags.Or(flagAtMark)
 	if r.markTimer != nil {
 		return // a read is already set
@@ -271,16 +274,16 @@ func (l *Loop) readAtMarkAgain(c *Conn, peerEnd bool) {
 		r.markRetries++
 	}
 	r.markTimer = l.addTimer(d, 0, func() {
-		if fd := int(c.fd); fd >= 0 && fd < len(l.conns) && l.conns[fd] == c {
+		if l.serves(c) { // else closed, or moved: its new loop cleared markTimer (moveIn)
 			r.markTimer = nil
 			l.serveNextTurn(c, ev)
-		} // else closed, or moved: its new loop cleared markTimer (moveIn)
+		}
 	})
 }
 
 // passedMark: a read of c took bytes after reads that gave up at the
 // urgent mark. The next that does starts the count again, with no timer
-// before it. (c.rare, set before flagAtMark, is not replaced.)
+// before it. (c.rare is set before flagAtMark: see rareAllocated.)
 func (l *Loop) passedMark(c *Conn) {
 	c.flags.And(^flagAtMark)
 	r := c.rare

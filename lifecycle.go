@@ -507,9 +507,7 @@ func (l *Loop) reportDrops(c *Conn) {
 		c.dropsPending.Store(0)
 		return
 	}
-	c.mu.Lock()
-	r := c.rareLocked()
-	c.mu.Unlock()
+	r := c.rareAllocated()
 	if wait := time.Duration(r.lastDropReport + int64(dropReportInterval) - l.now.UnixNano()); wait > 0 {
 		// Too soon: report later, with whatever accumulates meanwhile
 		// (dropsPending stays above zero, so Send posts no more tasks).
