@@ -1,7 +1,9 @@
 package herd
 
 import (
+	"bytes"
 	"os"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -112,5 +114,58 @@ func TestUrgentReadAtMarkBounded(t *testing.T) {
 	onLoop(t, l, func() { retries, timerSet = sc.rare.markRetries, sc.rare.markTimer != nil })
 	if retries != 0 || timerSet {
 		t.Errorf("a read that took a byte left %d tries counted, a timer set: %v", retries, timerSet)
+	}
+}
+
+// TestUrgentBytesInBand holds the package documentation to what it says
+// of urgent data: an urgent byte is left out and the bytes around it come
+// in order; Linux keeps one urgent byte at a time, so one sent before
+// another that the reader had not reached comes in band. The loop is held
+// while each burst arrives whole.
+func TestUrgentBytesInBand(t *testing.T) {
+	var mu sync.Mutex
+	var got []byte
+	w := &Worker{Addr: "tcp://127.0.0.1:0", Count: 1}
+	w.OnMessage = func(c *Conn, msg []byte) { mu.Lock(); got = append(got, msg...); mu.Unlock() }
+	c := dialTCP(t, startWorker(t, w).addr)
+	l := w.Loops()[0]
+	for _, tc := range []struct {
+		name  string
+		parts []string // in band and urgent (a "!" part: sent MSG_OOB) in turn
+		want  string
+	}{
+		{"one urgent byte", []string{"ab", "!", "cd"}, "abcd"},
+		{"a second before the first was reached", []string{"ab", "!", "cd", "!", "ef"}, "ab!cdef"},
+	} {
+		mu.Lock()
+		got = nil
+		mu.Unlock()
+		parked, release := make(chan struct{}), make(chan struct{})
+		l.Post(func() { close(parked); <-release })
+		<-parked
+		for _, p := range tc.parts {
+			var err error
+			if p == "!" {
+				err = sendUrgent(c)
+			} else {
+				_, err = c.Write([]byte(p))
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(50 * time.Millisecond) // all in the server's socket
+		close(release)
+		waitFor(t, 2*time.Second, tc.name+": the bytes delivered", func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return len(got) >= len(tc.want)
+		})
+		time.Sleep(20 * time.Millisecond) // nothing more comes
+		mu.Lock()
+		if !bytes.Equal(got, []byte(tc.want)) {
+			t.Errorf("%s: delivered %q, want %q", tc.name, got, tc.want)
+		}
+		mu.Unlock()
 	}
 }
